@@ -1,0 +1,33 @@
+"""modelopt: make trained PyTorch models smaller and faster, and prove it with measurements.
+
+The public API. ``import modelopt_core`` stays light: it never imports onnxruntime, tensorrt
+or pycuda (plugins import their heavy dependencies when used).
+"""
+
+from __future__ import annotations
+
+from .artifact import ModelArtifact, Step, TensorSpec, load_artifact
+from .config import build_config, config, config_to_data, field, in_range, positive
+from .errors import (ArtifactError, BackendUnavailableError, ConfigError, DataError,
+                     DuplicateComponentError, ExportError, FormatError, InputSpecError,
+                     ModeloptError, NoExportPathError, NumericalError, PluginLoadError,
+                     TrainingError, UnknownComponentError, UnsafeArtifactError)
+from .hookspecs import hookimpl
+from .interfaces import (Backend, Component, Context, Exporter, Optimizer, Profiler, Runner,
+                         as_input_tuple)
+from .plugins import PluginManager, get_plugin_manager
+from .report import Report
+from .session import Session
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Session", "ModelArtifact", "TensorSpec", "Step", "load_artifact", "Report",
+    "Optimizer", "Exporter", "Backend", "Runner", "Profiler", "Component", "Context",
+    "as_input_tuple", "hookimpl", "PluginManager", "get_plugin_manager",
+    "config", "field", "build_config", "config_to_data", "in_range", "positive",
+    "ModeloptError", "ConfigError", "UnknownComponentError", "FormatError", "NoExportPathError",
+    "PluginLoadError", "DuplicateComponentError", "ArtifactError", "UnsafeArtifactError",
+    "InputSpecError", "DataError", "BackendUnavailableError", "NumericalError", "ExportError",
+    "TrainingError", "__version__",
+]

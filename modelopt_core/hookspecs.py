@@ -1,0 +1,34 @@
+"""The plugin contract: pluggy hook specifications, project name ``modelopt_core``.
+
+A plugin module implements any of these with ``@modelopt_core.hookimpl`` and calls
+``register`` once per component class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("modelopt_core")
+hookimpl = pluggy.HookimplMarker("modelopt_core")
+
+
+@hookspec
+def register_optimizers(register: Callable[[type], None]) -> None:
+    """Register Optimizer classes by calling register(cls)."""
+
+
+@hookspec
+def register_exporters(register: Callable[[type], None]) -> None:
+    """Register Exporter classes by calling register(cls)."""
+
+
+@hookspec
+def register_backends(register: Callable[[type], None]) -> None:
+    """Register Backend classes by calling register(cls)."""
+
+
+@hookspec
+def register_profilers(register: Callable[[type], None]) -> None:
+    """Register Profiler classes by calling register(cls)."""

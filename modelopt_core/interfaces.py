@@ -1,0 +1,261 @@
+"""The four component interfaces (Optimizer, Exporter, Backend + Runner, Profiler) and Context.
+
+A component is a class with ``name: ClassVar[str]``, a ``Config`` attrs class (see
+:mod:`modelopt_core.config`) and the formats it accepts. Plugins register classes; the
+session builds an instance per use from validated config kwargs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, ClassVar
+
+import attrs
+
+from .artifact import ModelArtifact, Step, TensorSpec
+from .config import build_config, config, config_to_data
+from .errors import BackendUnavailableError, DataError, InputSpecError
+
+__all__ = ["Component", "Optimizer", "Exporter", "Backend", "Runner", "Profiler", "Context",
+           "EmptyConfig"]
+
+
+@config
+class EmptyConfig:
+    """A component with no options."""
+
+
+class Component:
+    """Base of every component. Subclasses set ``name`` and, if they have options, ``Config``."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    Config: ClassVar[type] = EmptyConfig
+    #: importable modules this component needs; missing ones make it unavailable
+    requires: ClassVar[tuple[str, ...]] = ()
+    install_hint: ClassVar[str] = ""
+
+    def __init__(self, config: Any = None, **kwargs: Any) -> None:
+        if config is None:
+            config = build_config(self.Config, kwargs, f"{self.kind} {self.name!r}")
+        elif kwargs:
+            raise TypeError("pass either a Config instance or keyword options, not both")
+        self.config = config
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        """(available, reason): missing optional dependencies or hardware make it unavailable."""
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            hint = f" Install with: {cls.install_hint}" if cls.install_hint else ""
+            return False, f"missing module(s) {', '.join(missing)}.{hint}"
+        return True, ""
+
+    @classmethod
+    def ensure_available(cls) -> None:
+        """Raise :class:`BackendUnavailableError` with the reason when unavailable."""
+        ok, why = cls.availability()
+        if not ok:
+            raise BackendUnavailableError(f"{cls.kind} {cls.name!r} is unavailable here: {why}")
+
+    @classmethod
+    def describe(cls) -> str:
+        """First line of the class docstring."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    def step(self, kind: str | None = None, notes: Sequence[str] = ()) -> Step:
+        """The lineage Step this component adds (the session fills plugin, version, duration)."""
+        return Step(self.name, kind or self.kind, config=config_to_data(self.config),
+                    notes=tuple(notes))
+
+
+class Optimizer(Component):
+    """Turns an artifact into a better one of the same or another format."""
+
+    kind: ClassVar[str] = "optimizer"
+    accepts: ClassVar[tuple[str, ...]] = ("torch",)
+    #: session data the optimizer needs: "calibration_data", "train_data", "eval_fn"
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    def apply(self, artifact: ModelArtifact, ctx: Context) -> ModelArtifact:
+        """Return a new artifact (never mutate ``artifact`` or its model)."""
+        raise NotImplementedError
+
+
+class Exporter(Component):
+    """Converts an artifact from ``source`` format to ``target`` format."""
+
+    kind: ClassVar[str] = "exporter"
+    source: ClassVar[str] = "torch"
+    target: ClassVar[str] = ""
+
+    def export(self, artifact: ModelArtifact, ctx: Context) -> ModelArtifact:
+        """Return a new artifact in ``target`` format."""
+        raise NotImplementedError
+
+
+class Runner:
+    """A loaded model: ``runner(*inputs)`` takes torch tensors and returns torch tensors
+    shaped like the original model's outputs (a tensor, or a tuple when the model returns
+    several). Subclasses implement :meth:`_run` returning a sequence of tensors."""
+
+    def __init__(self, artifact: ModelArtifact, device: str = "cpu") -> None:
+        self.artifact = artifact
+        self.device = device
+
+    def __call__(self, *inputs: Any) -> Any:
+        self.check_inputs(inputs)
+        outs = self._run(inputs)
+        if self.artifact.metadata.get("output_kind", "tensor") == "tensor" and len(outs) == 1:
+            return outs[0]
+        return tuple(outs)
+
+    def check_inputs(self, inputs: Sequence[Any]) -> None:
+        """Raise :class:`InputSpecError` if inputs do not match the artifact's input specs."""
+        import torch
+
+        specs = self.artifact.inputs
+        if not specs:
+            return
+        if len(inputs) != len(specs):
+            raise InputSpecError(f"runner for {self.artifact.name!r}: expected {len(specs)} "
+                                 f"input(s) {[s.name for s in specs]}, got {len(inputs)}.")
+        for x, spec in zip(inputs, specs):
+            if not isinstance(x, torch.Tensor):
+                raise InputSpecError(f"input {spec.name!r}: expected a torch.Tensor, got "
+                                     f"{type(x).__name__}.")
+            if not spec.matches(tuple(x.shape)):
+                raise InputSpecError(f"input {spec.name!r}: shape {tuple(x.shape)} does not match "
+                                     f"{list(spec.shape)} (symbolic dims may vary).")
+            if str(x.dtype).replace("torch.", "") != spec.dtype:
+                raise InputSpecError(f"input {spec.name!r}: dtype {x.dtype} but the model takes "
+                                     f"{spec.dtype}; cast the input (x.to(torch.{spec.dtype})).")
+
+    def _run(self, inputs: Sequence[Any]) -> Sequence[Any]:
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (GPU backends override)."""
+
+    def close(self) -> None:
+        """Free resources held by the runner."""
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Backend(Component):
+    """Loads an artifact into a :class:`Runner` on some runtime."""
+
+    kind: ClassVar[str] = "backend"
+    accepts: ClassVar[tuple[str, ...]] = ("torch",)
+
+    def load(self, artifact: ModelArtifact, ctx: Context) -> Runner:
+        """Return a runner for ``artifact`` (never mutating its model)."""
+        raise NotImplementedError
+
+
+class Profiler(Component):
+    """Measures a runner/artifact; returns a flat dict of metric name -> value."""
+
+    kind: ClassVar[str] = "profiler"
+
+    def profile(self, runner: Runner, artifact: ModelArtifact, ctx: Context) -> dict[str, Any]:
+        """Return metrics, e.g. ``{"latency_p50_ms": 1.2}``."""
+        raise NotImplementedError
+
+
+@attrs.define(eq=False)
+class Context:
+    """What a component may use from the session: data, device, progress, logging."""
+
+    example_inputs: tuple[Any, ...] = ()
+    calibration_data: Iterable[Any] | None = None
+    train_data: Iterable[Any] | None = None
+    eval_fn: Callable[[Any], float] | None = None
+    device: str = "cpu"
+    original: ModelArtifact | None = None
+    history: Sequence[ModelArtifact] = ()
+    log: logging.Logger = attrs.field(factory=lambda: logging.getLogger("modelopt"))
+    show_progress: bool = True
+    runner_factory: Callable[..., Runner] | None = None
+    notes: list[str] = attrs.field(factory=list)
+
+    def warn(self, message: str) -> None:
+        """Record a warning: logged, and kept in the lineage step of the running component."""
+        self.log.warning(message)
+        self.notes.append(message)
+
+    def progress(self, iterable: Iterable[Any], total: int | None = None,
+                 desc: str = "") -> Iterator[Any]:
+        """Wrap ``iterable`` in a progress bar (tqdm) when progress display is on."""
+        if not self.show_progress:
+            yield from iterable
+            return
+        from tqdm.auto import tqdm
+
+        yield from tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def calibration_batches(self, who: str, limit: int | None = None) -> list[tuple[Any, ...]]:
+        """The calibration data as a list of input tuples; :class:`DataError` if empty."""
+        return _batches(self.calibration_data, "calibration_data", who, limit, inputs_only=True)
+
+    def training_batches(self, who: str) -> Iterable[Any]:
+        """The training data; :class:`DataError` if missing."""
+        if self.train_data is None:
+            raise DataError(f"{who}: needs train_data (an iterable of (inputs, targets)); pass "
+                            "Session(..., train_data=loader).")
+        return self.train_data
+
+    def runner(self, artifact: ModelArtifact, backend: str = "torch", **options: Any) -> Runner:
+        """Load ``artifact`` on a registered backend (for components that measure)."""
+        if self.runner_factory is None:
+            raise BackendUnavailableError("this context has no backend access")
+        return self.runner_factory(artifact, backend, **options)
+
+
+def as_input_tuple(item: Any) -> tuple[Any, ...]:
+    """Normalise one calibration item (a tensor, a tuple of tensors, or a dict) to a tuple."""
+    if isinstance(item, dict):
+        return tuple(item.values())
+    if isinstance(item, (tuple, list)):
+        return tuple(item)
+    return (item,)
+
+
+def _batches(data: Any, field_name: str, who: str, limit: int | None,
+             inputs_only: bool) -> list[tuple[Any, ...]]:
+    if data is None:
+        raise DataError(f"{who}: needs {field_name}; pass Session(..., {field_name}=...) with an "
+                        "iterable of model inputs.")
+    out = []
+    for item in data:
+        out.append(as_input_tuple(item))
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise DataError(f"{who}: {field_name} is empty; give at least one batch of inputs.")
+    return out
+
+
+def spec_inputs(example_inputs: Sequence[Any], names: Sequence[str] | None = None,
+                dynamic_batch: bool = True) -> tuple[TensorSpec, ...]:
+    """TensorSpecs for example inputs (names default to ``input``, ``input_1``...)."""
+    names = list(names or [])
+    specs = []
+    for i, t in enumerate(example_inputs):
+        n = names[i] if i < len(names) else ("input" if i == 0 else f"input_{i}")
+        specs.append(TensorSpec.from_tensor(n, t, dynamic_batch))
+    return tuple(specs)
+
+
+def timed() -> Callable[[], float]:
+    """Start a wall-clock timer; call the result for elapsed seconds."""
+    t0 = time.perf_counter()
+    return lambda: time.perf_counter() - t0

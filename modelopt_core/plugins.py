@@ -1,0 +1,223 @@
+"""Plugin manager: entry-point discovery (group ``modelopt_core``), registry, availability.
+
+Each entry point loads in isolation: one that fails to import or register is recorded with
+its distribution and error and the others still load (``strict=True`` re-raises instead).
+Two components of one kind with one name are an error naming both distributions.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import sys
+import traceback
+from collections import deque
+from typing import Any
+
+import attrs
+import pluggy
+
+from . import hookspecs
+from .errors import (DuplicateComponentError, NoExportPathError, PluginLoadError,
+                     UnknownComponentError, close_names)
+from .interfaces import Backend, Component, Exporter, Optimizer, Profiler
+
+__all__ = ["PluginManager", "FailedPlugin", "ComponentInfo", "ENTRY_POINT_GROUP",
+           "get_plugin_manager"]
+
+ENTRY_POINT_GROUP = "modelopt_core"
+KINDS = {"optimizer": Optimizer, "exporter": Exporter, "backend": Backend, "profiler": Profiler}
+_HOOKS = {"optimizer": "register_optimizers", "exporter": "register_exporters",
+          "backend": "register_backends", "profiler": "register_profilers"}
+
+
+@attrs.define(frozen=True)
+class FailedPlugin:
+    """An entry point that could not be loaded or registered."""
+
+    name: str
+    distribution: str
+    error: str
+
+
+@attrs.define(frozen=True)
+class ComponentInfo:
+    """A registered component class and where it came from."""
+
+    cls: type
+    plugin: str
+    distribution: str
+    version: str
+
+    @property
+    def name(self) -> str:
+        return self.cls.name
+
+    @property
+    def kind(self) -> str:
+        return self.cls.kind
+
+
+class PluginManager:
+    """Discovers plugins and holds the component registry. Build a fresh one per test."""
+
+    def __init__(self, *, load_entry_points: bool = True, strict: bool = False) -> None:
+        self.strict = strict
+        self.pm = pluggy.PluginManager("modelopt_core")
+        self.pm.add_hookspecs(hookspecs)
+        self.failed: list[FailedPlugin] = []
+        self._registry: dict[str, dict[str, ComponentInfo]] = {k: {} for k in KINDS}
+        self._origin: dict[int, tuple[str, str, str]] = {}  # id(plugin obj) -> name, dist, ver
+        if load_entry_points:
+            self.load_entry_points()
+
+    # ---- loading -------------------------------------------------------------------------
+
+    def load_entry_points(self, entry_points: Any = None) -> None:
+        """Load every entry point of group ``modelopt_core`` (or the given ones), isolated."""
+        eps = entry_points if entry_points is not None else md.entry_points(
+            group=ENTRY_POINT_GROUP)
+        for ep in eps:
+            dist = getattr(getattr(ep, "dist", None), "name", None) or "unknown"
+            ver = getattr(getattr(ep, "dist", None), "version", None) or ""
+            try:
+                obj = ep.load()
+            except Exception as e:  # a broken plugin must not take the others down
+                self._fail(ep.name, dist, e)
+                continue
+            self.register_plugin(obj, name=ep.name, distribution=dist, version=ver)
+
+    def register_plugin(self, obj: Any, name: str | None = None, distribution: str = "local",
+                        version: str = "") -> None:
+        """Register a plugin module/object implementing hooks, and collect its components."""
+        name = name or getattr(obj, "__name__", repr(obj))
+        if self.pm.is_registered(obj) or self.pm.has_plugin(name):
+            return
+        try:
+            self.pm.register(obj, name=name)
+            self._origin[id(obj)] = (name, distribution, version)
+            for kind, hook in _HOOKS.items():
+                impls = [i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin is obj]
+                for impl in impls:
+                    impl.function(register=self._registrar(kind, name, distribution, version))
+        except DuplicateComponentError:
+            self._unregister(obj, name)
+            raise
+        except Exception as e:
+            self._unregister(obj, name)
+            self._fail(name, distribution, e)
+
+    def _unregister(self, obj: Any, name: str) -> None:
+        if self.pm.is_registered(obj):
+            self.pm.unregister(obj)
+        for reg in self._registry.values():
+            for k in [k for k, v in reg.items() if v.plugin == name]:
+                del reg[k]
+
+    def _fail(self, name: str, dist: str, e: BaseException) -> None:
+        msg = "".join(traceback.format_exception_only(type(e), e)).strip()
+        self.failed.append(FailedPlugin(name, dist, msg))
+        if self.strict:
+            raise PluginLoadError(f"plugin {name!r} from {dist} failed to load: {msg}") from e
+        print(f"modelopt: plugin {name!r} ({dist}) failed to load and is skipped: {msg}",
+              file=sys.stderr)
+
+    def _registrar(self, kind: str, plugin: str, dist: str, version: str):
+        base = KINDS[kind]
+
+        def register(cls: type) -> None:
+            if not (isinstance(cls, type) and issubclass(cls, base)):
+                raise TypeError(f"plugin {plugin!r}: register_{kind}s got {cls!r}, which is not "
+                                f"a {base.__name__} subclass (register classes, not instances).")
+            if not cls.name:
+                raise TypeError(f"plugin {plugin!r}: {cls.__qualname__} has no `name`.")
+            prev = self._registry[kind].get(cls.name)
+            if prev is not None and prev.cls is not cls:
+                raise DuplicateComponentError(
+                    f"two plugins register {kind} {cls.name!r}: {prev.distribution} (plugin "
+                    f"{prev.plugin!r}, {prev.cls.__module__}.{prev.cls.__qualname__}) and {dist} "
+                    f"(plugin {plugin!r}, {cls.__module__}.{cls.__qualname__}). Uninstall one.")
+            self._registry[kind][cls.name] = ComponentInfo(cls, plugin, dist, version)
+
+        return register
+
+    # ---- lookup --------------------------------------------------------------------------
+
+    def components(self, kind: str | None = None) -> list[ComponentInfo]:
+        """All registered components, optionally of one kind, sorted by kind and name."""
+        kinds = [kind] if kind else list(KINDS)
+        return [self._registry[k][n] for k in kinds for n in sorted(self._registry[k])]
+
+    def get(self, kind: str, name: str) -> ComponentInfo:
+        """Look up a component; unknown names raise with the closest registered names."""
+        reg = self._registry[kind]
+        if name in reg:
+            return reg[name]
+        hint = close_names(name, reg)
+        failed = f" Plugins that failed to load: {[f.name for f in self.failed]}." \
+            if self.failed else ""
+        raise UnknownComponentError(
+            f"no {kind} named {name!r}"
+            + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else ".")
+            + f" Registered {kind}s: {', '.join(sorted(reg)) or '(none)'}.{failed}")
+
+    def export_path(self, source: str, target: str) -> list[ComponentInfo]:
+        """Shortest chain of exporters from ``source`` to ``target`` format (BFS)."""
+        if source == target:
+            return []
+        exporters = self.components("exporter")
+        prev: dict[str, tuple[str, ComponentInfo] | None] = {source: None}
+        queue = deque([source])
+        while queue:
+            fmt = queue.popleft()
+            for info in exporters:
+                if info.cls.source == fmt and info.cls.target not in prev:
+                    prev[info.cls.target] = (fmt, info)
+                    queue.append(info.cls.target)
+        if target not in prev:
+            known = sorted({f"{i.cls.source}->{i.cls.target}" for i in exporters})
+            raise NoExportPathError(
+                f"no exporter chain leads from format {source!r} to {target!r}. Registered "
+                f"exporters: {', '.join(known) or '(none)'}. Install a plugin that provides one.")
+        chain = []
+        fmt = target
+        while prev[fmt] is not None:
+            fmt, info = prev[fmt]  # type: ignore[misc]
+            chain.append(info)
+        return chain[::-1]
+
+    def summary(self) -> dict[str, Any]:
+        """Plain-data description of plugins, components and availability (for the CLI)."""
+        plugins: dict[str, dict[str, Any]] = {}
+        for name, dist, ver in self._origin.values():
+            plugins[name] = {"distribution": dist, "version": ver, "components": []}
+        for info in self.components():
+            ok, why = info.cls.availability()
+            entry = {"kind": info.kind, "name": info.name, "available": ok,
+                     "reason": why, "description": info.cls.describe()}
+            if info.kind == "exporter":
+                entry["formats"] = f"{info.cls.source}->{info.cls.target}"
+            elif hasattr(info.cls, "accepts"):
+                entry["formats"] = list(info.cls.accepts)
+            plugins.setdefault(info.plugin, {"distribution": info.distribution,
+                                             "version": info.version, "components": []})
+            plugins[info.plugin]["components"].append(entry)
+        return {"plugins": plugins, "failed": [attrs.asdict(f) for f in self.failed]}
+
+
+_default: PluginManager | None = None
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide plugin manager, built on first use."""
+    global _default
+    if _default is None:
+        _default = PluginManager()
+    return _default
+
+
+def component_origin(pm: PluginManager, cls: type[Component]) -> tuple[str, str]:
+    """(plugin name, version) of a registered class, for lineage steps."""
+    for info in pm.components(cls.kind):
+        if info.cls is cls:
+            return info.plugin, info.version
+    return "", ""

@@ -1,0 +1,1 @@
+"""Built-in modelopt plugin: ONNX export and ONNX-level optimizers."""

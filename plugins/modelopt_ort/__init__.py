@@ -1,0 +1,1 @@
+"""Built-in modelopt plugin: ONNX Runtime backend."""

@@ -1,0 +1,1 @@
+"""Built-in modelopt plugin: profilers (latency, throughput, memory, size, accuracy)."""

@@ -1,0 +1,1 @@
+"""Built-in modelopt plugin: PyTorch runtimes (eager and torch.compile)."""

@@ -1,0 +1,13 @@
+"""Entry point of the built-in torch plugin."""
+
+from __future__ import annotations
+
+import modelopt_core as mo
+
+from .backends import TorchBackend, TorchCompileBackend
+
+
+@mo.hookimpl
+def register_backends(register):
+    register(TorchBackend)
+    register(TorchCompileBackend)
