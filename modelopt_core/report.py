@@ -41,17 +41,22 @@ class Report:
                 r["accuracy_delta"] = round(r["accuracy"] - base["accuracy"], 6)
 
     @property
-    def columns(self) -> list[str]:
-        """Columns present in any row, in the preferred order."""
+    def all_columns(self) -> list[str]:
+        """Every scalar column present in any row: the preferred ones first."""
         present = {k for r in self.rows for k, v in r.items()
                    if v is None or isinstance(v, (str, int, float, bool))}
         first = [c for c in COLUMNS if c in present]
         return first + sorted(present - set(first) - {"error"}) + \
             (["error"] if "error" in present else [])
 
+    @property
+    def columns(self) -> list[str]:
+        """The headline columns present (the table's default); JSON keeps every metric."""
+        return [c for c in self.all_columns if c in COLUMNS or c == "error"]
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data: title, columns, rows."""
-        return {"title": self.title, "columns": self.columns, "rows": self.rows}
+        return {"title": self.title, "columns": self.all_columns, "rows": self.rows}
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
         """JSON text; written atomically to ``path`` when given."""

@@ -1,0 +1,113 @@
+"""Exporter ``onnx``: torch -> ONNX, with a dynamic batch axis, checker and numerics check.
+
+The torch.export-based exporter is the default; the TorchScript exporter is a fallback (used
+when the default fails and ``fallback`` is on) or can be chosen outright. An artifact may ask
+for an exporter with ``metadata["onnx_exporter"]`` (simulated-quantized models export QDQ
+through the TorchScript path).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from typing import Any, Literal
+
+import modelopt_core as mo
+
+from .common import check_against, check_inputs_for, quiet, reference_outputs, tile_batch
+
+
+@mo.config
+class OnnxExportConfig:
+    exporter: Literal["auto", "dynamo", "torchscript"] = mo.field(
+        "auto", help="'auto': the artifact's preference, else torch.export (dynamo)")
+    fallback: bool = mo.field(True, help="fall back to the TorchScript exporter on failure")
+    opset: int | None = mo.field(None, validator=mo.in_range(13, 30),
+                                 help="ONNX opset (default: the exporter's)")
+    dynamic_batch: bool = mo.field(True, help="make dim 0 of inputs/outputs symbolic")
+    check_numerics: bool = mo.field(True, help="compare ONNX Runtime output with torch")
+    rtol: float = mo.field(1e-3, validator=mo.in_range(0, 1), help="relative tolerance")
+    atol: float = mo.field(1e-4, validator=mo.in_range(0, 1e3), help="absolute tolerance")
+
+
+class OnnxExporter(mo.Exporter):
+    """PyTorch -> ONNX (torch.export-based by default; TorchScript fallback)."""
+
+    name = "onnx"
+    source = "torch"
+    target = "onnx"
+    Config = OnnxExportConfig
+    requires = ("onnx", "onnxscript")
+    install_hint = "pip install onnx onnxscript"
+
+    def export(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
+        import onnx
+        import torch
+
+        cfg = self.config
+        model = copy.deepcopy(artifact.model).eval()
+        dtype = artifact.metadata.get("torch_compute_dtype")
+        args = tuple(tile_batch(x, 2) if cfg.dynamic_batch else x for x in ctx.example_inputs)
+        if dtype:
+            args = tuple(x.to(getattr(torch, dtype)) if x.is_floating_point() else x
+                         for x in args)
+        in_names = [s.name for s in artifact.inputs] or [f"input_{i}" for i in range(len(args))]
+        out_names = [s.name for s in artifact.outputs] or None
+        choice = cfg.exporter
+        if choice == "auto":
+            choice = artifact.metadata.get("onnx_exporter", "dynamo")
+        notes = []
+        try:
+            proto = self._export(choice, model, args, in_names, out_names)
+        except Exception as e:
+            if choice != "dynamo" or not cfg.fallback:
+                raise mo.ExportError(f"onnx: the {choice} exporter failed: {e}") from e
+            msg = (f"onnx: torch.export-based exporter failed ({type(e).__name__}: "
+                   f"{str(e).splitlines()[0][:200]}); used the TorchScript exporter instead")
+            ctx.warn(msg)
+            notes.append(msg)
+            choice = "torchscript"
+            try:
+                proto = self._export(choice, model, args, in_names, out_names)
+            except Exception as e2:
+                raise mo.ExportError(f"onnx: both exporters failed; torchscript: {e2}") from e2
+        try:
+            onnx.checker.check_model(proto, full_check=True)
+        except Exception as e:
+            raise mo.ExportError(f"onnx: the exported model fails the ONNX checker: {e}") from e
+        meta: dict[str, Any] = {"onnx_exporter_used": choice}
+        if cfg.check_numerics:
+            xs = check_inputs_for(artifact, ctx)
+            ref = reference_outputs(artifact, xs)
+            if dtype:  # the ONNX graph takes the reduced dtype too
+                xs = tuple(x.to(getattr(torch, dtype)) if x.is_floating_point() else x
+                           for x in xs)
+            errs = check_against("onnx", ref, proto, xs, cfg.rtol, cfg.atol)
+            meta.update(errs)
+            notes.append(f"numerics vs torch: max abs error {errs['max_abs_error']:.3g}")
+        return artifact.evolve(step=self.step(notes=notes), format="onnx", model=proto,
+                               metadata=meta)
+
+    def _export(self, which: str, model: Any, args: tuple, in_names: list[str],
+                out_names: list[str] | None) -> Any:
+        import onnx
+        import torch
+
+        cfg = self.config
+        with quiet(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if which == "dynamo":
+                dyn = tuple({0: "batch"} for _ in args) if cfg.dynamic_batch else None
+                prog = torch.onnx.export(model, args, dynamo=True, input_names=in_names,
+                                         output_names=out_names, dynamic_shapes=dyn,
+                                         opset_version=cfg.opset, optimize=True, verbose=False)
+                return prog.model_proto
+            buf = io.BytesIO()
+            axes = None
+            if cfg.dynamic_batch:
+                axes = {n: {0: "batch"} for n in in_names + list(out_names or [])}
+            torch.onnx.export(model, args, buf, dynamo=False, input_names=in_names,
+                              output_names=out_names, dynamic_axes=axes,
+                              opset_version=cfg.opset or 17, do_constant_folding=True)
+            return onnx.load_from_string(buf.getvalue())

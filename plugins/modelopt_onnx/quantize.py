@@ -1,0 +1,184 @@
+"""Optimizers ``onnx.quantize_static`` and ``onnx.quantize_dynamic``: ONNX Runtime's
+quantization tooling (QDQ format, per-channel weights, MinMax/Entropy/Percentile/Distribution
+calibration from the session's calibration data), after ORT's pre-processing (symbolic shape
+inference + graph optimization)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import modelopt_core as mo
+
+from .common import max_errors, quiet, run_onnx, workdir
+
+_QTYPES = {"int8": "QInt8", "uint8": "QUInt8", "int16": "QInt16", "uint16": "QUInt16"}
+_CALIB = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile",
+          "distribution": "Distribution"}
+
+
+def _preprocess(model: Any, folder: Any, ctx: mo.Context, who: str) -> Any:
+    """ORT's quant_pre_process; falls back to the raw model (with a warning) if it fails."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, dst = folder / "in.onnx", folder / "pre.onnx"
+    onnx.save_model(model, str(src))
+    try:
+        with quiet():
+            quant_pre_process(str(src), str(dst))
+        return dst
+    except Exception as e:
+        ctx.warn(f"{who}: ORT pre-processing failed ({type(e).__name__}: {e}); quantizing the "
+                 "graph as is")
+        return src
+
+
+@mo.config
+class StaticConfig:
+    per_channel: bool = mo.field(True, help="per-output-channel weight scales")
+    calibrate_method: Literal["minmax", "entropy", "percentile", "distribution"] = mo.field(
+        "minmax", help="activation range calibration")
+    percentile: float = mo.field(99.999, validator=mo.in_range(50, 100),
+                                 help="percentile for calibrate_method='percentile'")
+    quant_format: Literal["qdq", "qoperator"] = mo.field("qdq", help="QDQ pairs or QLinear ops")
+    activation_type: Literal["uint8", "int8", "uint16", "int16"] = mo.field("uint8")
+    weight_type: Literal["int8", "uint8"] = mo.field("int8")
+    symmetric_activations: bool = mo.field(False, help="zero point 0 for activations")
+    reduce_range: bool = mo.field(False, help="7-bit weights (for CPUs without VNNI)")
+    op_types: tuple[str, ...] | None = mo.field(None, help="op types to quantize (default all)")
+    nodes_to_exclude: tuple[str, ...] = mo.field((), help="node names kept in float")
+    calibration_batches: int = mo.field(32, validator=mo.positive,
+                                        help="at most this many calibration batches")
+    preprocess: bool = mo.field(True, help="run ORT's quant_pre_process first")
+
+
+class OnnxQuantizeStatic(mo.Optimizer):
+    """Static INT8 quantization with ONNX Runtime (QDQ, per-channel, calibrated)."""
+
+    name = "onnx.quantize_static"
+    accepts = ("onnx",)
+    needs = ("calibration_data",)
+    Config = StaticConfig
+    requires = ("onnx", "onnxruntime")
+    install_hint = "pip install onnxruntime"
+
+    def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
+        import numpy as np
+        import onnx
+        from onnxruntime import quantization as q
+
+        cfg = self.config
+        batches = ctx.calibration_batches(self.name, cfg.calibration_batches)
+        names = [i.name for i in artifact.model.graph.input
+                 if i.name not in {t.name for t in artifact.model.graph.initializer}]
+        feeds = []
+        for b in batches:
+            if len(b) != len(names):
+                raise mo.DataError(f"{self.name}: a calibration item has {len(b)} tensor(s) but "
+                                   f"the model takes {len(names)} ({names}).")
+            feeds.append({n: x.detach().cpu().numpy() for n, x in zip(names, b)})
+        for f in feeds:
+            for n, a in f.items():
+                if not np.isfinite(a).all():
+                    raise mo.NumericalError(f"{self.name}: calibration input {n!r} holds NaN/Inf.")
+        reader = _Reader(feeds)
+        extra = {"ActivationSymmetric": cfg.symmetric_activations,
+                 "CalibPercentile": cfg.percentile}
+        with workdir() as d:
+            src = _preprocess(artifact.model, d, ctx, self.name) if cfg.preprocess else None
+            if src is None:
+                src = d / "in.onnx"
+                onnx.save_model(artifact.model, str(src))
+            dst = d / "q.onnx"
+            with quiet():
+                q.quantize_static(
+                    str(src), str(dst), reader,
+                    quant_format=q.QuantFormat.QDQ if cfg.quant_format == "qdq"
+                    else q.QuantFormat.QOperator,
+                    op_types_to_quantize=list(cfg.op_types) if cfg.op_types else None,
+                    per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                    activation_type=getattr(q.QuantType, _QTYPES[cfg.activation_type]),
+                    weight_type=getattr(q.QuantType, _QTYPES[cfg.weight_type]),
+                    nodes_to_exclude=list(cfg.nodes_to_exclude) or None,
+                    calibrate_method=getattr(q.CalibrationMethod, _CALIB[cfg.calibrate_method]),
+                    extra_options=extra)
+            out = onnx.load_model(str(dst))
+        xs = batches[0]
+        abs_err, rel_err = max_errors(run_onnx(artifact.model, xs), run_onnx(out, xs))
+        notes = [f"{len(batches)} calibration batch(es); output error vs float on a calibration "
+                 f"batch: max abs {abs_err:.3g}, relative {rel_err:.3g}"]
+        return artifact.evolve(step=self.step(notes=notes), model=out,
+                               metadata={"quantized": "int8-static",
+                                         "quant_max_rel_error": rel_err})
+
+
+class _Reader:
+    """ORT CalibrationDataReader over pre-built feeds (restartable)."""
+
+    def __init__(self, feeds: list[dict[str, Any]]) -> None:
+        self.feeds = feeds
+        self.i = 0
+
+    def get_next(self) -> dict[str, Any] | None:
+        if self.i >= len(self.feeds):
+            return None
+        self.i += 1
+        return self.feeds[self.i - 1]
+
+    def rewind(self) -> None:
+        self.i = 0
+
+    def __iter__(self):
+        return iter(self.feeds)
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.feeds = self.feeds[start_index:end_index]
+
+
+@mo.config
+class DynamicConfig:
+    per_channel: bool = mo.field(True, help="per-output-channel weight scales")
+    weight_type: Literal["int8", "uint8"] = mo.field("int8")
+    reduce_range: bool = mo.field(False, help="7-bit weights (for CPUs without VNNI)")
+    op_types: tuple[str, ...] = mo.field(("MatMul", "Gemm", "LSTM", "GRU", "Attention"),
+                                         help="op types to quantize")
+    nodes_to_exclude: tuple[str, ...] = mo.field((), help="node names kept in float")
+    preprocess: bool = mo.field(True, help="run ORT's quant_pre_process first")
+
+
+class OnnxQuantizeDynamic(mo.Optimizer):
+    """Dynamic INT8 quantization with ONNX Runtime (weights INT8, activations at run time)."""
+
+    name = "onnx.quantize_dynamic"
+    accepts = ("onnx",)
+    Config = DynamicConfig
+    requires = ("onnx", "onnxruntime")
+    install_hint = "pip install onnxruntime"
+
+    def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
+        import onnx
+        from onnxruntime import quantization as q
+
+        cfg = self.config
+        ops = {n.op_type for n in artifact.model.graph.node}
+        if not ops & set(cfg.op_types):
+            ctx.warn(f"{self.name}: the graph has no {list(cfg.op_types)} nodes; nothing to "
+                     "quantize, the model is unchanged (no-op step)")
+            return artifact.evolve(step=self.step(notes=["no-op: nothing to quantize"]))
+        with workdir() as d:
+            src = _preprocess(artifact.model, d, ctx, self.name) if cfg.preprocess else None
+            if src is None:
+                src = d / "in.onnx"
+                onnx.save_model(artifact.model, str(src))
+            dst = d / "q.onnx"
+            with quiet():
+                q.quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(cfg.op_types),
+                                   per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                                   weight_type=getattr(q.QuantType, _QTYPES[cfg.weight_type]),
+                                   nodes_to_exclude=list(cfg.nodes_to_exclude) or None)
+            out = onnx.load_model(str(dst))
+        return artifact.evolve(step=self.step(), model=out,
+                               metadata={"quantized": "int8-dynamic"})
