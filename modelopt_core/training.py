@@ -1,0 +1,478 @@
+"""The one training loop of the project: every component that trains (distillation, QAT,
+fine-tuning after pruning, slimming) calls :func:`fit`.
+
+Features: epochs or a step budget, Adam/AdamW/SGD, per-step LR schedules (cosine, step, linear,
+none; optional warmup), gradient clipping, mixed precision (bf16 autocast; fp16 autocast +
+GradScaler on CUDA), evaluation each epoch, early stopping, checkpoint/resume in safe formats
+(safetensors + JSON, never pickle), per-epoch reseeding (a resumed run is bit-identical to an
+uninterrupted one), a progress bar with loss and metric, and DistributedDataParallel when
+``torch.distributed`` is initialised (gloo on CPU, nccl on CUDA; launch with ``torchrun``).
+torch is imported lazily so ``import modelopt_core`` stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from .config import config, config_to_data, field, positive
+from .errors import ConfigError, DataError, TrainingError
+from .interfaces import as_input_tuple
+
+__all__ = ["TrainConfig", "TrainResult", "fit", "load_checkpoint_weights"]
+
+log = logging.getLogger("modelopt.training")
+
+
+@config
+class TrainConfig:
+    """Typed options of :func:`fit` (plain data: safe to embed in a component's config)."""
+
+    epochs: int = field(5, help="passes over train_data (ignored when steps is set)",
+                        validator=positive)
+    steps: int | None = field(None, help="total optimizer steps; overrides epochs",
+                              validator=positive)
+    optimizer: Literal["adam", "adamw", "sgd"] = field("adam", help="optimizer")
+    lr: float = field(1e-3, help="peak learning rate", validator=positive)
+    weight_decay: float = field(0.0, help="weight decay (L2 for adam/sgd, decoupled for adamw)")
+    momentum: float = field(0.9, help="SGD momentum")
+    schedule: Literal["cosine", "none", "step", "linear"] = field(
+        "cosine", help="per-step LR schedule after warmup")
+    warmup_steps: int = field(0, help="linear LR warmup steps")
+    step_gamma: float = field(0.1, help="'step' schedule: LR factor at 1/3 and 2/3 of training")
+    grad_clip: float | None = field(None, help="max global grad norm (None: no clipping)",
+                                    validator=positive)
+    precision: Literal["fp32", "bf16", "fp16"] = field(
+        "fp32", help="autocast dtype; fp16 uses a GradScaler and needs CUDA (bf16 elsewhere)")
+    early_stopping_patience: int | None = field(
+        None, help="stop after this many epochs without improvement of the metric",
+        validator=positive)
+    min_delta: float = field(0.0, help="smallest metric gain that counts as improvement")
+    restore_best: bool = field(False, help="end with the weights of the best epoch")
+    checkpoint_dir: str | None = field(None, help="folder for the 'last' checkpoint")
+    resume: bool = field(False, help="continue from checkpoint_dir/last when it exists")
+    seed: int = field(0, help="seed (re-applied at every epoch start for exact resume)")
+    shuffle: bool = field(True, help="shuffle batch order each epoch when train_data is a list")
+    device: str | None = field(None, help="training device (default: ctx.device or the model's)")
+    log_every: int = field(0, help="log the running loss every N steps (0: per epoch only)")
+
+
+@attrs.define(eq=False)
+class TrainResult:
+    """What :func:`fit` returns: the (same) trained model, per-epoch history, best metric."""
+
+    model: Any
+    history: list[dict[str, Any]]
+    best_metric: float | None
+    stopped: bool = False
+    steps: int = 0
+    resumed_from: int | None = None
+
+
+def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainConfig(),
+        loss_fn: Callable[[Any, tuple[Any, ...], Any], Any] | None = None,
+        eval_fn: Callable[[Any], float] | None = None, ctx: Any = None,
+        on_epoch_start: Callable[[int, Any], None] | None = None,
+        on_epoch_end: Callable[[int, Any], None] | None = None,
+        params: Iterable[Any] | None = None) -> TrainResult:
+    """Train ``model`` in place on ``train_data`` (an iterable of ``(inputs, targets)``).
+
+    ``loss_fn(model, inputs, targets)`` returns a scalar (default: cross-entropy of
+    ``model(*inputs)``); under DDP ``model`` is the wrapped module. ``eval_fn(module)`` runs in
+    eval mode after each epoch (higher is better). ``params`` may include tensors outside the
+    model (e.g. distillation adapters); they are optimised, synced and checkpointed too.
+    Raises :class:`DataError` for empty or one-shot data and :class:`TrainingError` on a
+    non-finite loss (the model then holds the weights from the start of that epoch).
+    """
+    import torch
+    from torch import distributed as dist
+
+    cfg = config
+    if iter(train_data) is train_data and (cfg.steps or cfg.epochs) > 1:
+        raise DataError("fit: train_data is a one-shot iterator; pass a list or a DataLoader "
+                        "so it can be read once per epoch.")
+    dist_on = dist.is_available() and dist.is_initialized()
+    world, rank = (dist.get_world_size(), dist.get_rank()) if dist_on else (1, 0)
+    device = torch.device(cfg.device or getattr(ctx, "device", None) or _model_device(model))
+    home = _model_device(model)
+    model.to(device)
+    params = list(params) if params is not None else list(model.parameters())
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ConfigError("fit: no trainable parameters (all have requires_grad=False).")
+    model_ids = {id(p) for p in model.parameters()}
+    extra = [p for p in params if id(p) not in model_ids]
+    nbatches = _count_batches(train_data)
+    per_rank = nbatches // world
+    if per_rank == 0:
+        raise DataError(f"fit: train_data is empty ({nbatches} batch(es) for {world} rank(s)); "
+                        "give at least one (inputs, targets) batch per process.")
+    total = cfg.steps or cfg.epochs * per_rank
+    epochs = math.ceil(total / per_rank)
+    opt = _make_optimizer(cfg, params)
+    amp_dtype, scaler = _amp(cfg, device, ctx)
+    loss_fn = loss_fn or _default_loss
+    net = model
+    if dist_on:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    ckpt = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    state = {"epoch": 0, "step": 0, "history": [], "best": None, "bad": 0}
+    resumed = None
+    if ckpt is not None and cfg.resume and (ckpt / "last" / "state.json").exists():
+        state = _load_ckpt(ckpt / "last", model, extra, opt, scaler, cfg, ctx)
+        resumed = state["epoch"]
+    best_state = None
+    stopped = False
+    model.train()
+    bar = _progress(total, ctx, rank, initial=state["step"])
+    try:
+        for epoch in range(state["epoch"], epochs):
+            if state["step"] >= total:
+                break
+            _seed_all(cfg.seed + epoch)
+            good = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            good_extra = [p.detach().clone() for p in extra]
+            if on_epoch_start is not None:
+                on_epoch_start(epoch, model)
+            t0, run_loss, n = time.perf_counter(), 0.0, 0
+            for bi, batch in enumerate(_epoch_batches(train_data, cfg, epoch, world, rank,
+                                                      per_rank)):
+                if state["step"] >= total:
+                    break
+                inputs, targets = _to_device(_split(batch, bi), device)
+                lr = cfg.lr * _lr_factor(cfg, state["step"], total)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss = loss_fn(net, inputs, targets)
+                if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                    raise TrainingError("fit: loss_fn must return a scalar tensor.")
+                seen = loss.detach().float()
+                if dist_on:
+                    dist.all_reduce(seen)
+                    seen = seen / world
+                if not torch.isfinite(seen):
+                    _restore(model, good, extra, good_extra)
+                    raise TrainingError(
+                        f"fit: non-finite loss ({float(seen)}) at epoch {epoch + 1}, step "
+                        f"{state['step'] + 1} (batch {bi}); training stopped and the weights "
+                        f"from the start of epoch {epoch + 1} (the last good ones) were restored. "
+                        "Lower lr, set grad_clip, or check the data and loss for NaN/Inf.")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward() if scaler else loss.backward()
+                if dist_on and extra:
+                    _sync_grads(extra, world)
+                if scaler:
+                    scaler.unscale_(opt)
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                if scaler:
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
+                state["step"] += 1
+                run_loss, n = run_loss + float(seen), n + 1
+                bar.update(1)
+                bar.set_postfix(_postfix(epoch, run_loss / n, state["best"]), refresh=False)
+                if cfg.log_every and state["step"] % cfg.log_every == 0 and rank == 0:
+                    log.info("step %d: loss %.4f lr %.3g", state["step"], run_loss / n, lr)
+            rec = {"epoch": epoch + 1, "steps": state["step"], "train_loss": run_loss / max(n, 1),
+                   "lr": opt.param_groups[0]["lr"], "time_s": round(time.perf_counter() - t0, 3)}
+            metric = _evaluate(model, eval_fn, dist_on, rank, device)
+            if metric is not None:
+                rec["metric"] = metric
+            score = metric if metric is not None else -rec["train_loss"]
+            if state["best"] is None or score > state["best"] + cfg.min_delta:
+                state["best"], state["bad"] = score, 0
+                if cfg.restore_best:
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                state["bad"] += 1
+            state["history"].append(rec)
+            state["epoch"] = epoch + 1
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model)
+            if rank == 0:
+                log.info("epoch %d/%d: %s", epoch + 1, epochs, rec)
+                if ckpt is not None:
+                    _save_ckpt(ckpt / "last", model, extra, opt, scaler, state, cfg)
+            if dist_on and ckpt is not None:
+                dist.barrier()
+            if cfg.early_stopping_patience and state["bad"] >= cfg.early_stopping_patience:
+                stopped = True
+                break
+    finally:
+        bar.close()
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        model.to(home)
+    has_metric = any("metric" in r for r in state["history"])
+    best = max((r["metric"] for r in state["history"] if "metric" in r), default=None)
+    return TrainResult(model, state["history"], best if has_metric else None, stopped,
+                       state["step"], resumed)
+
+
+# ---- pieces of the loop ------------------------------------------------------------------
+
+def _default_loss(model: Any, inputs: tuple[Any, ...], targets: Any) -> Any:
+    from torch.nn import functional as F
+
+    out = model(*inputs)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return F.cross_entropy(out.float(), targets)
+
+
+def _model_device(model: Any) -> str:
+    p = next(iter(model.parameters()), None)
+    return str(p.device) if p is not None else "cpu"
+
+
+def _count_batches(data: Iterable[Any]) -> int:
+    try:
+        return len(data)  # type: ignore[arg-type]
+    except TypeError:
+        return sum(1 for _ in data)
+
+
+def _epoch_batches(data: Any, cfg: TrainConfig, epoch: int, world: int, rank: int,
+                   per_rank: int) -> Iterable[Any]:
+    """This rank's batches for ``epoch``: optionally reordered (lists), then sharded by index."""
+    import torch
+
+    if cfg.shuffle and isinstance(data, (list, tuple)):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(data), generator=g).tolist()
+        data = [data[i] for i in order]
+    taken = 0
+    for i, batch in enumerate(data):
+        if taken >= per_rank:
+            return
+        if i % world == rank:
+            taken += 1
+            yield batch
+
+
+def _split(batch: Any, index: int) -> tuple[tuple[Any, ...], Any]:
+    if isinstance(batch, dict) and "inputs" in batch:
+        return as_input_tuple(batch["inputs"]), batch.get("targets")
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise DataError(f"fit: train_data item {index} is not an (inputs, targets) pair "
+                        f"(got {type(batch).__name__}).")
+    return as_input_tuple(batch[0]), batch[1]
+
+
+def _to_device(obj: Any, device: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _make_optimizer(cfg: TrainConfig, params: list[Any]) -> Any:
+    import torch
+
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if cfg.schedule == "linear":
+        return max(0.0, 1.0 - t)
+    if cfg.schedule == "step":
+        return cfg.step_gamma ** min(2, int(t * 3))
+    return 1.0
+
+
+def _amp(cfg: TrainConfig, device: Any, ctx: Any) -> tuple[Any, Any]:
+    import torch
+
+    if cfg.precision == "fp32":
+        return None, None
+    if cfg.precision == "fp16" and device.type == "cuda":
+        return torch.float16, torch.amp.GradScaler("cuda")
+    if cfg.precision == "fp16":
+        msg = f"fit: precision='fp16' needs CUDA; training on {device} uses bf16 autocast instead."
+        ctx.warn(msg) if ctx is not None else log.warning(msg)
+    return torch.bfloat16, None
+
+
+def _seed_all(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover - numpy ships with torch
+        pass
+
+
+def _restore(model: Any, good: dict[str, Any], extra: list[Any], good_extra: list[Any]) -> None:
+    import torch
+
+    model.load_state_dict(good)
+    with torch.no_grad():
+        for p, v in zip(extra, good_extra):
+            p.copy_(v)
+
+
+def _sync_grads(extra: list[Any], world: int) -> None:
+    from torch import distributed as dist
+
+    for p in extra:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
+def _evaluate(model: Any, eval_fn: Any, dist_on: bool, rank: int, device: Any) -> float | None:
+    """Run eval_fn on rank 0 in eval mode, restore each module's mode, share the result."""
+    import torch
+
+    if eval_fn is None:
+        return None
+    value = torch.zeros(1, dtype=torch.float64, device=device)
+    if rank == 0:
+        modes = {m: m.training for m in model.modules()}
+        model.eval()
+        try:
+            with torch.no_grad():
+                value[0] = float(eval_fn(model))
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+    if dist_on:
+        from torch import distributed as dist
+
+        dist.broadcast(value, src=0)
+    return float(value[0])
+
+
+def _postfix(epoch: int, loss: float, best: float | None) -> dict[str, str]:
+    d = {"ep": str(epoch + 1), "loss": f"{loss:.4f}"}
+    if best is not None:
+        d["best"] = f"{best:.4g}"
+    return d
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+    def set_postfix(self, *a: Any, **k: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(total: int, ctx: Any, rank: int, initial: int) -> Any:
+    show = rank == 0 and (ctx is None or getattr(ctx, "show_progress", True))
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", leave=False, dynamic_ncols=True,
+                disable=None if ctx is None else False)
+
+
+# ---- checkpoints: safetensors for tensors, JSON for scalars ------------------------------
+
+_SKIP_CFG = ("resume", "checkpoint_dir", "epochs", "steps", "device")
+
+
+def _save_ckpt(folder: Path, model: Any, extra: list[Any], opt: Any, scaler: Any,
+               state: dict[str, Any], cfg: TrainConfig) -> None:
+    """Write model/optimizer tensors (safetensors) and scalars (JSON); swap in atomically."""
+    from safetensors.torch import save_file
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".last.tmp-", dir=folder.parent))
+    weights = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    weights.update({f"__extra__.{i}": p.detach().cpu().clone() for i, p in enumerate(extra)})
+    save_file(weights, str(tmp / "model.safetensors"))
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if hasattr(v, "detach"):
+                tensors[f"{idx}.{k}"] = v.detach().cpu().clone().contiguous()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    meta = {"epoch": state["epoch"], "step": state["step"], "history": state["history"],
+            "best": state["best"], "bad": state["bad"], "opt_scalars": scalars,
+            "param_groups": sd["param_groups"], "scaler": scaler.state_dict() if scaler else None,
+            "config": {k: v for k, v in config_to_data(cfg).items() if k not in _SKIP_CFG}}
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_ckpt(folder: Path, model: Any, extra: list[Any], opt: Any, scaler: Any,
+               cfg: TrainConfig, ctx: Any) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / "state.json").read_text())
+    now = {k: v for k, v in config_to_data(cfg).items() if k not in _SKIP_CFG}
+    if meta.get("config") != now:
+        diff = sorted(k for k in now if meta.get("config", {}).get(k) != now[k])
+        msg = f"fit: resuming {folder} with a different config ({', '.join(diff)} changed)."
+        ctx.warn(msg) if ctx is not None else log.warning(msg)
+    weights = load_file(str(folder / "model.safetensors"))
+    ex = [weights.pop(f"__extra__.{i}", None) for i in range(len(extra))]
+    model.load_state_dict(weights)
+    with torch.no_grad():
+        for p, v in zip(extra, ex):
+            if v is not None:
+                p.copy_(v)
+    per: dict[int, dict[str, Any]] = {}
+    for key, v in load_file(str(folder / "optimizer.safetensors")).items():
+        idx, k = key.split(".", 1)
+        per.setdefault(int(idx), {})[k] = v
+    for key, v in meta["opt_scalars"].items():
+        idx, k = key.split(".", 1)
+        per.setdefault(int(idx), {})[k] = v
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v
+               for k, v in g.items()} for g in meta["param_groups"]]
+    opt.load_state_dict({"state": per, "param_groups": groups})
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
+    return {k: meta[k] for k in ("epoch", "step", "history", "best", "bad")}
+
+
+def load_checkpoint_weights(checkpoint_dir: str | os.PathLike[str], model: Any) -> Any:
+    """Load the model weights of ``checkpoint_dir/last`` into ``model`` (safetensors only)."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(checkpoint_dir) / "last" / "model.safetensors"))
+    model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("__extra__.")})
+    return model
