@@ -70,3 +70,23 @@ def predict_accuracy(fn: Callable[[torch.Tensor], Any],
 def accuracy_fn(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[Any], float]:
     """An ``eval_fn(runner) -> accuracy %`` over the given batches."""
     return lambda runner: predict_accuracy(runner, batches)
+
+
+def image_batches(n_batches: int, batch_size: int = 8, size: int = 224, seed: int = 0,
+                  channels: int = 3) -> list[torch.Tensor]:
+    """ImageNet-shaped batches built from real digit images (no download): each digit is
+    upsampled to ``size`` x ``size``, colour-tinted and noised, then standardised."""
+    from sklearn.datasets import load_digits
+
+    g = torch.Generator().manual_seed(seed)
+    imgs = torch.tensor(load_digits().images, dtype=torch.float32).unsqueeze(1) / 16.0
+    out = []
+    for _ in range(n_batches):
+        idx = torch.randint(0, len(imgs), (batch_size,), generator=g)
+        x = torch.nn.functional.interpolate(imgs[idx], size=(size, size), mode="bilinear",
+                                            align_corners=False)
+        tint = torch.rand(batch_size, channels, 1, 1, generator=g) * 0.8 + 0.2
+        bg = torch.rand(batch_size, channels, 1, 1, generator=g) * 0.3
+        x = x * tint + bg + 0.05 * torch.randn(batch_size, channels, size, size, generator=g)
+        out.append(((x - 0.45) / 0.25).contiguous())
+    return out

@@ -1,0 +1,79 @@
+"""Shared helpers for the benchmarks: timing side by side, agreement metrics, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def p50_ms(fn: Callable[[], Any], warmup: int = 3, iters: int = 15) -> float:
+    """Median wall time of ``fn`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(ts))
+
+
+def interleaved_p50(fns: dict[str, Callable[[], Any]], rounds: int = 15,
+                    warmup: int = 3) -> dict[str, float]:
+    """p50 of each candidate, timed round-robin so machine noise hits all of them alike."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    ts: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            ts[k].append(time.perf_counter() - t0)
+    return {k: 1e3 * float(np.median(v)) for k, v in ts.items()}
+
+
+def agreement(ref: list[torch.Tensor], got: list[torch.Tensor]) -> dict[str, float]:
+    """Top-1 agreement (%) and max relative error of ``got`` logits vs ``ref`` logits."""
+    r = torch.cat([x.float() for x in ref])
+    g = torch.cat([x.float() for x in got])
+    top1 = 100.0 * float((r.argmax(1) == g.argmax(1)).float().mean())
+    rel = float((r - g).abs().max() / r.abs().max().clamp_min(1e-12))
+    return {"top1_agreement_pct": top1, "max_rel_error": rel}
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "cores": os.cpu_count()}
+
+
+def write_results(name: str, payload: dict[str, Any], table: list[dict[str, Any]],
+                  columns: list[str], title: str, notes: list[str] = ()) -> None:
+    """Write ``results/<name>.json`` and ``results/<name>.md``."""
+    RESULTS.mkdir(exist_ok=True)
+    payload = dict(payload, rows=table, machine=machine())
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
+    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |",
+             "|" + "---|" * len(columns)]
+    for row in table:
+        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+    lines += [""] + [f"- {n}" for n in notes]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
