@@ -80,11 +80,15 @@ class Report:
 
     def print(self, columns: list[str] | None = None) -> None:
         """Print the table to the terminal (rich when installed)."""
+        import sys
+
         cols = columns or self.columns
         try:
             from rich.console import Console
             from rich.table import Table
         except ImportError:
+            Console = None  # noqa: N806
+        if Console is None or not sys.stdout.isatty():
             print(self.to_markdown(columns=cols))
             return
         t = Table(title=self.title)
@@ -93,7 +97,7 @@ class Report:
                          else "right")
         for r in self.rows:
             t.add_row(*(_fmt(r.get(c)) for c in cols))
-        Console().print(t)
+        Console(width=max(Console().width, 40 + 12 * len(cols))).print(t)
 
     def __str__(self) -> str:
         return self.to_markdown()
