@@ -1,0 +1,166 @@
+"""Helpers shared by the compression components: config validators, layer discovery,
+MAC/parameter counting, output-layer detection and the no-op step."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import modelopt_core as mo
+
+__all__ = ["amount_in_range", "prunable_layers", "count_macs_params", "output_layer_names",
+           "resolve_names", "copy_model", "noop", "run_outputs", "check_same_outputs",
+           "format_delta"]
+
+
+def amount_in_range(inst: Any, attr: Any, value: Any) -> None:
+    """attrs validator: a fraction in [0, 1) (bool, str and NaN are refused by the type check)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise mo.ConfigError(f"config key {attr.name!r} must be a number in [0, 1), got "
+                             f"{value!r}.")
+    if not 0.0 <= value < 1.0:
+        raise mo.ConfigError(f"config key {attr.name!r} = {value!r} is outside [0, 1): give the "
+                             "fraction of weights/channels to remove, e.g. 0.5.")
+
+
+def prunable_layers(model: Any, types: Sequence[str] = ("conv", "linear")) -> dict[str, Any]:
+    """Conv (any dim) and Linear layers of ``model`` by qualified name."""
+    from torch import nn
+
+    want = tuple(t for k, t in (("conv", nn.modules.conv._ConvNd), ("linear", nn.Linear))
+                 if k in types)
+    return {n: m for n, m in model.named_modules() if want and isinstance(m, want)}
+
+
+def copy_model(artifact: mo.ModelArtifact) -> Any:
+    """A deep copy of the artifact's module in eval mode (the artifact is never touched)."""
+    return copy.deepcopy(artifact.model).eval()
+
+
+def count_macs_params(model: Any, example_inputs: Sequence[Any]) -> tuple[int, int]:
+    """(multiply-accumulates, parameters) of one forward pass on ``example_inputs``.
+
+    Uses Torch-Pruning's op counter, with a forward-hook fallback for modules it does not know.
+    """
+    import torch
+
+    m = copy.deepcopy(model).eval()
+    xs = tuple(example_inputs)
+    try:
+        import torch_pruning as tp
+
+        with torch.no_grad():
+            macs, params = tp.utils.count_ops_and_params(m, xs if len(xs) > 1 else xs[0])
+        if macs > 0:
+            return int(macs), int(params)
+    except Exception:  # unknown custom module: count by hooks below
+        pass
+    total = [0]
+
+    def hook(mod: Any, inp: Any, out: Any) -> None:
+        if isinstance(mod, torch.nn.modules.conv._ConvNd):
+            w = mod.weight if hasattr(mod, "weight") else None
+            k = w[0].numel() if w is not None else 0
+            total[0] += int(out.numel() * k)
+        elif isinstance(mod, torch.nn.Linear):
+            total[0] += int(out.numel() * mod.in_features)
+        elif hasattr(mod, "macs_per_output"):
+            total[0] += int(out.numel() * mod.macs_per_output())
+
+    hs = [mod.register_forward_hook(hook) for mod in m.modules()]
+    with torch.no_grad():
+        m(*xs)
+    for h in hs:
+        h.remove()
+    return total[0], sum(p.numel() for p in m.parameters())
+
+
+def run_outputs(model: Any, inputs: Sequence[Any]) -> list[Any]:
+    """Outputs of ``model(*inputs)`` as a list of tensors (no grad)."""
+    import torch
+
+    with torch.no_grad():
+        out = model(*inputs)
+    return [out] if isinstance(out, torch.Tensor) else list(out)
+
+
+def output_layer_names(model: Any, example_inputs: Sequence[Any]) -> list[str]:
+    """Names of the Conv/Linear layers whose outputs the model returns (classifier, detection
+    heads), found by running the model once. Falls back to the last Conv/Linear executed."""
+    import torch
+
+    m = copy.deepcopy(model).eval()
+    layers = prunable_layers(m)
+    produced: dict[int, str] = {}
+    order: list[str] = []
+
+    def make(name: str):
+        def hook(mod: Any, inp: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                produced[id(out)] = name
+                order.append(name)
+        return hook
+
+    hs = [mod.register_forward_hook(make(n)) for n, mod in layers.items()]
+    try:
+        outs = run_outputs(m, example_inputs)
+    finally:
+        for h in hs:
+            h.remove()
+    names = [produced[id(o)] for o in outs if id(o) in produced]
+    if not names and order:
+        names = [order[-1]]
+    return list(dict.fromkeys(names))
+
+
+def resolve_names(model: Any, names: Iterable[str], who: str, field: str) -> list[Any]:
+    """Modules for qualified ``names``; ConfigError naming the unknown one and close matches."""
+    mods = dict(model.named_modules())
+    out = []
+    for n in names:
+        if n not in mods:
+            hint = mo.errors.close_names(n, [k for k in mods if k])
+            raise mo.ConfigError(
+                f"{who}: {field} names {n!r}, which is not a module of "
+                f"{type(model).__name__}" + (f" (did you mean {', '.join(map(repr, hint))}?)"
+                                             if hint else "") + ".")
+        out.append(mods[n])
+    return out
+
+
+def check_same_outputs(who: str, before: Sequence[Any], after: Sequence[Any]) -> None:
+    """Raise if the edited model's outputs changed count/shape or hold NaN/Inf."""
+    import torch
+
+    if len(before) != len(after):
+        raise mo.NumericalError(f"{who}: the model now returns {len(after)} output(s) instead of "
+                                f"{len(before)}; the edit broke the graph.")
+    for i, (a, b) in enumerate(zip(before, after)):
+        if a.shape != b.shape:
+            raise mo.NumericalError(f"{who}: output {i} changed shape {tuple(a.shape)} -> "
+                                    f"{tuple(b.shape)}; keep the output layers (ignored_layers).")
+        if b.is_floating_point() and not torch.isfinite(b).all():
+            raise mo.NumericalError(f"{who}: output {i} holds NaN/Inf after the edit.")
+
+
+def format_delta(label: str, before: float, after: float) -> str:
+    """'MACs 1.82G -> 0.47G (3.87x fewer)'."""
+    def fmt(v: float) -> str:
+        for unit, s in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(v) >= unit:
+                return f"{v / unit:.3g}{s}"
+        return f"{v:.0f}"
+    ratio = before / after if after else float("inf")
+    return f"{label} {fmt(before)} -> {fmt(after)} ({ratio:.2f}x fewer)"
+
+
+def noop(component: mo.Optimizer, artifact: mo.ModelArtifact, ctx: mo.Context,
+         why: str) -> mo.ModelArtifact:
+    """An explicit no-op step: the same model (copied), one lineage step, and a warning."""
+    msg = f"{component.name}: {why}; the model is unchanged (no-op step)."
+    ctx.warn(msg)
+    return artifact.evolve(step=component.step(notes=[msg]), model=copy.deepcopy(artifact.model))
