@@ -352,6 +352,9 @@ def _resize_to(m: Any, state: dict[str, Any]) -> None:
         else:
             mod._buffers[attr] = new
         if attr == "weight" and isinstance(mod, torch.nn.modules.conv._ConvNd):
+            if mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels \
+                    and t.shape[1] == 1:  # a pruned depthwise conv keeps one group per channel
+                mod.groups = t.shape[0]
             mod.out_channels, mod.in_channels = t.shape[0], t.shape[1] * mod.groups
         elif attr == "weight" and isinstance(mod, torch.nn.Linear):
             mod.out_features, mod.in_features = t.shape
