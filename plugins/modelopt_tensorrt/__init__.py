@@ -1,0 +1,1 @@
+"""Built-in modelopt plugin: TensorRT engine export and runtime (NVIDIA GPUs)."""
