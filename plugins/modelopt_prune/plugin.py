@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import modelopt_core as mo
 
+from .depthwise import DepthwiseSeparable
+from .low_rank import LowRank
 from .structured import StructuredPrune
 from .unstructured import GlobalPrune, UnstructuredPrune
+from .weight_sharing import WeightSharing
 
 
 @mo.hookimpl
 def register_optimizers(register):
-    for cls in (UnstructuredPrune, GlobalPrune, StructuredPrune):
+    for cls in (UnstructuredPrune, GlobalPrune, StructuredPrune, WeightSharing, LowRank,
+                DepthwiseSeparable):
         register(cls)

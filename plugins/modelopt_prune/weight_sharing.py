@@ -1,0 +1,228 @@
+"""``compress.weight_sharing``: per-layer k-means weight sharing (Deep Compression, stage 2).
+
+Each selected Conv/Linear layer is replaced by a :class:`SharedConv` / :class:`SharedLinear`
+holding a float ``codebook`` (n_clusters) and a ``uint8`` ``indices`` buffer (two 4-bit indices
+per byte when n_clusters <= 16). The weight is rebuilt from them in ``forward``, so the saved
+state dict (safetensors) really holds log2(n) bits per weight plus the codebook. Optional
+centroid fine-tuning trains the codebook with the shared training loop: the gradient of each
+centroid is the sum of the gradients of the weights sharing it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import modelopt_core as mo
+
+from .common import (check_same_outputs, copy_model, noop, prunable_layers, resolve_names,
+                     run_outputs)
+from .low_rank import set_module
+
+
+def kmeans_1d(values: Any, k: int, iters: int = 30, init: str = "linear") -> tuple[Any, Any]:
+    """1-D k-means (Lloyd) on a flat tensor: (centroids sorted ascending, int64 labels).
+
+    ``init="linear"`` spreads centroids evenly between min and max (Deep Compression's best
+    choice: large weights keep their own centroids); ``"density"`` uses quantiles. In 1-D the
+    nearest centroid is found by bisection on the midpoints, O(n log k) per iteration."""
+    import torch
+
+    x = values.detach().reshape(-1).double()
+    uniq = torch.unique(x)
+    if len(uniq) <= k:  # fewer distinct values than clusters: exact
+        c = uniq
+        return c.float(), torch.bucketize(x, c).clamp_max(len(c) - 1)
+    if init == "linear":
+        c = torch.linspace(float(x.min()), float(x.max()), k, dtype=torch.float64)
+    else:
+        c = torch.quantile(x[:1_000_000], torch.linspace(0, 1, k, dtype=torch.float64))
+    for _ in range(iters):
+        labels = torch.bucketize(x, (c[1:] + c[:-1]) / 2)
+        sums = torch.zeros(k, dtype=torch.float64).index_add_(0, labels, x)
+        counts = torch.bincount(labels, minlength=k).double()
+        new = torch.where(counts > 0, sums / counts.clamp_min(1), c)
+        new, _ = torch.sort(new)
+        if torch.allclose(new, c, rtol=0, atol=1e-12):
+            c = new
+            break
+        c = new
+    labels = torch.bucketize(x, (c[1:] + c[:-1]) / 2)
+    return c.float(), labels
+
+
+def pack_indices(labels: Any, k: int) -> Any:
+    """uint8 index buffer: two 4-bit indices per byte when k <= 16, else one per byte."""
+    import torch
+
+    lab = labels.reshape(-1).to(torch.uint8)
+    if k > 16:
+        return lab
+    if lab.numel() % 2:
+        lab = torch.cat([lab, lab.new_zeros(1)])
+    return lab[0::2] | (lab[1::2] << 4)
+
+
+def unpack_indices(packed: Any, n: int, k: int) -> Any:
+    """Inverse of :func:`pack_indices`: int64 labels of length ``n``."""
+    import torch
+
+    if k > 16:
+        return packed.long()
+    lo, hi = packed & 15, packed >> 4
+    return torch.stack([lo, hi], 1).reshape(-1)[:n].long()
+
+
+class _Shared:
+    """Mixin: weight = codebook[indices], cached while not training."""
+
+    def _init_shared(self, weight: Any, k: int, iters: int, init: str) -> None:
+        import torch
+
+        c, labels = kmeans_1d(weight, k, iters, init)
+        self.n_clusters = len(c)
+        self.weight_shape = tuple(weight.shape)
+        self.codebook = torch.nn.Parameter(c.to(weight.dtype))
+        self.register_buffer("indices", pack_indices(labels, self.n_clusters))
+        self._cache: tuple[int, Any] | None = None
+
+    @property
+    def weight(self) -> Any:
+        import torch
+
+        if self.training or torch.is_grad_enabled() and self.codebook.requires_grad:
+            return self._rebuild()
+        ver = self.codebook._version
+        if self._cache is None or self._cache[0] != ver:
+            self._cache = (ver, self._rebuild().detach())
+        return self._cache[1]
+
+    def macs_per_output(self) -> int:
+        """Multiply-accumulates per output element (for MAC counting)."""
+        return math.prod(self.weight_shape[1:])
+
+    def _rebuild(self) -> Any:
+        n = math.prod(self.weight_shape)
+        return self.codebook[unpack_indices(self.indices, n, self.n_clusters)].view(
+            self.weight_shape)
+
+
+def _make_shared(layer: Any, k: int, iters: int, init: str) -> Any:
+    import torch
+    from torch import nn
+
+    if isinstance(layer, nn.Linear):
+        class_ = SharedLinear
+    elif isinstance(layer, nn.modules.conv._ConvNd) and not layer.transposed:
+        class_ = SharedConv
+    else:
+        return None
+    new = class_.__new__(class_)
+    nn.Module.__init__(new)
+    for attr in ("in_features", "out_features", "in_channels", "out_channels", "kernel_size",
+                 "stride", "padding", "dilation", "groups", "padding_mode"):
+        if hasattr(layer, attr):
+            setattr(new, attr, getattr(layer, attr))
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        new.ndim = layer.weight.dim() - 2
+        new._reversed_padding_repeated_twice = layer._reversed_padding_repeated_twice
+    new._init_shared(layer.weight.detach(), k, iters, init)
+    new.bias = (nn.Parameter(layer.bias.detach().clone()) if layer.bias is not None else None)
+    return new.to(torch.device(layer.weight.device))
+
+
+class SharedLinear(_Shared, __import__("torch").nn.Module):
+    """Linear layer whose weight is ``codebook[indices]`` (k-means weight sharing)."""
+
+    def forward(self, x: Any) -> Any:
+        from torch.nn import functional as F
+
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, clusters={self.n_clusters}"
+
+
+class SharedConv(_Shared, __import__("torch").nn.Module):
+    """Conv1d/2d/3d whose weight is ``codebook[indices]`` (k-means weight sharing)."""
+
+    def forward(self, x: Any) -> Any:
+        from torch.nn import functional as F
+
+        fn = (F.conv1d, F.conv2d, F.conv3d)[self.ndim - 1]
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return fn(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return fn(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                  self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, groups={self.groups}, clusters={self.n_clusters}")
+
+
+@mo.config
+class WeightSharingConfig:
+    n_clusters: int = mo.field(16, validator=mo.in_range(2, 256),
+                               help="clusters (shared values) per layer; <= 16 packs 4-bit")
+    init: Literal["linear", "density"] = mo.field("linear", help="k-means initialisation")
+    iterations: int = mo.field(30, validator=mo.positive, help="k-means iterations")
+    layer_types: tuple[Literal["conv", "linear"], ...] = mo.field(("conv", "linear"))
+    ignored_layers: tuple[str, ...] = mo.field((), help="qualified layer names left alone")
+    min_weights: int = mo.field(64, validator=mo.in_range(0, 1e12),
+                                help="skip layers with fewer weights than this")
+    finetune_epochs: int = mo.field(0, validator=mo.in_range(0, 10_000),
+                                    help="centroid fine-tuning epochs (0: none; needs train_data)")
+    lr: float = mo.field(1e-4, validator=mo.positive, help="centroid fine-tuning learning rate")
+
+
+class WeightSharing(mo.Optimizer):
+    """Per-layer k-means weight sharing: codebook + packed indices, really smaller on disk."""
+
+    name = "compress.weight_sharing"
+    Config = WeightSharingConfig
+
+    def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
+        cfg = self.config
+        model = copy_model(artifact)
+        xs = tuple(ctx.example_inputs)
+        skip = {id(m) for m in resolve_names(model, cfg.ignored_layers, self.name,
+                                             "ignored_layers")}
+        layers = {n: m for n, m in prunable_layers(model, cfg.layer_types).items()
+                  if id(m) not in skip and m.weight.numel() >= max(cfg.min_weights, 1)}
+        if not layers:
+            return noop(self, artifact, ctx, "no Conv/Linear layers large enough to share")
+        ref = run_outputs(model, xs)
+        bits = 4 if cfg.n_clusters <= 16 else 8
+        before = after = 0
+        for name, layer in ctx.progress(list(layers.items()), len(layers), self.name):
+            new = _make_shared(layer, cfg.n_clusters, cfg.iterations, cfg.init)
+            if new is None:
+                continue
+            before += layer.weight.numel() * layer.weight.element_size()
+            after += new.indices.numel() + new.codebook.numel() * new.codebook.element_size()
+            set_module(model, name, new)
+        notes = [f"{len(layers)} layer(s) shared with {cfg.n_clusters} clusters ({bits}-bit "
+                 f"indices): weight bytes {before} -> {after} ({before / max(after, 1):.1f}x)"]
+        if cfg.finetune_epochs:
+            notes.append(self._finetune(model, ctx))
+        model.eval()
+        check_same_outputs(self.name, ref, run_outputs(model, xs))
+        return artifact.evolve(step=self.step(notes=notes), model=model,
+                               metadata={"weight_sharing_clusters": cfg.n_clusters})
+
+    def _finetune(self, model: Any, ctx: mo.Context) -> str:
+        from modelopt_core.training import TrainConfig, fit
+
+        cfg = self.config
+        data = ctx.training_batches(self.name)
+        for p in model.parameters():  # only centroids train: indices (assignments) stay fixed
+            p.requires_grad_(False)
+        cbs = [m.codebook for m in model.modules() if isinstance(m, _Shared)]
+        for c in cbs:
+            c.requires_grad_(True)
+        res = fit(model, data, config=TrainConfig(epochs=cfg.finetune_epochs, lr=cfg.lr),
+                  ctx=ctx, params=cbs)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return f"centroid fine-tuning: {cfg.finetune_epochs} epoch(s), best {res.best_metric}"
