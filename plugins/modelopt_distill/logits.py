@@ -1,0 +1,126 @@
+"""``distill.logits``: Hinton-style knowledge distillation on the model outputs."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import modelopt_core as mo
+
+from .common import (DistillConfig, first_output, frozen_copy, history_data, kd_loss,
+                     resolve_teacher, run_fit, summary_notes)
+
+__all__ = ["LogitsDistill", "TeacherFn", "teacher_fn", "check_logit_shapes"]
+
+
+class TeacherFn:
+    """A frozen teacher callable: a private eval-mode copy of a torch module, or a runner for
+    artifacts in other formats (e.g. an ONNX teacher on onnxruntime)."""
+
+    def __init__(self, module: Any = None, runner: Any = None) -> None:
+        self.module, self.runner = module, runner
+
+    def __call__(self, *inputs: Any) -> Any:
+        import torch
+
+        with torch.no_grad():
+            if self.module is not None:
+                dev = next(iter(self.module.parameters()), torch.empty(0)).device
+                if inputs and inputs[0].device != dev:
+                    self.module.to(inputs[0].device)
+                return self.module(*inputs)
+            out = self.runner(*[x.detach().cpu() for x in inputs])
+            dev = inputs[0].device
+            return (tuple(o.to(dev) for o in out) if isinstance(out, (tuple, list))
+                    else out.to(dev))
+
+    def close(self) -> None:
+        """Release the runner, if any."""
+        if self.runner is not None:
+            self.runner.close()
+
+
+def teacher_fn(teacher: Any, ctx: mo.Context, who: str) -> TeacherFn:
+    """Build a :class:`TeacherFn` from an ``nn.Module`` or a :class:`ModelArtifact`."""
+    if isinstance(teacher, mo.ModelArtifact):
+        if teacher.format == "torch":
+            return TeacherFn(module=frozen_copy(teacher.model))
+        backend = {"onnx": "onnxruntime"}.get(teacher.format, teacher.format)
+        return TeacherFn(runner=ctx.runner(teacher, backend))
+    if hasattr(teacher, "parameters") and callable(teacher):
+        return TeacherFn(module=frozen_copy(teacher))
+    raise mo.ConfigError(f"{who}: the teacher must be a torch module or a ModelArtifact, got "
+                         f"{type(teacher).__name__}.")
+
+
+def check_logit_shapes(student: Any, teacher: TeacherFn, inputs: tuple[Any, ...], index: int,
+                       who: str) -> None:
+    """Fail before training when teacher and student outputs cannot be compared."""
+    import torch
+
+    with torch.no_grad():
+        modes = {m: m.training for m in student.modules()}
+        try:
+            s_out = student.eval()(*inputs)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+        t_out = teacher(*inputs)
+    for name, out in (("student", s_out), ("teacher", t_out)):
+        n = len(out) if isinstance(out, (tuple, list)) else 1
+        if index >= n:
+            raise mo.ConfigError(f"{who}: output={index} but the {name} model has {n} output(s).")
+    s, t = first_output(s_out, index), first_output(t_out, index)
+    if tuple(s.shape) != tuple(t.shape):
+        raise mo.FormatError(
+            f"{who}: teacher output {index} has shape {tuple(t.shape)} but student output "
+            f"{index} has shape {tuple(s.shape)}; logit distillation needs the same classes "
+            "per position. Use distill.features (with adapters) or a matching teacher.")
+
+
+class LogitsDistill(mo.Optimizer):
+    """Hinton KD: soft teacher targets at a temperature plus the hard-label loss."""
+
+    name: ClassVar[str] = "distill.logits"
+    accepts: ClassVar[tuple[str, ...]] = ("torch",)
+    needs: ClassVar[tuple[str, ...]] = ("train_data",)
+
+    @mo.config
+    class Config(DistillConfig):
+        temperature: float = mo.field(4.0, validator=mo.positive,
+                                      help="softmax temperature T for the soft targets")
+        alpha: float = mo.field(0.9, validator=mo.in_range(0.0, 1.0),
+                                help="weight of the soft (KD) term; 1 - alpha weighs hard CE")
+        output: int = mo.field(0, validator=mo.in_range(0, 1 << 16),
+                               help="which output holds the logits (models with several)")
+
+    def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
+        cfg = self.config
+        teacher = teacher_fn(resolve_teacher(cfg.teacher, ctx, self.name), ctx, self.name)
+        student = copy.deepcopy(artifact.model)
+        try:
+            first = _first_inputs(ctx, self.name)
+            check_logit_shapes(student, teacher, first, cfg.output, self.name)
+
+            def loss_fn(model: Any, inputs: tuple[Any, ...], targets: Any) -> Any:
+                s = first_output(model(*inputs), cfg.output)
+                t = first_output(teacher(*inputs), cfg.output)
+                return kd_loss(s, t, targets, cfg.temperature, cfg.alpha)
+
+            result = run_fit(self.name, student, ctx, cfg, loss_fn)
+        finally:
+            teacher.close()
+        student.eval()
+        notes = [f"teacher: {cfg.teacher}", f"T={cfg.temperature}, alpha={cfg.alpha}"]
+        return artifact.evolve(step=self.step(notes=notes + summary_notes(result)),
+                               model=student,
+                               metadata={"train_history": history_data(result)})
+
+
+def _first_inputs(ctx: mo.Context, who: str) -> tuple[Any, ...]:
+    """Inputs of the first training batch (for shape checks before training)."""
+    data = ctx.training_batches(who)
+    for batch in data:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return mo.as_input_tuple(x)
+    raise mo.DataError(f"{who}: train_data is empty; give at least one (inputs, targets) batch.")
