@@ -29,6 +29,8 @@ class OnnxExportConfig:
     check_numerics: bool = mo.field(True, help="compare ONNX Runtime output with torch")
     rtol: float = mo.field(1e-3, validator=mo.in_range(0, 1), help="relative tolerance")
     atol: float = mo.field(1e-4, validator=mo.in_range(0, 1e3), help="absolute tolerance")
+    strip_metadata: bool = mo.field(True, help="drop per-node debug metadata (source stack "
+                                    "traces) from the graph: smaller deployment files")
 
 
 class OnnxExporter(mo.Exporter):
@@ -72,6 +74,8 @@ class OnnxExporter(mo.Exporter):
                 proto = self._export(choice, model, args, in_names, out_names)
             except Exception as e2:
                 raise mo.ExportError(f"onnx: both exporters failed; torchscript: {e2}") from e2
+        if cfg.strip_metadata:
+            _strip_debug_metadata(proto)
         try:
             onnx.checker.check_model(proto, full_check=True)
         except Exception as e:
@@ -111,3 +115,15 @@ class OnnxExporter(mo.Exporter):
                               output_names=out_names, dynamic_axes=axes,
                               opset_version=cfg.opset or 17, do_constant_folding=True)
             return onnx.load_from_string(buf.getvalue())
+
+
+def _strip_debug_metadata(proto: Any) -> None:
+    """Remove per-node / per-value debug annotations the torch exporters attach."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    for coll in (proto.graph.input, proto.graph.output, proto.graph.value_info,
+                 proto.graph.initializer):
+        for v in coll:
+            del v.metadata_props[:]
+            v.doc_string = ""

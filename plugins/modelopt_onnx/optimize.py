@@ -1,5 +1,7 @@
 """Optimizer ``onnx.optimize``: onnxoptimizer graph passes (BN folding, bias fusion, dead code),
-followed by shape inference, the ONNX checker and a numerics check against the input graph."""
+then constant folding with onnxscript's optimizer (onnxoptimizer's BN fusion leaves the folded
+weights as a constant subgraph), shape inference, the ONNX checker and a numerics check
+against the input graph."""
 
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class OnnxOptimizeConfig:
     passes: tuple[str, ...] | None = mo.field(None, validator=_passes_ok,
                                               help="onnxoptimizer passes (default: a safe list)")
     fixed_point: bool = mo.field(True, help="repeat the passes until the graph stops changing")
+    fold_constants: bool = mo.field(True, help="fold constant subgraphs (onnxscript optimizer)")
     check_numerics: bool = mo.field(True, help="compare outputs with the input graph")
     rtol: float = mo.field(1e-3, validator=mo.in_range(0, 1), help="relative tolerance")
     atol: float = mo.field(1e-4, validator=mo.in_range(0, 1e3), help="absolute tolerance")
@@ -63,6 +66,10 @@ class OnnxOptimize(mo.Optimizer):
         before = len(src.graph.node)
         try:
             out = onnxoptimizer.optimize(src, passes, fixed_point=cfg.fixed_point)
+            if cfg.fold_constants:
+                import onnxscript.optimizer
+
+                out = onnxscript.optimizer.optimize(out)
             out = onnx.shape_inference.infer_shapes(out)
             onnx.checker.check_model(out)
         except Exception as e:
