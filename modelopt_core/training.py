@@ -189,6 +189,8 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainCon
                 bar.set_postfix(_postfix(epoch, run_loss / n, state["best"]), refresh=False)
                 if cfg.log_every and state["step"] % cfg.log_every == 0 and rank == 0:
                     log.info("step %d: loss %.4f lr %.3g", state["step"], run_loss / n, lr)
+            if dist_on:
+                _sync_buffers(model, world)
             rec = {"epoch": epoch + 1, "steps": state["step"], "train_loss": run_loss / max(n, 1),
                    "lr": opt.param_groups[0]["lr"], "time_s": round(time.perf_counter() - t0, 3)}
             metric = _evaluate(model, eval_fn, dist_on, rank, device)
@@ -351,6 +353,18 @@ def _sync_grads(extra: list[Any], world: int) -> None:
         if p.grad is not None:
             dist.all_reduce(p.grad)
             p.grad /= world
+
+
+def _sync_buffers(model: Any, world: int) -> None:
+    """Average floating buffers (BN running stats) over ranks; others follow rank 0."""
+    from torch import distributed as dist
+
+    for b in model.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b)
+            b /= world
+        else:
+            dist.broadcast(b, src=0)
 
 
 def _evaluate(model: Any, eval_fn: Any, dist_on: bool, rank: int, device: Any) -> float | None:
