@@ -95,6 +95,26 @@ def accumulate_taylor_grads(model: Any, batches: Sequence[Any], limit: int) -> i
     return n
 
 
+def _channels(m: Any) -> int:
+    from torch import nn
+
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return m.out_channels
+    if isinstance(m, nn.Linear):
+        return m.out_features
+    return 0
+
+
+def nearest_multiple_ratio(channels: int, ratio: float, round_to: int) -> float:
+    """Per-layer ratio keeping the multiple of ``round_to`` nearest to ``channels*(1-ratio)``
+    (at least ``round_to``; layers already at or below ``round_to`` channels stay whole).
+    Torch-Pruning keeps ``int(c * (1 - r))`` channels, floored to the multiple: +0.5 makes the
+    int() exact."""
+    kept = max(round_to, int(round(channels * (1 - ratio) / round_to)) * round_to)
+    kept = min(kept, channels)
+    return 1.0 - (kept + 0.5) / channels
+
+
 def structured_prune(model: Any, example_inputs: Sequence[Any], ratio: float, *,
                      importance: str = "l1", scope: str = "local", max_layer_ratio: float = 0.9,
                      ignored: Sequence[Any] = (), round_to: int | None = 8,
@@ -107,8 +127,13 @@ def structured_prune(model: Any, example_inputs: Sequence[Any], ratio: float, *,
     if ratio <= 0:
         return model
     imp = make_importance(importance)
+    per_layer = None
+    if scope == "local" and round_to:
+        per_layer = {m: nearest_multiple_ratio(_channels(m), ratio, round_to)
+                     for m in model.modules() if _channels(m)}
     pruner = tp.pruner.BasePruner(
         model, xs if len(xs) > 1 else xs[0], importance=imp, pruning_ratio=ratio,
+        pruning_ratio_dict=per_layer,
         global_pruning=scope == "global", max_pruning_ratio=max_layer_ratio,
         ignored_layers=list(ignored), round_to=round_to,
         forward_fn=(lambda m, inp: m(*inp)) if len(xs) > 1 else None)
@@ -121,6 +146,19 @@ def structured_prune(model: Any, example_inputs: Sequence[Any], ratio: float, *,
     pruner.step()
     model.zero_grad(set_to_none=True)
     return model
+
+
+def kept_layers(model: Any, example_inputs: Sequence[Any], ignored: Sequence[str],
+                who: str) -> tuple[list[str], list[str]]:
+    """(names of layers to keep whole: ignored + output layers, the output layer names)."""
+    resolve_names(model, ignored, who, "ignored_layers")
+    heads = output_layer_names(model, example_inputs)
+    return list(dict.fromkeys(list(ignored) + heads)), heads
+
+
+def has_candidates(model: Any, keep_names: Sequence[str]) -> bool:
+    """True when some Conv/Linear layer is not kept whole."""
+    return any(n not in keep_names for n in prunable_layers(model))
 
 
 def measure_latency(runner: Any, xs: Sequence[Any], iterations: int) -> float:
@@ -167,18 +205,11 @@ class StructuredPrune(mo.Optimizer):
         cfg = self.config
         base = copy_model(artifact)
         xs = tuple(ctx.example_inputs)
-        heads = output_layer_names(base, xs)
-        keep = resolve_names(base, cfg.ignored_layers, self.name, "ignored_layers")
-        keep += resolve_names(base, heads, self.name, "output layers")
-        keep_names = [n for n, mod in base.named_modules() if any(mod is k for k in keep)]
-        candidates = [n for n, m in prunable_layers(base).items()
-                      if all(m is not k for k in keep)]
-        if not candidates:
+        keep_names, heads = kept_layers(base, xs, cfg.ignored_layers, self.name)
+        if not has_candidates(base, keep_names):
             return noop(self, artifact, ctx, "no prunable Conv/Linear layers besides the "
                         "output layers and ignored_layers")
-        train = None
-        if cfg.importance == "taylor":
-            train = ctx.training_batches(self.name)
+        train = ctx.training_batches(self.name) if cfg.importance == "taylor" else None
         ref = run_outputs(base, xs)
         macs0, params0 = count_macs_params(base, xs)
         notes: list[str] = [f"kept output layers: {', '.join(heads)}"]
@@ -186,10 +217,10 @@ class StructuredPrune(mo.Optimizer):
 
         def prune_at(ratio: float) -> Any:
             m = copy.deepcopy(base)
-            mods = dict(m.named_modules())  # the copy's modules, found by the same names
-            ign = [mods[n] for n in keep_names]
+            mods = dict(m.named_modules())
             return structured_prune(m, xs, ratio, importance=cfg.importance, scope=cfg.scope,
-                                    max_layer_ratio=cfg.max_layer_ratio, ignored=ign,
+                                    max_layer_ratio=cfg.max_layer_ratio,
+                                    ignored=[mods[n] for n in keep_names],
                                     round_to=cfg.round_to, train_batches=train,
                                     taylor_batches=cfg.taylor_batches).eval()
 

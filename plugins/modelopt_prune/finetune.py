@@ -1,0 +1,90 @@
+"""Fine-tuning after pruning through the shared training loop, by plain training or by
+knowledge distillation from the session's original model."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import modelopt_core as mo
+
+
+def _local_kd_loss(student_logits: Any, teacher_logits: Any, targets: Any, temperature: float,
+                   alpha: float) -> Any:
+    """Hinton KD (used when the distillation plugin is not installed)."""
+    import torch
+    from torch.nn import functional as F
+
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student_logits.float() / t, 1),
+                    F.log_softmax(teacher_logits.float().detach() / t, 1),
+                    reduction="batchmean", log_target=True) * t * t
+    if isinstance(targets, torch.Tensor) and not targets.is_floating_point() and alpha < 1:
+        return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits.float(), targets)
+    return soft
+
+
+def kd_loss_fn() -> Any:
+    """The distillation plugin's public ``kd_loss`` when available, else a local one."""
+    try:
+        from modelopt_distill import kd_loss
+
+        return kd_loss
+    except ImportError:
+        return _local_kd_loss
+
+
+def _first(out: Any) -> Any:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def make_loss(ctx: mo.Context, distill: bool, temperature: float, alpha: float,
+              extra: Any = None) -> Any:
+    """``loss_fn(model, inputs, targets)`` for :func:`fit`: cross-entropy (or KD from
+    ``ctx.original`` when ``distill``) plus ``extra(model)`` (e.g. an L1 penalty)."""
+    from torch.nn import functional as F
+
+    teacher = None
+    if distill:
+        if ctx.original is None or ctx.original.format != "torch":
+            raise mo.FormatError("distill=True needs the session's original torch model as "
+                                 "teacher.")
+        teacher = copy.deepcopy(ctx.original.model).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    kd = kd_loss_fn()
+
+    def loss_fn(model: Any, inputs: tuple[Any, ...], targets: Any) -> Any:
+        import torch
+
+        out = _first(model(*inputs))
+        if teacher is not None:
+            with torch.no_grad():
+                t_out = _first(teacher.to(out.device)(*inputs))
+            loss = kd(out, t_out, targets, temperature, alpha)
+        else:
+            loss = F.cross_entropy(out, targets)
+        return loss + extra(model) if extra is not None else loss
+
+    return loss_fn
+
+
+def finetune(model: Any, ctx: mo.Context, who: str, *, epochs: int, lr: float,
+             distill: bool = False, temperature: float = 4.0, alpha: float = 0.9,
+             extra: Any = None, evaluate: bool = False) -> Any:
+    """Train ``model`` in place with the shared loop; returns the TrainResult."""
+    from modelopt_core.training import TrainConfig, fit
+
+    data = ctx.training_batches(who)
+    eval_fn = (lambda m: float(ctx.eval_fn(m))) if evaluate and ctx.eval_fn else None
+    res = fit(model, data, config=TrainConfig(epochs=epochs, lr=lr), ctx=ctx,
+              loss_fn=make_loss(ctx, distill, temperature, alpha, extra), eval_fn=eval_fn)
+    model.eval()
+    return res
+
+
+def last_loss(res: Any) -> str:
+    """'loss 0.123' from the last epoch of a TrainResult history, when present."""
+    h = res.history[-1] if getattr(res, "history", None) else {}
+    v = h.get("loss", h.get("train_loss"))
+    return f"loss {v:.4g}" if isinstance(v, (int, float)) else "done"
