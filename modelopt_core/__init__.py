@@ -6,6 +6,7 @@ or pycuda (plugins import their heavy dependencies when used).
 
 from __future__ import annotations
 
+from . import recipe, training
 from .artifact import ModelArtifact, Step, TensorSpec, load_artifact
 from .config import build_config, config, config_to_data, field, in_range, positive
 from .errors import (ArtifactError, BackendUnavailableError, ConfigError, DataError,
@@ -29,5 +30,5 @@ __all__ = [
     "ModeloptError", "ConfigError", "UnknownComponentError", "FormatError", "NoExportPathError",
     "PluginLoadError", "DuplicateComponentError", "ArtifactError", "UnsafeArtifactError",
     "InputSpecError", "DataError", "BackendUnavailableError", "NumericalError", "ExportError",
-    "TrainingError", "__version__",
+    "TrainingError", "__version__", "recipe", "training",
 ]

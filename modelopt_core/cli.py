@@ -1,4 +1,5 @@
-"""The ``modelopt`` command: ``modelopt plugins [--json]``, ``modelopt demo``."""
+"""The ``modelopt`` command: ``modelopt plugins [--json]``, ``modelopt demo``,
+``modelopt run RECIPE``."""
 
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from .recipe import run_recipe
+
+    run_recipe(args.recipe, progress=not args.no_progress)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``modelopt`` console script."""
     ap = argparse.ArgumentParser(prog="modelopt", description="Make PyTorch models smaller "
@@ -52,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--epochs", type=int, default=8, help="training epochs")
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
     d.set_defaults(fn=_demo)
+    r = sub.add_parser("run", help="run a recipe (TOML/JSON): model, data, steps, compare")
+    r.add_argument("recipe", help="path to the recipe file")
+    r.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    r.set_defaults(fn=_run)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)
