@@ -116,8 +116,8 @@ def build_config(cfg_cls: type, values: dict[str, Any], where: str) -> Any:
         clean[k] = _normalise(v, tp)
     try:
         return cfg_cls(**clean)
-    except ConfigError:
-        raise
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: invalid config: {e}") from e
 
