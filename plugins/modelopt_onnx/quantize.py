@@ -81,7 +81,7 @@ class OnnxQuantizeStatic(mo.Optimizer):
             for n, a in f.items():
                 if not np.isfinite(a).all():
                     raise mo.NumericalError(f"{self.name}: calibration input {n!r} holds NaN/Inf.")
-        reader = _Reader(feeds)
+        reader = _Reader(feeds, ctx)
         extra = {"ActivationSymmetric": cfg.symmetric_activations,
                  "CalibPercentile": cfg.percentile}
         with workdir() as d:
@@ -113,20 +113,18 @@ class OnnxQuantizeStatic(mo.Optimizer):
 
 
 class _Reader:
-    """ORT CalibrationDataReader over pre-built feeds (restartable)."""
+    """ORT CalibrationDataReader over pre-built feeds (restartable); the first pass drives a
+    progress bar."""
 
-    def __init__(self, feeds: list[dict[str, Any]]) -> None:
+    def __init__(self, feeds: list[dict[str, Any]], ctx: mo.Context | None = None) -> None:
         self.feeds = feeds
-        self.i = 0
+        self.it = iter(ctx.progress(feeds, len(feeds), "calibrating") if ctx else feeds)
 
     def get_next(self) -> dict[str, Any] | None:
-        if self.i >= len(self.feeds):
-            return None
-        self.i += 1
-        return self.feeds[self.i - 1]
+        return next(self.it, None)
 
     def rewind(self) -> None:
-        self.i = 0
+        self.it = iter(self.feeds)
 
     def __iter__(self):
         return iter(self.feeds)
