@@ -230,6 +230,10 @@ class StructuredPrune(mo.Optimizer):
             model, ratio = self._search(base, prune_at, artifact, ctx, notes, meta)
         check_same_outputs(self.name, ref, run_outputs(model, xs))
         macs1, params1 = count_macs_params(model, xs)
+        if ratio > 0 and params1 == params0:
+            ctx.warn(f"{self.name}: no channel was removed (importance {cfg.importance!r} gave "
+                     "tied scores or round_to kept every layer whole); try importance='l1', a "
+                     "larger ratio or a smaller round_to")
         notes += [f"ratio {ratio:.3g}, importance {cfg.importance}, scope {cfg.scope}, "
                   f"round_to {cfg.round_to}", format_delta("MACs", macs0, macs1),
                   format_delta("params", params0, params1)]
