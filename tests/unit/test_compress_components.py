@@ -129,7 +129,13 @@ def test_depthwise_separable_exact_on_separable_conv_and_reports_macs():
         same = nn.Conv2d(6, 6, 3, padding=1)
         sep, inv = make_separable(same, "separable"), make_separable(same, "inverted_residual")
         assert inv.residual
-        assert float((inv(x) - same(x)).norm()) <= float((sep(x) - same(x)).norm()) + 1e-4
+        delta = nn.Conv2d(6, 6, 3, padding=1)  # the block's branch approximates W - I
+        delta.weight.copy_(same.weight)
+        delta.bias.copy_(same.bias)
+        delta.weight[torch.arange(6), torch.arange(6), 1, 1] -= 1
+        torch.testing.assert_close(inv(x), x + make_separable(delta, "separable")(x),
+                                   atol=1e-4, rtol=1e-4)
+        assert sep[0].groups == 6 and sep[1].kernel_size == (1, 1)
     m = YoloStyle().eval()
     a = session(m, torch.randn(1, 3, 64, 64)).apply("arch.depthwise_separable")
     assert a.metadata["macs"] < a.metadata["macs_before"] / 3
