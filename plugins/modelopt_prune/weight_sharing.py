@@ -69,8 +69,8 @@ def unpack_indices(packed: Any, n: int, k: int) -> Any:
 
     if k > 16:
         return packed.long()
-    lo, hi = packed & 15, packed >> 4
-    return torch.stack([lo, hi], 1).reshape(-1)[:n].long()
+    p = packed.long()  # plain int64 arithmetic: exports cleanly to ONNX (no uint8 bit ops)
+    return torch.stack([p % 16, p // 16], 1).reshape(-1)[:n]
 
 
 class _Shared:
