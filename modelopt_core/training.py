@@ -99,9 +99,11 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainCon
     from torch import distributed as dist
 
     cfg = config
-    if iter(train_data) is train_data and (cfg.steps or cfg.epochs) > 1:
-        raise DataError("fit: train_data is a one-shot iterator; pass a list or a DataLoader "
-                        "so it can be read once per epoch.")
+    if iter(train_data) is train_data:  # a one-shot iterator: fine for a single pass only
+        if (cfg.steps or cfg.epochs) > 1:
+            raise DataError("fit: train_data is a one-shot iterator; pass a list or a "
+                            "DataLoader so it can be read once per epoch.")
+        train_data = list(train_data)
     dist_on = dist.is_available() and dist.is_initialized()
     world, rank = (dist.get_world_size(), dist.get_rank()) if dist_on else (1, 0)
     device = torch.device(cfg.device or getattr(ctx, "device", None) or _model_device(model))

@@ -79,3 +79,8 @@ def test_no_trainable_parameters():
 def test_bad_train_config_values(kw):
     with pytest.raises(mo.ConfigError):
         mo.build_config(TrainConfig, kw, "fit")
+
+
+def test_one_shot_iterator_is_fine_for_a_single_epoch():
+    res = fit(model(), iter(batches(3)), config=TrainConfig(epochs=1))
+    assert res.steps == 3
