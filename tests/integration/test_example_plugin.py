@@ -1,0 +1,111 @@
+"""The third-party plugin under docs/examples/ installs as its own distribution, is discovered
+through its ``modelopt_core`` entry point, and its components work through the Session."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import state_hash
+
+import modelopt_core as mo
+from modelopt_demo.models import SmallCNN
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "modelopt-example-plugin"
+
+
+def _install(target: Path, tmp: Path) -> None:
+    """``pip install --target`` a copy of the example (the build never writes into docs/);
+    without pip, write the same dist-info (METADATA + entry_points.txt) by hand."""
+    src = tmp / "src-copy"
+    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+           "--no-index", "--target", str(target), str(src)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if done.returncode == 0:
+        return
+    shutil.copytree(src / "src" / "modelopt_example", target / "modelopt_example")
+    info = target / "modelopt_example_plugin-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: modelopt-example-plugin\n"
+                                   "Version: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[modelopt_core]\nexample = modelopt_example.plugin\n")
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """The example installed into a private folder put on sys.path; removed afterwards."""
+    tmp = tmp_path_factory.mktemp("example-plugin")
+    target = tmp / "site"
+    _install(target, tmp)
+    sys.path.insert(0, str(target))
+    importlib.invalidate_caches()
+    yield target
+    sys.path.remove(str(target))
+    for mod in [m for m in sys.modules if m == "modelopt_example" or
+                m.startswith("modelopt_example.")]:
+        del sys.modules[mod]
+    importlib.invalidate_caches()
+
+
+@pytest.fixture(scope="module")
+def model():
+    """SmallCNN with non-trivial BatchNorm statistics (folding them must matter)."""
+    torch.manual_seed(0)
+    m = SmallCNN(width=8)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-1, 1)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.5, 0.5)
+    return m.eval()
+
+
+def test_discovered_through_entry_point(installed):
+    assert any(ep.name == "example" for ep in
+               importlib.metadata.entry_points(group="modelopt_core"))
+    pm = mo.PluginManager(strict=True)
+    opt = pm.get("optimizer", "example.fuse_bn")
+    prof = pm.get("profiler", "example.flops")
+    assert opt.distribution == "modelopt-example-plugin" and opt.version == "0.1.0"
+    assert prof.plugin == "example"
+    assert Path(sys.modules[opt.cls.__module__].__file__).is_relative_to(installed)
+    summary = pm.summary()
+    names = {c["name"] for c in summary["plugins"]["example"]["components"]}
+    assert names == {"example.fuse_bn", "example.flops"}
+    pm.get("backend", "torch")  # the built-ins load beside it
+
+
+def test_fuse_bn_through_session(installed, model, digits):
+    pm = mo.PluginManager(strict=True)
+    before = state_hash(model)
+    s = mo.Session(model, (digits.example,), plugins=pm, progress=False)
+    art = s.apply("example.fuse_bn")
+    step = art.lineage[-1]
+    assert (step.component, step.plugin, step.version) == ("example.fuse_bn", "example", "0.1.0")
+    assert "folded 4 BatchNorm" in step.notes[0]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in art.model.modules())
+    x = digits.test[0][0]
+    with s.runner("torch", s.original) as ref, s.runner("torch") as fused:
+        torch.testing.assert_close(fused(x), ref(x), rtol=1e-4, atol=1e-5)
+    assert state_hash(model) == before
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    report = s.compare(profilers=["example.flops", "size"])
+    rows = report.to_dict()["rows"]
+    assert rows[0]["macs"] > 0 and rows[1]["macs"] <= rows[0]["macs"]
+    assert rows[1]["params"] < rows[0]["params"]
+
+
+def test_no_pairs_warns_and_keeps_model(installed):
+    pm = mo.PluginManager(strict=True)
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+    s = mo.Session(mlp, (torch.randn(2, 4),), plugins=pm, progress=False)
+    art = s.apply("example.fuse_bn")
+    assert any("no Conv/Linear -> BatchNorm pair" in n for n in art.lineage[-1].notes)
+    assert state_hash(art.model) == state_hash(mlp)
