@@ -1,0 +1,74 @@
+"""Report: ratios against the baseline row, Markdown and JSON output (written atomically)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import modelopt_core as mo
+
+
+@pytest.fixture
+def report():
+    return mo.Report([
+        {"step": "original", "format": "torch", "backend": "torch", "accuracy": 97.5,
+         "latency_p50_ms": 10.0, "size_mb": 4.0, "custom_metric": 1},
+        {"step": "1:onnx", "format": "onnx", "backend": "onnxruntime", "accuracy": 97.5,
+         "latency_p50_ms": 4.0, "size_mb": 4.0},
+        {"step": "2:onnx.quantize_static", "format": "onnx", "backend": "onnxruntime",
+         "accuracy": 96.0, "latency_p50_ms": 2.0, "size_mb": 1.0},
+        {"step": "3:tensorrt", "format": "tensorrt", "backend": "tensorrt",
+         "error": "unavailable: no GPU | no tensorrt"},
+    ])
+
+
+def test_ratios_against_baseline(report):
+    r = report.rows
+    assert [x.get("speedup") for x in r] == [1.0, 2.5, 5.0, None]
+    assert [x.get("size_ratio") for x in r] == [1.0, 1.0, 4.0, None]
+    assert [x.get("accuracy_delta") for x in r] == [0.0, 0.0, -1.5, None]
+
+
+def test_zero_baseline_gives_no_division():
+    r = mo.Report([{"step": "a", "latency_p50_ms": 0.0, "accuracy": 0.0},
+                   {"step": "b", "latency_p50_ms": 1.0, "accuracy": 50.0}]).rows
+    assert "speedup" not in r[1] and r[1]["accuracy_delta"] == 50.0
+
+
+def test_rows_are_copied():
+    rows = [{"step": "a", "latency_p50_ms": 2.0}]
+    mo.Report(rows)
+    assert rows == [{"step": "a", "latency_p50_ms": 2.0}]
+
+
+def test_markdown_table(report, tmp_path):
+    md = report.to_markdown(tmp_path / "r.md")
+    assert (tmp_path / "r.md").read_text() == md
+    lines = md.splitlines()
+    header = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert header[:3] == ["step", "format", "backend"] and header[-1] == "error"
+    assert "speedup" in header and "custom_metric" not in header  # headline columns only
+    assert len(lines) == 4 + len(report.rows)
+    assert "no GPU \\| no tensorrt" in md  # pipes are escaped inside cells
+    quant = next(line for line in lines if "quantize_static" in line)
+    cells = [c.strip() for c in quant.strip("|").split("|")]
+    assert cells[header.index("speedup")] == "5"
+    assert cells[header.index("accuracy_delta")] == "-1.5"
+    chosen = report.to_markdown(columns=["step", "custom_metric"])
+    assert "| original | 1 |" in chosen
+
+
+def test_json_keeps_every_metric(report, tmp_path):
+    text = report.to_json(tmp_path / "out" / "r.json")
+    data = json.loads((tmp_path / "out" / "r.json").read_text())
+    assert data == json.loads(text)
+    assert data["title"] == "modelopt comparison"
+    assert "custom_metric" in data["columns"] and data["columns"][-1] == "error"
+    assert data["rows"][2]["speedup"] == 5.0 and data["rows"][0]["custom_metric"] == 1
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["r.json"]  # no temp file left
+
+
+def test_empty_report():
+    r = mo.Report([])
+    assert r.to_dict()["rows"] == [] and "### modelopt comparison" in r.to_markdown()
