@@ -87,6 +87,8 @@ class FakeQuant(nn.Module):
         self.observing = False
         self.enabled = True
         self.learnable = False
+        self.ema: float | None = None  # QAT: track the range with this momentum while training
+        self._range: tuple[float, float] | None = None
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
         self.calibrated = False  # a Python flag: exporters must not see data-dependent branches
@@ -110,6 +112,8 @@ class FakeQuant(nn.Module):
     def set_range(self, lo: Any, hi: Any) -> None:
         """Set scale / zero point from a real range (per-channel: tensors)."""
         scale, zp = qparams(lo, hi, self.qmin, self.qmax, self.symmetric, self.who)
+        if self.axis is None:
+            self._range = (float(lo), float(hi))
         self._store(scale, zp)
 
     def observe_weight(self, w: torch.Tensor) -> None:
@@ -145,6 +149,11 @@ class FakeQuant(nn.Module):
             return x
         if not self.enabled or not self.calibrated:
             return x
+        if self.ema and self.training and self._range is not None and not self.learnable:
+            lo, hi = self._range
+            m = self.ema
+            with torch.no_grad():
+                self.set_range((1 - m) * lo + m * float(x.min()), (1 - m) * hi + m * float(x.max()))
         return self.quantize(x)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,10 @@ import modelopt_core as mo
 
 @mo.hookimpl
 def register_optimizers(register):
+    from .dynamic import DynamicQuantize
+    from .half import BF16, FP16, OnnxFP16
+    from .qat import QATQuantize
     from .static import StaticQuantize
 
-    for cls in (StaticQuantize,):
+    for cls in (StaticQuantize, QATQuantize, DynamicQuantize, BF16, FP16, OnnxFP16):
         register(cls)

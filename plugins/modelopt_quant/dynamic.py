@@ -1,0 +1,244 @@
+"""Optimizer ``quantize.dynamic``: dynamic INT8 for Linear, LSTM and GRU on the torch runtime.
+
+Weights are stored as INT8 with per-output-channel scales; activations are quantized on the
+fly per call by fbgemm's dynamic GEMM (``torch.ops.quantized.linear_dynamic``), which is much
+faster than FP32 ``F.linear`` on x86 CPUs (VNNI). RNNs run the INT8 GEMMs for the input
+projection of all time steps at once and for the recurrent projection per step, with the
+gates in float. Because speed is the point, every candidate layer is timed FP32 vs INT8 on
+the shapes it really sees (``ctx.example_inputs``) and kept in float when INT8 is not faster
+(``keep_if_slower``), recorded in the lineage notes.
+
+Note: packing goes through torch's quantized-tensor constructor, which torch 2.13 marks as
+deprecated; it is isolated in :func:`_pack` (the INT8 weights themselves are plain ``int8``
+buffers, so artifacts save as safetensors).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+import modelopt_core as mo
+
+from .static import noop
+
+__all__ = ["DynamicQuantize", "DynamicConfig", "DynLinear", "DynRNN"]
+
+
+def _int8_weight(w: torch.Tensor, who: str) -> tuple[torch.Tensor, torch.Tensor]:
+    w = w.detach().float()
+    if not bool(torch.isfinite(w).all()):
+        raise mo.NumericalError(f"layer {who!r}: the weight holds NaN or Inf; fix the model "
+                                "before quantizing.")
+    scale = w.abs().amax(1) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
+
+
+def _pack(w_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> Any:
+    """fbgemm-packed weight for ``linear_dynamic``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch._make_per_channel_quantized_tensor(
+            w_int8, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0)
+        return torch.ops.quantized.linear_prepack(q, bias)
+
+
+class DynLinear(nn.Module):
+    """A Linear with INT8 weights (per-channel) and dynamically quantized INT8 inputs."""
+
+    def __init__(self, layer: nn.Linear, who: str, reduce_range: bool = False) -> None:
+        super().__init__()
+        w, s = _int8_weight(layer.weight, who)
+        self.register_buffer("weight_int8", w)
+        self.register_buffer("weight_scale", s)
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(),
+                                                                 requires_grad=False)
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.reduce_range = reduce_range
+        self._packed: Any = None
+
+    def packed(self) -> Any:
+        if self._packed is None:
+            self._packed = _pack(self.weight_int8, self.weight_scale,
+                                 None if self.bias is None else self.bias.detach())
+        return self._packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dt = x.dtype
+        y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), self.packed(),
+                                               self.reduce_range)
+        return y if dt == torch.float32 else y.to(dt)
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = self.__dict__.copy()
+        d["_packed"] = None  # repacked lazily after copy / unpickling
+        return d
+
+
+class DynRNN(nn.Module):
+    """A unidirectional LSTM/GRU with INT8 input and recurrent projections (gates in float).
+
+    Same call signature and outputs as the ``nn.LSTM`` / ``nn.GRU`` it replaces."""
+
+    def __init__(self, rnn: nn.LSTM | nn.GRU, who: str, reduce_range: bool = False) -> None:
+        super().__init__()
+        self.mode = "lstm" if isinstance(rnn, nn.LSTM) else "gru"
+        self.batch_first, self.hidden_size = rnn.batch_first, rnn.hidden_size
+        self.num_layers = rnn.num_layers
+        self.ih, self.hh = nn.ModuleList(), nn.ModuleList()
+        for layer in range(rnn.num_layers):
+            for part, dst in (("ih", self.ih), ("hh", self.hh)):
+                lin = nn.Linear(1, 1, bias=rnn.bias)
+                lin.weight = nn.Parameter(getattr(rnn, f"weight_{part}_l{layer}").detach())
+                if rnn.bias:
+                    lin.bias = nn.Parameter(getattr(rnn, f"bias_{part}_l{layer}").detach())
+                lin.in_features, lin.out_features = lin.weight.shape[1], lin.weight.shape[0]
+                dst.append(DynLinear(lin, f"{who}.{part}_l{layer}", reduce_range))
+
+    def forward(self, x: torch.Tensor, hx: Any = None) -> tuple[torch.Tensor, Any]:
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        b, t, _ = x.shape
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            gi = self.ih[layer](x.reshape(b * t, -1)).reshape(b, t, -1)
+            h, c = self._init(hx, layer, b, x)
+            outs = []
+            for step in range(t):
+                gh = self.hh[layer](h)
+                if self.mode == "lstm":
+                    i, f, g, o = (gi[:, step] + gh).chunk(4, 1)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    h = torch.sigmoid(o) * torch.tanh(c)
+                else:
+                    ir, iz, inn = gi[:, step].chunk(3, 1)
+                    hr, hz, hn = gh.chunk(3, 1)
+                    r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+                    h = (1 - z) * torch.tanh(inn + r * hn) + z * h
+                outs.append(h)
+            x = torch.stack(outs, 1)
+            hs.append(h)
+            cs.append(c)
+        out = x if self.batch_first else x.transpose(0, 1)
+        h_n = torch.stack(hs)
+        return (out, (h_n, torch.stack(cs))) if self.mode == "lstm" else (out, h_n)
+
+    def _init(self, hx: Any, layer: int, b: int, x: torch.Tensor) -> tuple[Any, Any]:
+        zeros = x.new_zeros(b, self.hidden_size)
+        if hx is None:
+            return zeros, zeros
+        if self.mode == "lstm":
+            return hx[0][layer], hx[1][layer]
+        return hx[layer], zeros
+
+
+@mo.config
+class DynamicConfig:
+    """Options of ``quantize.dynamic``."""
+
+    layers: tuple[str, ...] = mo.field(("linear", "lstm", "gru"),
+                                       help="layer kinds to quantize: linear, lstm, gru")
+    keep_if_slower: bool = mo.field(True, help="time each layer FP32 vs INT8 on its real "
+                                    "input shape and keep it in float when INT8 is not faster")
+    min_features: int = mo.field(16, validator=mo.positive,
+                                 help="skip Linear layers smaller than this (in and out)")
+    reduce_range: bool = mo.field(False, help="7-bit activations (CPUs without VNNI)")
+    skip_layers: tuple[str, ...] = mo.field((), help="module names kept in float")
+
+
+class DynamicQuantize(mo.Optimizer):
+    """Dynamic INT8 (weights INT8, activations quantized per call) for Linear/LSTM/GRU."""
+
+    name = "quantize.dynamic"
+    accepts = ("torch",)
+    Config = DynamicConfig
+
+    def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
+        cfg = self.config
+        unknown = set(cfg.layers) - {"linear", "lstm", "gru"}
+        if unknown:
+            raise mo.ConfigError(f"{self.name}: unknown layer kind(s) {sorted(unknown)} in "
+                                 "'layers'; use linear, lstm, gru.")
+        model = copy.deepcopy(artifact.model).eval()
+        cands = self._candidates(model, cfg)
+        if not cands:
+            return noop(self, artifact, ctx)
+        seen = _capture_inputs(model, cands, ctx.example_inputs)
+        notes, done, kept = [], [], []
+        for name, mod in cands.items():
+            new = DynLinear(mod, name, cfg.reduce_range) if isinstance(mod, nn.Linear) else \
+                DynRNN(mod, name, cfg.reduce_range)
+            if cfg.keep_if_slower and name in seen:
+                t_fp, t_q = _time_pair(mod, new, seen[name])
+                if t_q >= t_fp:
+                    kept.append(f"{name} ({t_q:.3g} ms INT8 vs {t_fp:.3g} ms FP32)")
+                    continue
+            _set(model, name, new)
+            done.append(name)
+        if not done:
+            msg = f"{self.name}: INT8 was not faster for any layer; model left in float (no-op)"
+            ctx.warn(msg)
+            notes.append(msg)
+        notes.append(f"dynamic INT8: {len(done)} layer(s)")
+        if kept:
+            notes.append("kept in float (INT8 not faster here): " + ", ".join(kept))
+        size = sum(b.numel() * b.element_size() for b in model.state_dict().values())
+        return artifact.evolve(step=self.step(notes=notes), model=model, metadata={
+            "quantized_layers": done, "float_layers": [k.split(" ")[0] for k in kept],
+            "quantization": "int8-dynamic", "int8_size_bytes": size})
+
+    def _candidates(self, model: nn.Module, cfg: DynamicConfig) -> dict[str, nn.Module]:
+        out: dict[str, nn.Module] = {}
+        for name, m in model.named_modules():
+            if name in cfg.skip_layers or any(name.startswith(p + ".") for p in out):
+                continue
+            if isinstance(m, nn.Linear) and "linear" in cfg.layers and \
+                    min(m.in_features, m.out_features) >= cfg.min_features:
+                out[name] = m
+            elif isinstance(m, (nn.LSTM, nn.GRU)) and type(m).__name__.lower() in cfg.layers:
+                if m.bidirectional or getattr(m, "proj_size", 0):
+                    continue  # unsupported variants stay float
+                out[name] = m
+        return out
+
+
+def _set(root: nn.Module, name: str, mod: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, mod)
+
+
+def _capture_inputs(model: nn.Module, cands: dict[str, nn.Module],
+                    example: tuple[Any, ...]) -> dict[str, tuple[Any, ...]]:
+    seen: dict[str, tuple[Any, ...]] = {}
+    if not example:
+        return seen
+    hooks = [m.register_forward_pre_hook(
+        lambda mod, args, n=n: seen.setdefault(n, tuple(a.detach() if isinstance(
+            a, torch.Tensor) else a for a in args))) for n, m in cands.items()]
+    try:
+        with torch.no_grad():
+            model(*example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _time_pair(a: nn.Module, b: nn.Module, args: tuple[Any, ...], reps: int = 7
+               ) -> tuple[float, float]:
+    """Median ms of ``a(*args)`` and ``b(*args)``, interleaved."""
+    ta, tb = [], []
+    with torch.inference_mode():
+        a(*args), b(*args)
+        for _ in range(reps):
+            for f, acc in ((a, ta), (b, tb)):
+                t0 = time.perf_counter()
+                f(*args)
+                acc.append(time.perf_counter() - t0)
+    return 1e3 * sorted(ta)[reps // 2], 1e3 * sorted(tb)[reps // 2]
