@@ -1,0 +1,267 @@
+"""One contract for every registered component, discovered at collection time.
+
+Optimizers and exporters: they never mutate their input (model state, module flags, ONNX bytes,
+lineage, metadata), return a new artifact with exactly one more lineage step whose config is
+the component's config as plain data, and the result runs. Backends: load the right formats,
+their runner matches the torch original within tolerance, refuse other formats. Profilers:
+return flat, finite metrics without touching the artifact. Every component's config
+round-trips through JSON. Unavailable components (TensorRT on a CPU machine) skip with the reason.
+
+Training components get tiny budgets: any ``epochs``-like field is set to at most 1, ``steps``
+to 2, and ``*_batches``/``iterations``-like fields to at most 2 (found generically from the
+config's attrs fields), so a new plugin is picked up and stays fast without editing this file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from helpers import onnx_bytes, state_hash
+
+import modelopt_core as mo
+from modelopt_core.config import config_fields
+from modelopt_demo.data import accuracy_fn
+from modelopt_demo.models import SmallCNN
+
+PM = mo.get_plugin_manager()
+OPTIMIZERS = [i.name for i in PM.components("optimizer")]
+EXPORTERS = [i.name for i in PM.components("exporter")]
+BACKENDS = [i.name for i in PM.components("backend")]
+PROFILERS = [i.name for i in PM.components("profiler")]
+ALL = [(i.kind, i.name) for i in PM.components()]
+#: per-backend tolerance vs the torch original (FP32 backends; reduced-precision options off)
+TOLERANCE = {"default": dict(rtol=1e-3, atol=1e-4)}
+#: components whose default config is deliberately incomplete (the user must choose): the
+#: smallest valid choice. Everything else runs on its defaults plus ``small_overrides``.
+REQUIRED = {"compress.low_rank": {"energy": 0.9}}
+
+
+def small_overrides(cls: type) -> dict:
+    """Config overrides that keep a component's run tiny (generic over field names)."""
+    fields = config_fields(cls.Config)
+    defaults = {n: a.default for n, a in fields.items()}
+    out = dict(REQUIRED.get(cls.name, {}))
+    for n, d in defaults.items():
+        if isinstance(d, bool) or not isinstance(d, int | type(None)):
+            continue
+        if n == "steps":
+            out[n] = 2
+        elif "epoch" in n and isinstance(d, int) and d > 1:
+            out[n] = 1
+        elif n == "rounds" and isinstance(d, int) and d > 1:
+            out[n] = 1
+        elif (n.endswith("batches") or n in ("iterations", "warmup")) and isinstance(d, int) \
+                and d > 2:
+            out[n] = 2
+    # keep only overrides the config accepts (a field may forbid small values)
+    try:
+        mo.build_config(cls.Config, out, cls.name)
+    except mo.ConfigError:
+        out = dict(REQUIRED.get(cls.name, {}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(digits):
+    """A briefly trained SmallCNN, its Session inputs, and its ONNX export (built once)."""
+    from modelopt_core.training import TrainConfig, fit
+
+    torch.manual_seed(0)
+    model = SmallCNN(width=8)
+    fit(model, digits.train[:8], config=TrainConfig(epochs=1, lr=3e-3),
+        ctx=mo.Context(show_progress=False))
+    model.eval()
+    kw = dict(calibration_data=digits.calibration[:2], train_data=digits.train[:3],
+              eval_fn=accuracy_fn(digits.test[:1]), progress=False)
+    s = mo.Session(model, (digits.example,), **kw)
+    onnx_art = s.export("onnx")
+    return {"model": model, "kw": kw, "example": digits.example, "onnx": onnx_art,
+            "hash": state_hash(model), "x": digits.test[0][0][:16]}
+
+
+def source_session(world, fmt: str) -> mo.Session:
+    """A session whose current artifact is in format ``fmt`` (skips when none can be made)."""
+    s = mo.Session(world["model"], (world["example"],), **world["kw"])
+    if fmt == "torch":
+        return s
+    if fmt == "onnx":
+        s._history.append(world["onnx"])  # reuse the module's export instead of exporting again
+        return s
+    try:
+        chain = PM.export_path("torch", fmt)
+    except mo.NoExportPathError as e:
+        pytest.skip(str(e))
+    for info in chain:
+        ok, why = info.cls.availability()
+        if not ok:
+            pytest.skip(f"cannot make a {fmt!r} artifact: exporter {info.name!r}: {why}")
+    s.export(fmt)
+    return s
+
+
+def fingerprint(art: mo.ModelArtifact):
+    """Everything a component could mutate in an artifact."""
+    if isinstance(art.model, torch.nn.Module):
+        mods = [(n, type(m).__name__, m.training) for n, m in art.model.named_modules()]
+        model = (state_hash(art.model), mods)
+    elif hasattr(art.model, "SerializeToString"):
+        model = onnx_bytes(art.model)
+    else:
+        model = bytes(art.model)
+    return model, art.lineage, json.dumps(art.metadata, sort_keys=True, default=repr), art.inputs
+
+
+def check_new_artifact(src: mo.ModelArtifact, out: mo.ModelArtifact, name: str, inst) -> None:
+    assert isinstance(out, mo.ModelArtifact), f"{name} returned {type(out).__name__}"
+    assert out is not src and out.model is not src.model
+    assert len(out.lineage) == len(src.lineage) + 1, "exactly one new lineage step"
+    assert out.lineage[:-1] == src.lineage
+    step = out.lineage[-1]
+    assert step.component == name
+    assert json.loads(json.dumps(step.config)) == mo.config_to_data(inst.config)
+
+
+def check_runs(s: mo.Session, out: mo.ModelArtifact, x: torch.Tensor) -> None:
+    """The new artifact runs on a backend for its format and keeps the output shape."""
+    for b in ("torch", "onnxruntime", "tensorrt"):
+        cls = PM.get("backend", b).cls
+        if out.format in cls.accepts and cls.availability()[0]:
+            with s.runner(b, out) as r, s.runner("torch", s.original) as ref:
+                y, y0 = r(x), ref(x)
+            assert y.shape == y0.shape and torch.isfinite(y).all()
+            return
+
+
+def _skip_unavailable(cls: type) -> None:
+    ok, why = cls.availability()
+    if not ok:
+        pytest.skip(f"{cls.kind} {cls.name!r} unavailable here: {why}")
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_optimizer_contract(name, world):
+    cls = PM.get("optimizer", name).cls
+    _skip_unavailable(cls)
+    s = source_session(world, cls.accepts[0])
+    src = s.current
+    before = fingerprint(src)
+    inst = cls(**small_overrides(cls))
+    out = inst.apply(src, s.context())
+    assert fingerprint(src) == before, f"{name} mutated its input artifact"
+    assert state_hash(world["model"]) == world["hash"], f"{name} mutated the user's model"
+    check_new_artifact(src, out, name, inst)
+    check_runs(s, out, world["x"])
+
+
+@pytest.mark.parametrize("name", EXPORTERS)
+def test_exporter_contract(name, world):
+    cls = PM.get("exporter", name).cls
+    _skip_unavailable(cls)
+    s = source_session(world, cls.source)
+    src = s.current
+    before = fingerprint(src)
+    inst = cls(**small_overrides(cls))
+    out = inst.export(src, s.context())
+    assert fingerprint(src) == before, f"{name} mutated its input artifact"
+    assert state_hash(world["model"]) == world["hash"]
+    check_new_artifact(src, out, name, inst)
+    assert out.format == cls.target
+    check_runs(s, out, world["x"])
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_backend_contract(name, world):
+    cls = PM.get("backend", name).cls
+    _skip_unavailable(cls)
+    fmt = next((f for f in ("torch", "onnx") if f in cls.accepts), cls.accepts[0])
+    s = source_session(world, fmt)
+    art = s.current
+    before = fingerprint(art)
+    x = world["x"]
+    with s.runner("torch", s.original) as ref:
+        expected = ref(x)
+    with s.runner(name, art) as r:
+        got = r(x)
+        got_again = r(x[:3])
+    tol = TOLERANCE.get(name, TOLERANCE["default"])
+    torch.testing.assert_close(got, expected, **tol)
+    torch.testing.assert_close(got_again, expected[:3], **tol)
+    assert fingerprint(art) == before
+    assert state_hash(world["model"]) == world["hash"]
+    other = "onnx" if "onnx" not in cls.accepts else "torch"
+    if other not in cls.accepts:
+        with pytest.raises(mo.FormatError, match=name):
+            s.runner(name, world["onnx"] if other == "onnx" else s.original)
+
+
+@pytest.mark.parametrize("name", PROFILERS)
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_profiler_contract(name, backend, world):
+    cls = PM.get("profiler", name).cls
+    _skip_unavailable(cls)
+    s = source_session(world, "torch" if backend == "torch" else "onnx")
+    art = s.current
+    before = fingerprint(art)
+    with s.runner(backend, art) as r:
+        metrics = cls(**small_overrides(cls)).profile(r, art, s.context())
+    assert isinstance(metrics, dict)
+    for k, v in metrics.items():
+        assert isinstance(k, str)
+        assert _plain_metric(v), f"{name}: {k}={v!r} is not plain, finite data"
+    json.dumps(metrics, allow_nan=False)
+    assert fingerprint(art) == before
+    assert state_hash(world["model"]) == world["hash"]
+
+
+def _plain_metric(v) -> bool:
+    """None, text, a finite number, or a list/dict of those (kept in the JSON report)."""
+    if v is None or isinstance(v, str | bool):
+        return True
+    if isinstance(v, int | float):
+        return math.isfinite(v)
+    if isinstance(v, list | tuple):
+        return all(_plain_metric(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _plain_metric(x) for k, x in v.items())
+    return False
+
+
+@pytest.mark.parametrize("kind, name", ALL, ids=[f"{k}:{n}" for k, n in ALL])
+def test_config_round_trips_through_plain_data(kind, name):
+    cls = PM.get(kind, name).cls
+    assert name and cls.describe(), f"{kind} {name!r} needs a name and a docstring"
+    for values in (REQUIRED.get(name, {}), small_overrides(cls)):
+        cfg = cls(**values).config
+        data = json.loads(json.dumps(mo.config_to_data(cfg)))
+        assert mo.build_config(cls.Config, data, name) == cfg
+    with pytest.raises(mo.ConfigError, match="Valid keys"):
+        cls(definitely_not_an_option=1)
+
+
+def test_contract_checks_catch_violations():
+    """The checks above are not vacuous: in-place edits, flag flips and missing steps fail."""
+
+    class Bad(mo.Optimizer):
+        """Mutates its input and skips the lineage step."""
+
+        name = "bad.inplace"
+
+        def apply(self, artifact, ctx):
+            artifact.model[0].weight.data.add_(1.0)
+            return mo.ModelArtifact("torch", artifact.model, artifact.inputs,
+                                    lineage=artifact.lineage)
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)).eval()
+    src = mo.ModelArtifact("torch", model, lineage=(mo.Step("original", "source"),))
+    before = fingerprint(src)
+    model.train()  # flipping a training flag is a mutation too
+    assert fingerprint(src) != before
+    model.eval()
+    inst = Bad()
+    out = inst.apply(src, mo.Context(show_progress=False))
+    assert fingerprint(src) != before
+    with pytest.raises(AssertionError):
+        check_new_artifact(src, out, "bad.inplace", inst)
