@@ -7,10 +7,12 @@ import modelopt_core as mo
 
 @mo.hookimpl
 def register_optimizers(register):
+    from .auto import AutoQuantize
     from .dynamic import DynamicQuantize
     from .half import BF16, FP16, OnnxFP16
     from .qat import QATQuantize
     from .static import StaticQuantize
 
-    for cls in (StaticQuantize, QATQuantize, DynamicQuantize, BF16, FP16, OnnxFP16):
+    for cls in (StaticQuantize, QATQuantize, DynamicQuantize, BF16, FP16, OnnxFP16,
+                AutoQuantize):
         register(cls)

@@ -137,7 +137,7 @@ def quantized_size_bytes(model: nn.Module) -> int:
     total = 0
     seen = set()
     for name, mod in model.named_modules():
-        if isinstance(mod, (QuantConv, QuantLinear)):
+        if isinstance(mod, (QuantConv, QuantLinear)) and mod.weight_quant.enabled:
             total += mod.layer.weight.numel()
             seen.add(id(mod.layer.weight))
     for p in model.parameters():
