@@ -42,41 +42,60 @@ def copy_model(artifact: mo.ModelArtifact) -> Any:
 
 
 def count_macs_params(model: Any, example_inputs: Sequence[Any]) -> tuple[int, int]:
-    """(multiply-accumulates, parameters) of one forward pass on ``example_inputs``.
+    """(multiply-accumulates, weights) of one forward pass on ``example_inputs``.
 
-    Uses Torch-Pruning's op counter, with a forward-hook fallback for modules it does not know.
+    Torch-Pruning's op counter for standard layers; layers it does not know that define
+    ``macs_per_output()`` / ``num_weights()`` (weight-shared layers) are counted by hooks, so a
+    weight-shared layer counts the MACs and logical weights of the dense layer it computes.
     """
     import torch
 
     m = copy.deepcopy(model).eval()
     xs = tuple(example_inputs)
+    extra = [0]
+    custom = [mod for mod in m.modules() if hasattr(mod, "macs_per_output")]
+
+    def hook(mod: Any, inp: Any, out: Any) -> None:
+        extra[0] += int(out.numel() * mod.macs_per_output())
+
+    hs = [mod.register_forward_hook(hook) for mod in custom]
     try:
         import torch_pruning as tp
 
         with torch.no_grad():
             macs, params = tp.utils.count_ops_and_params(m, xs if len(xs) > 1 else xs[0])
-        if macs > 0:
-            return int(macs), int(params)
-    except Exception:  # unknown custom module: count by hooks below
-        pass
+    except Exception:  # a model Torch-Pruning cannot trace: count Conv/Linear by hooks
+        macs, params = _hook_macs(m, xs), sum(p.numel() for p in m.parameters())
+        extra[0] = 0
+    finally:
+        for h in hs:
+            h.remove()
+    weights = sum(mod.num_weights() - sum(p.numel() for p in mod.parameters(recurse=False))
+                  for mod in custom if hasattr(mod, "num_weights"))
+    return int(macs) + extra[0], int(params) + weights
+
+
+def _hook_macs(m: Any, xs: tuple[Any, ...]) -> int:
+    import torch
+
     total = [0]
 
     def hook(mod: Any, inp: Any, out: Any) -> None:
         if isinstance(mod, torch.nn.modules.conv._ConvNd):
-            w = mod.weight if hasattr(mod, "weight") else None
-            k = w[0].numel() if w is not None else 0
-            total[0] += int(out.numel() * k)
+            total[0] += int(out.numel() * mod.weight[0].numel())
         elif isinstance(mod, torch.nn.Linear):
             total[0] += int(out.numel() * mod.in_features)
         elif hasattr(mod, "macs_per_output"):
             total[0] += int(out.numel() * mod.macs_per_output())
 
     hs = [mod.register_forward_hook(hook) for mod in m.modules()]
-    with torch.no_grad():
-        m(*xs)
-    for h in hs:
-        h.remove()
-    return total[0], sum(p.numel() for p in m.parameters())
+    try:
+        with torch.no_grad():
+            m(*xs)
+    finally:
+        for h in hs:
+            h.remove()
+    return total[0]
 
 
 def run_outputs(model: Any, inputs: Sequence[Any]) -> list[Any]:

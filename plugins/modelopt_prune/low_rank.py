@@ -67,23 +67,24 @@ def choose_rank(s: Any, m: int, n: int, *, rank: int | None = None, energy: floa
     return max(1, min(full, int(budget // (m + n))))
 
 
-def svd_factors(mat: Any, r: int) -> tuple[Any, Any]:
+def svd_factors(mat: Any, r: int, svd: tuple[Any, Any, Any] | None = None) -> tuple[Any, Any]:
     """(A, B) with A @ B the best rank-r approximation of ``mat``; A: (m, r), B: (r, n), the
-    singular values split evenly (sqrt) between the two."""
+    singular values split evenly (sqrt) between the two. ``svd``: a precomputed (U, S, Vh)."""
     import torch
 
-    u, s, vh = torch.linalg.svd(mat.double(), full_matrices=False)
+    u, s, vh = svd if svd is not None else torch.linalg.svd(mat.double(), full_matrices=False)
     root = s[:r].sqrt()
     return (u[:, :r] * root).to(mat.dtype), (root[:, None] * vh[:r]).to(mat.dtype)
 
 
-def factorize(layer: Any, r: int) -> Any:
+def factorize(layer: Any, r: int, svds: list[Any] | None = None) -> Any:
     """A two-layer module computing the rank-``r`` approximation of ``layer``."""
     import torch
     from torch import nn
 
     mats = layer_matrices(layer)
-    fac = [svd_factors(m, r) for m in mats]
+    svds = svds or [None] * len(mats)
+    fac = [svd_factors(m, r, d) for m, d in zip(mats, svds)]
     bias = layer.bias is not None
     if isinstance(layer, nn.Linear):
         a, b = fac[0]
@@ -149,7 +150,8 @@ class LowRank(mo.Optimizer):
         for name, layer in layers.items():
             mats = layer_matrices(layer)
             m, n = mats[0].shape
-            svals = [torch.linalg.svdvals(x.double()) for x in mats]
+            svds = [torch.linalg.svd(x.double(), full_matrices=False) for x in mats]
+            svals = [d[1] for d in svds]
             r = max(choose_rank(s, m, n, rank=cfg.rank, energy=cfg.energy,
                                 param_reduction=cfg.param_reduction) for s in svals)
             if factorized_params(layer, r) >= layer.weight.numel():
@@ -157,7 +159,7 @@ class LowRank(mo.Optimizer):
                 continue
             kept = sum(float((s[:r] ** 2).sum()) for s in svals) / max(
                 sum(float((s ** 2).sum()) for s in svals), 1e-30)
-            set_module(model, name, factorize(layer, r))
+            set_module(model, name, factorize(layer, r, svds))
             done.append(f"{name}: rank {r}/{min(m, n)}, energy {kept:.3f}")
         if not done:
             return noop(self, artifact, ctx, "factorizing would save nothing in any layer "

@@ -97,6 +97,11 @@ class _Shared:
             self._cache = (ver, self._rebuild().detach())
         return self._cache[1]
 
+    def num_weights(self) -> int:
+        """Weights of the dense layer this one computes (plus the bias)."""
+        return math.prod(self.weight_shape) + (self.bias.numel() if self.bias is not None
+                                               else 0)
+
     def macs_per_output(self) -> int:
         """Multiply-accumulates per output element (for MAC counting)."""
         return math.prod(self.weight_shape[1:])
