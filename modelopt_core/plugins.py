@@ -90,8 +90,13 @@ class PluginManager:
                         version: str = "") -> None:
         """Register a plugin module/object implementing hooks, and collect its components."""
         name = name or getattr(obj, "__name__", repr(obj))
-        if self.pm.is_registered(obj) or self.pm.has_plugin(name):
+        if self.pm.is_registered(obj):
             return
+        if self.pm.has_plugin(name):  # another object under this name: never drop it silently
+            other = self._origin.get(id(self.pm.get_plugin(name)), (name, "unknown", ""))
+            raise DuplicateComponentError(
+                f"two plugins are named {name!r}: {other[1]} and {distribution}. Uninstall one, "
+                "or give its entry point another name.")
         try:
             self.pm.register(obj, name=name)
             self._origin[id(obj)] = (name, distribution, version)

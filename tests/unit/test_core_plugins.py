@@ -146,6 +146,17 @@ def test_two_plugins_one_name_names_both_distributions():
     assert "dup.name" in msg and "dist-alpha" in msg and "dist-beta" in msg
 
 
+def test_two_entry_points_one_plugin_name_is_not_dropped_silently():
+    a = plugin_module("a", register_optimizers=[make_optimizer("a.one")])
+    b = plugin_module("b", register_optimizers=[make_optimizer("b.one")])
+    with pytest.raises(mo.DuplicateComponentError, match="'same'.*dist-alpha.*dist-beta"):
+        fresh(FakeEntryPoint("same", a, dist="dist-alpha"),
+              FakeEntryPoint("same", b, dist="dist-beta"))
+    pm = fresh(FakeEntryPoint("same", a, dist="dist-alpha"))
+    pm.register_plugin(a, name="same", distribution="dist-alpha")  # the same object: a no-op
+    assert [c.name for c in pm.components("optimizer")] == ["a.one"]
+
+
 def test_unknown_component_lists_close_names():
     mod = plugin_module("m", register_optimizers=[make_optimizer("prune.structured"),
                                                   make_optimizer("prune.unstructured")])
