@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from . import recipe, training
 from .artifact import ModelArtifact, Step, TensorSpec, load_artifact
-from .config import build_config, config, config_to_data, field, in_range, positive
+from .config import (build_config, config, config_fields, config_to_data, field, in_range,
+                     positive)
 from .errors import (ArtifactError, BackendUnavailableError, ConfigError, DataError,
                      DuplicateComponentError, ExportError, FormatError, InputSpecError,
                      ModeloptError, NoExportPathError, NumericalError, PluginLoadError,
@@ -26,7 +27,8 @@ __all__ = [
     "Session", "ModelArtifact", "TensorSpec", "Step", "load_artifact", "Report",
     "Optimizer", "Exporter", "Backend", "Runner", "Profiler", "Component", "Context",
     "as_input_tuple", "hookimpl", "PluginManager", "get_plugin_manager",
-    "config", "field", "build_config", "config_to_data", "in_range", "positive",
+    "config", "field", "build_config", "config_to_data", "config_fields", "in_range",
+    "positive",
     "ModeloptError", "ConfigError", "UnknownComponentError", "FormatError", "NoExportPathError",
     "PluginLoadError", "DuplicateComponentError", "ArtifactError", "UnsafeArtifactError",
     "InputSpecError", "DataError", "BackendUnavailableError", "NumericalError", "ExportError",

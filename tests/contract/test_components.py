@@ -22,7 +22,6 @@ import torch
 from helpers import onnx_bytes, state_hash
 
 import modelopt_core as mo
-from modelopt_core.config import config_fields
 from modelopt_demo.data import accuracy_fn
 from modelopt_demo.models import SmallCNN
 
@@ -41,7 +40,7 @@ REQUIRED = {"compress.low_rank": {"energy": 0.9}}
 
 def small_overrides(cls: type) -> dict:
     """Config overrides that keep a component's run tiny (generic over field names)."""
-    fields = config_fields(cls.Config)
+    fields = mo.config_fields(cls.Config)
     defaults = {n: a.default for n, a in fields.items()}
     out = dict(REQUIRED.get(cls.name, {}))
     for n, d in defaults.items():
