@@ -48,7 +48,7 @@ def qparams(lo: Any, hi: Any, qmin: int, qmax: int, symmetric: bool,
         if qmin < 0:  # narrow signed grid [-127, 127]: -128 unused, zero point 0
             scale, zp = amax / qmax, torch.zeros_like(amax)
         else:  # unsigned symmetric: zero point mid-grid (128 for uint8)
-            scale = amax / ((qmax - qmin) / 2)
+            scale = amax / ((qmax - qmin) // 2)
             zp = torch.full_like(amax, float((qmin + qmax + 1) // 2))
     else:
         scale = (hi - lo) / (qmax - qmin)
@@ -60,9 +60,12 @@ def qparams(lo: Any, hi: Any, qmin: int, qmax: int, symmetric: bool,
                 f"{who}: the calibration range is [{float(lo):g}, {float(hi):g}] (constant): a "
                 "scale cannot be computed. Give varied calibration data that exercises the model.")
         scale = torch.where(degenerate, torch.ones_like(scale), scale)
+    s32 = scale.float()  # round the scale up in float32 so the grid still covers [lo, hi]
+    s32 = torch.where(s32.double() < scale, torch.nextafter(s32, torch.full_like(s32, 1e30)),
+                      s32)
     if zp is None:
-        zp = (qmin - torch.round(lo / scale)).clamp(qmin, qmax)
-    return scale.float(), zp.to(torch.int32)
+        zp = (qmin - torch.round(lo / s32.double())).clamp(qmin, qmax)
+    return s32, zp.to(torch.int32)
 
 
 class FakeQuant(nn.Module):

@@ -82,6 +82,7 @@ def fold_bn(gm: fx.GraphModule) -> int:
         n += 1
     gm.graph.lint()
     gm.recompile()
+    gm.delete_all_unused_submodules()
     return n
 
 

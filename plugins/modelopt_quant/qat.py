@@ -170,4 +170,5 @@ def fold_bn_quantized(model: nn.Module) -> int:
         n += 1
     model.graph.lint()
     model.recompile()
+    model.delete_all_unused_submodules()
     return n
