@@ -240,7 +240,10 @@ def _batches(data: Any, field_name: str, who: str, limit: int | None,
         if limit is not None and len(out) >= limit:
             break
     if not out:
-        raise DataError(f"{who}: {field_name} is empty; give at least one batch of inputs.")
+        once = (" It is a one-shot iterator, already used up by an earlier step: pass a list "
+                "or a DataLoader." if iter(data) is data else "")
+        raise DataError(f"{who}: {field_name} is empty; give at least one batch of inputs."
+                        + once)
     return out
 
 

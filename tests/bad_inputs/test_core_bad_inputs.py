@@ -135,10 +135,19 @@ def test_empty_calibration_onnx_static(onnx_art, digits, data, guard):
 
 
 def test_empty_calibration_torch_static(model, digits, guard):
-    s = mo.Session(model, (digits.example,), calibration_data=iter([]), progress=False)
-    with pytest.raises(mo.DataError, match="empty"):
+    s = mo.Session(model, (digits.example,), calibration_data=[], progress=False)
+    with pytest.raises(mo.DataError, match="calibration_data is empty"):
         s.apply("quantize.static")
     _unchanged(s)
+
+
+def test_used_up_calibration_iterator_says_so(model, digits, guard):
+    s = mo.Session(model, (digits.example,), calibration_data=iter(digits.calibration[:2]),
+                   progress=False)
+    s.apply("quantize.static", calibration_batches=2)
+    with pytest.raises(mo.DataError, match="one-shot iterator"):
+        s.apply("quantize.static")
+    assert len(s.history) == 2
 
 
 # ---- runner inputs --------------------------------------------------------------------------
