@@ -261,3 +261,40 @@ def test_pickle_disguised_inside_artifact_folder(tmp_path, model, guard):
         mo.load_artifact(folder, model=model)
     assert not marker.exists()
     assert not any(name.startswith(".") for name in os.listdir(tmp_path))
+
+
+# ---- broken and clashing plugins ------------------------------------------------------------
+
+class _EP:
+    """A fake entry point (see tests/unit/test_core_plugins.py)."""
+
+    def __init__(self, name, obj=None, error=None, dist="bad-dist"):
+        self.name, self._obj, self._error = name, obj, error
+        self.dist = type("D", (), {"name": dist, "version": "0.0.1"})()
+
+    def load(self):
+        if self._error:
+            raise self._error
+        return self._obj
+
+
+def test_broken_and_clashing_plugins_leave_the_rest_working(model, digits, guard):
+    import types
+
+    pm = mo.PluginManager()
+    pm.load_entry_points([_EP("broken", error=SyntaxError("invalid syntax (plugin.py, line 3)"))])
+    assert [f.name for f in pm.failed] == ["broken"]
+
+    class Clash(mo.Optimizer):
+        """Claims a built-in name."""
+
+        name = "prune.unstructured"
+
+    mod = types.ModuleType("clash")
+    mod.register_optimizers = mo.hookimpl(lambda register: register(Clash))
+    with pytest.raises(mo.DuplicateComponentError, match="bad-dist"):
+        pm.load_entry_points([_EP("clash", mod)])
+    assert pm.get("optimizer", "prune.unstructured").cls is not Clash  # the built-in stays
+    s = mo.Session(model, (digits.example,), plugins=pm, progress=False)
+    art = s.apply("prune.unstructured", amount=0.5)
+    assert art.lineage[-1].plugin == "prune"
