@@ -109,3 +109,65 @@ def test_no_pairs_warns_and_keeps_model(installed):
     art = s.apply("example.fuse_bn")
     assert any("no Conv/Linear -> BatchNorm pair" in n for n in art.lineage[-1].notes)
     assert state_hash(art.model) == state_hash(mlp)
+
+
+def _random_bn(bn: torch.nn.Module, g: torch.Generator) -> None:
+    n = bn.num_features
+    bn.running_mean.copy_(torch.randn(n, generator=g))
+    bn.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.1)
+    if bn.affine:
+        bn.weight.data.copy_(torch.randn(n, generator=g))
+        bn.bias.data.copy_(torch.randn(n, generator=g))
+
+
+def test_fold_is_exact_up_to_rounding_for_many_layer_shapes(installed):
+    """Property: folding keeps outputs for conv 1d/2d/3d, groups, with/without bias and affine,
+    and for Linear + BatchNorm1d."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from modelopt_example.fuse_bn import find_pairs, fold
+
+    @settings(max_examples=25, deadline=None)
+    @given(dim=st.sampled_from([0, 1, 2, 3]), groups=st.sampled_from([1, 2]),
+           bias=st.booleans(), affine=st.booleans(), seed=st.integers(0, 2**16))
+    def check(dim, groups, bias, affine, seed):
+        g = torch.Generator().manual_seed(seed)
+        if dim == 0:
+            prod, bn = torch.nn.Linear(6, 4, bias=bias), torch.nn.BatchNorm1d(4, affine=affine)
+            x = torch.randn(5, 6, generator=g)
+        else:
+            conv = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)[dim - 1]
+            prod = conv(4, 6, 3, padding=1, groups=groups, bias=bias)
+            bn = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)[dim - 1](
+                6, affine=affine)
+            x = torch.randn(2, 4, *([5] * dim), generator=g)
+        _random_bn(bn, g)
+        net = torch.nn.Sequential(prod, bn, torch.nn.ReLU()).eval()
+        with torch.no_grad():
+            ref = net(x)
+            pairs = find_pairs(net)
+            assert pairs == [("0", "1")]
+            fold(net, pairs)
+            assert isinstance(net[1], torch.nn.Identity)
+            torch.testing.assert_close(net(x), ref, rtol=1e-4, atol=1e-5)
+
+    check()
+
+
+def test_conv_output_used_twice_is_not_folded(installed):
+    from modelopt_example.fuse_bn import find_pairs
+
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+            self.bn = torch.nn.BatchNorm2d(3)
+            self.conv2 = torch.nn.Conv2d(3, 3, 1)
+            self.bn2 = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y + self.bn2(self.conv2(x))  # conv's raw output is needed too
+
+    assert find_pairs(Branchy().eval()) == [("conv2", "bn2")]
