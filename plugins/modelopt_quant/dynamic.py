@@ -25,6 +25,7 @@ from torch import nn
 
 import modelopt_core as mo
 
+from .prepare import _check_weights
 from .static import noop
 
 __all__ = ["DynamicQuantize", "DynamicConfig", "DynLinear", "DynRNN"]
@@ -166,6 +167,7 @@ class DynamicQuantize(mo.Optimizer):
             raise mo.ConfigError(f"{self.name}: unknown layer kind(s) {sorted(unknown)} in "
                                  "'layers'; use linear, lstm, gru.")
         model = copy.deepcopy(artifact.model).eval()
+        _check_weights(model)
         cands = self._candidates(model, cfg)
         if not cands:
             return noop(self, artifact, ctx)

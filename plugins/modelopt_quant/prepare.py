@@ -105,7 +105,9 @@ def check_calibration(batches: list[tuple[Any, ...]], who: str) -> None:
     for b in batches:
         for x in b:
             if isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel():
-                lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+                x = x[torch.isfinite(x)]  # NaN/Inf: the observers name the layer later
+                if x.numel():
+                    lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
     if lo == float("inf"):
         raise mo.DataError(f"{who}: calibration_data holds no floating-point tensors.")
     if not (lo < hi):
