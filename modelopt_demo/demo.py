@@ -19,6 +19,8 @@ from .models import SmallCNN
 
 #: (session method, component or target, config) — the default demo pipeline
 PIPELINE: list[tuple[str, str, dict[str, Any]]] = [
+    ("apply", "prune.structured", {"ratio": 0.3, "importance": "l1"}),
+    ("apply", "distill.logits", {"epochs": 3, "lr": 3e-3}),
     ("export", "onnx", {}),
     ("apply", "onnx.optimize", {}),
     ("apply", "onnx.quantize_static", {"per_channel": True, "calibrate_method": "minmax"}),

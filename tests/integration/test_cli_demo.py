@@ -33,6 +33,10 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--epochs", "3", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "onnx.quantize_static" in text
+    steps = [r["step"] for r in json.loads((out / "report.json").read_text())["rows"]]
+    assert [st.split(":", 1)[-1] for st in steps] == [
+        "original", "prune.structured", "distill.logits", "onnx", "onnx.optimize",
+        "onnx.quantize_static"]
     report = json.loads((out / "report.json").read_text())
     rows = report["rows"]
     assert rows[0]["step"] == "original" and rows[0]["backend"] == "torch"
