@@ -34,11 +34,11 @@ def quant_ranges(bits: int, signed: bool) -> tuple[int, int]:
 
 
 def qparams(lo: Any, hi: Any, qmin: int, qmax: int, symmetric: bool,
-            who: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+            who: str = "", weight: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale (float32) and zero point (int32) mapping ``[lo, hi]`` (tensors or floats) onto
     ``[qmin, qmax]``. The range is widened to contain 0 so 0 is exactly representable.
-    A degenerate range raises :class:`DataError` (never a zero or infinite scale); for
-    per-channel weights, all-zero channels get scale 1 (0 is still exact)."""
+    A degenerate activation range raises :class:`DataError` (never a zero or infinite
+    scale); all-zero (or denormal) weights or weight channels get scale 1 (0 stays exact)."""
     lo = torch.as_tensor(lo, dtype=torch.float64).clamp(max=0)
     hi = torch.as_tensor(hi, dtype=torch.float64).clamp(min=0)
     if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
@@ -55,7 +55,7 @@ def qparams(lo: Any, hi: Any, qmin: int, qmax: int, symmetric: bool,
         zp = None
     degenerate = scale <= 1e-30
     if bool(degenerate.any()):
-        if scale.dim() == 0:
+        if scale.dim() == 0 and not weight:
             raise mo.DataError(
                 f"{who}: the calibration range is [{float(lo):g}, {float(hi):g}] (constant): a "
                 "scale cannot be computed. Give varied calibration data that exercises the model.")
@@ -112,9 +112,9 @@ class FakeQuant(nn.Module):
         self.set_range(lo, hi)
         self.observer = None
 
-    def set_range(self, lo: Any, hi: Any) -> None:
+    def set_range(self, lo: Any, hi: Any, weight: bool = False) -> None:
         """Set scale / zero point from a real range (per-channel: tensors)."""
-        scale, zp = qparams(lo, hi, self.qmin, self.qmax, self.symmetric, self.who)
+        scale, zp = qparams(lo, hi, self.qmin, self.qmax, self.symmetric, self.who, weight)
         if self.axis is None:
             self._range = (float(lo), float(hi))
         self._store(scale, zp)
@@ -126,10 +126,10 @@ class FakeQuant(nn.Module):
             raise mo.NumericalError(f"{self.who}: the weight holds NaN or Inf; fix or retrain "
                                     "the layer before quantizing.")
         if self.axis is None:
-            self.set_range(w.min(), w.max())
+            self.set_range(w.min(), w.max(), weight=True)
         else:
             flat = w.transpose(0, self.axis).reshape(w.shape[self.axis], -1)
-            self.set_range(flat.min(1).values, flat.max(1).values)
+            self.set_range(flat.min(1).values, flat.max(1).values, weight=True)
 
     def _store(self, scale: torch.Tensor, zp: torch.Tensor) -> None:
         if isinstance(self.scale, nn.Parameter):
@@ -163,10 +163,12 @@ class FakeQuant(nn.Module):
         """Quantize-dequantize ``x`` with the current scale / zero point."""
         if self.learnable and self.training and torch.is_grad_enabled():
             return self._lsq(x)
-        scale = self.scale.detach().clamp_min(1e-12)
+        scale = self.scale.detach()
+        if not torch.onnx.is_in_onnx_export():  # stored scales are already > 0
+            scale = scale.clamp_min(1e-12)
         if self.axis is None:
             return torch.fake_quantize_per_tensor_affine(
-                x, scale.reshape(()), self.zero_point.reshape(()), self.qmin, self.qmax)
+                x, scale, self.zero_point, self.qmin, self.qmax)
         return torch.fake_quantize_per_channel_affine(
             x, scale, self.zero_point, self.axis, self.qmin, self.qmax)
 
@@ -226,7 +228,46 @@ class _QuantWeighted(nn.Module):
     def qweight(self) -> torch.Tensor:
         if self.dynamic_weight_range and self.training:
             self.weight_quant.observe_weight(self.layer.weight)
-        return self.weight_quant(self.layer.weight)
+        wq = self.weight_quant
+        if torch.onnx.is_in_onnx_export() and wq.enabled and wq.calibrated:
+            return _export_int8_weight(self.layer.weight, wq)
+        return wq(self.layer.weight)
+
+
+class _WeightDQ(torch.autograd.Function):
+    """INT8 weight -> float; exported as one DequantizeLinear on an INT8 initializer."""
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor,
+                axis: int | None) -> torch.Tensor:
+        shape = [1] * q.dim()
+        if axis is not None:
+            shape[axis] = -1
+        return (q.float() - zp.float().reshape(shape)) * scale.reshape(shape)
+
+    @staticmethod
+    def symbolic(g: Any, q: Any, scale: Any, zp: Any, axis: int | None) -> Any:
+        if axis is None:
+            return g.op("DequantizeLinear", q, scale, zp)
+        return g.op("DequantizeLinear", q, scale, zp, axis_i=axis)
+
+
+def _export_int8_weight(w: torch.Tensor, wq: FakeQuant) -> torch.Tensor:
+    """The ONNX form of a quantized weight: an INT8 constant and one DequantizeLinear, so the
+    file holds INT8 weights (4x smaller than float + QuantizeLinear)."""
+    shape = [1] * w.dim()
+    if wq.axis is not None:
+        shape[wq.axis] = -1
+    scale = wq.scale.detach()
+    zp = torch.from_numpy(wq.zero_point.cpu().numpy().astype("int8" if wq.qmin < 0 else "uint8"))
+    with torch.no_grad():
+        q = torch.clamp(torch.round(w / scale.reshape(shape)) + zp.float().reshape(shape),
+                        wq.qmin, wq.qmax).to(zp.dtype)
+    # through numpy, so the exporter records a constant INT8 tensor, not the float ops
+    q = torch.from_numpy(q.detach().cpu().numpy().copy())
+    if wq.axis is None:
+        scale, zp = scale.reshape(()), zp.reshape(())
+    return _WeightDQ.apply(q, scale, zp, wq.axis)
 
 
 class QuantConv(_QuantWeighted):
