@@ -56,7 +56,7 @@ def count_macs_params(model: Any, example_inputs: Sequence[Any]) -> tuple[int, i
     custom = [mod for mod in m.modules() if hasattr(mod, "macs_per_output")]
 
     def hook(mod: Any, inp: Any, out: Any) -> None:
-        extra[0] += int(out.numel() * mod.macs_per_output())
+        extra[0] += int(out[0].numel() * mod.macs_per_output())  # per sample, like tp
 
     hs = [mod.register_forward_hook(hook) for mod in custom]
     try:
@@ -82,11 +82,11 @@ def _hook_macs(m: Any, xs: tuple[Any, ...]) -> int:
 
     def hook(mod: Any, inp: Any, out: Any) -> None:
         if isinstance(mod, torch.nn.modules.conv._ConvNd):
-            total[0] += int(out.numel() * mod.weight[0].numel())
+            total[0] += int(out[0].numel() * mod.weight[0].numel())
         elif isinstance(mod, torch.nn.Linear):
-            total[0] += int(out.numel() * mod.in_features)
+            total[0] += int(out[0].numel() * mod.in_features)
         elif hasattr(mod, "macs_per_output"):
-            total[0] += int(out.numel() * mod.macs_per_output())
+            total[0] += int(out[0].numel() * mod.macs_per_output())
 
     hs = [mod.register_forward_hook(hook) for mod in m.modules()]
     try:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from torch import nn
+
 import modelopt_core as mo
 
 from .common import (check_same_outputs, copy_model, count_macs_params, format_delta, noop,
@@ -35,7 +37,7 @@ def separable_factors(weight: Any) -> tuple[Any, Any]:
     return d.to(weight.dtype), p.to(weight.dtype)
 
 
-class InvertedResidual(__import__("torch").nn.Module):
+class InvertedResidual(nn.Module):
     """MobileNetV2-style block: 1x1 expand -> ReLU -> depthwise -> ReLU -> 1x1 project
     (+ input when ``residual``)."""
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+from torch import nn
+
 import modelopt_core as mo
 
 from .common import (check_same_outputs, copy_model, noop, prunable_layers, resolve_names,
@@ -136,7 +138,7 @@ def _make_shared(layer: Any, k: int, iters: int, init: str) -> Any:
     return new.to(torch.device(layer.weight.device))
 
 
-class SharedLinear(_Shared, __import__("torch").nn.Module):
+class SharedLinear(_Shared, nn.Module):
     """Linear layer whose weight is ``codebook[indices]`` (k-means weight sharing)."""
 
     def forward(self, x: Any) -> Any:
@@ -148,7 +150,7 @@ class SharedLinear(_Shared, __import__("torch").nn.Module):
         return f"{self.in_features}, {self.out_features}, clusters={self.n_clusters}"
 
 
-class SharedConv(_Shared, __import__("torch").nn.Module):
+class SharedConv(_Shared, nn.Module):
     """Conv1d/2d/3d whose weight is ``codebook[indices]`` (k-means weight sharing)."""
 
     def forward(self, x: Any) -> Any:

@@ -155,3 +155,15 @@ def test_slimming_and_iterative_train_and_prune(digits_small):
     assert state_hash(m) == before
     assert [st.component for st in b.lineage] == ["original", "prune.slimming",
                                                   "prune.iterative"]
+
+
+def test_structured_target_speedup_on_onnxruntime():
+    torch.manual_seed(0)
+    m = SmallCNN().eval()
+    s = session(m, torch.randn(8, 1, 8, 8))
+    a = s.apply("prune.structured", target_speedup=50.0, backend="onnxruntime",
+                speedup_step=0.4, max_ratio=0.8, latency_iterations=3)
+    assert a.metadata["speedup_backend"] == "onnxruntime"
+    assert a.metadata["pruning_ratio"] == pytest.approx(0.8)  # 50x is out of reach: max_ratio
+    assert any("not reached" in n for n in a.lineage[-1].notes)
+    assert a.model(torch.randn(3, 1, 8, 8)).shape == (3, 10)
