@@ -47,11 +47,15 @@ class QuantSpec:
     def __init__(self, *, per_channel: bool = True, act_signed: bool = False,
                  act_symmetric: bool = False, observer: str = "minmax",
                  percentile: float = 99.99, skip: Iterable[str] = ()) -> None:
-        self.per_channel, self.act_signed, self.act_symmetric = per_channel, act_signed, \
-            act_symmetric
-        self.observer, self.percentile, self.skip = observer, percentile, set(skip)
+        self.per_channel = per_channel
+        self.act_signed = act_signed
+        self.act_symmetric = act_symmetric
+        self.observer = observer
+        self.percentile = percentile
+        self.skip = set(skip)
 
     def act_quant(self, who: str) -> FakeQuant:
+        """A fresh activation quantizer for this spec."""
         return FakeQuant(signed=self.act_signed, symmetric=self.act_symmetric,
                          observer=self.observer, percentile=self.percentile, who=who)
 
@@ -75,8 +79,7 @@ def fold_bn(gm: fx.GraphModule) -> int:
             fused = fuse_linear_bn_eval(layer.eval(), bn.eval())
         else:
             continue
-        gm.set_submodule(prev.target, fused) if hasattr(gm, "set_submodule") else \
-            _set(gm, prev.target, fused)
+        _set(gm, prev.target, fused)
         node.replace_all_uses_with(prev)
         gm.graph.erase_node(node)
         n += 1

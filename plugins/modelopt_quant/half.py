@@ -16,7 +16,7 @@ float32 as the spec requires.
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from typing import Any
 
 import modelopt_core as mo
 

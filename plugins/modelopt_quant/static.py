@@ -10,7 +10,8 @@ MatMulInteger...).
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import modelopt_core as mo
 
@@ -83,7 +84,8 @@ class StaticQuantize(mo.Optimizer):
                                metadata=quant_metadata(model, layers, cfg.skip_layers))
 
 
-def quant_metadata(model, layers, float_layers) -> dict:
+def quant_metadata(model: Any, layers: Sequence[str], float_layers: Sequence[str]
+                   ) -> dict[str, Any]:
     """Metadata shared by the quantizing optimizers."""
     return {"quantized_layers": list(layers), "float_layers": list(float_layers),
             "quantization": "int8-qdq", "onnx_exporter": "torchscript",
