@@ -97,7 +97,8 @@ class AutoQuantize(mo.Optimizer):
                      f", budget {budget}); {len(layers)} layer(s) INT8, {len(floats)} kept in "
                      f"float: {floats or 'none'}")
         notes.append("search: " + "; ".join(trail))
-        meta = quant_metadata(model, layers, tuple(cfg.skip_layers) + tuple(floats))
+        meta = quant_metadata(model, layers, tuple(cfg.skip_layers) + tuple(floats),
+                              batches[0])
         meta.update({"auto_metric": what, "float_metric": base, "quantized_metric": final,
                      "within_budget": within,
                      "sensitivity": report.to_data() if report else []})

@@ -53,7 +53,7 @@ def qparams(lo: Any, hi: Any, qmin: int, qmax: int, symmetric: bool,
     else:
         scale = (hi - lo) / (qmax - qmin)
         zp = None
-    degenerate = scale <= 1e-30
+    degenerate = scale < 1e-12  # also tiny: 1/scale must stay finite in float32 kernels
     if bool(degenerate.any()):
         if scale.dim() == 0 and not weight:
             raise mo.DataError(

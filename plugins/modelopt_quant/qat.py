@@ -119,7 +119,8 @@ class QATQuantize(mo.Optimizer):
                      f"folded {folded} BatchNorm layer(s) after training; last loss "
                      f"{last.get('train_loss', float('nan')):.4g}")
         return artifact.evolve(step=self.step(notes=notes), model=model,
-                               metadata=quant_metadata(model, layers, cfg.skip_layers))
+                               metadata=quant_metadata(model, layers, cfg.skip_layers,
+                                                       batches[0]))
 
 
 def _inputs_of(train: Any, limit: int, who: str) -> list[tuple[Any, ...]]:

@@ -81,12 +81,26 @@ class StaticQuantize(mo.Optimizer):
                      f"{cfg.activation_dtype} activations, {cfg.observer} calibration on "
                      f"{len(batches)} batch(es))")
         return artifact.evolve(step=self.step(notes=notes), model=model,
-                               metadata=quant_metadata(model, layers, cfg.skip_layers))
+                               metadata=quant_metadata(model, layers, cfg.skip_layers,
+                                                       batches[0]))
 
 
-def quant_metadata(model: Any, layers: Sequence[str], float_layers: Sequence[str]
-                   ) -> dict[str, Any]:
-    """Metadata shared by the quantizing optimizers."""
-    return {"quantized_layers": list(layers), "float_layers": list(float_layers),
-            "quantization": "int8-qdq", "onnx_exporter": "torchscript",
-            "int8_size_bytes": quantized_size_bytes(model)}
+def quant_metadata(model: Any, layers: Sequence[str], float_layers: Sequence[str],
+                   batch: tuple[Any, ...] | None = None) -> dict[str, Any]:
+    """Metadata shared by the quantizing optimizers.
+
+    ``onnx_check_rtol`` / ``onnx_check_atol`` are the tolerances an exporter's numerics check
+    should use: ONNX Runtime's integer kernels requantize with their own rounding, so outputs
+    differ from the torch simulation by a few output quantization steps."""
+    import torch
+
+    meta: dict[str, Any] = {"quantized_layers": list(layers), "float_layers": list(float_layers),
+                            "quantization": "int8-qdq", "onnx_exporter": "torchscript",
+                            "int8_size_bytes": quantized_size_bytes(model)}
+    if batch is not None:
+        with torch.no_grad():
+            out = model.eval()(*batch)
+        outs = [out] if isinstance(out, torch.Tensor) else list(out)
+        amax = max(float(o.abs().max()) for o in outs if o.numel())
+        meta.update(onnx_check_rtol=0.1, onnx_check_atol=round(0.1 * max(amax, 1e-6), 6))
+    return meta
