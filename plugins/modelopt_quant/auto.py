@@ -5,7 +5,8 @@
    calibration batches.
 2. If over ``max_accuracy_drop``: rank layers by sensitivity (SQNR with only that layer
    quantized; the metric too when ``rank_by_metric``), then keep the most sensitive layers in
-   float one at a time until the drop is within budget.
+   float one at a time until the drop is within budget; then try to re-quantize each of them
+   (newest first) and keep it INT8 when the budget still holds (fewer float layers, faster).
 3. Those layers' quantizers are switched off (an off quantizer is the identity, so the exported
    graph has no Q/DQ there and ONNX Runtime runs the layer in float); with ``measure_speed``
    the result and the float model are exported through the ``onnx`` exporter and timed on
@@ -86,6 +87,14 @@ class AutoQuantize(mo.Optimizer):
                 trail.append(f"+float {name}: {score:.4g}")
                 if base - score <= budget:
                     break
+            if base - score <= budget:  # give back layers the budget turned out not to need
+                for name in floats[-2::-1]:
+                    set_quantized(model, on | {name})
+                    score = metric(model)
+                    if base - score <= budget:
+                        on.add(name)
+                        floats.remove(name)
+                        trail.append(f"-float {name}: {score:.4g}")
             layers = [n for n in layers if n not in floats]
             set_quantized(model, set(layers))  # disabled quantizers export as nothing at all
         final = metric(model)
