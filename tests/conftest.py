@@ -17,3 +17,20 @@ def digits():
     from modelopt_demo.data import load_digits_data
 
     return load_digits_data()
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(digits):
+    """A SmallCNN(width=16) trained briefly (4 epochs) on digits, in eval mode. Shared: tests
+    must not change it (the components under test never do; tests hash it to prove that)."""
+    import torch
+
+    import modelopt_core as mo
+    from modelopt_core.training import TrainConfig, fit
+    from modelopt_demo.models import SmallCNN
+
+    torch.manual_seed(0)
+    m = SmallCNN(width=16)
+    fit(m, digits.train, config=TrainConfig(epochs=4, lr=3e-3),
+        ctx=mo.Context(show_progress=False))
+    return m.eval()

@@ -16,13 +16,16 @@ _CALIB = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile",
           "distribution": "Distribution"}
 
 
-def _preprocess(model: Any, folder: Any, ctx: mo.Context, who: str) -> Any:
-    """ORT's quant_pre_process; falls back to the raw model (with a warning) if it fails."""
+def _source_path(model: Any, folder: Any, ctx: mo.Context, who: str, preprocess: bool) -> Any:
+    """Write ``model`` for ORT's file-based tools, after ORT's quant_pre_process when asked
+    (falls back to the raw model, with a warning, if pre-processing fails)."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     src, dst = folder / "in.onnx", folder / "pre.onnx"
     onnx.save_model(model, str(src))
+    if not preprocess:
+        return src
     try:
         with quiet():
             quant_pre_process(str(src), str(dst))
@@ -85,10 +88,7 @@ class OnnxQuantizeStatic(mo.Optimizer):
         extra = {"ActivationSymmetric": cfg.symmetric_activations,
                  "CalibPercentile": cfg.percentile}
         with workdir() as d:
-            src = _preprocess(artifact.model, d, ctx, self.name) if cfg.preprocess else None
-            if src is None:
-                src = d / "in.onnx"
-                onnx.save_model(artifact.model, str(src))
+            src = _source_path(artifact.model, d, ctx, self.name, cfg.preprocess)
             dst = d / "q.onnx"
             with quiet():
                 q.quantize_static(
@@ -167,10 +167,7 @@ class OnnxQuantizeDynamic(mo.Optimizer):
                      "quantize, the model is unchanged (no-op step)")
             return artifact.evolve(step=self.step(notes=["no-op: nothing to quantize"]))
         with workdir() as d:
-            src = _preprocess(artifact.model, d, ctx, self.name) if cfg.preprocess else None
-            if src is None:
-                src = d / "in.onnx"
-                onnx.save_model(artifact.model, str(src))
+            src = _source_path(artifact.model, d, ctx, self.name, cfg.preprocess)
             dst = d / "q.onnx"
             with quiet():
                 q.quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(cfg.op_types),

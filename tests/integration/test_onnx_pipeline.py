@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import onnx
 import pytest
@@ -11,36 +9,18 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import modelopt_core as mo
-from modelopt_demo.data import accuracy_fn, load_digits_data
-from modelopt_demo.models import MLP, SmallCNN, YoloStyle
-
-
-def _hash(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().numpy().tobytes())
-    return h.hexdigest()
+from helpers import state_hash
+from modelopt_demo.data import accuracy_fn
+from modelopt_demo.models import MLP, YoloStyle
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_digits_data()
-
-
-@pytest.fixture(scope="module")
-def trained(digits):
-    from modelopt_core.training import TrainConfig, fit
-
-    torch.manual_seed(0)
-    m = SmallCNN(width=16)
-    fit(m, digits.train, config=TrainConfig(epochs=4, lr=3e-3),
-        ctx=mo.Context(show_progress=False))
-    return m.eval()
+def trained(trained_cnn):
+    return trained_cnn
 
 
 def test_export_dynamic_batch_and_numerics(trained, digits):
-    before = _hash(trained)
+    before = state_hash(trained)
     s = mo.Session(trained, (digits.example,), progress=False)
     art = s.export("onnx")
     assert art.format == "onnx" and art.lineage[-1].component == "onnx"
@@ -52,7 +32,7 @@ def test_export_dynamic_batch_and_numerics(trained, digits):
         for b in (1, 5, 17):
             x = torch.randn(b, 1, 8, 8)
             torch.testing.assert_close(r(x), t(x), rtol=1e-3, atol=1e-4)
-    assert _hash(trained) == before
+    assert state_hash(trained) == before
 
 
 def test_torchscript_exporter_option(trained, digits):
