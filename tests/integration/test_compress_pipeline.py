@@ -3,37 +3,12 @@ export to ONNX, static INT8; sizes on disk and accuracy through the runners."""
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 
 import modelopt_core as mo
-from modelopt_demo.data import accuracy_fn, load_digits_data
-from modelopt_demo.models import SmallCNN
-
-
-def _hash(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode() + v.detach().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_digits_data()
-
-
-@pytest.fixture(scope="module")
-def trained(digits):
-    from modelopt_core.training import TrainConfig, fit
-
-    torch.manual_seed(0)
-    m = SmallCNN(width=16)
-    fit(m, digits.train, config=TrainConfig(epochs=4, lr=3e-3),
-        ctx=mo.Context(show_progress=False))
-    return m.eval()
+from helpers import state_hash
+from modelopt_demo.data import accuracy_fn
 
 
 def _size(art: mo.ModelArtifact, folder) -> int:
@@ -41,8 +16,9 @@ def _size(art: mo.ModelArtifact, folder) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.name != "manifest.json")
 
 
-def test_prune_share_export_int8(trained, digits, tmp_path):
-    before = _hash(trained)
+def test_prune_share_export_int8(trained_cnn, digits, tmp_path):
+    trained = trained_cnn
+    before = state_hash(trained)
     ev = accuracy_fn(digits.test)
     s = mo.Session(trained, (digits.example,), train_data=digits.train,
                    calibration_data=digits.calibration[:4], eval_fn=ev, progress=False)
@@ -61,6 +37,6 @@ def test_prune_share_export_int8(trained, digits, tmp_path):
     fp32 = _size(s.original, tmp_path / "fp32")
     assert _size(shared, tmp_path / "shared") * 6 < fp32
     assert _size(q, tmp_path / "int8") * 3 < fp32
-    assert _hash(trained) == before
+    assert state_hash(trained) == before
     reloaded = mo.load_artifact(tmp_path / "shared", model=shared.model)
     torch.testing.assert_close(reloaded.model(digits.example), shared.model(digits.example))
