@@ -69,6 +69,7 @@ def blocked_p50(fns: dict[str, Any], rounds: int, block: int = 3) -> dict[str, f
         f()
     for _ in range(rounds):
         for k, f in fns.items():
+            time.sleep(0.05)  # let the previous candidate's worker threads stop spinning
             f()
             for _ in range(block):
                 t0 = time.perf_counter()
