@@ -28,17 +28,22 @@ def p50_ms(fn: Callable[[], Any], warmup: int = 3, iters: int = 15) -> float:
 
 
 def interleaved_p50(fns: dict[str, Callable[[], Any]], rounds: int = 15,
-                    warmup: int = 3) -> dict[str, float]:
-    """p50 of each candidate, timed round-robin so machine noise hits all of them alike."""
+                    warmup: int = 3, block: int = 3, pause_s: float = 0.05) -> dict[str, float]:
+    """p50 of each candidate, timed in short blocks round-robin so machine noise hits all of
+    them alike; a pause between blocks lets spinning runtime threads (ORT) go idle so they do
+    not bill the next candidate."""
     for f in fns.values():
         for _ in range(warmup):
             f()
     ts: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
+    for _ in range(max(1, rounds // block)):
         for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            ts[k].append(time.perf_counter() - t0)
+            time.sleep(pause_s)
+            f()  # re-warm caches after the other candidates ran
+            for _ in range(block):
+                t0 = time.perf_counter()
+                f()
+                ts[k].append(time.perf_counter() - t0)
     return {k: 1e3 * float(np.median(v)) for k, v in ts.items()}
 
 

@@ -341,14 +341,15 @@ def _into_skeleton(model: Any, state: dict[str, Any], where: Path) -> Any:
 
 
 def _resize_to(m: Any, state: dict[str, Any]) -> None:
-    """Give parameters/buffers the saved shapes (pruned models) and fix layer attributes."""
+    """Give parameters/buffers the saved shapes (pruned models) and dtypes (bf16/fp16 models),
+    and fix layer attributes."""
     import torch
 
     for name, t in state.items():
         mod_name, _, attr = name.rpartition(".")
         mod = m.get_submodule(mod_name) if mod_name else m
         cur = getattr(mod, attr)
-        if cur is None or tuple(cur.shape) == tuple(t.shape):
+        if cur is None or (tuple(cur.shape) == tuple(t.shape) and cur.dtype == t.dtype):
             continue
         new = torch.empty_like(t)
         if isinstance(cur, torch.nn.Parameter):

@@ -27,8 +27,12 @@ class OnnxExportConfig:
                                  help="ONNX opset (default: the exporter's)")
     dynamic_batch: bool = mo.field(True, help="make dim 0 of inputs/outputs symbolic")
     check_numerics: bool = mo.field(True, help="compare ONNX Runtime output with torch")
-    rtol: float = mo.field(1e-3, validator=mo.in_range(0, 1), help="relative tolerance")
-    atol: float = mo.field(1e-4, validator=mo.in_range(0, 1e3), help="absolute tolerance")
+    rtol: float | None = mo.field(None, validator=mo.in_range(0, 1),
+                                  help="relative tolerance (default: the artifact's "
+                                  "metadata['onnx_check_rtol'], else 1e-3)")
+    atol: float | None = mo.field(None, validator=mo.in_range(0, 1e3),
+                                  help="absolute tolerance (default: the artifact's "
+                                  "metadata['onnx_check_atol'], else 1e-4)")
     strip_metadata: bool = mo.field(True, help="drop per-node debug metadata (source stack "
                                     "traces) from the graph: smaller deployment files")
 
@@ -87,7 +91,12 @@ class OnnxExporter(mo.Exporter):
             if dtype:  # the ONNX graph takes the reduced dtype too
                 xs = tuple(x.to(getattr(torch, dtype)) if x.is_floating_point() else x
                            for x in xs)
-            errs = check_against("onnx", ref, proto, xs, cfg.rtol, cfg.atol)
+            # simulated-quantized artifacts state how far integer kernels may round apart
+            rtol = cfg.rtol if cfg.rtol is not None else artifact.metadata.get(
+                "onnx_check_rtol", 1e-3)
+            atol = cfg.atol if cfg.atol is not None else artifact.metadata.get(
+                "onnx_check_atol", 1e-4)
+            errs = check_against("onnx", ref, proto, xs, rtol, atol)
             meta.update(errs)
             notes.append(f"numerics vs torch: max abs error {errs['max_abs_error']:.3g}")
         return artifact.evolve(step=self.step(notes=notes), format="onnx", model=proto,

@@ -23,6 +23,8 @@ class OrtConfig:
     inter_op_num_threads: int | None = mo.field(None, validator=mo.positive,
                                                 help="threads across ops (parallel mode)")
     execution_mode: Literal["sequential", "parallel"] = mo.field("sequential")
+    allow_spinning: bool = mo.field(True, help="worker threads spin-wait between runs (lowest "
+                                    "latency; turn off when sharing cores with other work)")
     optimized_model_path: str | None = mo.field(None, help="write ORT's optimized graph here")
 
 
@@ -75,6 +77,9 @@ class OrtBackend(mo.Backend):
             so.inter_op_num_threads = cfg.inter_op_num_threads
         so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if cfg.execution_mode == "parallel"
                              else ort.ExecutionMode.ORT_SEQUENTIAL)
+        if not cfg.allow_spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if cfg.optimized_model_path:
             so.optimized_model_filepath = cfg.optimized_model_path
         try:
