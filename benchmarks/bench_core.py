@@ -39,10 +39,12 @@ def calibrated_resnet(batches: list[torch.Tensor]) -> torch.nn.Module:
 
 
 def hand_written_ort_int8(onnx_model, calib, threads: int):
-    """The reference: ORT pre-processing + quantize_static (QDQ, per-channel) by hand."""
+    """The reference: ORT pre-processing + quantize_static by hand, done carefully: QDQ,
+    per-channel int8 weights, uint8 activations (the u8s8 kernels VNNI runs fastest)."""
     import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -56,7 +58,8 @@ def hand_written_ort_int8(onnx_model, calib, threads: int):
         onnx.save_model(onnx_model, f"{d}/m.onnx")
         quant_pre_process(f"{d}/m.onnx", f"{d}/p.onnx")
         quantize_static(f"{d}/p.onnx", f"{d}/q.onnx", Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True)
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         return ort.InferenceSession(f"{d}/q.onnx", so, providers=["CPUExecutionProvider"])
