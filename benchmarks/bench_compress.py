@@ -212,16 +212,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller inputs, fewer rounds/epochs")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--part", choices=["all", "resnet", "digits"], default="all",
+                    help="run one part only (results go to compress-<part>.*)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    rows1, notes1 = part_resnet(args)
-    rows2, notes2 = part_digits(args)
+    rows1, notes1 = part_resnet(args) if args.part in ("all", "resnet") else ([], [])
+    rows2, notes2 = part_digits(args) if args.part in ("all", "digits") else ([], [])
     notes = notes1 + notes2 + [f"total benchmark time {time.perf_counter() - t0:.0f} s; the "
                                "machine is shared with other jobs: latencies are noisy (with "
                                "oversubscribed cores, multi-threaded torch ops stall at their "
                                "barriers: use --threads 1 there)"]
-    write_results("compress", {"benchmark": "compress", "quick": args.quick}, rows1 + rows2,
+    name = "compress" if args.part == "all" else f"compress-{args.part}"
+    write_results(name, {"benchmark": "compress", "quick": args.quick}, rows1 + rows2,
                   ["model", "config", "backend", "GMACs", "params_M", "size_mb", "size_kb",
                    "p50_ms", "macs_reduction", "speedup_vs_eager_fp32", "size_reduction",
                    "lzma_size_reduction", "top1_agreement_pct", "accuracy",
