@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_core import calibrated_resnet  # noqa: E402
 from common import agreement, interleaved_p50, write_results  # noqa: E402
 
 import modelopt_core as mo  # noqa: E402
 from modelopt_demo.data import accuracy_fn, image_batches, load_digits_data  # noqa: E402
-from modelopt_demo.models import ResNet18, SmallCNN  # noqa: E402
+from modelopt_demo.models import SmallCNN  # noqa: E402
 from modelopt_prune.common import count_macs_params  # noqa: E402
 
 
@@ -38,17 +39,6 @@ def disk_bytes(art: mo.ModelArtifact) -> tuple[int, int]:
         raw = sum(p.stat().st_size for p in files)
         packed = sum(len(lzma.compress(p.read_bytes(), preset=9)) for p in files)
     return raw, packed
-
-
-def calibrated_resnet(batches: list[torch.Tensor]) -> torch.nn.Module:
-    """ResNet-18 with BatchNorm statistics fitted to the data (realistic activation ranges)."""
-    torch.manual_seed(0)
-    m = ResNet18()
-    m.train()
-    with torch.no_grad():
-        for x in batches:
-            m(x)
-    return m.eval()
 
 
 def part_resnet(args: argparse.Namespace) -> tuple[list[dict], list[str]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 __all__ = ["SmallCNN", "BasicBlock", "ResNet18", "YoloStyle", "DepthwiseNet", "MLP",
            "LSTMClassifier"]

@@ -151,6 +151,11 @@ def resolve_names(model: Any, names: Iterable[str], who: str, field: str) -> lis
     return out
 
 
+def ignored_ids(model: Any, names: Iterable[str], who: str) -> set[int]:
+    """ids of the modules named in a component's ``ignored_layers`` (unknown names fail)."""
+    return {id(m) for m in resolve_names(model, names, who, "ignored_layers")}
+
+
 def check_same_outputs(who: str, before: Sequence[Any], after: Sequence[Any]) -> None:
     """Raise if the edited model's outputs changed count/shape or hold NaN/Inf."""
     import torch

@@ -19,7 +19,7 @@ from torch import nn
 import modelopt_core as mo
 
 from .common import (check_same_outputs, copy_model, count_macs_params, format_delta, noop,
-                     resolve_names, run_outputs)
+                     ignored_ids, run_outputs)
 from .low_rank import set_module
 
 
@@ -125,8 +125,7 @@ class DepthwiseSeparable(mo.Optimizer):
         cfg = self.config
         model = copy_model(artifact)
         xs = tuple(ctx.example_inputs)
-        skip = {id(m) for m in resolve_names(model, cfg.ignored_layers, self.name,
-                                             "ignored_layers")}
+        skip = ignored_ids(model, cfg.ignored_layers, self.name)
         cands = {n: m for n, m in model.named_modules()
                  if type(m) is nn.Conv2d and id(m) not in skip and m.groups == 1
                  and min(m.kernel_size) >= cfg.min_kernel and m.in_channels >= cfg.min_in_channels

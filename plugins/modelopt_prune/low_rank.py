@@ -15,7 +15,7 @@ from typing import Any, Literal
 import modelopt_core as mo
 
 from .common import (check_same_outputs, copy_model, count_macs_params, format_delta, noop,
-                     prunable_layers, resolve_names, run_outputs)
+                     prunable_layers, ignored_ids, run_outputs)
 
 
 @mo.config
@@ -133,8 +133,7 @@ class LowRank(mo.Optimizer):
         cfg = self.config
         model = copy_model(artifact)
         xs = tuple(ctx.example_inputs)
-        skip = {id(m) for m in resolve_names(model, cfg.ignored_layers, self.name,
-                                             "ignored_layers")}
+        skip = ignored_ids(model, cfg.ignored_layers, self.name)
         if cfg.keep_output_layers:
             from .common import output_layer_names
 

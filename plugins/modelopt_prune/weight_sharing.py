@@ -17,7 +17,7 @@ from torch import nn
 
 import modelopt_core as mo
 
-from .common import (check_same_outputs, copy_model, noop, prunable_layers, resolve_names,
+from .common import (check_same_outputs, copy_model, noop, prunable_layers, ignored_ids,
                      run_outputs)
 from .low_rank import set_module
 
@@ -193,8 +193,7 @@ class WeightSharing(mo.Optimizer):
         cfg = self.config
         model = copy_model(artifact)
         xs = tuple(ctx.example_inputs)
-        skip = {id(m) for m in resolve_names(model, cfg.ignored_layers, self.name,
-                                             "ignored_layers")}
+        skip = ignored_ids(model, cfg.ignored_layers, self.name)
         layers = {n: m for n, m in prunable_layers(model, cfg.layer_types).items()
                   if id(m) not in skip and m.weight.numel() >= max(cfg.min_weights, 1)}
         if not layers:

@@ -125,6 +125,10 @@ class PercentileObserver(_SampleObserver):
         return min(lo, 0.0), max(float(torch.quantile(v, q)), 0.0)
 
 
+#: the min-max observer is the base class itself
+MinMaxObserver = Observer
+
+
 def _sym_or_pos(obs: Observer, symmetric: bool) -> bool:
     """Search a one-sided threshold on |x| (symmetric grid or non-negative data)."""
     return symmetric or obs.lo >= 0

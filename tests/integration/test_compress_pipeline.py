@@ -3,7 +3,6 @@ export to ONNX, static INT8; sizes on disk and accuracy through the runners."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 import modelopt_core as mo
