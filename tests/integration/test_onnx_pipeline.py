@@ -190,11 +190,14 @@ def test_onnx_artifact_save_load_roundtrip(trained, digits, tmp_path):
     torch.testing.assert_close(s.runner("onnxruntime", back)(x), s.runner("onnxruntime")(x))
 
 
-def test_tensorrt_reports_unavailable_without_gpu(trained, digits):
+def _trt_here() -> bool:
     import importlib.util
 
-    if importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available():
-        pytest.skip("TensorRT and a GPU are present: the GPU path is exercised elsewhere")
+    return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_trt_here(), reason="TensorRT and a GPU are present: see the engine test")
+def test_tensorrt_reports_unavailable_without_gpu(trained, digits):
     pm = mo.get_plugin_manager()
     ok, why = pm.get("backend", "tensorrt").cls.availability()
     assert not ok and ("tensorrt" in why or "CUDA" in why)
@@ -202,3 +205,15 @@ def test_tensorrt_reports_unavailable_without_gpu(trained, digits):
     with pytest.raises(mo.BackendUnavailableError, match="tensorrt"):
         s.export("tensorrt")
     assert [a.format for a in s.history] == ["torch", "onnx"]  # the onnx hop landed first
+
+
+@pytest.mark.skipif(not _trt_here(), reason="needs the tensorrt package and an NVIDIA GPU")
+def test_tensorrt_engine_matches_torch(trained, digits):
+    s = mo.Session(trained, (digits.example,), calibration_data=digits.calibration[:4],
+                   progress=False)
+    s.export("tensorrt", fp16=False, max_batch=64)
+    assert s.current.format == "tensorrt" and isinstance(s.current.model, bytes)
+    x = digits.test[0][0]
+    ref = s.runner("torch", s.original)(x)
+    got = s.runner("tensorrt")(x).cpu()
+    torch.testing.assert_close(got, ref, rtol=1e-2, atol=1e-2)
