@@ -198,8 +198,11 @@ def _write_model(art: ModelArtifact, folder: Path) -> list[str]:
         state = {k: v.detach().contiguous().cpu() for k, v in art.model.state_dict().items()}
         _untie(state)
         save_file(state, str(folder / "weights.safetensors"))
+        from .structure import record_structure
+
         cls = type(art.model)
-        _write_json(folder / "torch_model.json", {"class": f"{cls.__module__}.{cls.__qualname__}"})
+        _write_json(folder / "torch_model.json", {"class": f"{cls.__module__}.{cls.__qualname__}",
+                                                   "structure": record_structure(art.model)})
         return ["weights.safetensors", "torch_model.json"]
     if art.format == "onnx":
         import onnx
@@ -321,13 +324,25 @@ def _load_torch_weights(fp: Path, model: Any, files: Any) -> Any:
         state = load_file(str(fp))
     except (SafetensorError, OSError, ValueError) as e:
         raise ArtifactError(f"{fp}: not a valid safetensors file ({e}).") from e
-    return _into_skeleton(model, state, fp)
+    structure = {}
+    meta = fp.parent / "torch_model.json"
+    if files is not None and meta.is_file():
+        structure = json.loads(meta.read_text()).get("structure", {})
+    return _into_skeleton(model, state, fp, structure)
 
 
-def _into_skeleton(model: Any, state: dict[str, Any], where: Path) -> Any:
+def _into_skeleton(model: Any, state: dict[str, Any], where: Path,
+                   structure: dict[str, Any] | None = None) -> Any:
     import copy
 
     m = copy.deepcopy(model)
+    if structure and set(m.state_dict()) != set(state):
+        from .structure import rebuild_structure
+
+        try:  # layers replaced by a step (low-rank, separable, folded BN): rebuild them
+            rebuild_structure(m, structure)
+        except (ValueError, TypeError) as e:
+            raise ArtifactError(f"{where}: cannot rebuild the saved layer structure: {e}") from e
     own = m.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
