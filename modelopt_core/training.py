@@ -331,12 +331,9 @@ def _seed_all(seed: int) -> None:
 
     random.seed(seed)
     torch.manual_seed(seed)
-    try:
-        import numpy as np
+    import numpy as np  # a declared dependency
 
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover - numpy ships with torch
-        pass
+    np.random.seed(seed % 2**32)
 
 
 def _restore(model: Any, good: dict[str, Any], extra: list[Any], good_extra: list[Any]) -> None:
