@@ -4,13 +4,14 @@ The demo SmallCNN is trained on digits to convergence (the teacher). Through the
 compressed (``prune.structured`` ratio 0.5 and, when registered, ``arch.depthwise_separable``),
 then recovered for the same number of epochs with the same loop, optimizer, LR schedule and
 seed by: ``distill.logits`` (Hinton KD from the original), ``distill.features`` (feature + logit
-KD with adapters) and plain fine-tuning (``distill.logits`` with ``alpha=0``: hard-label
-cross-entropy only, the teacher unused). Accuracies are means over seeds on the held-out split;
-latency/size ratios are vs the teacher on torch eager FP32, measured side by side. A grid
-over recovery budgets (train fraction x epochs) compares KD with fine-tuning for the pruned
-student, since the gap depends on the budget.
+KD with adapters), KD with mixup inputs labelled by the teacher ("function matching") and
+plain fine-tuning (``distill.logits`` with ``alpha=0``: hard-label cross-entropy only, the
+teacher unused), with and without mixup. Accuracies are means over seeds on the held-out
+split; KD - fine-tune is compared per seed (paired t-test). The pruned student is recovered
+under three budgets (all of the training split for 8 epochs; 25% and 10% of it for 20
+epochs), since the gap depends on how much recovery data there is.
 
-    python benchmarks/bench_distill.py [--quick]
+    python benchmarks/bench_distill.py [--quick] [--seeds N]
 """
 
 from __future__ import annotations
@@ -31,12 +32,31 @@ from modelopt_core.training import TrainConfig, fit  # noqa: E402
 from modelopt_demo.data import accuracy_fn, load_digits_data, predict_accuracy  # noqa: E402
 from modelopt_demo.models import SmallCNN  # noqa: E402
 
+KD = {"alpha": 0.9, "temperature": 4.0}
 METHODS = {
-    "KD (distill.logits)": ("distill.logits", {"alpha": 0.9, "temperature": 4.0}),
+    "fine-tune (CE only)": ("distill.logits", {"alpha": 0.0}),
+    "fine-tune + mixup": ("distill.logits", {"alpha": 0.0, "mixup": 1.0}),
+    "KD (distill.logits)": ("distill.logits", KD),
+    "KD + mixup (function matching)": ("distill.logits", dict(KD, mixup=1.0)),
     "features+KD (distill.features)": ("distill.features", {"kd_weight": 1.0,
                                                             "feature_weight": 0.5}),
-    "fine-tune (CE only)": ("distill.logits", {"alpha": 0.0}),
 }
+# Recovery budgets for the pruned student: (fraction of the training split, epochs). Every
+# method in a cell gets the same data, epochs, optimizer, schedule and seeds.
+BUDGETS = [(1.0, 8), (0.25, 20), (0.1, 20)]
+PAIRS = [("KD (distill.logits)", "fine-tune (CE only)"),
+         ("KD + mixup (function matching)", "fine-tune (CE only)"),
+         ("KD + mixup (function matching)", "fine-tune + mixup")]
+
+
+def paired(a: list[float], b: list[float]) -> dict[str, float]:
+    """Mean and sd of the per-seed differences a - b, and the two-sided paired t-test p."""
+    from scipy.stats import ttest_rel  # scikit-learn's own dependency
+
+    d = [x - y for x, y in zip(a, b)]
+    sd = statistics.stdev(d) if len(d) > 1 else 0.0
+    p = float(ttest_rel(a, b).pvalue) if len(d) > 1 and sd > 0 else float("nan")
+    return {"mean": round(statistics.mean(d), 3), "sd": round(sd, 3), "p": round(p, 4)}
 
 
 def train_teacher(data, epochs: int) -> torch.nn.Module:
@@ -55,13 +75,12 @@ def session(teacher, data) -> mo.Session:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="1 seed, few epochs (smoke run)")
-    ap.add_argument("--epochs", type=int, default=None, help="recovery epochs (default 8)")
-    ap.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3)")
+    ap.add_argument("--quick", action="store_true", help="2 seeds, few epochs (smoke run)")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per method (default 5)")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    epochs = args.epochs or (3 if args.quick else 8)
-    seeds = list(range(args.seeds or (1 if args.quick else 3)))
+    seeds = list(range(args.seeds or (2 if args.quick else 5)))
+    budgets = [(f, max(1, e // 4)) for f, e in BUDGETS] if args.quick else BUDGETS
     data = load_digits_data(batch_size=64)
     t0 = time.perf_counter()
     teacher = train_teacher(data, 6 if args.quick else 20)
@@ -74,7 +93,7 @@ def main() -> int:
         recipes.append(("arch.depthwise_separable", {}))
     except mo.UnknownComponentError:
         pass
-    rows, summary, speed = [], {}, None
+    rows, per_seed, speed = [], {}, None
 
     def run(recipe, rkw, method, n_epochs, frac):
         nonlocal speed
@@ -91,8 +110,8 @@ def main() -> int:
             accs.append(predict_accuracy(s.runner("torch"), data.test))
             if speed is None and recipe == "prune.structured" and method.startswith("KD"):
                 speed = s.compare(profilers=["latency", "size", "accuracy"])
+        per_seed[(recipe, method, n_epochs, frac)] = accs
         mean = statistics.mean(accs)
-        summary[(recipe, method, n_epochs, frac)] = mean
         rows.append({"recipe": recipe, "train_fraction": frac, "method": method,
                      "epochs": n_epochs, "accuracy": mean,
                      "accuracy_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
@@ -107,37 +126,45 @@ def main() -> int:
         rows.append({"recipe": recipe, "train_fraction": 1.0, "method": "(none: compressed)",
                      "epochs": 0, "accuracy": base_acc, "delta_vs_teacher": base_acc - teacher_acc,
                      "params": sum(p.numel() for p in compressed.model.parameters())})
-        for method in METHODS:
-            run(recipe, rkw, method, epochs, 1.0)
-    grid = [(f, e) for f in (1.0, 0.25) for e in ((1, 3) if args.quick else (2, 4, 8))
-            if (f, e) != (1.0, epochs)]
-    for frac, n_epochs in grid:
-        for method in ("KD (distill.logits)", "fine-tune (CE only)"):
-            run("prune.structured", {"ratio": 0.5}, method, n_epochs, frac)
-    cells = sorted({(e, f) for (r, m, e, f) in summary if r == "prune.structured"})
-    wins = {f"{f:g} data, {e} ep": round(summary[("prune.structured", "KD (distill.logits)", e, f)]
-                                         - summary[("prune.structured", "fine-tune (CE only)",
-                                                    e, f)], 2)
-            for e, f in cells}
-    kd = summary[("prune.structured", "KD (distill.logits)", epochs, 1.0)]
-    ft = summary[("prune.structured", "fine-tune (CE only)", epochs, 1.0)]
+        cells = budgets if recipe == "prune.structured" else budgets[:1]
+        for frac, n_epochs in cells:
+            for method in METHODS:
+                if method.startswith("features") and frac != 1.0:
+                    continue
+                run(recipe, rkw, method, n_epochs, frac)
+    comparisons = {}
+    for recipe, _ in recipes:
+        for frac, n_epochs in (budgets if recipe == "prune.structured" else budgets[:1]):
+            for a, b in PAIRS:
+                key = f"{recipe}, {frac:g} of train, {n_epochs} ep: {a} - {b}"
+                comparisons[key] = paired(per_seed[(recipe, a, n_epochs, frac)],
+                                          per_seed[(recipe, b, n_epochs, frac)])
+    full, full_ep = budgets[0]
+    kd = statistics.mean(per_seed[("prune.structured", "KD (distill.logits)", full_ep, full)])
+    wins = {k: v for k, v in comparisons.items() if v["mean"] > 0 and v["p"] < 0.05}
+    losses = {k: v for k, v in comparisons.items() if v["mean"] < 0 and v["p"] < 0.05}
     bars = {"pruned_kd_within_1pt_of_teacher": teacher_acc - kd <= 1.0,
-            "kd_beats_finetune_equal_epochs": kd > ft,
-            "kd_minus_finetune_by_budget": wins}
+            "kd_beats_finetune_significantly_in": sorted(wins),
+            "kd_loses_to_finetune_significantly_in": sorted(losses)}
     notes = [f"teacher SmallCNN(width=32) {sum(p.numel() for p in teacher.parameters())} params:"
              f" {teacher_acc:.2f}% on the held-out digits split (450 images; 1 image = 0.22 pt)",
-             f"recovery: {epochs} epochs, adam lr 3e-3 cosine, wd 1e-4; seeds {seeds}; "
-             "fine-tune = the same loop with alpha=0 (hard-label CE only)",
-             f"bars: {bars}",
-             "kd_minus_finetune_by_budget: KD accuracy minus fine-tuning accuracy (points) per "
-             "(train fraction, epochs) cell, same seeds", "machine shared with other agents: train_s is noisy"]
+             f"recovery budgets (fraction of the 1347-image training split, epochs): {budgets}; "
+             f"adam lr 3e-3 cosine, wd 1e-4; seeds {seeds}; every method in a cell gets the "
+             "same data, epochs, schedule and seeds",
+             f"fine-tune = distill.logits with alpha=0 (hard-label CE, teacher unused); KD = "
+             f"T={KD['temperature']}, alpha={KD['alpha']}; mixup = Beta(1, 1) input mixing "
+             "(KD: the teacher labels the mixed inputs; fine-tune: mixed labels)",
+             "paired differences per seed (points; mean, sd, two-sided paired t-test p):"]
+    notes += [f"  {k}: {v['mean']:+.2f} (sd {v['sd']:.2f}, p={v['p']:.3g})"
+              for k, v in comparisons.items()]
+    notes += [f"bars: {bars}", "machine shared with other agents: train_s is noisy"]
     if speed is not None:
         for r in speed.rows:
             notes.append(f"{r['step']}: latency p50 {r.get('latency_p50_ms', float('nan')):.3f} ms,"
                          f" size {r.get('size_mb', r.get('size_bytes', '?'))}, "
                          f"accuracy {r.get('accuracy', float('nan')):.2f}%")
-    write_results("distill", {"teacher_accuracy": teacher_acc, "epochs": epochs,
-                              "seeds": seeds, "bars": bars,
+    write_results("distill", {"teacher_accuracy": teacher_acc, "budgets": budgets,
+                              "seeds": seeds, "bars": bars, "comparisons": comparisons,
                               "speed": speed.rows if speed is not None else None},
                   rows, ["recipe", "train_fraction", "method", "epochs", "accuracy", "accuracy_sd",
                          "delta_vs_teacher", "per_seed", "train_s", "params"],

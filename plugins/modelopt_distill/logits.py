@@ -10,7 +10,7 @@ import modelopt_core as mo
 from .common import (DistillConfig, first_output, frozen_copy, history_data, kd_loss,
                      resolve_teacher, run_fit, summary_notes)
 
-__all__ = ["LogitsDistill", "TeacherFn", "teacher_fn", "check_logit_shapes"]
+__all__ = ["LogitsDistill", "TeacherFn", "teacher_fn", "check_logit_shapes", "mix_inputs"]
 
 
 class TeacherFn:
@@ -93,6 +93,11 @@ class LogitsDistill(mo.Optimizer):
                                 help="weight of the soft (KD) term; 1 - alpha weighs hard CE")
         output: int = mo.field(0, validator=mo.in_range(0, 1 << 16),
                                help="which output holds the logits (models with several)")
+        mixup: float = mo.field(
+            0.0, validator=mo.in_range(0.0, 100.0),
+            help="Beta(mixup, mixup) mixing of each batch's inputs with a shuffled copy; the "
+                 "teacher labels the mixed inputs (function matching) and the hard term uses "
+                 "the mixed labels. 0 = off. Helps most when the recovery data is small")
 
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
         cfg = self.config
@@ -103,18 +108,50 @@ class LogitsDistill(mo.Optimizer):
             check_logit_shapes(student, teacher, first, cfg.output, self.name)
 
             def loss_fn(model: Any, inputs: tuple[Any, ...], targets: Any) -> Any:
+                lam, perm = 1.0, None
+                if cfg.mixup > 0:
+                    inputs, lam, perm = mix_inputs(inputs, cfg.mixup)
                 s = first_output(model(*inputs), cfg.output)
                 t = first_output(teacher(*inputs), cfg.output)
-                return kd_loss(s, t, targets, cfg.temperature, cfg.alpha)
+                loss = kd_loss(s, t, targets, cfg.temperature, cfg.alpha)
+                if perm is not None and cfg.alpha < 1.0 and _labels(targets):
+                    # the hard term of the mixed input is the same mix of both label sets
+                    other = kd_loss(s, t, targets[perm.to(targets.device)], cfg.temperature,
+                                    cfg.alpha)
+                    loss = lam * loss + (1.0 - lam) * other
+                return loss
 
             result = run_fit(self.name, student, ctx, cfg, loss_fn)
         finally:
             teacher.close()
         student.eval()
-        notes = [f"teacher: {cfg.teacher}", f"T={cfg.temperature}, alpha={cfg.alpha}"]
+        notes = [f"teacher: {cfg.teacher}", f"T={cfg.temperature}, alpha={cfg.alpha}"
+                 + (f", mixup={cfg.mixup}" if cfg.mixup > 0 else "")]
         return artifact.evolve(step=self.step(notes=notes + summary_notes(result)),
                                model=student,
                                metadata={"train_history": history_data(result)})
+
+
+def mix_inputs(inputs: tuple[Any, ...], concentration: float
+               ) -> tuple[tuple[Any, ...], float, Any]:
+    """Mixup of a batch with a shuffled copy of itself: ``lam * x + (1 - lam) * x[perm]`` for
+    every floating-point input with the batch's leading size, ``lam ~ Beta(c, c)``. Uses the
+    global torch RNG, which :func:`fit` reseeds every epoch (runs stay reproducible)."""
+    import torch
+
+    n = inputs[0].shape[0]
+    lam = float(torch.distributions.Beta(concentration, concentration).sample())
+    perm = torch.randperm(n)
+    mixed = tuple(lam * x + (1.0 - lam) * x[perm.to(x.device)]
+                  if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() > 0
+                  and x.shape[0] == n else x for x in inputs)
+    return mixed, lam, perm
+
+
+def _labels(targets: Any) -> bool:
+    import torch
+
+    return isinstance(targets, torch.Tensor) and not targets.is_floating_point()
 
 
 def _first_inputs(ctx: mo.Context, who: str) -> tuple[Any, ...]:

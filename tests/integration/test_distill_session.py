@@ -65,6 +65,15 @@ def test_logits_kd_recovers_pruned_model_and_touches_nothing(pruned, teacher, di
     assert art.model.features[0][0].out_channels == s.history[1].model.features[0][0].out_channels
 
 
+def test_logits_kd_with_mixup_trains_and_records_it(teacher, digits):
+    s = session(teacher, digits)
+    s.apply("prune.structured", ratio=0.5, round_to=None)
+    before = predict_accuracy(s.current.model.eval(), digits.test)
+    art = s.apply("distill.logits", epochs=2, lr=3e-3, mixup=0.4, eval_each_epoch=False)
+    assert predict_accuracy(art.model, digits.test) > before + 10
+    assert art.lineage[-1].config["mixup"] == 0.4 and "mixup=0.4" in art.lineage[-1].notes[1]
+
+
 def test_teacher_by_history_index_equals_original(teacher, digits):
     s = session(teacher, digits)
     s.apply("prune.structured", ratio=0.5, round_to=None)

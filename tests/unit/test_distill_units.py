@@ -11,7 +11,8 @@ from torch.nn import functional as F
 
 import modelopt_core as mo
 from modelopt_demo.models import SmallCNN, YoloStyle
-from modelopt_distill import EMA, FeatureAdapter, auto_layers, kd_loss, probe_layers
+from modelopt_distill import (EMA, FeatureAdapter, auto_layers, kd_loss, mix_inputs,
+                              probe_layers)
 
 
 def test_kd_loss_is_t2_scaled_kl_plus_weighted_ce():
@@ -37,6 +38,18 @@ def test_kd_loss_dense_outputs_use_dim_1_as_classes():
     s, t = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
     y = torch.randint(0, 4, (2, 3, 3))
     assert kd_loss(s, t, y, 2.0, 0.5).dim() == 0
+
+
+def test_mix_inputs_is_a_convex_mix_with_a_permutation_of_the_batch():
+    x, ids = torch.randn(8, 3), torch.arange(8)
+    torch.manual_seed(3)
+    (mixed, other), lam, perm = mix_inputs((x, ids), 0.4)
+    assert 0.0 <= lam <= 1.0 and sorted(perm.tolist()) == list(range(8))
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[perm])
+    assert other is ids  # integer inputs (ids, masks) are never blended
+    torch.manual_seed(3)
+    (again, _), lam2, perm2 = mix_inputs((x, ids), 0.4)  # the global RNG makes it reproducible
+    assert lam2 == lam and torch.equal(perm2, perm) and torch.equal(again, mixed)
 
 
 @pytest.mark.parametrize("s_shape,t_shape,kind", [
