@@ -30,12 +30,15 @@ class TorchRunner(mo.Runner):
     """Runs a private eval-mode copy of a torch model."""
 
     def __init__(self, artifact: mo.ModelArtifact, module: Any, device: str,
-                 channels_last: bool, autocast: str) -> None:
+                 channels_last: bool, autocast: str,
+                 compile_options: dict[str, Any] | None = None) -> None:
         super().__init__(artifact, device)
         self.module = module
         self.channels_last = channels_last
         self.autocast = autocast
         self.compute_dtype = artifact.metadata.get("torch_compute_dtype")
+        # torch.compile compiles on the first call: Inductor options must be set then
+        self._compile_options = compile_options
 
     def _run(self, inputs: Sequence[Any]) -> Sequence[Any]:
         import torch
@@ -51,7 +54,12 @@ class TorchRunner(mo.Runner):
         ac = (torch.autocast(device_type=torch.device(self.device).type,
                              dtype=getattr(torch, self.autocast))
               if self.autocast != "none" else contextlib.nullcontext())
-        with torch.inference_mode(), ac:
+        patch = contextlib.nullcontext()
+        if self._compile_options:
+            import torch._inductor.config as inductor_config
+
+            patch = inductor_config.patch(self._compile_options)
+        with torch.inference_mode(), ac, patch:
             out = self.module(*xs)
         outs = [out] if isinstance(out, torch.Tensor) else list(out)
         return [o.float() if o.is_floating_point() else o for o in outs]
@@ -98,6 +106,10 @@ class CompileConfig(TorchConfig):
     compiler: str = mo.field("inductor", help="torch.compile backend")
     dynamic: bool | None = mo.field(None, help="dynamic shapes (None: let torch decide)")
     fullgraph: bool = mo.field(False, help="fail on graph breaks instead of falling back")
+    freezing: bool = mo.field(
+        True, help="Inductor freezing: weights become constants, folded and pre-packed for "
+                   "oneDNN/cuBLAS at compile time (inference only: the runner owns a private "
+                   "copy, so the artifact's module is never frozen)")
 
 
 class TorchCompileBackend(TorchBackend):
@@ -113,4 +125,5 @@ class TorchCompileBackend(TorchBackend):
         cfg = self.config
         compiled = torch.compile(module, mode=cfg.mode, backend=cfg.compiler,
                                  dynamic=cfg.dynamic, fullgraph=cfg.fullgraph)
-        return TorchRunner(artifact, compiled, device, cfg.channels_last, cfg.autocast)
+        options = {"freezing": cfg.freezing} if cfg.compiler == "inductor" else None
+        return TorchRunner(artifact, compiled, device, cfg.channels_last, cfg.autocast, options)

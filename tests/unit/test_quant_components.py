@@ -130,6 +130,22 @@ def test_bf16_runs_through_the_torch_runner():
     assert state_hash(m) == before
 
 
+@pytest.mark.parametrize("freezing", [True, False])
+def test_bf16_on_torch_compile_with_and_without_freezing(freezing):
+    torch.manual_seed(0)
+    m, x = TinyRes().eval(), torch.randn(2, 3, 16, 16)
+    s = mo.Session(m, (x,), progress=False)
+    b = s.apply("quantize.bf16")
+    before = state_hash(b.model)
+    with s.runner("torch") as eager, s.runner("torch.compile", freezing=freezing) as comp:
+        ref, got = eager(x), comp(x)
+        assert got.dtype == torch.float32
+        assert float((got - ref).abs().max() / ref.abs().max()) < 0.05
+    # freezing folds the runner's private copy: the artifact keeps its parameters as they were
+    assert state_hash(b.model) == before
+    assert all(isinstance(p, torch.nn.Parameter) for p in b.model.parameters())
+
+
 @pytest.mark.parametrize("keep_io", [True, False])
 def test_onnx_convert_fp16(keep_io):
     torch.manual_seed(0)
