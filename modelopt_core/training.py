@@ -85,13 +85,17 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainCon
         eval_fn: Callable[[Any], float] | None = None, ctx: Any = None,
         on_epoch_start: Callable[[int, Any], None] | None = None,
         on_epoch_end: Callable[[int, Any], None] | None = None,
-        params: Iterable[Any] | None = None) -> TrainResult:
+        params: Iterable[Any] | None = None, extra_state: Any = None) -> TrainResult:
     """Train ``model`` in place on ``train_data`` (an iterable of ``(inputs, targets)``).
 
     ``loss_fn(model, inputs, targets)`` returns a scalar (default: cross-entropy of
     ``model(*inputs)``); under DDP ``model`` is the wrapped module. ``eval_fn(module)`` runs in
     eval mode after each epoch (higher is better). ``params`` may include tensors outside the
     model (e.g. distillation adapters); they are optimised, synced and checkpointed too.
+    ``extra_state`` is any object with ``state_dict() -> {name: tensor}`` and
+    ``load_state_dict(d)`` whose state changes during training without being optimised (an EMA
+    teacher): it is saved in checkpoints, restored on resume, and rolled back with the model
+    when a non-finite loss stops training.
     Raises :class:`DataError` for empty or one-shot data and :class:`TrainingError` on a
     non-finite loss (the model then holds the weights from the start of that epoch).
     """
@@ -133,7 +137,7 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainCon
     state = {"epoch": 0, "step": 0, "history": [], "best": None, "bad": 0}
     resumed = None
     if ckpt is not None and cfg.resume and (ckpt / "last" / "state.json").exists():
-        state = _load_ckpt(ckpt / "last", model, extra, opt, scaler, cfg, ctx)
+        state = _load_ckpt(ckpt / "last", model, extra, opt, scaler, cfg, ctx, extra_state)
         resumed = state["epoch"]
     best_state = None
     stopped = False
@@ -146,6 +150,7 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainCon
             _seed_all(cfg.seed + epoch)
             good = {k: v.detach().clone() for k, v in model.state_dict().items()}
             good_extra = [p.detach().clone() for p in extra]
+            good_state = _snapshot(extra_state)
             if on_epoch_start is not None:
                 on_epoch_start(epoch, model)
             t0, run_loss, n = time.perf_counter(), 0.0, 0
@@ -167,6 +172,8 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainCon
                     seen = seen / world
                 if not torch.isfinite(seen):
                     _restore(model, good, extra, good_extra)
+                    if extra_state is not None:
+                        extra_state.load_state_dict(good_state)
                     raise TrainingError(
                         f"fit: non-finite loss ({float(seen)}) at epoch {epoch + 1}, step "
                         f"{state['step'] + 1} (batch {bi}); training stopped and the weights "
@@ -212,7 +219,8 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainCon
             if rank == 0:
                 log.info("epoch %d/%d: %s", epoch + 1, epochs, rec)
                 if ckpt is not None:
-                    _save_ckpt(ckpt / "last", model, extra, opt, scaler, state, cfg)
+                    _save_ckpt(ckpt / "last", model, extra, opt, scaler, state, cfg,
+                               extra_state)
             if dist_on and ckpt is not None:
                 dist.barrier()
             if cfg.early_stopping_patience and state["bad"] >= cfg.early_stopping_patience:
@@ -336,6 +344,12 @@ def _seed_all(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+def _snapshot(obj: Any) -> dict[str, Any] | None:
+    if obj is None:
+        return None
+    return {k: v.detach().clone() for k, v in obj.state_dict().items()}
+
+
 def _restore(model: Any, good: dict[str, Any], extra: list[Any], good_extra: list[Any]) -> None:
     import torch
 
@@ -418,7 +432,7 @@ _SKIP_CFG = ("resume", "checkpoint_dir", "epochs", "steps", "device")
 
 
 def _save_ckpt(folder: Path, model: Any, extra: list[Any], opt: Any, scaler: Any,
-               state: dict[str, Any], cfg: TrainConfig) -> None:
+               state: dict[str, Any], cfg: TrainConfig, extra_state: Any = None) -> None:
     """Write model/optimizer tensors (safetensors) and scalars (JSON); swap in atomically."""
     from safetensors.torch import save_file
 
@@ -426,6 +440,9 @@ def _save_ckpt(folder: Path, model: Any, extra: list[Any], opt: Any, scaler: Any
     tmp = Path(tempfile.mkdtemp(prefix=".last.tmp-", dir=folder.parent))
     weights = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     weights.update({f"__extra__.{i}": p.detach().cpu().clone() for i, p in enumerate(extra)})
+    if extra_state is not None:
+        weights.update({f"__state__.{k}": v.detach().cpu().clone().contiguous()
+                        for k, v in extra_state.state_dict().items()})
     save_file(weights, str(tmp / "model.safetensors"))
     sd = opt.state_dict()
     tensors, scalars = {}, {}
@@ -450,7 +467,7 @@ def _save_ckpt(folder: Path, model: Any, extra: list[Any], opt: Any, scaler: Any
 
 
 def _load_ckpt(folder: Path, model: Any, extra: list[Any], opt: Any, scaler: Any,
-               cfg: TrainConfig, ctx: Any) -> dict[str, Any]:
+               cfg: TrainConfig, ctx: Any, extra_state: Any = None) -> dict[str, Any]:
     import torch
     from safetensors.torch import load_file
 
@@ -462,6 +479,14 @@ def _load_ckpt(folder: Path, model: Any, extra: list[Any], opt: Any, scaler: Any
         ctx.warn(msg) if ctx is not None else log.warning(msg)
     weights = load_file(str(folder / "model.safetensors"))
     ex = [weights.pop(f"__extra__.{i}", None) for i in range(len(extra))]
+    saved_state = {k[len("__state__."):]: weights.pop(k) for k in list(weights)
+                   if k.startswith("__state__.")}
+    if extra_state is not None:
+        if not saved_state:
+            raise TrainingError(f"fit: {folder} holds no extra training state (e.g. an EMA "
+                                "teacher) but this run keeps one; resume from a checkpoint "
+                                "written by the same kind of run, or set resume=False.")
+        extra_state.load_state_dict(saved_state)
     model.load_state_dict(weights)
     with torch.no_grad():
         for p, v in zip(extra, ex):

@@ -30,6 +30,24 @@ class EMA:
         self.decay = decay
         self.updates = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """The averaged weights and the update count (checkpointed by :func:`fit`)."""
+        import torch
+
+        d = {f"module.{k}": v for k, v in self.module.state_dict().items()}
+        d["updates"] = torch.tensor(self.updates, dtype=torch.int64)
+        return d
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` gave (into the existing tensors, on their device)."""
+        import torch
+
+        own = self.module.state_dict()
+        with torch.no_grad():
+            for k, v in own.items():
+                v.copy_(state[f"module.{k}"])
+        self.updates = int(state["updates"])
+
     def update(self, source: Any) -> None:
         """Fold ``source``'s current weights into the average."""
         import torch
@@ -74,7 +92,7 @@ class SelfEMADistill(mo.Optimizer):
             t = first_output(ema.module(*inputs), cfg.output)
             return kd_loss(s, t, targets, cfg.temperature, cfg.alpha)
 
-        result = run_fit(self.name, student, ctx, cfg, loss_fn)
+        result = run_fit(self.name, student, ctx, cfg, loss_fn, extra_state=ema)
         ema.update(student)  # and the last one
         if cfg.keep == "ema":
             out = ema.module.to(next(iter(student.parameters())).device)

@@ -109,6 +109,44 @@ def test_self_ema_returns_a_deepcopied_ema_of_the_pruned_model(pruned, digits):
     assert predict_accuracy(art.model, digits.test) > 80
 
 
+class Interrupt(Exception):
+    pass
+
+
+class DiesAfterEpochs(list):
+    """Training batches whose reader 'dies' when epoch k + 1 starts (after k checkpoints)."""
+
+    def __init__(self, batches, k):
+        super().__init__(batches)
+        self.reads, self.limit = 0, k * len(batches)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        if self.reads > self.limit:
+            raise Interrupt
+        return super().__getitem__(i)
+
+
+def test_self_ema_resume_restores_the_ema_teacher_bit_identically(pruned, digits, tmp_path):
+    s = pruned
+    n = len(s.history)
+    kw = dict(epochs=3, decay=0.9, seed=2, eval_each_epoch=False)
+    full = s.apply("distill.self_ema", **kw).model.state_dict()
+    s._history.pop()
+    ckpt = str(tmp_path / "ema")
+    s.train_data = DiesAfterEpochs(digits.train, 1)
+    with pytest.raises(Exception) as info:
+        s.apply("distill.self_ema", checkpoint_dir=ckpt, **kw)
+    assert isinstance(info.value, Interrupt) or isinstance(info.value.__cause__, Interrupt)
+    assert len(s.history) == n
+    s.train_data = digits.train
+    art = s.apply("distill.self_ema", checkpoint_dir=ckpt, resume=True, **kw)
+    s._history.pop()
+    assert "resumed after epoch 1" in " ".join(art.lineage[-1].notes)
+    got = art.model.state_dict()  # the returned model is the EMA: it must match exactly
+    assert all(torch.equal(full[k], got[k]) for k in full)
+
+
 def test_registered_teacher_and_yolo_features_with_several_outputs():
     torch.manual_seed(0)
     big, small = YoloStyle(width=16), YoloStyle(width=8)

@@ -96,3 +96,40 @@ def test_extra_params_are_checkpointed(tmp_path):
     fit(m2, data(), config=TrainConfig(epochs=1, checkpoint_dir=ckpt, resume=True),
         loss_fn=loss_fn, params=list(m2.parameters()) + [fresh])
     assert torch.equal(fresh.detach(), scale.detach())
+
+
+class StepCounter:
+    """Training state outside the optimiser (like an EMA teacher): counts loss evaluations."""
+
+    def __init__(self):
+        self.count = torch.zeros((), dtype=torch.int64)
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, d):
+        self.count.copy_(d["count"])
+
+
+def test_extra_state_is_checkpointed_restored_and_rolled_back_on_nan(tmp_path):
+    ckpt = str(tmp_path / "c")
+    counter = StepCounter()
+
+    def loss(m, inputs, y):
+        counter.count += 1
+        out = nn.functional.cross_entropy(m(*inputs), y)
+        return out * float("nan") if int(counter.count) == 8 else out  # epoch 2, 3rd step
+
+    from modelopt_core.errors import TrainingError
+    with pytest.raises(TrainingError, match="epoch 2"):
+        fit(model(), data(), config=TrainConfig(epochs=3, checkpoint_dir=ckpt), loss_fn=loss,
+            extra_state=counter)
+    assert int(counter.count) == 5  # rolled back to the start of epoch 2, with the weights
+    resumed = StepCounter()
+    fit(model(), data(), config=TrainConfig(epochs=2, checkpoint_dir=ckpt, resume=True),
+        extra_state=resumed)
+    assert int(resumed.count) == 5  # epoch 1's checkpoint carried it (the default loss ran)
+    with pytest.raises(Exception, match="no extra training state"):
+        fit(model(), data(), config=TrainConfig(epochs=1, checkpoint_dir=str(tmp_path / "d")))
+        fit(model(), data(), config=TrainConfig(epochs=2, checkpoint_dir=str(tmp_path / "d"),
+                                                resume=True), extra_state=StepCounter())
