@@ -62,7 +62,7 @@ class Step:
     """One lineage entry: which component made the artifact, from what config, how long it took."""
 
     component: str
-    kind: str  # "source", "optimize", "export", "load"
+    kind: str  # "source", "optimizer", "exporter", "load"
     plugin: str = ""
     version: str = ""
     config: dict[str, Any] = attrs.field(factory=dict)
@@ -264,7 +264,7 @@ def load_artifact(path: str | os.PathLike[str], model: Any = None) -> ModelArtif
     lineage = tuple(Step.from_data(d) for d in manifest.get("lineage", []))
     meta = manifest.get("metadata", {})
     if fmt == "torch":
-        obj = _load_torch_weights(p / "weights.safetensors", model, files)
+        obj = _load_torch_weights(p / "weights.safetensors", model, files, lineage, inputs, meta)
     elif fmt == "onnx":
         obj = _load_onnx(p / "model.onnx")
     else:
@@ -308,7 +308,9 @@ def _load_bare_file(p: Path, model: Any) -> ModelArtifact:
                         ".onnx or .safetensors.")
 
 
-def _load_torch_weights(fp: Path, model: Any, files: Any) -> Any:
+def _load_torch_weights(fp: Path, model: Any, files: Any, lineage: tuple[Step, ...] = (),
+                        inputs: tuple[TensorSpec, ...] = (),
+                        metadata: dict[str, Any] | None = None) -> Any:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -328,14 +330,71 @@ def _load_torch_weights(fp: Path, model: Any, files: Any) -> Any:
     meta = fp.parent / "torch_model.json"
     if files is not None and meta.is_file():
         structure = json.loads(meta.read_text()).get("structure", {})
-    return _into_skeleton(model, state, fp, structure)
+    import copy
+
+    m = _replay(copy.deepcopy(model), lineage, inputs, metadata or {}, fp.parent)
+    return _into_skeleton(m, state, fp, structure, copied=True)
+
+
+def _replay(model: Any, lineage: tuple[Step, ...], inputs: tuple[TensorSpec, ...],
+            metadata: dict[str, Any], where: Path) -> Any:
+    """Re-run, without data, the structural part of every lineage step that defines
+    :meth:`Optimizer.rebuild` (torch.fx graphs, quantizer modules) on ``model``, in order."""
+    from .errors import ModeloptError, UnknownComponentError
+    from .interfaces import Optimizer
+    from .plugins import get_plugin_manager
+
+    steps = [s for s in lineage if s.kind in ("optimizer", "optimize")]
+    if not steps:
+        return model
+    pm = get_plugin_manager()
+    example = None
+    for step in steps:
+        try:
+            cls = pm.get("optimizer", step.component).cls
+        except UnknownComponentError:
+            continue  # nothing to replay is known for it; the weights will tell
+        if cls.rebuild is Optimizer.rebuild:
+            continue
+        if example is None:
+            example = _example_inputs(inputs, where)
+        try:
+            new = cls(**step.config).rebuild(model, example, metadata)
+        except ModeloptError as e:
+            raise ArtifactError(f"{where}: cannot rebuild lineage step {step.component!r} on "
+                                f"{type(model).__name__}: {e}") from e
+        except Exception as e:  # a traced architecture that does not match the saved one
+            raise ArtifactError(
+                f"{where}: cannot rebuild lineage step {step.component!r} on "
+                f"{type(model).__name__} ({type(e).__name__}: {str(e)[:200]}); pass the "
+                "architecture the artifact was made from, or load its ONNX export.") from e
+        if new is not None:
+            model = new
+    return model
+
+
+def _example_inputs(inputs: tuple[TensorSpec, ...], where: Path) -> tuple[Any, ...]:
+    """Zero tensors shaped like the saved input specs (symbolic dims -> 2)."""
+    import torch
+
+    if not inputs:
+        raise ArtifactError(f"{where}: the manifest lists no inputs, which replaying its "
+                            "lineage needs; re-save the artifact from a Session.")
+    out = []
+    for spec in inputs:
+        shape = [d if isinstance(d, int) else 2 for d in spec.shape]
+        dtype = getattr(torch, spec.dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ArtifactError(f"{where}: input {spec.name!r} has unknown dtype {spec.dtype!r}.")
+        out.append(torch.zeros(shape, dtype=dtype))
+    return tuple(out)
 
 
 def _into_skeleton(model: Any, state: dict[str, Any], where: Path,
-                   structure: dict[str, Any] | None = None) -> Any:
+                   structure: dict[str, Any] | None = None, copied: bool = False) -> Any:
     import copy
 
-    m = copy.deepcopy(model)
+    m = model if copied else copy.deepcopy(model)
     if structure and set(m.state_dict()) != set(state):
         from .structure import rebuild_structure
 

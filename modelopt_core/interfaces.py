@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -83,6 +83,18 @@ class Optimizer(Component):
     def apply(self, artifact: ModelArtifact, ctx: Context) -> ModelArtifact:
         """Return a new artifact (never mutate ``artifact`` or its model)."""
         raise NotImplementedError
+
+    def rebuild(self, model: Any, example_inputs: tuple[Any, ...],
+                metadata: Mapping[str, Any]) -> Any:
+        """Re-create, without data, the module structure :meth:`apply` produced, starting from
+        ``model`` (a private copy of the architecture being loaded), so that saved weights load
+        into it. :func:`~modelopt_core.load_artifact` calls it, in lineage order, for steps
+        whose result is not a tree of standard ``torch.nn`` layers (torch.fx graphs, own
+        quantizer modules). ``metadata`` is the saved artifact's. Returning ``None`` (the
+        default) means the step changes nothing that needs replaying: shapes and dtypes are
+        restored from the weights, replaced standard layers from the saved structure record.
+        """
+        return None
 
 
 class Exporter(Component):

@@ -24,7 +24,7 @@ import torch
 
 import modelopt_core as mo
 
-from .prepare import calibrate, check_calibration, prepare
+from .prepare import calibrate, check_calibration, prepare, replay
 from .sensitivity import analyze, set_quantized
 from .static import Observer, noop, quant_metadata, spec_from
 
@@ -119,6 +119,14 @@ class AutoQuantize(mo.Optimizer):
                 meta.update(speed)
                 out = artifact.evolve(step=self.step(notes=notes), model=model, metadata=meta)
         return out
+
+    def rebuild(self, model: Any, example_inputs: tuple[Any, ...], metadata: Any) -> Any:
+        """Traced graph + quantizers, with the layers the search kept in float switched off
+        (``metadata["quantized_layers"]``)."""
+        gm = replay(model, example_inputs, spec_from(self.config), self.name)
+        if gm is not None:
+            set_quantized(gm, set(metadata.get("quantized_layers", [])))
+        return gm
 
     def _metric(self, artifact: mo.ModelArtifact, ctx: mo.Context,
                 batches: list[tuple[Any, ...]]) -> tuple[Any, str]:

@@ -37,15 +37,28 @@ class _Half(mo.Optimizer):
     Config = HalfConfig
 
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
+        from .prepare import _check_weights
+
+        model = copy.deepcopy(artifact.model).eval()
+        _check_weights(model)
+        model, notes = self._convert(model)
+        size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        return artifact.evolve(step=self.step(notes=notes), model=model, metadata={
+            "torch_compute_dtype": self.dtype, "quantization": self.dtype,
+            "half_size_bytes": size})
+
+    def rebuild(self, model: Any, example_inputs: tuple[Any, ...], metadata: Any) -> Any:
+        """The same BatchNorm folding, cast and memory format (values from the weights)."""
+        return self._convert(model.eval())[0]
+
+    def _convert(self, model: Any) -> tuple[Any, list[str]]:
+        """Fold BN (when traceable), cast to the reduced dtype, optionally channels_last."""
         import torch
         from torch import fx
 
         from .graph import fold_bn
-        from .prepare import _check_weights
 
         cfg = self.config
-        model = copy.deepcopy(artifact.model).eval()
-        _check_weights(model)
         notes = []
         if cfg.fold_bn:
             try:
@@ -62,10 +75,7 @@ class _Half(mo.Optimizer):
             model = model.to(memory_format=torch.channels_last)
             notes.append("channels_last weights")
         notes.append(f"weights cast to {self.dtype}; the runner casts inputs to {self.dtype}")
-        size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        return artifact.evolve(step=self.step(notes=notes), model=model, metadata={
-            "torch_compute_dtype": self.dtype, "quantization": self.dtype,
-            "half_size_bytes": size})
+        return model, notes
 
 
 class BF16(_Half):

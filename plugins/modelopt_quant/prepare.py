@@ -14,7 +14,7 @@ import modelopt_core as mo
 from .fake_quant import FakeQuant, QuantConv, QuantLinear
 from .graph import CONVS, QuantSpec, act_quantizers, fold_bn, insert_quantizers
 
-__all__ = ["prepare", "calibrate", "check_calibration", "quantized_size_bytes"]
+__all__ = ["prepare", "calibrate", "check_calibration", "quantized_size_bytes", "replay"]
 
 
 def prepare(model: nn.Module, example: tuple[Any, ...], spec: QuantSpec, ctx: mo.Context,
@@ -44,6 +44,20 @@ def prepare(model: nn.Module, example: tuple[Any, ...], spec: QuantSpec, ctx: mo
         ShapeProp(gm).propagate(*example)
     layers = insert_quantizers(gm, spec)
     return gm, layers, notes
+
+
+def replay(model: nn.Module, example: tuple[Any, ...], spec: QuantSpec, who: str,
+           fold: bool = True) -> nn.Module | None:
+    """The structure :func:`prepare` builds, with every quantizer marked calibrated, for
+    loading saved scales and weights into (no data; ``None`` when nothing is quantized)."""
+    ctx = mo.Context(show_progress=False)
+    gm, layers, _ = prepare(model, example, spec, ctx, who, fold=fold)
+    if not layers:
+        return None
+    for m in gm.modules():
+        if isinstance(m, FakeQuant):
+            m.calibrated = True
+    return gm
 
 
 def _names(m: nn.Module) -> list[str]:

@@ -23,7 +23,7 @@ from modelopt_core.training import TrainConfig, fit
 
 from .fake_quant import FakeQuant, QuantConv, QuantLinear
 from .graph import BNS, act_quantizers, weighted_layers
-from .prepare import calibrate, check_calibration, prepare
+from .prepare import calibrate, check_calibration, prepare, replay
 from .static import Observer, noop, quant_metadata, spec_from
 
 __all__ = ["QATQuantize", "QATConfig", "fold_bn_quantized"]
@@ -121,6 +121,19 @@ class QATQuantize(mo.Optimizer):
         return artifact.evolve(step=self.step(notes=notes), model=model,
                                metadata=quant_metadata(model, layers, cfg.skip_layers,
                                                        batches[0]))
+
+
+    def rebuild(self, model: nn.Module, example_inputs: tuple[Any, ...], metadata: Any) -> Any:
+        """Traced graph + quantizers, learnable scales as trained, BatchNorm folded as
+        :meth:`apply` left it (values come from the saved weights)."""
+        gm = replay(model, example_inputs, spec_from(self.config), self.name, fold=False)
+        if gm is None:
+            return None
+        if self.config.learnable_scales:
+            for q in act_quantizers(gm).values():
+                q.make_learnable()
+        fold_bn_quantized(gm)
+        return gm.eval()
 
 
 def _inputs_of(train: Any, limit: int, who: str) -> list[tuple[Any, ...]]:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import modelopt_core as mo
 
 from .graph import QuantSpec
-from .prepare import calibrate, check_calibration, prepare, quantized_size_bytes
+from .prepare import calibrate, check_calibration, prepare, quantized_size_bytes, replay
 
 __all__ = ["StaticQuantize", "StaticConfig", "noop"]
 
@@ -83,6 +83,11 @@ class StaticQuantize(mo.Optimizer):
         return artifact.evolve(step=self.step(notes=notes), model=model,
                                metadata=quant_metadata(model, layers, cfg.skip_layers,
                                                        batches[0]))
+
+    def rebuild(self, model: Any, example_inputs: tuple[Any, ...], metadata: Any) -> Any:
+        """Traced graph + quantizers (scales come from the saved weights)."""
+        return replay(model, example_inputs, spec_from(self.config), self.name,
+                      fold=self.config.fold_bn)
 
 
 def quant_metadata(model: Any, layers: Sequence[str], float_layers: Sequence[str],
