@@ -411,7 +411,7 @@ def _into_skeleton(model: Any, state: dict[str, Any], where: Path,
             f"unexpected {extra[:5]}. Pass the architecture the artifact was saved from.")
     _resize_to(m, state)
     m.load_state_dict(state)
-    return m
+    return m.eval()  # artifacts hold inference models; call .train() to fine-tune further
 
 
 def _resize_to(m: Any, state: dict[str, Any]) -> None:

@@ -79,12 +79,16 @@ class _Shared:
     """Mixin: weight = codebook[indices], cached while not training."""
 
     def _init_shared(self, weight: Any, k: int, iters: int, init: str) -> None:
-        import torch
 
         c, labels = kmeans_1d(weight, k, iters, init)
-        self.n_clusters = len(c)
-        self.weight_shape = tuple(weight.shape)
-        self.codebook = torch.nn.Parameter(c.to(weight.dtype))
+        self._set_shared(c.to(weight.dtype), labels, tuple(weight.shape))
+
+    def _set_shared(self, codebook: Any, labels: Any, shape: tuple[int, ...]) -> None:
+        import torch
+
+        self.n_clusters = len(codebook)
+        self.weight_shape = shape
+        self.codebook = torch.nn.Parameter(codebook)
         self.register_buffer("indices", pack_indices(labels, self.n_clusters))
         self._cache: tuple[int, Any] | None = None
 
@@ -114,7 +118,10 @@ class _Shared:
             self.weight_shape)
 
 
-def _make_shared(layer: Any, k: int, iters: int, init: str) -> Any:
+def _make_shared(layer: Any, k: int, iters: int, init: str,
+                 saved: dict[str, Any] | None = None) -> Any:
+    """A shared copy of ``layer`` by k-means; with ``saved`` (``{"shape", "clusters"}`` from
+    the metadata of a saved artifact) an empty one of that shape, for loading weights into."""
     import torch
     from torch import nn
 
@@ -133,7 +140,19 @@ def _make_shared(layer: Any, k: int, iters: int, init: str) -> Any:
     if isinstance(layer, nn.modules.conv._ConvNd):
         new.ndim = layer.weight.dim() - 2
         new._reversed_padding_repeated_twice = layer._reversed_padding_repeated_twice
-    new._init_shared(layer.weight.detach(), k, iters, init)
+    if saved is None:
+        new._init_shared(layer.weight.detach(), k, iters, init)
+    else:
+        shape = tuple(int(d) for d in saved["shape"])
+        if isinstance(layer, nn.Linear):
+            new.out_features, new.in_features = shape
+        else:
+            if layer.groups > 1 and layer.groups == layer.in_channels == layer.out_channels \
+                    and shape[1] == 1:  # a pruned depthwise conv: one group per channel
+                new.groups = shape[0]
+            new.out_channels, new.in_channels = shape[0], shape[1] * new.groups
+        new._set_shared(torch.zeros(int(saved["clusters"]), dtype=layer.weight.dtype),
+                        torch.zeros(math.prod(shape), dtype=torch.long), shape)
     new.bias = (nn.Parameter(layer.bias.detach().clone()) if layer.bias is not None else None)
     return new.to(torch.device(layer.weight.device))
 
@@ -201,10 +220,12 @@ class WeightSharing(mo.Optimizer):
         ref = run_outputs(model, xs)
         bits = 4 if cfg.n_clusters <= 16 else 8
         before = after = 0
+        shared: dict[str, dict[str, Any]] = {}
         for name, layer in ctx.progress(list(layers.items()), len(layers), self.name):
             new = _make_shared(layer, cfg.n_clusters, cfg.iterations, cfg.init)
             if new is None:
                 continue
+            shared[name] = {"shape": list(new.weight_shape), "clusters": new.n_clusters}
             before += layer.weight.numel() * layer.weight.element_size()
             after += new.indices.numel() + new.codebook.numel() * new.codebook.element_size()
             set_module(model, name, new)
@@ -215,7 +236,32 @@ class WeightSharing(mo.Optimizer):
         model.eval()
         check_same_outputs(self.name, ref, run_outputs(model, xs))
         return artifact.evolve(step=self.step(notes=notes), model=model,
-                               metadata={"weight_sharing_clusters": cfg.n_clusters})
+                               metadata={"weight_sharing_clusters": cfg.n_clusters,
+                                         "shared_layers": shared})
+
+    def rebuild(self, model: Any, example_inputs: tuple[Any, ...], metadata: Any) -> Any:
+        """Empty shared layers where the saved artifact has them (shapes and cluster counts
+        from ``metadata["shared_layers"]``); codebooks and indices come from the weights."""
+        shared = metadata.get("shared_layers")
+        if not shared:
+            raise mo.ArtifactError(
+                f"{self.name}: the artifact's metadata has no 'shared_layers' record (saved by "
+                "an older version); load its ONNX export instead.")
+        for name, saved in shared.items():
+            try:
+                layer = model.get_submodule(name)
+            except AttributeError:
+                raise mo.ArtifactError(f"{self.name}: the model has no layer {name!r} to "
+                                       "rebuild as a shared layer.") from None
+            if isinstance(layer, _Shared) and list(layer.weight_shape) == list(saved["shape"]) \
+                    and layer.n_clusters == int(saved["clusters"]):
+                continue  # the skeleton is the shared model itself
+            new = _make_shared(layer, int(saved["clusters"]), 0, "linear", saved=saved)
+            if new is None:
+                raise mo.ArtifactError(f"{self.name}: layer {name!r} is "
+                                       f"{type(layer).__name__}, not a Conv/Linear layer.")
+            set_module(model, name, new)
+        return model
 
     def _finetune(self, model: Any, ctx: mo.Context) -> str:
         from modelopt_core.training import TrainConfig, fit

@@ -1,6 +1,7 @@
-"""Quantized and reduced-precision torch artifacts save and reload into the user's class: the
-loader replays each step's structure (torch.fx graph, quantizers, BN folding, dtype) without
-data, then loads the saved scales and weights; the reloaded model computes exactly the same."""
+"""Quantized, reduced-precision and weight-shared torch artifacts save and reload into the
+user's class: the loader replays each step's structure (torch.fx graph, quantizers, BN folding,
+dtype, shared layers) without data, then loads the saved scales, codebooks and weights; the
+reloaded model computes exactly the same."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ STEPS = [("quantize.static", {"observer": "percentile"}),
          ("quantize.qat", {"epochs": 1, "learnable_scales": True}),
          ("quantize.auto", {"max_accuracy_drop": 0.0, "measure_speed": False}),
          ("quantize.bf16", {}),
-         ("quantize.fp16", {"channels_last": False})]
+         ("quantize.fp16", {"channels_last": False}),
+         ("compress.weight_sharing", {"n_clusters": 16}),
+         ("compress.weight_sharing", {"n_clusters": 4, "finetune_epochs": 1})]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +56,7 @@ def test_reloaded_int8_artifact_exports_to_the_same_onnx_numbers(world, tmp_path
     ref = s.export("onnx")
     s.history[-2].save(tmp_path / "q")
     back = mo.load_artifact(tmp_path / "q", model=SmallCNN(width=8))
-    s2 = mo.Session(back.model, (world[1][:1],), progress=False)
-    s2._history[0] = back  # continue the pipeline from the loaded artifact
+    s2 = mo.Session(back, (world[1][:1],), progress=False)  # continue from the loaded one
     again = s2.export("onnx")
     x = world[1]
     with s.runner("onnxruntime", ref) as a, s2.runner("onnxruntime", again) as b:
