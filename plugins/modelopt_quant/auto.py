@@ -25,7 +25,7 @@ import torch
 import modelopt_core as mo
 
 from .prepare import calibrate, check_calibration, prepare, replay
-from .sensitivity import analyze, set_quantized
+from .sensitivity import analyze, keep_float, set_quantized
 from .static import Observer, noop, quant_metadata, spec_from
 
 __all__ = ["AutoQuantize", "AutoConfig"]
@@ -96,7 +96,10 @@ class AutoQuantize(mo.Optimizer):
                         floats.remove(name)
                         trail.append(f"-float {name}: {score:.4g}")
             layers = [n for n in layers if n not in floats]
-            set_quantized(model, set(layers))  # disabled quantizers export as nothing at all
+        if floats:  # float layers read float tensors (disabled quantizers export as nothing)
+            keep_float(model, set(layers))
+        else:
+            set_quantized(model, None)
         final = metric(model)
         within = base - final <= budget
         if not within:
@@ -122,10 +125,10 @@ class AutoQuantize(mo.Optimizer):
 
     def rebuild(self, model: Any, example_inputs: tuple[Any, ...], metadata: Any) -> Any:
         """Traced graph + quantizers, with the layers the search kept in float switched off
-        (``metadata["quantized_layers"]``)."""
+        (``metadata["quantized_layers"]``) and reading float inputs, as :meth:`apply` left them."""
         gm = replay(model, example_inputs, spec_from(self.config), self.name)
-        if gm is not None:
-            set_quantized(gm, set(metadata.get("quantized_layers", [])))
+        if gm is not None and metadata.get("float_layers"):
+            keep_float(gm, set(metadata.get("quantized_layers", [])))
         return gm
 
     def _metric(self, artifact: mo.ModelArtifact, ctx: mo.Context,

@@ -19,7 +19,8 @@ from torch import fx, nn
 from .fake_quant import FakeQuant, SharedQuant
 from .graph import act_quantizers, weighted_layers
 
-__all__ = ["SensitivityReport", "analyze", "input_quantizer", "set_quantized"]
+__all__ = ["SensitivityReport", "analyze", "input_quantizer", "set_quantized", "keep_float",
+           "producers"]
 
 
 class SensitivityReport:
@@ -66,26 +67,117 @@ def input_quantizer(model: nn.Module, layer: str) -> FakeQuant | None:
     return getattr(wrapper, "input_quant", None)
 
 
+def producers(model: nn.Module) -> dict[int, list[str]]:
+    """For each activation quantizer (by id) of a graph model, the quantized Conv/Linear
+    layers whose output reaches it through float ops (ReLU, add, concat...) without crossing
+    another quantizer."""
+    out: dict[int, list[str]] = {}
+    if not isinstance(model, fx.GraphModule):
+        return out
+    layers = weighted_layers(model)
+    for node in model.graph.nodes:
+        if node.op != "call_module":
+            continue
+        q = model.get_submodule(node.target)
+        if not isinstance(q, FakeQuant) or node.target.endswith("weight_quant"):
+            continue
+        found: list[str] = []
+        stack = [a for a in node.all_input_nodes]
+        seen: set[fx.Node] = set()
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n.op == "call_module":
+                if n.target in layers:
+                    found.append(n.target)
+                    continue
+                if isinstance(model.get_submodule(n.target), (FakeQuant, SharedQuant)):
+                    continue  # another grid: the search stops there
+            stack.extend(n.all_input_nodes)
+        out[id(q)] = found
+    return out
+
+
 def set_quantized(model: nn.Module, enabled_layers: set[str] | None) -> None:
     """Enable the quantizers of ``enabled_layers`` only (None: all; empty set: none).
-    An activation quantizer is on when any layer it feeds is on, or when it feeds no layer
-    (add/concat/pool inputs) and everything is on."""
+
+    An activation quantizer is on when a quantized layer is next to it: one it feeds, or one
+    whose output reaches it through float ops (the output grid an INT8 Conv needs to run as
+    QLinearConv, and the add/concat inputs QLinearAdd needs). One with no layer on either
+    side (e.g. between two adds) is on only when everything is quantized."""
     layers = weighted_layers(model)
     feeds: dict[int, list[str]] = {}
     for name in layers:
         q = input_quantizer(model, name)
         if q is not None:
             feeds.setdefault(id(q), []).append(name)
+    made_by = producers(model) if enabled_layers is not None else {}
     for name, w in layers.items():
         w.weight_quant.enabled = enabled_layers is None or name in enabled_layers
     for q in act_quantizers(model).values():
-        users = feeds.get(id(q), [])
+        near = feeds.get(id(q), []) + made_by.get(id(q), [])
         if enabled_layers is None:
             q.enabled = True
-        elif users:
-            q.enabled = any(u in enabled_layers for u in users)
+        elif near:
+            q.enabled = any(u in enabled_layers for u in near)
         else:
-            q.enabled = False
+            q.enabled = len(enabled_layers) == len(layers)
+
+
+def keep_float(model: nn.Module, int8_layers: set[str]) -> list[str]:
+    """Final mixed-precision form: only ``int8_layers`` quantized, and every other weighted
+    layer reading the float tensor in front of its input quantizer (rewired in the graph).
+
+    ONNX Runtime quantizes a float Conv/Gemm itself (per-tensor INT8 weights, its
+    WeightBiasQuantization pass) when its input comes from a DequantizeLinear and its output
+    goes to a QuantizeLinear; a layer meant to stay float must therefore not read a
+    dequantized tensor. Returns the rewired layers."""
+    set_quantized(model, int8_layers)
+    if not isinstance(model, fx.GraphModule):
+        return []
+    layers = weighted_layers(model)
+    rewired = []
+    for node in list(model.graph.nodes):
+        if node.op != "call_module" or node.target not in layers or node.target in int8_layers:
+            continue
+        if not _runs_into_quantizer(model, node):
+            continue  # ORT leaves it float anyway; keep the producer's output grid
+        src = node.args[0] if node.args else None
+        if (isinstance(src, fx.Node) and src.op == "call_module"
+                and isinstance(model.get_submodule(src.target), (FakeQuant, SharedQuant))
+                and src.args and isinstance(src.args[0], fx.Node)):
+            node.replace_input_with(src, src.args[0])
+            rewired.append(node.target)
+    if rewired:
+        model.graph.eliminate_dead_code()
+        model.graph.lint()
+        model.recompile()
+    return rewired
+
+
+_CLIPS = {torch.relu, torch.relu_, torch.clamp, torch.nn.functional.relu,
+          torch.nn.functional.relu6, torch.nn.functional.hardtanh}
+
+
+def _runs_into_quantizer(model: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node``'s output reaches an enabled activation quantizer through ReLU/clip
+    ops with a single consumer each (what ORT's WeightBiasQuantization looks for)."""
+    cur = node
+    while len(cur.users) == 1:
+        nxt = next(iter(cur.users))
+        if nxt.op == "call_module":
+            mod = model.get_submodule(nxt.target)
+            if isinstance(mod, FakeQuant):
+                return mod.enabled
+            if not isinstance(mod, (nn.ReLU, nn.ReLU6, nn.Hardtanh)):
+                return False
+        elif not ((nxt.op == "call_function" and nxt.target in _CLIPS)
+                  or (nxt.op == "call_method" and nxt.target in ("relu", "relu_", "clamp"))):
+            return False
+        cur = nxt
+    return False
 
 
 def _outputs(model: nn.Module, batches: list[tuple[Any, ...]]) -> list[torch.Tensor]:

@@ -93,7 +93,7 @@ def test_qat_recovers_what_ptq_loses(trained, digits):
     assert qat > ptq and base - qat <= 0.5
 
 
-def test_auto_keeps_sensitive_layers_float_within_budget(trained, digits):
+def test_auto_keeps_sensitive_layers_float_within_budget(trained, digits, tmp_path):
     model, _ = trained
     bad = ill_conditioned(model)
     base = predict_accuracy(bad, digits.test)
@@ -108,3 +108,12 @@ def test_auto_keeps_sensitive_layers_float_within_budget(trained, digits):
     assert sorted(ranked) == sorted(md["quantized_layers"] + md["float_layers"])
     assert any(n in md["float_layers"] for n in ranked[:3]), "the most sensitive layers go first"
     assert any("kept in float" in n for n in a.lineage[-1].notes)
+    # the mixed-precision graph (float layers rewired to float inputs) reloads exactly
+    a.save(tmp_path / "auto")
+    back = mo.load_artifact(tmp_path / "auto", model=SmallCNN(width=model.features[0][0].out_channels))
+    x = digits.test[0][0]
+    torch.testing.assert_close(back.model(x), a.model(x), rtol=0, atol=0)
+    # and float layers stay float in ONNX Runtime (no per-tensor INT8 weights added by ORT)
+    s.export("onnx", check_numerics=False)
+    with s.runner("onnxruntime") as r:
+        assert base - predict_accuracy(r, digits.test) <= 0.5 + 0.25

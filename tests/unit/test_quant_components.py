@@ -4,6 +4,8 @@ dynamic INT8 layers, bf16, ONNX fp16 conversion and the sensitivity report."""
 from __future__ import annotations
 
 import copy
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,6 +164,38 @@ def test_onnx_convert_fp16(keep_io):
     if not keep_io:
         with pytest.raises(mo.InputSpecError):
             r(x)
+
+
+def test_float_layer_keeps_its_int8_neighbours_fused_in_onnxruntime():
+    """Keeping one layer float must not drop the output grid of the INT8 layers around it:
+    ORT must still fuse every other conv into QLinearConv (and the block's add)."""
+    import onnx
+    import onnxruntime as ort
+
+    from modelopt_quant.sensitivity import keep_float, producers
+
+    torch.manual_seed(0)
+    m, x = TinyRes().eval(), torch.randn(4, 3, 16, 16)
+    gm, layers = _calibrated(m, x)
+    on = set(layers) - {"block.conv1"}
+    assert keep_float(gm, on) == ["block.conv1"]  # it now reads the float tensor
+    made_by = producers(gm)
+    for q in act_quantizers(gm).values():
+        if any(p in on for p in made_by.get(id(q), [])):
+            assert q.enabled  # an INT8 layer's output grid stays
+    art = mo.ModelArtifact("torch", gm, inputs=(mo.TensorSpec.from_tensor("input", x),),
+                           outputs=(mo.TensorSpec.from_tensor("output", gm(x)),),
+                           metadata={"onnx_exporter": "torchscript"})
+    s = mo.Session(art, (x,), progress=False)
+    o = s.export("onnx", check_numerics=False)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(Path(tempfile.mkdtemp()) / "opt.onnx")
+    ort.InferenceSession(o.model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    convs = [n for n in on if n != "fc"]
+    assert ops.count("QLinearConv") == len(convs), ops  # stem.0, conv2, downsample
+    # block.conv1 stays a float Conv: ORT would quantize it (per-tensor) from DQ input
+    assert ops.count("Conv") + ops.count("FusedConv") == 1, ops
 
 
 def test_sensitivity_report_covers_every_layer_most_sensitive_first():
