@@ -110,7 +110,8 @@ def test_auto_keeps_sensitive_layers_float_within_budget(trained, digits, tmp_pa
     assert any("kept in float" in n for n in a.lineage[-1].notes)
     # the mixed-precision graph (float layers rewired to float inputs) reloads exactly
     a.save(tmp_path / "auto")
-    back = mo.load_artifact(tmp_path / "auto", model=SmallCNN(width=model.features[0][0].out_channels))
+    width = model.features[0][0].out_channels
+    back = mo.load_artifact(tmp_path / "auto", model=SmallCNN(width=width))
     x = digits.test[0][0]
     torch.testing.assert_close(back.model(x), a.model(x), rtol=0, atol=0)
     # and float layers stay float in ONNX Runtime (no per-tensor INT8 weights added by ORT)
