@@ -18,6 +18,7 @@ sensitivity report and the measured speed.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 import torch
@@ -75,6 +76,12 @@ class AutoQuantize(mo.Optimizer):
         report = None
         floats: list[str] = []
         trail = [f"all INT8: {what} {full:.4g} (float {base:.4g})"]
+        def mixed(int8: set[str]) -> float:
+            """The metric of the final mixed form (float layers on float inputs), on a copy."""
+            trial = copy.deepcopy(model)
+            keep_float(trial, int8)
+            return metric(trial)
+
         if base - full > budget:
             report = analyze(model, batches, metric if cfg.rank_by_metric else None,
                              ctx.progress)
@@ -82,15 +89,13 @@ class AutoQuantize(mo.Optimizer):
             for name in report.most_sensitive():
                 on.discard(name)
                 floats.append(name)
-                set_quantized(model, on)
-                score = metric(model)
+                score = mixed(on)
                 trail.append(f"+float {name}: {score:.4g}")
                 if base - score <= budget:
                     break
             if base - score <= budget:  # give back layers the budget turned out not to need
                 for name in floats[-2::-1]:
-                    set_quantized(model, on | {name})
-                    score = metric(model)
+                    score = mixed(on | {name})
                     if base - score <= budget:
                         on.add(name)
                         floats.remove(name)
@@ -142,8 +147,6 @@ class AutoQuantize(mo.Optimizer):
             return run, "eval metric"
         ctx.warn(f"{self.name}: no eval_fn; using top-1 agreement (%) with the float model on "
                  "the calibration data as the metric")
-        import copy
-
         ref = copy.deepcopy(artifact.model).eval()
         with torch.no_grad():
             refs = [ref(*b) for b in batches]
