@@ -49,7 +49,10 @@ def prepare(model: nn.Module, example: tuple[Any, ...], spec: QuantSpec, ctx: mo
 def replay(model: nn.Module, example: tuple[Any, ...], spec: QuantSpec, who: str,
            fold: bool = True) -> nn.Module | None:
     """The structure :func:`prepare` builds, with every quantizer marked calibrated, for
-    loading saved scales and weights into (no data; ``None`` when nothing is quantized)."""
+    loading saved scales and weights into (no data; ``None`` when nothing is quantized, or
+    when ``model`` already is such a quantized model, e.g. the artifact's own module)."""
+    if any(isinstance(m, FakeQuant) for m in model.modules()):
+        return None
     ctx = mo.Context(show_progress=False)
     gm, layers, _ = prepare(model, example, spec, ctx, who, fold=fold)
     if not layers:

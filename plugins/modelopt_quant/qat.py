@@ -127,7 +127,7 @@ class QATQuantize(mo.Optimizer):
         """Traced graph + quantizers, learnable scales as trained, BatchNorm folded as
         :meth:`apply` left it (values come from the saved weights)."""
         gm = replay(model, example_inputs, spec_from(self.config), self.name, fold=False)
-        if gm is None:
+        if gm is None:  # nothing quantized, or the skeleton is the QAT model itself
             return None
         if self.config.learnable_scales:
             for q in act_quantizers(gm).values():

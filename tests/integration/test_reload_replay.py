@@ -42,9 +42,12 @@ def test_quantized_artifact_reloads_bit_exactly(world, tmp_path, name, kw, prune
     art = s.apply(name, **kw)
     art.save(tmp_path / "a")
     back = mo.load_artifact(tmp_path / "a", model=SmallCNN(width=8))
+    same = mo.load_artifact(tmp_path / "a", model=art.model)  # the edited module as skeleton
     x = world[1]
-    with s.runner("torch", art) as r1, s.runner("torch", back) as r2:
+    with s.runner("torch", art) as r1, s.runner("torch", back) as r2, \
+            s.runner("torch", same) as r3:
         torch.testing.assert_close(r2(x), r1(x), rtol=0, atol=0)
+        torch.testing.assert_close(r3(x), r1(x), rtol=0, atol=0)
     assert back.lineage[-2].component == name and back.lineage[-1].component == "load"
     sa, sb = art.model.state_dict(), back.model.state_dict()
     assert sa.keys() == sb.keys() and all(sa[k].dtype == sb[k].dtype for k in sa)
