@@ -10,6 +10,7 @@ inside the folder.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -330,8 +331,6 @@ def _load_torch_weights(fp: Path, model: Any, files: Any, lineage: tuple[Step, .
     meta = fp.parent / "torch_model.json"
     if files is not None and meta.is_file():
         structure = json.loads(meta.read_text()).get("structure", {})
-    import copy
-
     m = _replay(copy.deepcopy(model), lineage, inputs, metadata or {}, fp.parent)
     return _into_skeleton(m, state, fp, structure, copied=True)
 
@@ -344,7 +343,7 @@ def _replay(model: Any, lineage: tuple[Step, ...], inputs: tuple[TensorSpec, ...
     from .interfaces import Optimizer
     from .plugins import get_plugin_manager
 
-    steps = [s for s in lineage if s.kind in ("optimizer", "optimize")]
+    steps = [s for s in lineage if s.kind == "optimizer"]
     if not steps:
         return model
     pm = get_plugin_manager()
@@ -392,8 +391,6 @@ def _example_inputs(inputs: tuple[TensorSpec, ...], where: Path) -> tuple[Any, .
 
 def _into_skeleton(model: Any, state: dict[str, Any], where: Path,
                    structure: dict[str, Any] | None = None, copied: bool = False) -> Any:
-    import copy
-
     m = model if copied else copy.deepcopy(model)
     if structure and set(m.state_dict()) != set(state):
         from .structure import rebuild_structure
