@@ -29,7 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_core import calibrated_resnet  # noqa: E402
-from common import agreement, interleaved_p50, write_results  # noqa: E402
+from common import (agreement, interleaved_p50, repeated_ratios, span,  # noqa: E402
+                    write_results)
 
 import modelopt_core as mo  # noqa: E402
 from modelopt_core.training import TrainConfig, fit  # noqa: E402
@@ -126,24 +127,23 @@ def resnet(args, notes) -> list[dict[str, Any]]:
     # in three repeats (the machine is shared; the spread across repeats is reported).
     names = {"eager": rows[0], "int8": rows[1], "ort_route": rows[5], "bf16": rows[7],
              "bf16_compile": rows[8]}
-    reps = [interleaved_p50({k: (lambda r=r: r["runner"](x)) for k, r in names.items()},
-                            rounds=3 * args.bar_rounds, block=3) for _ in range(3)]
-    ratio = {k: sorted(rep["eager"] / rep[k] for rep in reps) for k in names}
+    ratio, eager_ms = repeated_ratios({k: (lambda r=r: r["runner"](x)) for k, r in names.items()},
+                                      "eager", rounds=3 * args.bar_rounds, block=3)
     med = {k: v[1] for k, v in ratio.items()}
-    span = {k: f"{med[k]:.2f}x (repeats {v[0]:.2f}-{v[2]:.2f}x)" for k, v in ratio.items()}
+    spans = {k: span(v) for k, v in ratio.items()}
     agree = rows[1]["top1_agreement_pct"]
     args.bars = {"speedup_vs_eager_per_repeat": ratio, "int8_top1_agreement_pct": agree}
     int8_ok = med["int8"] >= 5 and agree >= 99
     notes.append(
         f"bar head-to-head ({args.bar_rounds} rounds of 3-call blocks per repeat, median of 3 "
-        f"repeats): eager p50 {sorted(r['eager'] for r in reps)[1]:.1f} ms")
+        f"repeats): eager p50 {eager_ms[1]:.1f} ms")
     notes.append(
         f"ResNet bar (quantize.static -> onnx -> ORT >= 5x eager, agreement >= 99%): "
-        f"{span['int8']}, {agree:.1f}% -> {'MET' if int8_ok else 'NOT MET'} (ORT route in the "
-        f"same run: {span['ort_route']})")
-    notes.append(f"bf16 bar (>= 2.5x eager): torch runner {span['bf16']} -> "
+        f"{spans['int8']}, {agree:.1f}% -> {'MET' if int8_ok else 'NOT MET'} (ORT route in the "
+        f"same run: {spans['ort_route']})")
+    notes.append(f"bf16 bar (>= 2.5x eager): torch runner {spans['bf16']} -> "
                  f"{'MET' if med['bf16'] >= 2.5 else 'NOT MET'}; torch.compile runner (Inductor "
-                 f"freezing) {span['bf16_compile']} -> "
+                 f"freezing) {spans['bf16_compile']} -> "
                  f"{'MET' if med['bf16_compile'] >= 2.5 else 'NOT MET'}")
     for r in rows:
         r["model"] = "ResNet-18 b8"

@@ -47,6 +47,22 @@ def interleaved_p50(fns: dict[str, Callable[[], Any]], rounds: int = 15,
     return {k: 1e3 * float(np.median(v)) for k, v in ts.items()}
 
 
+def repeated_ratios(fns: dict[str, Callable[[], Any]], baseline: str, repeats: int = 3,
+                    **kw: Any) -> tuple[dict[str, list[float]], list[float]]:
+    """Speedups of every candidate over ``baseline``, measured head to head ``repeats`` times
+    with :func:`interleaved_p50` (``kw`` goes to it): ``({name: sorted ratios}, sorted
+    baseline p50s in ms)``. Quote the median and the range: one repeat can be hit by a
+    transient slowdown of a shared machine."""
+    reps = [interleaved_p50(fns, **kw) for _ in range(repeats)]
+    ratios = {k: sorted(rep[baseline] / rep[k] for rep in reps) for k in fns}
+    return ratios, sorted(rep[baseline] for rep in reps)
+
+
+def span(ratios: list[float]) -> str:
+    """``median (min-max)`` of sorted ratios, e.g. ``5.05x (4.83-5.07x)``."""
+    return f"{ratios[len(ratios) // 2]:.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}x)"
+
+
 def agreement(ref: list[torch.Tensor], got: list[torch.Tensor]) -> dict[str, float]:
     """Top-1 agreement (%) and max relative error of ``got`` logits vs ``ref`` logits."""
     r = torch.cat([x.float() for x in ref])
