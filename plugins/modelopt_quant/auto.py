@@ -25,7 +25,7 @@ import torch
 
 import modelopt_core as mo
 
-from .prepare import calibrate, check_calibration, prepare, replay
+from .prepare import prepare_calibrated, replay
 from .sensitivity import analyze, keep_float, set_quantized
 from .static import Observer, noop, quant_metadata, spec_from
 
@@ -61,12 +61,10 @@ class AutoQuantize(mo.Optimizer):
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
         cfg = self.config
         batches = ctx.calibration_batches(self.name, cfg.calibration_batches)
-        check_calibration(batches, self.name)
-        example = ctx.example_inputs or batches[0]
-        model, layers, notes = prepare(artifact.model, example, spec_from(cfg), ctx, self.name)
+        model, layers, notes = prepare_calibrated(artifact.model, batches, spec_from(cfg), ctx,
+                                                  self.name)
         if not layers:
             return noop(self, artifact, ctx)
-        calibrate(model, batches, ctx, self.name)
         metric, what = self._metric(artifact, ctx, batches)
         set_quantized(model, set())
         base = metric(model)

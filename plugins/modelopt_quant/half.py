@@ -191,10 +191,7 @@ def convert_fp16(proto: Any, keep_io_types: bool = True,
             continue
         if keep_io_types:
             casted = f"{inp.name}__fp16"
-            for node in g.node:
-                for i, name in enumerate(node.input):
-                    if name == inp.name:
-                        node.input[i] = casted
+            _rename(g, inp.name, casted)
             io_nodes_in.append(helper.make_node("Cast", [inp.name], [casted], to=F16))
         else:
             inp.type.tensor_type.elem_type = F16
@@ -203,13 +200,7 @@ def convert_fp16(proto: Any, keep_io_types: bool = True,
             continue
         if keep_io_types:
             inner = f"{out.name}__fp16"
-            for node in g.node:
-                for i, name in enumerate(node.output):
-                    if name == out.name:
-                        node.output[i] = inner
-                for i, name in enumerate(node.input):
-                    if name == out.name:
-                        node.input[i] = inner
+            _rename(g, out.name, inner, outputs=True)
             io_nodes_out.append(helper.make_node("Cast", [inner], [out.name], to=F32))
         else:
             out.type.tensor_type.elem_type = F16
@@ -218,3 +209,13 @@ def convert_fp16(proto: Any, keep_io_types: bool = True,
     g.node.extend(nodes)
     onnx.checker.check_model(m)
     return m, count
+
+
+def _rename(g: Any, old: str, new: str, outputs: bool = False) -> None:
+    """Point every node input (and, with ``outputs``, node output) named ``old`` at ``new``."""
+    for node in g.node:
+        fields = (node.input, node.output) if outputs else (node.input,)
+        for names in fields:
+            for i, name in enumerate(names):
+                if name == old:
+                    names[i] = new

@@ -14,7 +14,8 @@ import modelopt_core as mo
 from .fake_quant import FakeQuant, QuantConv, QuantLinear
 from .graph import CONVS, QuantSpec, act_quantizers, fold_bn, insert_quantizers
 
-__all__ = ["prepare", "calibrate", "check_calibration", "quantized_size_bytes", "replay"]
+__all__ = ["prepare", "prepare_calibrated", "calibrate", "check_calibration",
+           "quantized_size_bytes", "replay"]
 
 
 def prepare(model: nn.Module, example: tuple[Any, ...], spec: QuantSpec, ctx: mo.Context,
@@ -43,6 +44,19 @@ def prepare(model: nn.Module, example: tuple[Any, ...], spec: QuantSpec, ctx: mo
     with torch.no_grad():
         ShapeProp(gm).propagate(*example)
     layers = insert_quantizers(gm, spec)
+    return gm, layers, notes
+
+
+def prepare_calibrated(model: nn.Module, batches: list[tuple[Any, ...]], spec: QuantSpec,
+                       ctx: mo.Context, who: str, fold: bool = True
+                       ) -> tuple[nn.Module, list[str], list[str]]:
+    """:func:`prepare` on ``ctx.example_inputs`` (or the first batch), then :func:`calibrate`
+    on ``batches`` (checked first); an empty layer list means nothing could be quantized."""
+    check_calibration(batches, who)
+    example = ctx.example_inputs or batches[0]
+    gm, layers, notes = prepare(model, example, spec, ctx, who, fold=fold)
+    if layers:
+        calibrate(gm, batches, ctx, who)
     return gm, layers, notes
 
 

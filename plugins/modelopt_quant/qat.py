@@ -23,7 +23,7 @@ from modelopt_core.training import TrainConfig, fit
 
 from .fake_quant import FakeQuant, QuantConv, QuantLinear
 from .graph import BNS, act_quantizers, weighted_layers
-from .prepare import calibrate, check_calibration, prepare, replay
+from .prepare import prepare_calibrated, replay
 from .static import Observer, noop, quant_metadata, spec_from
 
 __all__ = ["QATQuantize", "QATConfig", "fold_bn_quantized"]
@@ -73,13 +73,10 @@ class QATQuantize(mo.Optimizer):
             batches = ctx.calibration_batches(self.name, cfg.calibration_batches)
         else:
             batches = _inputs_of(train, cfg.calibration_batches, self.name)
-        check_calibration(batches, self.name)
-        example = ctx.example_inputs or batches[0]
-        model, layers, notes = prepare(artifact.model, example, spec_from(cfg), ctx, self.name,
-                                       fold=False)
+        model, layers, notes = prepare_calibrated(artifact.model, batches, spec_from(cfg), ctx,
+                                                  self.name, fold=False)
         if not layers:
             return noop(self, artifact, ctx)
-        calibrate(model, batches, ctx, self.name)
         late = max(1, (2 * cfg.epochs) // 3) if cfg.steps is None else 1
         bn_at = cfg.freeze_bn_epoch if cfg.freeze_bn_epoch is not None else late
         rng_at = cfg.freeze_ranges_epoch if cfg.freeze_ranges_epoch is not None else late

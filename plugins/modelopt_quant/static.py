@@ -16,7 +16,7 @@ from typing import Any, Literal
 import modelopt_core as mo
 
 from .graph import QuantSpec
-from .prepare import calibrate, check_calibration, prepare, quantized_size_bytes, replay
+from .prepare import prepare_calibrated, quantized_size_bytes, replay
 
 __all__ = ["StaticQuantize", "StaticConfig", "noop"]
 
@@ -69,13 +69,10 @@ class StaticQuantize(mo.Optimizer):
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
         cfg = self.config
         batches = ctx.calibration_batches(self.name, cfg.calibration_batches)
-        check_calibration(batches, self.name)
-        example = ctx.example_inputs or batches[0]
-        model, layers, notes = prepare(artifact.model, example, spec_from(cfg), ctx, self.name,
-                                       fold=cfg.fold_bn)
+        model, layers, notes = prepare_calibrated(artifact.model, batches, spec_from(cfg), ctx,
+                                                  self.name, fold=cfg.fold_bn)
         if not layers:
             return noop(self, artifact, ctx)
-        calibrate(model, batches, ctx, self.name)
         notes.append(f"quantized {len(layers)} Conv/Linear layer(s) to INT8 "
                      f"({'per-channel' if cfg.per_channel else 'per-tensor'} weights, "
                      f"{cfg.activation_dtype} activations, {cfg.observer} calibration on "
