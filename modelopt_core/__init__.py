@@ -13,7 +13,7 @@ from .config import (build_config, config, config_fields, config_to_data, field,
 from .errors import (ArtifactError, BackendUnavailableError, ConfigError, DataError,
                      DuplicateComponentError, ExportError, FormatError, InputSpecError,
                      ModeloptError, NoExportPathError, NumericalError, PluginLoadError,
-                     TrainingError, UnknownComponentError, UnsafeArtifactError)
+                     RunnerClosedError, TrainingError, UnknownComponentError, UnsafeArtifactError)
 from .hookspecs import hookimpl
 from .interfaces import (Backend, Component, Context, Exporter, Optimizer, Profiler, Runner,
                          as_input_tuple)
@@ -31,6 +31,6 @@ __all__ = [
     "positive",
     "ModeloptError", "ConfigError", "UnknownComponentError", "FormatError", "NoExportPathError",
     "PluginLoadError", "DuplicateComponentError", "ArtifactError", "UnsafeArtifactError",
-    "InputSpecError", "DataError", "BackendUnavailableError", "NumericalError", "ExportError",
+    "InputSpecError", "RunnerClosedError", "DataError", "BackendUnavailableError", "NumericalError", "ExportError",
     "TrainingError", "__version__", "recipe", "training",
 ]

@@ -69,6 +69,9 @@ class Step:
     config: dict[str, Any] = attrs.field(factory=dict)
     duration_s: float = 0.0
     notes: tuple[str, ...] = ()
+    #: what loading needs to re-create this step's structure (see Optimizer.rebuild): each
+    #: step keeps its own record, so two steps of one kind never read each other's
+    restore: dict[str, Any] = attrs.field(factory=dict)
 
     def to_data(self) -> dict[str, Any]:
         d = attrs.asdict(self)
@@ -98,6 +101,10 @@ class ModelArtifact:
     lineage: tuple[Step, ...] = ()
     metadata: dict[str, Any] = attrs.field(factory=dict)
     path: str | None = None
+    #: how the flat ``inputs``/``outputs`` map onto the model's own call and return structure
+    #: (plain data, see :mod:`modelopt_core.io`): ``{"inputs": "positional" | "keyword",
+    #: "outputs": <tree>}``; empty means positional inputs and a tensor or tuple of tensors
+    io: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def name(self) -> str:
@@ -127,6 +134,7 @@ class ModelArtifact:
                 "outputs": [s.to_data() for s in self.outputs],
                 "lineage": [s.to_data() for s in self.lineage],
                 "metadata": _jsonable(self.metadata),
+                "io": self.io,
                 "files": {f: {"sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size}
                           for f in files},
             }
@@ -271,7 +279,8 @@ def load_artifact(path: str | os.PathLike[str], model: Any = None) -> ModelArtif
     else:
         obj = (p / "model.bin").read_bytes()
     return ModelArtifact(fmt, obj, inputs, outputs,
-                         lineage + (Step("load", "load", config={"path": str(p)}),), meta, str(p))
+                         lineage + (Step("load", "load", config={"path": str(p)}),), meta, str(p),
+                         io=manifest.get("io", {}))
 
 
 def _inside(root: Path, rel: str) -> Path:

@@ -57,6 +57,10 @@ class DataError(ModeloptError, ValueError):
     """Session data (calibration, training, evaluation) is missing, empty or unusable."""
 
 
+class RunnerClosedError(ModeloptError):
+    """A runner was called after ``close()``."""
+
+
 class BackendUnavailableError(ModeloptError):
     """A component's optional dependency or hardware is missing on this machine."""
 

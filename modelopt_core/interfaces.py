@@ -17,7 +17,7 @@ import attrs
 
 from .artifact import ModelArtifact, Step, TensorSpec
 from .config import build_config, config, config_to_data
-from .errors import BackendUnavailableError, DataError, InputSpecError
+from .errors import BackendUnavailableError, DataError, InputSpecError, RunnerClosedError
 
 __all__ = ["Component", "Optimizer", "Exporter", "Backend", "Runner", "Profiler", "Context",
            "EmptyConfig"]
@@ -117,8 +117,12 @@ class Runner:
     def __init__(self, artifact: ModelArtifact, device: str = "cpu") -> None:
         self.artifact = artifact
         self.device = device
+        self.closed = False
 
     def __call__(self, *inputs: Any) -> Any:
+        if self.closed:
+            raise RunnerClosedError(f"runner for {self.artifact.name!r} was closed; load a new "
+                                    "one with session.runner(...).")
         self.check_inputs(inputs)
         outs = self._run(inputs)
         if self.artifact.metadata.get("output_kind", "tensor") == "tensor" and len(outs) == 1:
@@ -153,7 +157,14 @@ class Runner:
         """Wait for queued device work (GPU backends override)."""
 
     def close(self) -> None:
-        """Free resources held by the runner."""
+        """Free resources held by the runner (idempotent); calling it afterwards raises
+        :class:`RunnerClosedError`. Subclasses free their resources in :meth:`_release`."""
+        if not self.closed:
+            self.closed = True
+            self._release()
+
+    def _release(self) -> None:
+        """Free the runtime's resources (sessions, engines, module copies)."""
 
     def __enter__(self) -> Runner:
         return self

@@ -44,7 +44,7 @@ class OrtRunner(mo.Runner):
         outs = self.session.run(self.output_names, feeds)
         return [torch.from_numpy(o) for o in outs]
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.session = None
 
 

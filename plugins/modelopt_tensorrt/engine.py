@@ -135,7 +135,7 @@ class TrtRunner(mo.Runner):
     def synchronize(self) -> None:
         self.torch.cuda.synchronize()
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.context = None
         self.engine = None
 

@@ -70,7 +70,7 @@ class TorchRunner(mo.Runner):
         if torch.device(self.device).type == "cuda":
             torch.cuda.synchronize()
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.module = None
 
 
