@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -73,10 +71,10 @@ def agreement(ref: list[torch.Tensor], got: list[torch.Tensor]) -> dict[str, flo
 
 
 def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "cores": os.cpu_count()}
+    """What the numbers were measured on (the same record every Report carries)."""
+    from modelopt_core.environment import describe_environment
+
+    return describe_environment()
 
 
 def write_results(name: str, payload: dict[str, Any], table: list[dict[str, Any]],

@@ -1,14 +1,38 @@
-"""The ``modelopt`` command: ``modelopt plugins [--json]``, ``modelopt demo``,
-``modelopt run RECIPE``."""
+"""The ``modelopt`` command: ``plugins``, ``describe``, ``demo``, ``run``.
+
+``modelopt --version``; ``python -m modelopt_core`` works the same. Errors print one line
+naming the step, field or file; ``--verbose`` adds the traceback and debug logging,
+``--quiet`` keeps only the results and errors.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import Any
 
 from .errors import ModeloptError
+
+_EXAMPLES = {
+    "plugins": """examples:
+  modelopt plugins                 every component, its formats and availability here
+  modelopt plugins --json          the same as JSON (for scripts)""",
+    "describe": """examples:
+  modelopt describe onnx.quantize_static    options, types, defaults and help of a component
+  modelopt describe latency --json""",
+    "demo": """examples:
+  modelopt demo                    train a digits CNN (offline), prune, distill, export,
+                                   quantize to INT8, compare; writes modelopt-demo-out/
+  modelopt demo --epochs 3 --out /tmp/demo --quiet""",
+    "run": """examples:
+  modelopt run docs/recipes/digits-int8.toml
+  modelopt run recipe.toml --dry-run          check components, export chains and data needs
+  modelopt run recipe.toml --json --out out/  the report as JSON on stdout, files in out/""",
+}
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -22,12 +46,66 @@ def _plugins(args: argparse.Namespace) -> int:
         print(f"{name}  ({p['distribution']} {p['version']})")
         for c in p["components"]:
             state = "ok" if c["available"] else f"unavailable: {c['reason']}"
-            fmt = c.get("formats", "")
-            fmt = ",".join(fmt) if isinstance(fmt, list) else fmt
+            fmt = ",".join(c["accepts"]) + (f"->{c['produces']}" if c["produces"] else "")
             print(f"  {c['kind']:<9} {c['name']:<24} {fmt:<14} {state}")
     for f in summary["failed"]:
         print(f"FAILED {f['name']} ({f['distribution']}): {f['error']}")
     return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    import attrs
+
+    from .config import config_fields
+    from .errors import UnknownComponentError
+    from .plugins import KINDS, get_plugin_manager
+
+    pm = get_plugin_manager()
+    found = [i for k in KINDS for i in pm.components(k) if i.name == args.component]
+    if not found:
+        names = [i.name for i in pm.components()]
+        from .errors import close_names
+
+        hint = close_names(args.component, names)
+        raise UnknownComponentError(
+            f"no component named {args.component!r}"
+            + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "")
+            + " Run `modelopt plugins` for the list.")
+    out = []
+    for info in found:
+        ok, why = info.cls.availability()
+        options = []
+        for name, a in config_fields(info.cls.Config).items():
+            default: Any = a.default
+            if default is attrs.NOTHING:
+                default = "(required)"
+            elif isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                default = default.factory()
+            options.append({"name": name, "type": _type_name(a.type), "default": default,
+                            "help": a.metadata.get("help", "")})
+        out.append({"kind": info.kind, "name": info.name, "plugin": info.plugin,
+                    "distribution": info.distribution, "version": info.version,
+                    "description": (info.cls.__doc__ or "").strip(),
+                    "available": ok, "reason": why, "options": options})
+    if args.json:
+        print(json.dumps(out, indent=2, default=repr))
+        return 0
+    for d in out:
+        state = "available" if d["available"] else f"unavailable: {d['reason']}"
+        print(f"{d['kind']} {d['name']}  ({d['distribution']} {d['version']}; {state})")
+        print(f"  {d['description']}\n")
+        if not d["options"]:
+            print("  (no options)")
+        for o in d["options"]:
+            print(f"  {o['name']}: {o['type']} = {o['default']!r}")
+            if o["help"]:
+                print(f"      {o['help']}")
+    return 0
+
+
+def _type_name(tp: Any) -> str:
+    text = tp if isinstance(tp, str) else getattr(tp, "__name__", repr(tp))
+    return str(text).replace("typing.", "")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -36,39 +114,105 @@ def _demo(args: argparse.Namespace) -> int:
     except ImportError as e:
         print(f"modelopt demo: the demo package is not installed ({e}).", file=sys.stderr)
         return 2
-    run_demo(args.out, epochs=args.epochs, progress=not args.no_progress)
+    run_demo(args.out, epochs=args.epochs, progress=args.progress, quiet=args.quiet)
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .recipe import run_recipe
+    from .recipe import plan_recipe, run_recipe
 
-    run_recipe(args.recipe, progress=not args.no_progress)
+    if args.dry_run:
+        lines = plan_recipe(args.recipe)
+        if args.json:
+            print(json.dumps({"recipe": args.recipe, "ok": True, "plan": lines}, indent=2))
+        else:
+            print("\n".join(lines) + "\nrecipe OK (nothing was run)")
+        return 0
+    quiet = args.quiet or args.json
+    say = (lambda *a, **k: None) if quiet else print
+    report = run_recipe(args.recipe, progress=args.progress, out_dir=args.out, say=say)
+    if args.json:
+        print(report.to_json())
+    else:
+        report.print()
     return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    def verbosity(default: Any) -> argparse.ArgumentParser:
+        p = argparse.ArgumentParser(add_help=False)
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="only results and errors: no progress bars or step lines")
+        g.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="debug logging, and the full traceback on errors")
+        return p
+
+    # the flags work before or after the command; the command's copy must not reset them
+    common = verbosity(argparse.SUPPRESS)
+    ap = argparse.ArgumentParser(
+        prog="modelopt", parents=[verbosity(False)],
+        description="Make trained PyTorch models smaller and faster for deployment, and prove "
+                    "it with measurements: prune -> distill -> quantize -> export -> benchmark.",
+        epilog="Run `modelopt COMMAND --help` for a command's options and examples.")
+    ap.add_argument("--version", action="version", version=f"modelopt {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str, fn: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[common],
+                           epilog=_EXAMPLES[name],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("plugins", "list installed plugins, their components and availability", _plugins)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("describe", "show a component's description and every option", _describe)
+    p.add_argument("component", help="component name, e.g. onnx.quantize_static")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("demo", "train a digits CNN offline, optimize it end to end, compare", _demo)
+    p.add_argument("--out", default="modelopt-demo-out", help="folder for report + artifact")
+    p.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide progress bars")
+    p = add("run", "run a pipeline recipe (TOML/JSON): model, data, steps, comparison", _run)
+    p.add_argument("recipe", help="path to the recipe file")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the recipe (components, configs, export chains, data needs, "
+                        "backends) without running it")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--out", help="write report.md, report.json and the artifact here "
+                                 "(overrides the recipe's [output] dir)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide progress bars")
+    return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``modelopt`` console script."""
-    ap = argparse.ArgumentParser(prog="modelopt", description="Make PyTorch models smaller "
-                                 "and faster, and prove it with measurements.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("plugins", help="list plugins, components and their availability")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(fn=_plugins)
-    d = sub.add_parser("demo", help="train a digits CNN offline, optimize it, compare")
-    d.add_argument("--out", default="modelopt-demo-out", help="folder for report + artifact")
-    d.add_argument("--epochs", type=int, default=8, help="training epochs")
-    d.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    d.set_defaults(fn=_demo)
-    r = sub.add_parser("run", help="run a recipe (TOML/JSON): model, data, steps, compare")
-    r.add_argument("recipe", help="path to the recipe file")
-    r.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    r.set_defaults(fn=_run)
-    args = ap.parse_args(argv)
+    args = _parser().parse_args(argv)
+    if getattr(args, "quiet", False) and hasattr(args, "progress"):
+        args.progress = False
+    logging.basicConfig(level=logging.DEBUG if args.verbose else
+                        logging.ERROR if args.quiet else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.fn(args)
     except ModeloptError as e:
+        if args.verbose:
+            traceback.print_exc()
         print(f"modelopt {args.cmd}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"modelopt {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug or a library's error: one line unless --verbose
+        if args.verbose:
+            traceback.print_exc()
+        print(f"modelopt {args.cmd}: unexpected {type(e).__name__}: {e} (run with --verbose "
+              "for the traceback)", file=sys.stderr)
         return 1
 
 

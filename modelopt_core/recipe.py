@@ -1,13 +1,18 @@
-"""Recipes: a whole pipeline (model, data, steps, comparison, output) in one TOML/JSON file,
-run by ``modelopt run RECIPE``.
+"""Recipes: a whole pipeline (model, data, training, steps, comparison, output) in one
+TOML/JSON file, run by ``modelopt run RECIPE`` (``--dry-run`` checks it without running).
 
 ```toml
-model = "modelopt_demo.models:SmallCNN"        # "module:callable" returning an nn.Module
-model_kwargs = {width = 32}
+model = "modelopt_demo.models:SmallCNN"        # "module:callable" returning an nn.Module;
+model_kwargs = {width = 32}                    # the recipe's folder and the working
+                                               # directory are importable
 weights = "weights.safetensors"                # optional; safetensors only
 example_inputs = [[1, 1, 8, 8]]                # float32 shapes
 data = "modelopt_demo.recipes:digits_data"     # optional "module:callable" -> dict with any of
                                                # calibration_data, train_data, eval_fn
+[train]                                        # optional: train the model first (the shared
+epochs = 8                                     # training loop; any TrainConfig option)
+lr = 0.003
+
 [[steps]]
 export = "onnx"
 [[steps]]
@@ -15,8 +20,11 @@ apply = "onnx.quantize_static"
 per_channel = true
 
 [compare]
+title = "digits INT8"
 backends = ["torch", "onnxruntime"]
 profilers = ["accuracy", "latency", "size"]
+profiler_options = {latency = {min_time_s = 0.5}}
+backend_options = {onnxruntime = {intra_op_num_threads = 2}}
 
 [output]
 dir = "out/digits-int8"
@@ -29,15 +37,32 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, close_names
+from .errors import ConfigError, ModeloptError, close_names
 
-__all__ = ["load_recipe", "run_recipe"]
+DEFAULT_PROFILERS = ("accuracy", "latency", "size")
 
-_TOP = {"model", "model_kwargs", "weights", "example_inputs", "data", "steps", "compare",
-        "output", "input_names"}
+__all__ = ["load_recipe", "plan_recipe", "run_recipe"]
+
+_TOP = {"model", "model_kwargs", "weights", "example_inputs", "data", "train", "steps",
+        "compare", "output", "input_names"}
+_TABLES = {"compare": {"backends", "profilers", "profiler_options", "backend_options", "title"},
+           "output": {"dir"}}
+_DATA_KEYS = {"calibration_data", "train_data", "eval_fn"}
+
+
+def _check_keys(where: str, got: Any, valid: set[str]) -> None:
+    if not isinstance(got, dict):
+        raise ConfigError(f"{where} must be a table/object, got {type(got).__name__}.")
+    unknown = sorted(set(got) - valid)
+    if unknown:
+        hints = [f"{k!r} (did you mean {close_names(k, valid)[0]!r}?)" if close_names(k, valid)
+                 else repr(k) for k in unknown]
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(hints)}. Valid keys: "
+                          f"{', '.join(sorted(valid))}.")
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
@@ -56,12 +81,20 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"recipe {p}: cannot parse ({e}).") from e
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {p}: the top level must be a table/object.")
-    for k in data:
-        if k not in _TOP:
-            hint = close_names(k, _TOP)
-            raise ConfigError(f"recipe {p}: unknown key {k!r}"
-                              + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                              + f". Valid keys: {', '.join(sorted(_TOP))}.")
+    _check_keys(f"recipe {p}", data, _TOP)
+    for table, valid in _TABLES.items():
+        if table in data:
+            _check_keys(f"recipe {p}: [{table}]", data[table], valid)
+    if "train" in data:
+        from .config import build_config
+        from .training import TrainConfig
+
+        if not isinstance(data["train"], dict):
+            raise ConfigError(f"recipe {p}: [train] must be a table of training options.")
+        build_config(TrainConfig, dict(data["train"]), f"recipe {p}: [train]")
+    if "data" not in data and "train" in data:
+        raise ConfigError(f"recipe {p}: [train] needs training data: add data = "
+                          "\"module:callable\" returning {'train_data': ...}.")
     for k in ("model", "example_inputs"):
         if k not in data:
             raise ConfigError(f"recipe {p}: missing required key {k!r}.")
@@ -79,39 +112,115 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _import(ref: str, field: str) -> Any:
+def _import(ref: str, field: str, folder: Path | None = None) -> Any:
     mod, _, attr = ref.partition(":")
     if not mod or not attr:
         raise ConfigError(f"recipe: {field} must look like 'package.module:callable', "
                           f"got {ref!r}.")
+    extra = [str(x) for x in (folder, Path.cwd()) if x is not None
+             and str(x) not in sys.path]
+    sys.path[:0] = extra  # the recipe's folder and the working directory are importable
     try:
         obj = getattr(importlib.import_module(mod), attr)
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"recipe: cannot import {field} {ref!r}: {e}") from e
+    finally:
+        for x in extra:
+            sys.path.remove(x)
     if not callable(obj):
         raise ConfigError(f"recipe: {field} {ref!r} is not callable.")
     return obj
 
 
-def run_recipe(path: str | Path, progress: bool = True) -> Any:
-    """Run a recipe: build the Session, apply the steps, compare, write outputs.
-    Returns the :class:`~modelopt_core.Report`."""
+def plan_recipe(path: str | Path, plugins: Any = None) -> list[str]:
+    """Check a recipe without running anything heavy: the model and data callables import,
+    every step's component exists and takes its config, the formats chain (exports have a
+    path, optimizers accept the format they get), steps find the data they need, every
+    backend and profiler exists and each backend runs some artifact of the pipeline.
+    Returns the plan as lines; raises :class:`ConfigError` naming the first problem."""
+    from .plugins import get_plugin_manager
+
+    p = Path(path)
+    r = load_recipe(p)
+    pm = plugins or get_plugin_manager()
+    _import(r["model"], "model", p.parent)
+    lines = [f"model {r['model']} on inputs {r['example_inputs']}"]
+    if "data" in r:
+        _import(r["data"], "data", p.parent)
+        lines.append(f"data from {r['data']}")
+    if "train" in r:
+        lines.append(f"train {r['train']}")
+    fmt, formats = "torch", ["torch"]
+    for i, st in enumerate(r.get("steps", [])):
+        st = dict(st)
+        verb = "apply" if "apply" in st else "export"
+        name = st.pop(verb)
+        where = f"recipe step {i + 1} ({verb} {name!r})"
+        try:
+            if verb == "export":
+                chain = pm.export_path(fmt, name)
+                for j, info in enumerate(chain):
+                    info.cls(**(st if j == len(chain) - 1 else {}))
+                fmt = name
+            else:
+                cls = pm.get("optimizer", name).cls
+                cls(**st)
+                if fmt not in cls.accepts:
+                    raise ConfigError(f"{name!r} takes {list(cls.accepts)} artifacts but gets "
+                                      f"{fmt!r} here; add an export step before it.")
+                if cls.needs and "data" not in r:
+                    raise ConfigError(f"{name!r} needs {list(cls.needs)}: add data = "
+                                      "\"module:callable\" to the recipe.")
+        except ModeloptError as e:
+            raise ConfigError(f"{where}: {e}") from e
+        formats.append(fmt)
+        lines.append(f"step {i + 1}: {verb} {name} {st or ''} -> {fmt}".replace(" {}", ""))
+    cmp = r.get("compare", {})
+    for b in cmp.get("backends", ["torch"]):
+        try:
+            accepts = pm.get("backend", b).cls.accepts
+        except ModeloptError as e:
+            raise ConfigError(f"recipe [compare] backends: {e}") from e
+        if not set(accepts) & set(formats):
+            raise ConfigError(f"recipe [compare]: backend {b!r} runs {list(accepts)} artifacts, "
+                              f"but the pipeline makes only {sorted(set(formats))}; drop it or "
+                              "add an export step.")
+    for prof in cmp.get("profilers", DEFAULT_PROFILERS):
+        try:
+            pm.get("profiler", prof).cls(**cmp.get("profiler_options", {}).get(prof, {}))
+        except ModeloptError as e:
+            raise ConfigError(f"recipe [compare] profilers: {e}") from e
+    lines.append(f"compare on {cmp.get('backends', ['torch'])} with "
+                 f"{cmp.get('profilers', list(DEFAULT_PROFILERS))}")
+    if r.get("output", {}).get("dir"):
+        lines.append(f"write to {r['output']['dir']}")
+    return lines
+
+
+def run_recipe(path: str | Path, progress: bool = True, out_dir: str | Path | None = None,
+               say: Any = print) -> Any:
+    """Run a recipe: build the model (training it when the recipe has ``[train]``), apply the
+    steps, compare, write outputs (to ``out_dir`` when given, else ``[output].dir``).
+    Returns the :class:`~modelopt_core.Report`; ``say`` receives the progress lines."""
     import torch
 
     from .artifact import load_artifact
     from .session import Session
 
-    r = load_recipe(path)
-    model = _import(r["model"], "model")(**r.get("model_kwargs", {}))
+    p = Path(path)
+    plan_recipe(p)  # every check first: nothing runs for a recipe that cannot finish
+    r = load_recipe(p)
+    model = _import(r["model"], "model", p.parent)(**r.get("model_kwargs", {}))
     if "weights" in r:
-        wpath = Path(path).parent / r["weights"]
-        model = load_artifact(wpath, model=model).model
+        model = load_artifact(p.parent / r["weights"], model=model).model
     inputs = tuple(torch.randn(*s) for s in r["example_inputs"])
-    data = _import(r["data"], "data")() if "data" in r else {}
-    unknown = set(data) - {"calibration_data", "train_data", "eval_fn"}
-    if unknown:
-        raise ConfigError(f"recipe: data callable returned unknown keys {sorted(unknown)}; use "
-                          "calibration_data, train_data, eval_fn.")
+    data = _import(r["data"], "data", p.parent)() if "data" in r else {}
+    if not isinstance(data, dict) or set(data) - _DATA_KEYS:
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(f"recipe: the data callable must return a dict with any of "
+                          f"{sorted(_DATA_KEYS)}; got {got}.")
+    if "train" in r:
+        model = _train(model, r["train"], data, progress, say)
     s = Session(model, inputs, input_names=r.get("input_names"), progress=progress, **data)
     for i, st in enumerate(r.get("steps", [])):
         st = dict(st)
@@ -119,19 +228,41 @@ def run_recipe(path: str | Path, progress: bool = True) -> Any:
         name = st.pop(verb)
         try:
             art = getattr(s, verb)(name, **st)
-        except ConfigError as e:
-            raise ConfigError(f"recipe step {i + 1} ({verb} {name!r}): {e}") from e
-        print(f"step {i + 1}: {verb} {name} -> {art.format} "
-              f"({art.lineage[-1].duration_s:.1f} s)")
+        except ModeloptError as e:  # same error type, with the step it came from
+            raise type(e)(f"recipe step {i + 1} ({verb} {name!r}): {e}") from e
+        say(f"step {i + 1}: {verb} {name} -> {art.format} "
+            f"({art.lineage[-1].duration_s:.1f} s)")
     cmp = r.get("compare", {})
+    say("measuring every step...")
     report = s.compare(backends=cmp.get("backends", ["torch"]),
-                       profilers=cmp.get("profilers", ["latency", "size", "accuracy"]))
-    report.print()
-    out = r.get("output", {}).get("dir")
+                       profilers=cmp.get("profilers", list(DEFAULT_PROFILERS)),
+                       backend_options=cmp.get("backend_options"),
+                       profiler_options=cmp.get("profiler_options"))
+    report.title = cmp.get("title", f"modelopt run {p.name}")
+    out = out_dir or r.get("output", {}).get("dir")
     if out:
         out = Path(out)
         report.to_markdown(out / "report.md")
         report.to_json(out / "report.json")
         s.current.save(out / "artifact")
-        print(f"wrote {out}/report.md, report.json and artifact/")
+        say(f"wrote {out}/report.md, report.json and artifact/")
     return report
+
+
+def _train(model: Any, options: dict[str, Any], data: dict[str, Any], progress: bool,
+           say: Any) -> Any:
+    """Train a copy of the freshly built model with the shared loop (``[train]``)."""
+    import copy
+
+    from .config import build_config
+    from .errors import DataError
+    from .interfaces import Context
+    from .training import TrainConfig, fit
+
+    if data.get("train_data") is None:
+        raise DataError("recipe [train]: the data callable returned no train_data.")
+    cfg = build_config(TrainConfig, dict(options), "recipe [train]")
+    say(f"training {type(model).__name__} ({cfg.epochs} epochs)...")
+    model = copy.deepcopy(model)
+    fit(model, data["train_data"], config=cfg, ctx=Context(show_progress=progress))
+    return model.eval()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,47 @@ __all__ = ["Report"]
 #: preferred column order; other metrics follow alphabetically
 COLUMNS = ("step", "format", "backend", "accuracy", "accuracy_delta", "latency_p50_ms",
            "latency_p95_ms", "speedup", "throughput_per_s", "size_mb", "size_ratio",
-           "params", "sparsity", "peak_memory_mb")
+           "params", "sparsity", "peak_memory_mb", "note")
+
+#: column -> (header with unit, formatter) for the human-readable table; JSON keeps the keys
+_FORMAT: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "accuracy": ("accuracy", lambda v: f"{v:.2f}"),
+    "accuracy_delta": ("Δ accuracy", lambda v: f"{v:+.2f}"),
+    "latency_p50_ms": ("p50 ms", lambda v: f"{v:.3f}"),
+    "latency_p95_ms": ("p95 ms", lambda v: f"{v:.3f}"),
+    "latency_mean_ms": ("mean ms", lambda v: f"{v:.3f}"),
+    "latency_iqr_ms": ("IQR ms", lambda v: f"{v:.3f}"),
+    "speedup": ("speedup", lambda v: f"{v:.2f}x"),
+    "throughput_per_s": ("samples/s", lambda v: f"{v:,.0f}"),
+    "size_mb": ("size MB", lambda v: f"{v:.3f}"),
+    "size_ratio": ("smaller", lambda v: f"{v:.2f}x"),
+    "params": ("params", lambda v: f"{v:,}"),
+    "sparsity": ("sparsity", lambda v: f"{100 * v:.1f}%"),
+    "peak_memory_mb": ("peak MB", lambda v: f"{v:.1f}"),
+    "peak_rss_mb": ("RSS MB", lambda v: f"{v:.0f}"),
+}
+
+
+_TEXT = ("step", "format", "backend", "error", "note")
+#: columns a narrow terminal drops first (the Markdown and JSON reports keep them all)
+_DROP_ORDER = ("format", "latency_p95_ms", "params", "sparsity", "peak_memory_mb",
+               "size_ratio", "accuracy_delta", "note", "size_mb", "throughput_per_s")
 
 
 class Report:
-    """A table of measurement rows (dicts); the first row is the baseline."""
+    """A table of measurement rows (dicts); the first row is the baseline.
 
-    def __init__(self, rows: list[dict[str, Any]], title: str = "modelopt comparison") -> None:
+    ``environment`` records what the figures were measured on (see
+    :func:`~modelopt_core.environment.describe_environment`); ``notes`` maps a row's step to
+    the lineage notes of that step (warnings, fallbacks, what a step did not do)."""
+
+    def __init__(self, rows: list[dict[str, Any]], title: str = "modelopt comparison",
+                 environment: dict[str, Any] | None = None,
+                 notes: dict[str, list[str]] | None = None) -> None:
         self.title = title
         self.rows = [dict(r) for r in rows]
+        self.environment = dict(environment or {})
+        self.notes = {k: list(v) for k, v in (notes or {}).items()}
         self._add_ratios()
 
     def _add_ratios(self) -> None:
@@ -55,8 +88,9 @@ class Report:
         return [c for c in self.all_columns if c in COLUMNS or c == "error"]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data: title, columns, rows."""
-        return {"title": self.title, "columns": self.all_columns, "rows": self.rows}
+        """Plain data: title, columns, rows, lineage notes, environment."""
+        return {"title": self.title, "columns": self.all_columns, "rows": self.rows,
+                "notes": self.notes, "environment": self.environment}
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
         """JSON text; written atomically to ``path`` when given."""
@@ -67,37 +101,71 @@ class Report:
 
     def to_markdown(self, path: str | os.PathLike[str] | None = None,
                     columns: list[str] | None = None) -> str:
-        """A Markdown table; written atomically to ``path`` when given."""
+        """A Markdown table with human headers and fixed decimals, then the lineage notes and
+        the environment; written atomically to ``path`` when given."""
         cols = columns or self.columns
-        lines = [f"### {self.title}", "", "| " + " | ".join(cols) + " |",
+        lines = [f"### {self.title}", "", "| " + " | ".join(header(c) for c in cols) + " |",
                  "|" + "|".join("---" for _ in cols) + "|"]
         for r in self.rows:
-            lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+            lines.append("| " + " | ".join(_md(fmt(c, r.get(c))) for c in cols) + " |")
+        if any(self.notes.values()):
+            lines += ["", "Notes:"]
+            lines += [f"- {step}: {n}" for step, ns in self.notes.items() for n in ns]
+        if self.environment:
+            lines += ["", "Measured on: " + environment_line(self.environment)]
         text = "\n".join(lines) + "\n"
         if path is not None:
             _atomic_write(Path(path), text)
         return text
 
-    def print(self, columns: list[str] | None = None) -> None:
-        """Print the table to the terminal (rich when installed)."""
+    def print(self, columns: list[str] | None = None, file: Any = None) -> None:
+        """Print the table to the terminal (rich on a terminal, fitted to its width; Markdown
+        otherwise)."""
         import sys
 
         cols = columns or self.columns
-        try:
-            from rich.console import Console
-            from rich.table import Table
-        except ImportError:
-            Console = None  # noqa: N806
-        if Console is None or not sys.stdout.isatty():
-            print(self.to_markdown(columns=cols))
+        out = file or sys.stdout
+        if not getattr(out, "isatty", lambda: False)():
+            print(self.to_markdown(columns=cols), file=out)
             return
-        t = Table(title=self.title)
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console(file=out)
+        cols, hidden = self._fit(cols, console.width)
+        t = Table(title=self.title, header_style="bold")
         for c in cols:
-            t.add_column(c, justify="left" if c in ("step", "format", "backend", "error")
-                         else "right")
+            t.add_column(header(c), justify="left" if c in _TEXT else "right",
+                         no_wrap=c not in _TEXT, overflow="fold")
         for r in self.rows:
-            t.add_row(*(_fmt(r.get(c)) for c in cols))
-        Console(width=max(Console().width, 40 + 12 * len(cols))).print(t)
+            t.add_row(*(fmt(c, r.get(c)) for c in cols))
+        console.print(t)
+        if hidden:
+            console.print(f"({len(hidden)} column(s) hidden to fit {console.width} columns: "
+                          f"{', '.join(header(c) for c in hidden)}; see the Markdown/JSON "
+                          "report)", style="dim", markup=False)
+        if self.environment:
+            console.print("measured on: " + environment_line(self.environment),
+                          style="dim", markup=False)
+
+    def _fit(self, cols: list[str], width: int) -> tuple[list[str], list[str]]:
+        """Drop the least important columns until the table fits ``width`` characters
+        (numbers are never wrapped; headers wrap at spaces; text columns wrap)."""
+
+        def need(c: str) -> int:
+            cells = [fmt(c, r.get(c)) for r in self.rows]
+            if c in _TEXT:
+                return min(max([len(x) for x in cells] + [len(c)]), 10) + 3
+            return max([len(w) for w in header(c).split()] + [len(x) for x in cells]) + 3
+
+        cols, hidden = list(cols), []
+        for c in _DROP_ORDER:
+            if sum(need(x) for x in cols) + 1 <= width:
+                break
+            if c in cols:
+                cols.remove(c)
+                hidden.append(c)
+        return cols, hidden
 
     def __str__(self) -> str:
         return self.to_markdown()
@@ -107,20 +175,52 @@ def _num(v: Any, zero_ok: bool = False) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and (zero_ok or v > 0)
 
 
-def _fmt(v: Any) -> str:
+def header(col: str) -> str:
+    """The human header of a column (with its unit)."""
+    return _FORMAT[col][0] if col in _FORMAT else col
+
+
+def fmt(col: str, v: Any) -> str:
+    """A cell: fixed decimals and units per column; never scientific notation."""
     if v is None:
         return ""
-    if isinstance(v, bool):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v)
-    if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
-    return str(v).replace("|", "\\|")
+    if col in _FORMAT:
+        return _FORMAT[col][1](v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:,.4f}".rstrip("0").rstrip(".") if abs(v) < 1e15 else f"{v:.3e}"
+
+
+def _md(cell: str) -> str:
+    return cell.replace("|", "\\|")
+
+
+def environment_line(env: dict[str, Any]) -> str:
+    """One line: CPU, cores, threads, load, key library versions."""
+    parts = [str(env.get("cpu", "?"))]
+    if env.get("cores"):
+        usable = env.get("cores_usable", env["cores"])
+        parts.append(f"{env['cores']} cores" if usable == env["cores"]
+                     else f"{usable} of {env['cores']} cores usable")
+    if env.get("torch_threads"):
+        parts.append(f"{env['torch_threads']} torch threads")
+    if env.get("load_1min") is not None:
+        parts.append(f"load {env['load_1min']}")
+    if env.get("cuda"):
+        parts.append(str(env["cuda"]))
+    versions = env.get("versions", {})
+    parts += [f"{k} {v}" for k, v in versions.items()
+              if k in ("torch", "onnxruntime", "openvino", "tensorrt", "modelopt-core")]
+    return ", ".join(parts)
 
 
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: give the usual mode
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -130,3 +230,9 @@ def _atomic_write(path: Path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

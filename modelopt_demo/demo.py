@@ -45,28 +45,31 @@ def train_demo_model(epochs: int = 8, seed: int = 0, progress: bool = True) -> t
 
 def run_demo(out_dir: str | Path = "modelopt-demo-out", epochs: int = 8,
              backends: tuple[str, ...] = ("torch", "onnxruntime"), progress: bool = True,
-             pipeline: list[tuple[str, str, dict[str, Any]]] | None = None) -> mo.Report:
-    """Train, optimize, compare; writes ``report.md``, ``report.json`` and the final artifact."""
+             pipeline: list[tuple[str, str, dict[str, Any]]] | None = None,
+             quiet: bool = False) -> mo.Report:
+    """Train, optimize, compare; writes ``report.md``, ``report.json`` and the final artifact.
+    ``quiet`` prints only the table."""
+    say = (lambda *a: None) if quiet else print
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     out = Path(out_dir)
     t0 = time.perf_counter()
-    print(f"[1/3] training SmallCNN on scikit-learn digits ({epochs} epochs)...")
+    say(f"[1/3] training SmallCNN on scikit-learn digits ({epochs} epochs)...")
     model, data = train_demo_model(epochs, progress=progress)
-    print(f"      trained in {time.perf_counter() - t0:.1f} s")
+    say(f"      trained in {time.perf_counter() - t0:.1f} s")
     s = mo.Session(model, (data.example,), calibration_data=data.calibration,
                    train_data=data.train, eval_fn=accuracy_fn(data.test), progress=progress)
-    print("[2/3] optimizing through the Session:")
+    say("[2/3] optimizing through the Session:")
     pm = s.pm
     for method, name, cfg in pipeline if pipeline is not None else PIPELINE:
         kind = "exporter" if method == "export" else "optimizer"
         if kind == "optimizer" and not any(i.name == name for i in pm.components(kind)):
-            print(f"      - {name}: not installed, skipped")
+            say(f"      - {name}: not installed, skipped")
             continue
         t = time.perf_counter()
         art = getattr(s, method)(name, **cfg)
         notes = "; ".join(art.lineage[-1].notes)
-        print(f"      - {art.name} ({time.perf_counter() - t:.1f} s){': ' + notes if notes else ''}")
-    print("[3/3] measuring every step (accuracy, latency, throughput, size)...")
+        say(f"      - {art.name} ({time.perf_counter() - t:.1f} s){': ' + notes if notes else ''}")
+    say("[3/3] measuring every step (accuracy, latency, throughput, size)...")
     report = s.compare(backends=list(backends),
                        profilers=["accuracy", "latency", "throughput", "size"],
                        profiler_options={"latency": {"iterations": 50}})
@@ -76,6 +79,6 @@ def run_demo(out_dir: str | Path = "modelopt-demo-out", epochs: int = 8,
     report.to_markdown(out / "report.md")
     report.to_json(out / "report.json")
     s.current.save(out / "final-artifact")
-    print(f"wrote {out / 'report.md'}, {out / 'report.json'} and {out / 'final-artifact'} "
-          f"({time.perf_counter() - t0:.1f} s in all)")
+    say(f"wrote {out / 'report.md'}, {out / 'report.json'} and {out / 'final-artifact'} "
+        f"({time.perf_counter() - t0:.1f} s in all)")
     return report

@@ -1,7 +1,8 @@
 """Profilers: latency percentiles, throughput, peak memory, size on disk, accuracy.
 
-Timing profilers run the session's example inputs (optionally tiled to ``batch_size``),
-warm up first, and synchronise the device around each timed call.
+Timing profilers run the session's example inputs or its calibration batches (optionally
+tiled to ``batch_size``), warm up first, synchronise the device around each timed call, and
+time for a minimum duration rather than a fixed count, so that fast models get enough samples.
 """
 
 from __future__ import annotations
@@ -10,38 +11,50 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import modelopt_core as mo
 
 
-def _inputs(ctx: mo.Context, batch_size: int | None) -> tuple[Any, ...]:
-    xs = tuple(ctx.example_inputs)
-    if not xs:
-        raise mo.DataError("profiler: the session has no example_inputs to run.")
+def _inputs(ctx: mo.Context, batch_size: int | None, source: str = "example",
+            limit: int = 64) -> list[tuple[Any, ...]]:
+    """The inputs to time: the example inputs, or the session's calibration batches ("use
+    real input data"), each optionally tiled/cut to ``batch_size`` rows."""
+    if source == "calibration":
+        sets = ctx.calibration_batches("profiler", limit=limit)
+    else:
+        xs = tuple(ctx.example_inputs)
+        if not xs:
+            raise mo.DataError("profiler: the session has no example_inputs to run.")
+        sets = [xs]
     if batch_size is None:
-        return xs
+        return sets
     out = []
-    for x in xs:
-        reps = -(-batch_size // x.shape[0])
-        out.append(x.repeat(reps, *([1] * (x.dim() - 1)))[:batch_size].contiguous())
-    return tuple(out)
+    for xs in sets:
+        tiled = []
+        for x in xs:
+            reps = -(-batch_size // x.shape[0])
+            tiled.append(x.repeat(reps, *([1] * (x.dim() - 1)))[:batch_size].contiguous())
+        out.append(tuple(tiled))
+    return out
 
 
-def _timed_calls(runner: mo.Runner, xs: tuple[Any, ...], warmup: int, iterations: int,
-                 min_time_s: float) -> list[float]:
-    for _ in range(warmup):
-        runner(*xs)
+def _timed_calls(runner: mo.Runner, sets: list[tuple[Any, ...]], c: Any) -> list[float]:
+    """Per-call seconds: ``warmup`` untimed calls, then timed calls (cycling through the input
+    sets) until both ``iterations`` calls and ``min_time_s`` seconds are reached, or
+    ``max_iterations`` calls."""
+    for i in range(c.warmup):
+        runner(*sets[i % len(sets)])
     runner.synchronize()
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < iterations or (time.perf_counter() - start) < min_time_s:
+    while (len(times) < c.iterations or time.perf_counter() - start < c.min_time_s) \
+            and len(times) < c.max_iterations:
+        xs = sets[len(times) % len(sets)]
         t0 = time.perf_counter()
         runner(*xs)
         runner.synchronize()
         times.append(time.perf_counter() - t0)
-        if len(times) >= 50 * iterations:
-            break
     return times
 
 
@@ -56,16 +69,26 @@ def _percentile(sorted_vals: list[float], q: float) -> float:
 
 @mo.config
 class LatencyConfig:
-    warmup: int = mo.field(5, validator=mo.in_range(0, 10_000), help="untimed calls first")
+    warmup: int = mo.field(10, validator=mo.in_range(0, 10_000), help="untimed calls first")
     iterations: int = mo.field(30, validator=mo.positive, help="timed calls (at least)")
-    min_time_s: float = mo.field(0.0, validator=mo.in_range(0, 3600),
+    min_time_s: float = mo.field(0.3, validator=mo.in_range(0, 3600),
                                  help="keep timing until this many seconds passed")
+    max_iterations: int = mo.field(100_000, validator=mo.positive,
+                                   help="stop after this many timed calls")
     batch_size: int | None = mo.field(None, validator=mo.positive,
-                                      help="tile example inputs to this batch size")
+                                      help="tile the inputs to this batch size")
+    inputs: Literal["example", "calibration"] = mo.field(
+        "example", help="time the example inputs, or cycle through the session's "
+                        "calibration batches (real data)")
+    noise_threshold: float = mo.field(
+        0.25, validator=mo.in_range(0, 100),
+        help="flag the row as noisy when the interquartile range exceeds this fraction of "
+             "the median")
 
 
 class LatencyProfiler(mo.Profiler):
-    """Per-call latency: p50/p95/p99, mean and std in milliseconds (after warm-up)."""
+    """Per-call latency in ms after warm-up: p50/p95/p99, mean, std, min, max and the
+    interquartile range, timed for at least ``min_time_s``; flags noisy measurements."""
 
     name = "latency"
     Config = LatencyConfig
@@ -73,25 +96,72 @@ class LatencyProfiler(mo.Profiler):
     def profile(self, runner: mo.Runner, artifact: mo.ModelArtifact,
                 ctx: mo.Context) -> dict[str, Any]:
         c = self.config
-        ts = sorted(t * 1e3 for t in _timed_calls(runner, _inputs(ctx, c.batch_size), c.warmup,
-                                                   c.iterations, c.min_time_s))
-        return {"latency_p50_ms": _percentile(ts, 0.50), "latency_p95_ms": _percentile(ts, 0.95),
-                "latency_p99_ms": _percentile(ts, 0.99), "latency_mean_ms": statistics.fmean(ts),
-                "latency_std_ms": statistics.pstdev(ts), "latency_n": len(ts)}
+        ts = sorted(t * 1e3 for t in _timed_calls(runner, _inputs(ctx, c.batch_size, c.inputs),
+                                                   c))
+        p25, p50, p75 = (_percentile(ts, q) for q in (0.25, 0.5, 0.75))
+        out = {"latency_p50_ms": p50, "latency_p95_ms": _percentile(ts, 0.95),
+               "latency_p99_ms": _percentile(ts, 0.99), "latency_mean_ms": statistics.fmean(ts),
+               "latency_std_ms": statistics.pstdev(ts), "latency_min_ms": ts[0],
+               "latency_max_ms": ts[-1], "latency_iqr_ms": p75 - p25, "latency_n": len(ts)}
+        spread = (p75 - p25) / p50 if p50 > 0 else 0.0
+        if spread > c.noise_threshold:
+            out["latency_noisy"] = True
+            ctx.warn(f"latency of {artifact.name!r} on this backend is noisy: interquartile "
+                     f"range {100 * spread:.0f}% of the median (threshold "
+                     f"{100 * c.noise_threshold:.0f}%); the machine is busy, or raise "
+                     "min_time_s.")
+        return out
+
+
+@mo.config
+class ThroughputConfig:
+    warmup: int = mo.field(10, validator=mo.in_range(0, 10_000), help="untimed calls first")
+    min_time_s: float = mo.field(0.5, validator=mo.in_range(0, 3600),
+                                 help="time blocks of calls for at least this long")
+    block_time_s: float = mo.field(0.02, validator=mo.in_range(1e-4, 60),
+                                   help="each timed block runs calls for about this long")
+    min_blocks: int = mo.field(5, validator=mo.positive, help="timed blocks (at least)")
+    batch_size: int | None = mo.field(None, validator=mo.positive,
+                                      help="tile the inputs to this batch size")
+    inputs: Literal["example", "calibration"] = mo.field(
+        "example", help="the example inputs, or the session's calibration batches")
 
 
 class ThroughputProfiler(mo.Profiler):
-    """Samples per second over repeated calls (batch = first input's leading dim)."""
+    """Samples per second: blocks of back-to-back calls for at least ``min_time_s``; the
+    median block rate (robust to a stray slow call, and consistent with the median
+    latency). Reports the duration and the number of calls measured."""
 
     name = "throughput"
-    Config = LatencyConfig
+    Config = ThroughputConfig
 
     def profile(self, runner: mo.Runner, artifact: mo.ModelArtifact,
                 ctx: mo.Context) -> dict[str, Any]:
         c = self.config
-        xs = _inputs(ctx, c.batch_size)
-        ts = _timed_calls(runner, xs, c.warmup, c.iterations, c.min_time_s)
-        return {"throughput_per_s": xs[0].shape[0] * len(ts) / sum(ts)}
+        sets = _inputs(ctx, c.batch_size, c.inputs)
+        for i in range(c.warmup):
+            runner(*sets[i % len(sets)])
+        runner.synchronize()
+        t0 = time.perf_counter()  # calls per block from one timed call
+        runner(*sets[0])
+        runner.synchronize()
+        per_block = max(1, int(c.block_time_s / max(time.perf_counter() - t0, 1e-7)))
+        rates: list[float] = []
+        calls = 0
+        start = time.perf_counter()
+        while len(rates) < c.min_blocks or time.perf_counter() - start < c.min_time_s:
+            samples = 0
+            t0 = time.perf_counter()
+            for i in range(per_block):
+                xs = sets[(calls + i) % len(sets)]
+                runner(*xs)
+                samples += xs[0].shape[0] if xs[0].dim() else 1
+            runner.synchronize()
+            rates.append(samples / (time.perf_counter() - t0))
+            calls += per_block
+        return {"throughput_per_s": statistics.median(rates),
+                "throughput_duration_s": time.perf_counter() - start,
+                "throughput_calls": calls}
 
 
 def _rss_kb(field: str) -> int | None:
@@ -110,7 +180,9 @@ class MemoryConfig:
 
 
 class MemoryProfiler(mo.Profiler):
-    """Peak memory of inference: CUDA peak allocated, or CPU peak RSS growth (Linux)."""
+    """Peak memory of inference: CUDA peak allocated (``peak_memory_mb``); on CPU the
+    process's peak RSS while running (``peak_rss_mb``, the whole process: Python, libraries,
+    every loaded model) and its growth during the calls (``rss_growth_mb``)."""
 
     name = "memory"
     Config = MemoryConfig
@@ -119,7 +191,7 @@ class MemoryProfiler(mo.Profiler):
                 ctx: mo.Context) -> dict[str, Any]:
         import torch
 
-        xs = _inputs(ctx, None)
+        xs = _inputs(ctx, None)[0]
         if runner.device.startswith("cuda") and torch.cuda.is_available():
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -129,6 +201,8 @@ class MemoryProfiler(mo.Profiler):
             torch.cuda.synchronize()
             return {"peak_memory_mb": (torch.cuda.max_memory_allocated() - base) / 2**20,
                     "memory_device": "cuda"}
+        # a CPU runtime's activations come from allocators that reuse freed blocks, so a
+        # per-inference peak cannot be told apart from the process: report the process's
         runner(*xs)  # first-call allocations (arenas, lazy init) are part of the cost
         try:  # "5" resets the peak RSS (VmHWM) of this process
             Path("/proc/self/clear_refs").write_text("5")
@@ -138,7 +212,7 @@ class MemoryProfiler(mo.Profiler):
         for _ in range(self.config.iterations):
             runner(*xs)
         peak = _rss_kb("VmHWM") or base
-        return {"peak_memory_mb": max(peak - base, 0) / 1024, "peak_rss_mb": peak / 1024,
+        return {"peak_rss_mb": peak / 1024, "rss_growth_mb": max(peak - base, 0) / 1024,
                 "memory_device": "cpu"}
 
 
@@ -164,10 +238,14 @@ class SizeProfiler(mo.Profiler):
 
 
 def weight_stats(artifact: mo.ModelArtifact) -> dict[str, Any]:
-    """Parameter count, overall sparsity and per-layer sparsity of weight tensors."""
-    import numpy as np
+    """Parameter count, overall sparsity and per-layer sparsity of weight tensors.
 
-    layers: dict[str, tuple[int, int]] = {}  # name -> (zeros, total)
+    ONNX weights are read from initializers and ``Constant`` nodes; quantized (INT8/UINT8)
+    weights count as parameters, but not towards ``sparsity``: a quantized weight at its zero
+    point may be pruned or merely rounded to zero, so that fraction is reported apart
+    (``quantized_zero_fraction``). Quantization scales and zero points are not parameters."""
+    layers: dict[str, tuple[int, int]] = {}  # float weights: name -> (zeros, total)
+    qzeros = qtotal = 0  # quantized weights: values at their zero point, all values
     params = 0
     if artifact.format == "torch":
         for name, p in artifact.model.named_parameters():
@@ -175,20 +253,70 @@ def weight_stats(artifact: mo.ModelArtifact) -> dict[str, Any]:
             if name.endswith("weight") and p.dim() > 1:
                 layers[name[:-7]] = (int((p == 0).sum()), p.numel())
     elif artifact.format == "onnx":
-        from onnx import numpy_helper
-
-        for init in artifact.model.graph.initializer:
-            a = numpy_helper.to_array(init)
-            if a.dtype.kind == "f" or a.dtype in (np.int8, np.uint8):
-                params += a.size
-                if a.ndim > 1:
-                    layers[init.name] = (int((a == 0).sum()), a.size)
+        for name, a, zp in _onnx_weights(artifact.model):
+            params += a.size
+            if a.ndim > 1 and zp is None:
+                layers[name] = (int((a == 0).sum()), a.size)
+            elif a.ndim > 1:
+                qzeros += int(((a.astype("int32") - zp) == 0).sum())
+                qtotal += a.size
     else:
         return {}
-    zeros = sum(z for z, _ in layers.values())
+    out: dict[str, Any] = {"params": params}
     total = sum(t for _, t in layers.values())
-    return {"params": params, "sparsity": zeros / total if total else 0.0,
-            "layer_sparsity": {k: z / t for k, (z, t) in layers.items()}}
+    if total:  # INT8 weights that round to their zero point are not pruning: kept apart
+        out["sparsity"] = sum(z for z, _ in layers.values()) / total
+        out["layer_sparsity"] = {k: z / t for k, (z, t) in layers.items()}
+    if qtotal:
+        out["quantized_zero_fraction"] = qzeros / qtotal
+    return out
+
+
+# ONNX ops that take a quantized weight: op -> (weight input, its zero-point input)
+_QWEIGHT = {"DequantizeLinear": (0, 2), "MatMulInteger": (1, 3), "ConvInteger": (1, 3)}
+_QPARAMS = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "MatMulInteger": (2, 3),
+            "ConvInteger": (2, 3), "DynamicQuantizeLinear": ()}
+
+
+def _onnx_weights(model: Any) -> list[tuple[str, Any, Any]]:
+    """(name, array, zero point or None) of every weight constant of an ONNX graph."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    consts = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    consts[node.output[0]] = attr.t
+    qparams: set[str] = set()
+    zero_of: dict[str, tuple[str, int | None]] = {}  # quantized weight -> (zp name, axis)
+    for node in model.graph.node:
+        qparams.update(node.input[i] for i in _QPARAMS.get(node.op_type, ())
+                       if i < len(node.input))
+        if node.op_type in _QWEIGHT:
+            w, z = _QWEIGHT[node.op_type]
+            if w < len(node.input) and node.input[w] in consts:
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1) \
+                    if node.op_type == "DequantizeLinear" else None
+                zero_of[node.input[w]] = (node.input[z] if z < len(node.input) else "", axis)
+    out = []
+    for name, t in consts.items():
+        if name in qparams and name not in zero_of:
+            continue
+        a = numpy_helper.to_array(t)
+        if a.dtype.kind == "f":
+            out.append((name, a, None))
+        elif a.dtype in (np.int8, np.uint8) and name in zero_of:
+            zname, axis = zero_of[name]
+            zp = numpy_helper.to_array(consts[zname]).astype("int32") if zname in consts \
+                else np.zeros((), "int32")
+            if zp.ndim == 1 and axis is not None and a.ndim > 1:
+                shape = [1] * a.ndim
+                shape[axis % a.ndim] = zp.size
+                zp = zp.reshape(shape)
+            out.append((name, a, zp))
+    return out
 
 
 class AccuracyProfiler(mo.Profiler):

@@ -18,8 +18,56 @@ def test_plugins_json_lists_builtin_components(capsys):
                  "memory", "size", "accuracy"):
         assert name in names, name
     assert names["onnxruntime"]["available"] is True
-    assert names["onnx"]["formats"] == "torch->onnx"
+    assert names["onnx"]["accepts"] == ["torch"] and names["onnx"]["produces"] == "onnx"
+    assert names["onnxruntime"]["accepts"] == ["onnx"] and names["onnxruntime"]["produces"] is None
+    for c in names.values():  # one shape for every kind: scripts need no special cases
+        assert isinstance(c["accepts"], list) and isinstance(c["reason"], str)
+        assert isinstance(c["available"], bool) and isinstance(c["description"], str)
     assert data["failed"] == []
+
+
+def test_version_and_module_entry_point():
+    from modelopt_core import __version__
+
+    for cmd in (["-m", "modelopt_core", "--version"], ["-m", "modelopt_core.cli", "--version"]):
+        out = subprocess.run([sys.executable, *cmd], capture_output=True, text=True,
+                             check=True).stdout
+        assert out.strip() == f"modelopt {__version__}"
+
+
+def test_every_command_has_help_with_examples(capsys):
+    import pytest
+
+    for cmd in ("plugins", "describe", "demo", "run"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        text = capsys.readouterr().out
+        assert "examples:" in text and f"modelopt {cmd}" in text
+
+
+def test_describe_lists_options_with_help(capsys):
+    assert main(["describe", "onnx.quantize_static"]) == 0
+    text = capsys.readouterr().out
+    assert "per_channel: bool = True" in text and "per-output-channel weight scales" in text
+    assert main(["describe", "latency", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    opts = {o["name"]: o for o in data[0]["options"]}
+    assert opts["min_time_s"]["help"] and data[0]["kind"] == "profiler"
+    assert main(["describe", "onnx.quantise_static"]) == 1
+    assert "did you mean 'onnx.quantize_static'" in capsys.readouterr().err
+
+
+def test_errors_are_one_line_unless_verbose(tmp_path, capsys):
+    bad = tmp_path / "r.toml"
+    bad.write_text('model = "modelopt_demo.models:SmallCNN"\nexample_inputs = [[1, 1, 8, 8]]\n'
+                   '[[steps]]\napply = "onnx.quantize_static"\n')
+    assert main(["run", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "add an export step" in err
+    assert main(["run", str(bad), "--verbose"]) == 1
+    assert "Traceback" in capsys.readouterr().err
 
 
 def test_plugins_text_through_console_script():

@@ -59,3 +59,64 @@ def test_bad_step_config_names_the_step(tmp_path, capsys):
     assert main(["run", str(tmp_path / "r.json"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "recipe step 2" in err and "nope" in err
+
+
+def test_shipped_recipe_trains_and_keeps_accuracy(tmp_path, capsys):
+    """The bar: `modelopt run docs/recipes/digits-int8.toml` exits 0 with accuracy >= 95 on
+    every row (the recipe trains the model first: no untrained baseline)."""
+    assert main(["run", str(DOCS / "digits-int8.toml"), "--json", "--out", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = report["rows"]
+    assert [r["step"] for r in rows] == ["original", "1:onnx", "2:onnx.optimize",
+                                         "3:onnx.quantize_static"]
+    assert all(r["accuracy"] >= 95 for r in rows), [r["accuracy"] for r in rows]
+    assert report["environment"]["cores"] >= 1
+    assert (tmp_path / "report.md").is_file()
+    assert (tmp_path / "artifact" / "manifest.json").is_file()
+
+
+def test_dry_run_checks_without_running(tmp_path, capsys):
+    assert main(["run", str(DOCS / "digits-int8.toml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "recipe OK (nothing was run)" in out and "onnx.quantize_static" in out
+    assert not (tmp_path / "modelopt-recipe-out").exists()
+
+
+def _write(tmp_path, recipe, name="r.json"):
+    (tmp_path / name).write_text(json.dumps(recipe))
+    return tmp_path / name
+
+
+BASE = {"model": "modelopt_demo.models:SmallCNN", "example_inputs": [[1, 1, 8, 8]]}
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"compare": {"backend": ["torch"]}}, r"\[compare\]: unknown key\(s\) 'backend' \(did you "
+                                          r"mean 'backends'\?\)"),
+    ({"output": {"folder": "x"}}, r"\[output\]: unknown key\(s\) 'folder'.*Valid keys: dir"),
+    ({"compare": {"backends": ["onnxruntime"]}}, "backend 'onnxruntime' runs \\['onnx'\\]"),
+    ({"steps": [{"apply": "quantize.static"}]}, "needs \\['calibration_data'\\]"),
+    ({"steps": [{"apply": "onnx.optimize"}]}, "add an export step before it"),
+    ({"steps": [{"export": "openvino-typo"}]}, "no exporter chain"),
+    ({"train": {"epoch": 3}, "data": "modelopt_demo.recipes:digits_data"}, "did you mean 'epochs'"),
+    ({"train": {"epochs": 3}}, "\\[train\\] needs training data"),
+    ({"compare": {"profilers": ["latency"], "profiler_options": {"latency": {"warm": 1}}}},
+     "warm"),
+])
+def test_dry_run_finds_problems_before_anything_runs(tmp_path, extra, match):
+    path = _write(tmp_path, {**BASE, **extra})
+    with pytest.raises(mo.ConfigError, match=match):
+        mo.recipe.plan_recipe(path)
+
+
+def test_recipe_folder_is_importable_for_the_model(tmp_path, capsys):
+    (tmp_path / "my_models.py").write_text(
+        "import torch\n\ndef tiny():\n    return torch.nn.Sequential(torch.nn.Flatten(), "
+        "torch.nn.Linear(64, 10))\n")
+    path = _write(tmp_path, {"model": "my_models:tiny", "example_inputs": [[1, 1, 8, 8]],
+                             "steps": [{"export": "onnx"}],
+                             "compare": {"backends": ["torch", "onnxruntime"],
+                                         "profilers": ["size"], "title": "tiny"}})
+    assert main(["run", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny" in out and "1:onnx" in out and "step 1" not in out  # --quiet: results only

@@ -49,14 +49,58 @@ def test_markdown_table(report, tmp_path):
     header = [c.strip() for c in lines[2].strip("|").split("|")]
     assert header[:3] == ["step", "format", "backend"] and header[-1] == "error"
     assert "speedup" in header and "custom_metric" not in header  # headline columns only
+    assert "p50 ms" in header and "Δ accuracy" in header  # human headers with units
     assert len(lines) == 4 + len(report.rows)
     assert "no GPU \\| no tensorrt" in md  # pipes are escaped inside cells
     quant = next(line for line in lines if "quantize_static" in line)
     cells = [c.strip() for c in quant.strip("|").split("|")]
-    assert cells[header.index("speedup")] == "5"
-    assert cells[header.index("accuracy_delta")] == "-1.5"
+    assert cells[header.index("speedup")] == "5.00x"
+    assert cells[header.index("Δ accuracy")] == "-1.50"
+    assert cells[header.index("p50 ms")] == "2.000"
     chosen = report.to_markdown(columns=["step", "custom_metric"])
     assert "| original | 1 |" in chosen
+
+
+def test_cells_have_fixed_decimals_and_no_scientific_notation():
+    from modelopt_core.report import fmt
+
+    assert fmt("throughput_per_s", 14020.7) == "14,021"
+    assert fmt("latency_p50_ms", 0.000123) == "0.000"
+    assert fmt("sparsity", 0.3) == "30.0%"
+    assert fmt("params", 74123) == "74,123"
+    assert fmt("custom", 123456789.5) == "123,456,789.5"
+    assert "e" not in fmt("custom", 1.5e-7)
+
+
+def test_terminal_table_fits_80_columns():
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    rows = [{"step": f"{i}:onnx.quantize_static", "format": "onnx", "backend": "onnxruntime",
+             "accuracy": 99.777, "latency_p50_ms": 0.6123, "latency_p95_ms": 0.9,
+             "throughput_per_s": 14020.7, "size_mb": 0.0712} for i in range(3)]
+    out = Tty()
+    mo.Report(rows, environment={"cpu": "Test CPU", "cores": 2}).print(file=out)
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())  # colours are not columns
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for number in ("14,021", "0.612", "99.78"):
+        assert number in text  # never split across lines
+    assert "Test CPU" in text
+
+
+def test_environment_and_notes_in_markdown_and_json():
+    r = mo.Report([{"step": "original", "latency_p50_ms": 1.0}],
+                  environment={"cpu": "Test CPU", "cores": 2, "versions": {"torch": "9"}},
+                  notes={"1:prune.structured": ["kept 3 layers"]})
+    md = r.to_markdown()
+    assert "- 1:prune.structured: kept 3 layers" in md
+    assert "Measured on: Test CPU, 2 cores" in md and "torch 9" in md
+    assert r.to_dict()["environment"]["cpu"] == "Test CPU"
 
 
 def test_json_keeps_every_metric(report, tmp_path):
