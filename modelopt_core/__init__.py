@@ -6,17 +6,20 @@ or pycuda (plugins import their heavy dependencies when used).
 
 from __future__ import annotations
 
-from . import recipe, training
+from . import data, recipe, training
 from .artifact import ModelArtifact, Step, TensorSpec, load_artifact
 from .config import (build_config, config, config_fields, config_to_data, field, in_range,
                      positive)
-from .errors import (ArtifactError, BackendUnavailableError, ConfigError, DataError,
-                     DuplicateComponentError, ExportError, FormatError, InputSpecError,
+from .data import check_batch
+from .errors import (ArtifactError, ArtifactWriteError, BackendUnavailableError, ConfigError,
+                     DataError, DuplicateComponentError, ExportError, FormatError, InputSpecError,
                      ModeloptError, NoExportPathError, NumericalError, PluginLoadError,
-                     RunnerClosedError, TrainingError, UnknownComponentError, UnsafeArtifactError)
+                     RunnerClosedError, StepError, TrainingError, UnknownComponentError,
+                     UnsafeArtifactError)
 from .hookspecs import hookimpl
 from .interfaces import (Backend, Component, Context, Exporter, Optimizer, Profiler, Runner,
                          as_input_tuple)
+from .numerics import check_finite_weights, first_nonfinite
 from .plugins import PluginManager, get_plugin_manager
 from .report import Report
 from .session import Session
@@ -30,7 +33,10 @@ __all__ = [
     "config", "field", "build_config", "config_to_data", "config_fields", "in_range",
     "positive",
     "ModeloptError", "ConfigError", "UnknownComponentError", "FormatError", "NoExportPathError",
-    "PluginLoadError", "DuplicateComponentError", "ArtifactError", "UnsafeArtifactError",
-    "InputSpecError", "RunnerClosedError", "DataError", "BackendUnavailableError", "NumericalError", "ExportError",
+    "PluginLoadError", "DuplicateComponentError", "ArtifactError", "ArtifactWriteError",
+    "UnsafeArtifactError",
+    "InputSpecError", "RunnerClosedError", "StepError", "DataError",
+    "BackendUnavailableError", "NumericalError", "ExportError",
     "TrainingError", "__version__", "recipe", "training",
+    "data", "check_batch", "first_nonfinite", "check_finite_weights",
 ]

@@ -45,6 +45,13 @@ class ArtifactError(ModeloptError):
     """An artifact on disk cannot be read: missing, corrupt, truncated or hash mismatch."""
 
 
+class ArtifactWriteError(ArtifactError, OSError):
+    """Saving an artifact failed (disk full, read-only folder...). ``errno`` and ``path`` are
+    set; the previous artifact at the path is unchanged and no temporary folder is left."""
+
+    path: str = ""
+
+
 class UnsafeArtifactError(ArtifactError):
     """An artifact would need unsafe loading (pickle, path traversal); it is refused."""
 
@@ -71,6 +78,11 @@ class NumericalError(ModeloptError, ArithmeticError):
 
 class ExportError(ModeloptError):
     """An exporter failed or its result disagrees numerically with the source model."""
+
+
+class StepError(ModeloptError):
+    """A component raised an error of its own (a library's) while running a step; the
+    message names the step, the original exception is chained as ``__cause__``."""
 
 
 class TrainingError(ModeloptError):

@@ -18,6 +18,7 @@ import attrs
 from .artifact import ModelArtifact, Step, TensorSpec
 from .config import build_config, config, config_to_data
 from .errors import BackendUnavailableError, DataError, InputSpecError, RunnerClosedError
+from .io import order_inputs, unflatten_outputs
 
 __all__ = ["Component", "Optimizer", "Exporter", "Backend", "Runner", "Profiler", "Context",
            "EmptyConfig"]
@@ -47,11 +48,44 @@ class Component:
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
-        """(available, reason): missing optional dependencies or hardware make it unavailable."""
-        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
-        if missing:
+        """(available, reason): missing optional dependencies or hardware make it unavailable.
+
+        A dotted entry of ``requires`` (``"tensorrt.plugins"``) is missing when any of its
+        parent packages is; a package that is installed but fails to import makes the
+        component unavailable too, with the error as the reason. Never raises."""
+        import sys
+
+        missing, broken = [], []
+        for mod in cls.requires:
+            parts = str(mod).split(".")
+            for i in range(1, len(parts) + 1):
+                name = ".".join(parts[:i])
+                try:  # find_spec imports the parents of a dotted name
+                    found = importlib.util.find_spec(name) is not None
+                except ModuleNotFoundError:
+                    found = False
+                except ValueError as e:  # imported without a __spec__, or not a module name
+                    if name not in sys.modules:
+                        broken.append(f"{name} ({type(e).__name__}: {str(e)[:160]})")
+                        break
+                    found = True
+                except ImportError as e:
+                    broken.append(f"{name} ({type(e).__name__}: {str(e)[:160]})")
+                    break
+                except Exception as e:  # a parent package whose import raises
+                    broken.append(f"{name} (import failed: {type(e).__name__}: {str(e)[:160]})")
+                    break
+                if not found:
+                    missing.append(mod if name == mod else f"{mod} (no package {name!r})")
+                    break
+        if missing or broken:
             hint = f" Install with: {cls.install_hint}" if cls.install_hint else ""
-            return False, f"missing module(s) {', '.join(missing)}.{hint}"
+            why = []
+            if missing:
+                why.append(f"missing module(s) {', '.join(missing)}")
+            if broken:
+                why.append(f"module(s) that fail to import: {', '.join(broken)}")
+            return False, "; ".join(why) + f".{hint}"
         return True, ""
 
     @classmethod
@@ -66,10 +100,23 @@ class Component:
         """First line of the class docstring."""
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
-    def step(self, kind: str | None = None, notes: Sequence[str] = ()) -> Step:
-        """The lineage Step this component adds (the session fills plugin, version, duration)."""
+    def step(self, kind: str | None = None, notes: Sequence[str] = (),
+             restore: Mapping[str, Any] | None = None) -> Step:
+        """The lineage Step this component adds (the session fills plugin, version, duration).
+
+        ``restore`` is this step's own restore record (plain JSON data, saved in the
+        manifest): what :meth:`Optimizer.rebuild` needs to re-create the step's structure
+        when the artifact is loaded, e.g. ``{"shared_layers": {...}}``."""
+        import json
+
+        restore = dict(restore or {})
+        try:
+            json.dumps(restore, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{self.kind} {self.name!r}: the restore record must be plain JSON "
+                            f"data (dicts, lists, str, int, float, bool, None): {e}") from e
         return Step(self.name, kind or self.kind, config=config_to_data(self.config),
-                    notes=tuple(notes))
+                    notes=tuple(notes), restore=restore)
 
 
 class Optimizer(Component):
@@ -85,14 +132,26 @@ class Optimizer(Component):
         raise NotImplementedError
 
     def rebuild(self, model: Any, example_inputs: tuple[Any, ...],
-                metadata: Mapping[str, Any]) -> Any:
+                metadata: Mapping[str, Any], restore: Mapping[str, Any] | None = None) -> Any:
         """Re-create, without data, the module structure :meth:`apply` produced, starting from
         ``model`` (a private copy of the architecture being loaded), so that saved weights load
         into it. :func:`~modelopt_core.load_artifact` calls it, in lineage order, for steps
         whose result is not a tree of standard ``torch.nn`` layers (torch.fx graphs, own
-        quantizer modules). ``metadata`` is the saved artifact's. Returning ``None`` (the
-        default) means the step changes nothing that needs replaying: shapes and dtypes are
-        restored from the weights, replaced standard layers from the saved structure record.
+        quantizer modules), on an instance built from the step's saved config.
+
+        ``restore`` is this step's own restore record: what :meth:`apply` passed as
+        ``self.step(..., restore={...})`` (plain JSON data from the manifest; ``{}`` when the
+        step saved none, e.g. an artifact saved by an older version). Read per-step facts
+        from it, never from ``metadata`` (the saved artifact's metadata, shared by every step:
+        a later step of the same kind overwrites its keys); fall back to ``metadata`` only for
+        old artifacts. Implementations written before ``restore`` existed (three parameters)
+        are still called, without it.
+
+        Returning ``None`` (the default) means the step changes nothing that needs replaying:
+        shapes and dtypes are restored from the weights, replaced standard layers from the
+        saved structure record. A step that puts modules of its own into the model must
+        implement this, or the artifact cannot be reloaded into the user's class (loading
+        fails with an :class:`ArtifactError` naming the step).
         """
         return None
 
@@ -111,23 +170,28 @@ class Exporter(Component):
 
 class Runner:
     """A loaded model: ``runner(*inputs)`` takes torch tensors and returns torch tensors
-    shaped like the original model's outputs (a tensor, or a tuple when the model returns
-    several). Subclasses implement :meth:`_run` returning a sequence of tensors."""
+    structured like the original model's outputs (a tensor, a tuple, a dict or a
+    ``ModelOutput``). Inputs go positionally, by name (``runner(input_ids=...)``) or as one
+    dict, whatever the model's own convention. Subclasses implement :meth:`_run`, which takes
+    the flat inputs in the artifact's input order and returns the flat output tensors."""
 
     def __init__(self, artifact: ModelArtifact, device: str = "cpu") -> None:
         self.artifact = artifact
         self.device = device
         self.closed = False
 
-    def __call__(self, *inputs: Any) -> Any:
+    def __call__(self, *inputs: Any, **named: Any) -> Any:
         if self.closed:
             raise RunnerClosedError(f"runner for {self.artifact.name!r} was closed; load a new "
                                     "one with session.runner(...).")
+        inputs = order_inputs(inputs, named, [s.name for s in self.artifact.inputs],
+                              f"runner for {self.artifact.name!r}")
         self.check_inputs(inputs)
         outs = self._run(inputs)
-        if self.artifact.metadata.get("output_kind", "tensor") == "tensor" and len(outs) == 1:
-            return outs[0]
-        return tuple(outs)
+        tree = self.artifact.io.get("outputs")
+        if tree is None and self.artifact.metadata.get("output_kind") == "tuple":
+            return tuple(outs)  # artifacts saved before the io record
+        return unflatten_outputs(outs, tree)
 
     def check_inputs(self, inputs: Sequence[Any]) -> None:
         """Raise :class:`InputSpecError` if inputs do not match the artifact's input specs."""
@@ -139,6 +203,7 @@ class Runner:
         if len(inputs) != len(specs):
             raise InputSpecError(f"runner for {self.artifact.name!r}: expected {len(specs)} "
                                  f"input(s) {[s.name for s in specs]}, got {len(inputs)}.")
+        sizes: dict[str, tuple[str, int]] = {}  # symbolic dim -> (first input, its size)
         for x, spec in zip(inputs, specs):
             if not isinstance(x, torch.Tensor):
                 raise InputSpecError(f"input {spec.name!r}: expected a torch.Tensor, got "
@@ -149,6 +214,12 @@ class Runner:
             if str(x.dtype).replace("torch.", "") != spec.dtype:
                 raise InputSpecError(f"input {spec.name!r}: dtype {x.dtype} but the model takes "
                                      f"{spec.dtype}; cast the input (x.to(torch.{spec.dtype})).")
+            for d, sym in zip(x.shape, spec.shape):
+                first = sizes.setdefault(sym, (spec.name, d)) if isinstance(sym, str) else None
+                if first is not None and first[1] != d:
+                    raise InputSpecError(
+                        f"input {spec.name!r}: dim {sym!r} is {d}, but {first[1]} in input "
+                        f"{first[0]!r}; inputs that share a dim name must agree on its size.")
 
     def _run(self, inputs: Sequence[Any]) -> Sequence[Any]:
         raise NotImplementedError
@@ -209,6 +280,7 @@ class Context:
     show_progress: bool = True
     runner_factory: Callable[..., Runner] | None = None
     notes: list[str] = attrs.field(factory=list)
+    _train_prepared: Any = attrs.field(default=None, init=False, repr=False)
 
     def warn(self, message: str) -> None:
         """Record a warning: logged, and kept in the lineage step of the running component."""
@@ -226,15 +298,28 @@ class Context:
         yield from tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
     def calibration_batches(self, who: str, limit: int | None = None) -> list[tuple[Any, ...]]:
-        """The calibration data as a list of input tuples; :class:`DataError` if empty."""
-        return _batches(self.calibration_data, "calibration_data", who, limit, inputs_only=True)
+        """The calibration data as a list of input tuples (at most ``limit``), each checked
+        against the model's input specs (see :mod:`modelopt_core.data`); :class:`DataError`
+        if missing, empty or malformed."""
+        specs = self.original.inputs if self.original is not None else ()
+        return _batches(self.calibration_data, "calibration_data", who, limit, inputs_only=True,
+                        specs=specs, warn=self.warn)
 
     def training_batches(self, who: str) -> Iterable[Any]:
-        """The training data; :class:`DataError` if missing."""
+        """The training data, checked up front as far as is cheap (see
+        :func:`modelopt_core.data.prepare_train_data`: lists item by item, a one-shot iterator
+        by its first item; DataLoaders are checked as :func:`~modelopt_core.training.fit` draws
+        them); :class:`DataError` if missing, malformed or a used-up one-shot iterator."""
+        from .data import prepare_train_data, warn_once
+
         if self.train_data is None:
             raise DataError(f"{who}: needs train_data (an iterable of (inputs, targets)); pass "
                             "Session(..., train_data=loader).")
-        return self.train_data
+        if self._train_prepared is None:  # once per step: a one-shot iterator is read once
+            specs = self.original.inputs if self.original is not None else ()
+            self._train_prepared = prepare_train_data(self.train_data, specs, who,
+                                                      warn_once(self.warn))
+        return self._train_prepared
 
     def runner(self, artifact: ModelArtifact, backend: str = "torch", **options: Any) -> Runner:
         """Load ``artifact`` on a registered backend (for components that measure)."""
@@ -243,28 +328,41 @@ class Context:
         return self.runner_factory(artifact, backend, **options)
 
 
-def as_input_tuple(item: Any) -> tuple[Any, ...]:
-    """Normalise one calibration item (a tensor, a tuple of tensors, or a dict) to a tuple."""
-    if isinstance(item, dict):
+def as_input_tuple(item: Any, names: Sequence[str] | None = None) -> tuple[Any, ...]:
+    """Normalise one calibration item (a tensor, a tuple of tensors, or a dict) to a tuple.
+
+    A dict follows ``names`` (the model's input names) when they are given and its keys are
+    exactly those names, whatever its own order; else its insertion order."""
+    if isinstance(item, Mapping):
+        if names and set(item) == set(names):
+            return tuple(item[n] for n in names)
         return tuple(item.values())
     if isinstance(item, (tuple, list)):
         return tuple(item)
     return (item,)
 
 
-def _batches(data: Any, field_name: str, who: str, limit: int | None,
-             inputs_only: bool) -> list[tuple[Any, ...]]:
+def _batches(data: Any, field_name: str, who: str, limit: int | None, inputs_only: bool,
+             specs: Sequence[TensorSpec] = (),
+             warn: Callable[[str], None] | None = None) -> list[tuple[Any, ...]]:
+    """Up to ``limit`` batches of model inputs from ``data``, each validated against ``specs``
+    (numpy items converted, ``warn`` told once); :class:`DataError` naming ``field_name`` and
+    the batch index otherwise."""
+    from .data import check_batch, check_iterable, is_one_shot, warn_once
+
     if data is None:
         raise DataError(f"{who}: needs {field_name}; pass Session(..., {field_name}=...) with an "
                         "iterable of model inputs.")
+    check_iterable(data, field_name, who, specs)
+    warn = warn_once(warn)
     out = []
     for item in data:
-        out.append(as_input_tuple(item))
+        out.append(check_batch(item, specs, field_name, len(out), who, warn))
         if limit is not None and len(out) >= limit:
             break
     if not out:
         once = (" It is a one-shot iterator, already used up by an earlier step: pass a list "
-                "or a DataLoader." if iter(data) is data else "")
+                "or a DataLoader." if is_one_shot(data) else "")
         raise DataError(f"{who}: {field_name} is empty; give at least one batch of inputs."
                         + once)
     return out

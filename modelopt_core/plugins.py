@@ -1,8 +1,12 @@
 """Plugin manager: entry-point discovery (group ``modelopt_core``), registry, availability.
 
-Each entry point loads in isolation: one that fails to import or register is recorded with
-its distribution and error and the others still load (``strict=True`` re-raises instead).
-Two components of one kind with one name are an error naming both distributions.
+Each entry point loads in isolation: one that fails to import or register (any exception,
+``SystemExit`` and other ``BaseException`` subclasses included; only ``KeyboardInterrupt``
+propagates) is recorded with its distribution and error and the others still load
+(``strict=True`` re-raises instead). Two components of one kind with one name, or two
+plugins with one name, are an error naming both distributions: the first registration is
+kept (built-ins load first), the second is recorded as failed and loading continues
+(``strict=True`` raises :class:`DuplicateComponentError`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ __all__ = ["PluginManager", "FailedPlugin", "ComponentInfo", "ENTRY_POINT_GROUP"
            "get_plugin_manager"]
 
 ENTRY_POINT_GROUP = "modelopt_core"
+#: the distribution of the core and its built-in plugins: loaded first, so on a name clash the
+#: built-in component is the one kept
+CORE_DISTRIBUTION = "modelopt-core"
 KINDS = {"optimizer": Optimizer, "exporter": Exporter, "backend": Backend, "profiler": Profiler}
 _HOOKS = {"optimizer": "register_optimizers", "exporter": "register_exporters",
           "backend": "register_backends", "profiler": "register_profilers"}
@@ -76,13 +83,18 @@ class PluginManager:
         """Load every entry point of group ``modelopt_core`` (or the given ones), isolated."""
         eps = entry_points if entry_points is not None else md.entry_points(
             group=ENTRY_POINT_GROUP)
+        # built-ins first (stable otherwise): a clash keeps the built-in, whatever sys.path says
+        eps = sorted(eps, key=lambda ep: getattr(getattr(ep, "dist", None), "name", None)
+                     != CORE_DISTRIBUTION)
         for ep in eps:
             dist = getattr(getattr(ep, "dist", None), "name", None) or "unknown"
             ver = getattr(getattr(ep, "dist", None), "version", None) or ""
             try:
                 obj = ep.load()
-            except Exception as e:  # a broken plugin must not take the others down
-                self._fail(ep.name, dist, e)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # a broken plugin (even sys.exit()) must not take the
+                self._fail(ep.name, dist, e)  # others down
                 continue
             self.register_plugin(obj, name=ep.name, distribution=dist, version=ver)
 
@@ -94,9 +106,11 @@ class PluginManager:
             return
         if self.pm.has_plugin(name):  # another object under this name: never drop it silently
             other = self._origin.get(id(self.pm.get_plugin(name)), (name, "unknown", ""))
-            raise DuplicateComponentError(
-                f"two plugins are named {name!r}: {other[1]} and {distribution}. Uninstall one, "
-                "or give its entry point another name.")
+            self._duplicate(name, distribution, DuplicateComponentError(
+                f"two plugins are named {name!r}: {other[1]} and {distribution}. Kept the one "
+                f"from {other[1]}; the one from {distribution} is not loaded. Uninstall one, "
+                "or give its entry point another name."))
+            return
         try:
             self.pm.register(obj, name=name)
             self._origin[id(obj)] = (name, distribution, version)
@@ -104,10 +118,13 @@ class PluginManager:
                 impls = [i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin is obj]
                 for impl in impls:
                     impl.function(register=self._registrar(kind, name, distribution, version))
-        except DuplicateComponentError:
+        except DuplicateComponentError:  # strict mode only: the plugin is rolled back
             self._unregister(obj, name)
             raise
-        except Exception as e:
+        except KeyboardInterrupt:
+            self._unregister(obj, name)
+            raise
+        except BaseException as e:
             self._unregister(obj, name)
             self._fail(name, distribution, e)
 
@@ -126,6 +143,15 @@ class PluginManager:
         print(f"modelopt: plugin {name!r} ({dist}) failed to load and is skipped: {msg}",
               file=sys.stderr)
 
+    def _duplicate(self, name: str, dist: str, err: DuplicateComponentError) -> None:
+        """A second registration under a taken name: raise in strict mode, else record it as
+        failed (the first registration is kept) and go on loading the others."""
+        if self.strict:
+            raise err
+        msg = f"{type(err).__name__}: {err}"
+        self.failed.append(FailedPlugin(name, dist, msg))
+        print(f"modelopt: plugin {name!r} ({dist}): {msg}", file=sys.stderr)
+
     def _registrar(self, kind: str, plugin: str, dist: str, version: str):
         base = KINDS[kind]
 
@@ -137,10 +163,14 @@ class PluginManager:
                 raise TypeError(f"plugin {plugin!r}: {cls.__qualname__} has no `name`.")
             prev = self._registry[kind].get(cls.name)
             if prev is not None and prev.cls is not cls:
-                raise DuplicateComponentError(
+                self._duplicate(plugin, dist, DuplicateComponentError(
                     f"two plugins register {kind} {cls.name!r}: {prev.distribution} (plugin "
                     f"{prev.plugin!r}, {prev.cls.__module__}.{prev.cls.__qualname__}) and {dist} "
-                    f"(plugin {plugin!r}, {cls.__module__}.{cls.__qualname__}). Uninstall one.")
+                    f"(plugin {plugin!r}, {cls.__module__}.{cls.__qualname__}). Kept the one "
+                    f"from {prev.distribution}; the one from {dist} is skipped. Uninstall one."))
+                return  # keep the first; the plugin's other components still register
+            if prev is not None:
+                return
             self._registry[kind][cls.name] = ComponentInfo(cls, plugin, dist, version)
 
         return register
@@ -199,10 +229,12 @@ class PluginManager:
             ok, why = info.cls.availability()
             entry = {"kind": info.kind, "name": info.name, "available": ok,
                      "reason": why, "description": info.cls.describe()}
+            # the same keys and types for every kind: formats taken, format made (exporters)
             if info.kind == "exporter":
-                entry["formats"] = f"{info.cls.source}->{info.cls.target}"
-            elif hasattr(info.cls, "accepts"):
-                entry["formats"] = list(info.cls.accepts)
+                entry["accepts"], entry["produces"] = [info.cls.source], info.cls.target
+            else:
+                entry["accepts"] = list(getattr(info.cls, "accepts", ()))
+                entry["produces"] = None
             plugins.setdefault(info.plugin, {"distribution": info.distribution,
                                              "version": info.version, "components": []})
             plugins[info.plugin]["components"].append(entry)

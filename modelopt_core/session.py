@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from .artifact import ModelArtifact, Step, TensorSpec
-from .errors import DataError, FormatError, InputSpecError, ModeloptError
+from .environment import describe_environment
+from .errors import DataError, FormatError, InputSpecError, ModeloptError, StepError
 from .interfaces import Component, Context, Runner, spec_inputs, timed
+from .io import flatten_outputs, leaf_names, structured_view
 from .plugins import PluginManager, component_origin, get_plugin_manager
 from .report import Report
 
@@ -41,6 +43,15 @@ class Session:
         plugins: a :class:`PluginManager` (default: the process-wide one).
         progress: show progress bars on long steps.
         dynamic_batch: treat the first input dim as a symbolic batch dimension.
+        dynamic_axes: more symbolic dims per input, ``{"input_ids": {1: "sequence"}}`` or
+            ``{"input": {2: "height", 3: "width"}}``: carried into ONNX export and input checks.
+
+    ``example_inputs`` may be a dict of named tensors for a model called with keyword inputs
+    (Hugging Face style, ``model(**inputs)``); the model may return a tensor, a tuple, a dict or
+    a ``ModelOutput``. Runners on every backend take the inputs the same way (positionally in
+    the dict's order, by keyword, or as one dict) and return the model's own structure. Such a
+    model is held as a :class:`~modelopt_core.io.StructuredModule` view (``.module`` is your
+    model, shared, never changed) so that every component sees positional, flat tensors.
     """
 
     def __init__(self, model: Any, example_inputs: Sequence[Any] | Any, *,
@@ -49,15 +60,23 @@ class Session:
                  eval_fn: Callable[[Runner], float] | None = None,
                  input_names: Sequence[str] | None = None, device: str = "cpu",
                  plugins: PluginManager | None = None, progress: bool = True,
-                 dynamic_batch: bool = True) -> None:
+                 dynamic_batch: bool = True,
+                 dynamic_axes: Mapping[str, Mapping[int, str]] | None = None) -> None:
         import torch
 
-        if not isinstance(example_inputs, (tuple, list)):
+        keyword = isinstance(example_inputs, Mapping)
+        if keyword:
+            if input_names is not None:
+                raise InputSpecError("Session: example_inputs is a dict, whose keys name the "
+                                     "inputs; drop input_names.")
+            input_names = [str(k) for k in example_inputs]
+            example_inputs = tuple(example_inputs.values())
+        elif not isinstance(example_inputs, (tuple, list)):
             example_inputs = (example_inputs,)
         example_inputs = tuple(example_inputs)
         if not example_inputs or not all(isinstance(x, torch.Tensor) for x in example_inputs):
-            raise InputSpecError("Session: example_inputs must be a non-empty tuple of torch "
-                                 "tensors, e.g. (torch.randn(1, 3, 224, 224),).")
+            raise InputSpecError("Session: example_inputs must be a non-empty tuple (or dict) "
+                                 "of torch tensors, e.g. (torch.randn(1, 3, 224, 224),).")
         if eval_fn is not None and not callable(eval_fn):
             raise DataError("Session: eval_fn must be callable(runner) -> float.")
         self.pm = plugins or get_plugin_manager()
@@ -74,11 +93,14 @@ class Session:
             raise FormatError(f"Session: model must be a torch.nn.Module or ModelArtifact, got "
                               f"{type(model).__name__}.")
         inputs = spec_inputs(example_inputs, input_names, dynamic_batch)
-        outputs, kind = _probe_outputs(model, example_inputs, dynamic_batch)
+        inputs = _with_dynamic_axes(inputs, dynamic_axes or {})
+        names = [s.name for s in inputs]
+        outputs, tree = _probe_outputs(model, example_inputs, names, keyword, inputs)
+        io = {"keyword": keyword, "outputs": tree}
         self._history = [ModelArtifact(
-            "torch", model, inputs, outputs,
+            "torch", structured_view(model, io, names), inputs, outputs,
             (Step("original", "source", config={"class": type(model).__qualname__}),),
-            {"output_kind": kind})]
+            {"output_kind": "tensor" if tree["type"] == "tensor" else "tuple"}, io=io)]
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -131,18 +153,35 @@ class Session:
         chain = self.pm.export_path(self.current.format, target)
         if not chain:
             raise FormatError(f"export: the current artifact is already {target!r}.")
-        for i, info in enumerate(chain):
-            inst = info.cls(**(config if i == len(chain) - 1 else {}))
+        # every link's config and availability is checked before any runs
+        insts = [info.cls(**(config if i == len(chain) - 1 else {}))
+                 for i, info in enumerate(chain)]
+        for info in chain:
             info.cls.ensure_available()
-            art = self.current
-            self._run(inst, art, lambda ctx, inst=inst, art=art: inst.export(art, ctx))
+        before = len(self._history)
+        try:
+            for inst in insts:
+                art = self.current
+                self._run(inst, art, lambda ctx, inst=inst, art=art: inst.export(art, ctx))
+        except BaseException:
+            del self._history[before:]  # a failed chain leaves the history as it was
+            raise
         return self.current
 
     def _run(self, inst: Component, art: ModelArtifact,
              fn: Callable[[Context], ModelArtifact]) -> ModelArtifact:
         ctx = self.context()
         elapsed = timed()
-        out = fn(ctx)
+        try:
+            out = fn(ctx)
+        except ModeloptError:
+            raise
+        except Exception as e:  # a library's own error inside a step: say which step
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise StepError(
+                f"{inst.kind} {inst.name!r} failed on {art.name!r} ({art.format}): "
+                f"{type(e).__name__}: {first}. The history is unchanged; the original "
+                "exception is chained (run with --verbose, or see __cause__).") from e
         if not isinstance(out, ModelArtifact) or len(out.lineage) != len(art.lineage) + 1:
             raise ModeloptError(f"{inst.kind} {inst.name!r} broke the contract: it must return a "
                                 "new ModelArtifact with exactly one more lineage step.")
@@ -197,6 +236,8 @@ class Session:
                 ok, why = bcls.availability()
                 row: dict[str, Any] = {"step": _label(idx, art), "format": art.format,
                                        "backend": b}
+                if _row_note(art):
+                    row["note"] = _row_note(art)
                 if not ok:
                     row["error"] = f"unavailable: {why}"
                     rows.append(row)
@@ -209,29 +250,109 @@ class Session:
                         except ModeloptError as e:
                             row.setdefault("error", f"{prof.name}: {e}")
                 rows.append(row)
-        return Report(rows)
+        notes = {_label(i, a): list(a.lineage[-1].notes) for i, a in enumerate(arts)
+                 if a.lineage and a.lineage[-1].notes}
+        return Report(rows, environment=describe_environment(), notes=notes)
+
+
+def _row_note(art: ModelArtifact) -> str:
+    """What a reader must know to read a row right: simulated precision, steps that did
+    nothing."""
+    if art.lineage and any("no-op" in n for n in art.lineage[-1].notes):
+        return "no-op: the step changed nothing"
+    if art.format == "torch" and art.metadata.get("quantization") == "int8-qdq":
+        return "simulated INT8 (fake-quant in float; export for real INT8 speed)"
+    return ""
 
 
 def _label(idx: int, art: ModelArtifact) -> str:
     return "original" if idx == 0 else f"{idx}:{art.name}"
 
 
-def _probe_outputs(model: Any, inputs: tuple[Any, ...],
-                   dynamic_batch: bool) -> tuple[tuple[TensorSpec, ...], str]:
-    """Run a copy of the model once to learn its output specs and structure."""
+def _call(model: Any, xs: Sequence[Any], names: Sequence[str], keyword: bool) -> Any:
+    return model(**dict(zip(names, xs))) if keyword else model(*xs)
+
+
+def _probe_outputs(model: Any, inputs: tuple[Any, ...], names: Sequence[str], keyword: bool,
+                   specs: tuple[TensorSpec, ...]) -> tuple[tuple[TensorSpec, ...], dict]:
+    """Run a copy of the model once to learn its output specs and structure (dim 0 is the
+    symbolic batch when the inputs' is); when inputs have symbolic dims beyond the batch, once
+    more with those dims grown by one to learn which output dims follow them."""
     import torch
 
     probe = copy.deepcopy(model).eval()
     with torch.no_grad():
         try:
-            out = probe(*inputs)
+            flat, tree = flatten_outputs(_call(probe, inputs, names, keyword),
+                                         "Session: model output")
+        except FormatError:
+            raise
         except Exception as e:
             raise InputSpecError(f"Session: the model failed on example_inputs "
-                                 f"{[tuple(x.shape) for x in inputs]}: {e}") from e
-    if isinstance(out, torch.Tensor):
-        return (TensorSpec.from_tensor("output", out, dynamic_batch),), "tensor"
-    if isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out):
-        return tuple(TensorSpec.from_tensor(f"output_{i}", o, dynamic_batch)
-                     for i, o in enumerate(out)), "tuple"
-    raise FormatError("Session: the model must return a tensor or a tuple/list of tensors; got "
-                      f"{type(out).__name__}. Wrap it so forward() returns tensors.")
+                                 f"{dict(zip(names, [tuple(x.shape) for x in inputs]))}: "
+                                 f"{e}") from e
+        grown = None
+        if any(isinstance(d, str) for s in specs for d in s.shape[1:]):
+            xs = [_grow(x, s) for x, s in zip(inputs, specs)]
+            try:
+                grown = flatten_outputs(_call(probe, xs, names, keyword))[0]
+            except Exception as e:
+                raise InputSpecError(
+                    f"Session: the model failed when the dynamic dims of example_inputs grew by "
+                    f"one ({[s.shape for s in specs]}): {e}. Declare only dims that may "
+                    "vary.") from e
+    batch = bool(specs) and specs[0].shape[:1] == ("batch",)
+    outs = []
+    for i, (n, o) in enumerate(zip(leaf_names(tree, len(flat)), flat)):
+        spec = TensorSpec.from_tensor(n, o, batch)
+        if grown is not None and len(grown) == len(flat):
+            shape = list(spec.shape)
+            for j, (a, b) in enumerate(zip(o.shape, grown[i].shape)):
+                if a != b and not isinstance(shape[j], str):
+                    shape[j] = _dim_name(a, inputs, specs, j, n)
+            spec = attrs.evolve(spec, shape=tuple(shape))
+        outs.append(spec)
+    return tuple(outs), tree
+
+
+def _grow(x: Any, spec: TensorSpec) -> Any:
+    """``x`` with each symbolic dim after the batch one longer (repeating its last slice)."""
+    import torch
+
+    for d, s in enumerate(spec.shape):
+        if isinstance(s, str) and d > 0:
+            x = torch.cat([x, x.narrow(d, x.shape[d] - 1, 1)], dim=d)
+    return x
+
+
+def _dim_name(size: int, inputs: Sequence[Any], specs: Sequence[TensorSpec], j: int,
+              out_name: str) -> str:
+    """The name of the input dim an output dim follows (same size; the same position first),
+    else a name of its own."""
+    found = sorted((d != j, name) for x, s in zip(inputs, specs)
+                   for d, name in enumerate(s.shape)
+                   if d > 0 and isinstance(name, str) and x.shape[d] == size)
+    return found[0][1] if found else f"{out_name}_dim{j}"
+
+
+def _with_dynamic_axes(specs: tuple[TensorSpec, ...],
+                       axes: Mapping[str, Mapping[int, str]]) -> tuple[TensorSpec, ...]:
+    """Apply ``dynamic_axes`` ({input name: {dim: symbol}}) to the input specs."""
+    known = {s.name: s for s in specs}
+    unknown = sorted(set(axes) - set(known))
+    if unknown:
+        raise InputSpecError(f"Session: dynamic_axes names unknown input(s) {unknown}; inputs "
+                             f"are {list(known)}.")
+    out = []
+    for s in specs:
+        shape = list(s.shape)
+        for d, sym in (axes.get(s.name) or {}).items():
+            if not isinstance(d, int) or not -len(shape) <= d < len(shape) or \
+                    not isinstance(sym, str) or not sym:
+                raise InputSpecError(
+                    f"Session: dynamic_axes[{s.name!r}] must map dim indices of its "
+                    f"{len(shape)}-D input to non-empty names, e.g. {{1: 'sequence'}}; got "
+                    f"{d!r}: {sym!r}.")
+            shape[d] = sym
+        out.append(attrs.evolve(s, shape=tuple(shape)))
+    return tuple(out)

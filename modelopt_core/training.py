@@ -27,6 +27,8 @@ from typing import Any, Literal
 import attrs
 
 from .config import config, config_to_data, field, positive
+from .data import (ONE_SHOT_HINT, check_iterable, check_train_item, check_train_list,
+                   is_one_shot, warn_once)
 from .errors import ConfigError, DataError, TrainingError
 from .interfaces import as_input_tuple
 
@@ -96,18 +98,31 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainCon
     ``load_state_dict(d)`` whose state changes during training without being optimised (an EMA
     teacher): it is saved in checkpoints, restored on resume, and rolled back with the model
     when a non-finite loss stops training.
-    Raises :class:`DataError` for empty or one-shot data and :class:`TrainingError` on a
-    non-finite loss (the model then holds the weights from the start of that epoch).
+    Every batch is checked as it is drawn (lists: all of them up front) against the model's
+    input specs, ``ctx.original.inputs`` when ``ctx`` has them (else only for NaN/Inf): see
+    :func:`modelopt_core.data.check_train_item`.
+    Raises :class:`DataError` for empty, one-shot, malformed or non-finite data and
+    :class:`TrainingError` on a non-finite loss (in both cases, mid-training, the model then
+    holds the weights from the start of that epoch).
     """
     import torch
     from torch import distributed as dist
 
     cfg = config
-    if iter(train_data) is train_data:  # a one-shot iterator: fine for a single pass only
+    specs = getattr(getattr(ctx, "original", None), "inputs", None) or ()
+    warn = warn_once(ctx.warn if ctx is not None else log.warning)
+    check_iterable(train_data, "train_data", "fit")
+    if is_one_shot(train_data):  # a one-shot iterator: fine for a single pass only
         if (cfg.steps or cfg.epochs) > 1:
             raise DataError("fit: train_data is a one-shot iterator; pass a list or a "
                             "DataLoader so it can be read once per epoch.")
         train_data = list(train_data)
+        if not train_data:
+            raise DataError("fit: train_data is empty: " + ONE_SHOT_HINT.format(
+                field="train_data"))
+    checked = isinstance(train_data, (list, tuple))
+    if checked:  # in memory: check every batch before any training
+        train_data = check_train_list(train_data, specs, "fit", warn)
     dist_on = dist.is_available() and dist.is_initialized()
     world, rank = (dist.get_world_size(), dist.get_rank()) if dist_on else (1, 0)
     device = torch.device(cfg.device or getattr(ctx, "device", None) or _model_device(model))
@@ -154,10 +169,24 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainCon
             if on_epoch_start is not None:
                 on_epoch_start(epoch, model)
             t0, run_loss, n = time.perf_counter(), 0.0, 0
-            for bi, batch in enumerate(_epoch_batches(train_data, cfg, epoch, world, rank,
-                                                      per_rank)):
+            for bi, batch in _epoch_batches(train_data, cfg, epoch, world, rank, per_rank):
                 if state["step"] >= total:
                     break
+                if not checked:  # drawn lazily: check it now (every rank, so all stop together)
+                    batch, bad = _to_device(batch, device), None  # checked on the step's device
+                    try:
+                        batch = check_train_item(batch, specs, bi, "fit", warn)
+                    except DataError as e:
+                        bad = e
+                    if dist_on:
+                        bad = _any_rank_failed(bad, device)
+                    if bad is not None:
+                        _restore(model, good, extra, good_extra)
+                        if extra_state is not None:
+                            extra_state.load_state_dict(good_state)
+                        raise DataError(f"{bad} Training stopped at epoch {epoch + 1}; the "
+                                        f"weights from the start of epoch {epoch + 1} were "
+                                        "restored.") from bad
                 inputs, targets = _to_device(_split(batch, bi), device)
                 lr = cfg.lr * _lr_factor(cfg, state["step"], total)
                 for g in opt.param_groups:
@@ -261,9 +290,11 @@ def _count_batches(data: Iterable[Any]) -> int:
 
 def _epoch_batches(data: Any, cfg: TrainConfig, epoch: int, world: int, rank: int,
                    per_rank: int) -> Iterable[Any]:
-    """This rank's batches for ``epoch``: optionally reordered (lists), then sharded by index."""
+    """This rank's ``(index, batch)`` pairs for ``epoch``: optionally reordered (lists), then
+    sharded by position; ``index`` is the batch's position in ``data`` (for error messages)."""
     import torch
 
+    order = None
     if cfg.shuffle and isinstance(data, (list, tuple)):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         order = torch.randperm(len(data), generator=g).tolist()
@@ -274,7 +305,20 @@ def _epoch_batches(data: Any, cfg: TrainConfig, epoch: int, world: int, rank: in
             return
         if i % world == rank:
             taken += 1
-            yield batch
+            yield (order[i] if order is not None else i), batch
+
+
+def _any_rank_failed(err: DataError | None, device: Any) -> DataError | None:
+    """Share whether any rank drew a malformed batch, so that no rank waits in a collective."""
+    import torch
+    from torch import distributed as dist
+
+    flag = torch.tensor([0 if err is None else 1], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if err is None and int(flag[0]):
+        return DataError("fit: another rank drew a malformed train_data batch (its error names "
+                         "the batch); every rank stopped.")
+    return err
 
 
 def _split(batch: Any, index: int) -> tuple[tuple[Any, ...], Any]:

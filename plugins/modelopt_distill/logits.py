@@ -155,9 +155,7 @@ def _labels(targets: Any) -> bool:
 
 
 def _first_inputs(ctx: mo.Context, who: str) -> tuple[Any, ...]:
-    """Inputs of the first training batch (for shape checks before training)."""
-    data = ctx.training_batches(who)
-    for batch in data:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return mo.as_input_tuple(x)
-    raise mo.DataError(f"{who}: train_data is empty; give at least one (inputs, targets) batch.")
+    """Inputs for the shape checks before training: the example inputs (never a batch drawn
+    from train_data, which may be a one-shot iterator that training still needs)."""
+    ctx.training_batches(who)  # missing / malformed / used-up train_data fails here, early
+    return tuple(ctx.example_inputs)

@@ -13,15 +13,18 @@ import modelopt_core as mo
 
 
 def ort_session(model: Any, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session for an in-memory ModelProto (used for checks only)."""
+    """An ONNX Runtime CPU session for an in-memory ModelProto (used for checks only); a model
+    over 2 GiB goes to ORT as a temporary file with external data."""
     import onnxruntime as ort
+
+    from modelopt_core.artifact import onnx_session_source
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    with onnx_session_source(model) as src:
+        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(model: Any, inputs: Sequence[Any]) -> list[Any]:
@@ -32,7 +35,12 @@ def run_onnx(model: Any, inputs: Sequence[Any]) -> list[Any]:
 
 
 def max_errors(ref: Sequence[Any], got: Sequence[Any]) -> tuple[float, float]:
-    """(max abs error, max error relative to the reference's max magnitude) over outputs."""
+    """(max abs error, max error relative to the reference's max magnitude) over outputs.
+
+    Positions where both hold the same non-finite value (NaN and NaN, or the same infinity)
+    are left out; a shape mismatch, or NaN/Inf in one where the other differs, is ``inf``
+    (NaN never hides as an error of 0). :func:`check_against` refuses NaN/Inf outright.
+    """
     import numpy as np
 
     abs_err = rel_err = 0.0
@@ -41,6 +49,11 @@ def max_errors(ref: Sequence[Any], got: Sequence[Any]) -> tuple[float, float]:
         g = np.asarray(g, dtype=np.float64)
         if r.shape != g.shape:
             return float("inf"), float("inf")
+        fr, fg = np.isfinite(r), np.isfinite(g)
+        if not (np.array_equal(fr, fg)
+                and np.array_equal(r[~fr], g[~fg], equal_nan=True)):
+            return float("inf"), float("inf")
+        r, g = r[fr], g[fr]
         e = float(np.max(np.abs(r - g))) if r.size else 0.0
         abs_err = max(abs_err, e)
         rel_err = max(rel_err, e / max(float(np.max(np.abs(r))) if r.size else 0.0, 1e-12))
@@ -48,21 +61,49 @@ def max_errors(ref: Sequence[Any], got: Sequence[Any]) -> tuple[float, float]:
 
 
 def check_against(where: str, ref: Sequence[Any], model: Any, inputs: Sequence[Any],
-                  rtol: float, atol: float) -> dict[str, float]:
-    """Run ``model`` on ``inputs`` and compare with reference outputs; ExportError if off."""
+                  rtol: float, atol: float, source: Any = None) -> dict[str, float]:
+    """Run ``model`` on ``inputs`` and compare with reference outputs; ExportError if off.
+
+    NaN/Inf in the reference is a :class:`~modelopt_core.NumericalError` (the source model
+    itself produces them; ``source``, a torch module, lets the message name its first layer
+    with non-finite weights); NaN/Inf in the ONNX output only is an ExportError.
+    """
     import numpy as np
 
+    for i, r in enumerate(ref):
+        r = np.asarray(r, dtype=np.float64)
+        if not np.isfinite(r).all():
+            raise mo.NumericalError(
+                f"{where}: the source model itself produces NaN/Inf (output {i}, "
+                f"{int((~np.isfinite(r)).sum())} of {r.size} values) on the check inputs, so "
+                f"its export cannot be verified.{_nonfinite_layer(source)} Fix or retrain the "
+                "model, or check the inputs for NaN/Inf.")
     got = run_onnx(model, inputs)
     abs_err, rel_err = max_errors(ref, got)
-    for r, g in zip(ref, got):
+    for i, (r, g) in enumerate(zip(ref, got)):
         r = np.asarray(r, dtype=np.float64)
         g = np.asarray(g, dtype=np.float64)
+        if r.shape == g.shape and not np.isfinite(g).all():
+            raise mo.ExportError(
+                f"{where}: ONNX output {i} holds NaN/Inf ({int((~np.isfinite(g)).sum())} of "
+                f"{g.size} values) where the reference is finite; the converted graph is "
+                "numerically broken. Try the other exporter (exporter=...), or report the model.")
         if r.shape != g.shape or not np.allclose(g, r, rtol=rtol, atol=atol):
             raise mo.ExportError(
                 f"{where}: ONNX output differs from the reference (max abs error {abs_err:.3g}, "
                 f"relative {rel_err:.3g}; tolerance rtol={rtol}, atol={atol}). Raise the "
                 "tolerance (rtol/atol) if this is expected, or report the model.")
     return {"max_abs_error": abs_err, "max_rel_error": rel_err}
+
+
+def _nonfinite_layer(source: Any) -> str:
+    """' Layer 'x' has NaN/Inf in its weight.' for a torch module ``source`` (else '')."""
+    if source is None or not hasattr(source, "named_parameters"):
+        return ""
+    found = mo.first_nonfinite(source)
+    if found is None:
+        return " Its weights are all finite: the NaN/Inf comes from its computation."
+    return f" Layer {found[0] or '<root>'!r} has NaN/Inf in its {found[1]}."
 
 
 def reference_outputs(artifact: mo.ModelArtifact, inputs: Sequence[Any]) -> list[Any]:
@@ -82,12 +123,35 @@ def reference_outputs(artifact: mo.ModelArtifact, inputs: Sequence[Any]) -> list
     return [o.float().numpy() for o in outs]
 
 
-def check_inputs_for(artifact: mo.ModelArtifact, ctx: mo.Context, batch: int = 2) -> tuple:
-    """Inputs for numerics checks: calibration data when there is some, else example inputs
-    tiled to ``batch`` rows (so dynamic batch axes are exercised)."""
-    if ctx.calibration_data is not None:
-        for item in ctx.calibration_data:
-            return mo.as_input_tuple(item)
+def check_inputs_for(artifact: mo.ModelArtifact, ctx: mo.Context, batch: int = 2,
+                     who: str = "numerics check") -> tuple:
+    """Inputs for numerics checks: the first calibration batch when there is one, else
+    example inputs tiled to ``batch`` rows (so dynamic batch axes are exercised).
+
+    A one-shot calibration iterator is never drawn from (that would silently drop a batch the
+    calibration needs): example inputs are used, with a note. The calibration batch is
+    validated like calibration data (:class:`~modelopt_core.DataError` naming it). A torch
+    model with NaN/Inf weights is refused up front with a
+    :class:`~modelopt_core.NumericalError` naming the first such layer: its outputs would be
+    NaN/Inf and nothing could be checked.
+    """
+    if artifact.format == "torch" and hasattr(artifact.model, "named_parameters"):
+        found = mo.first_nonfinite(artifact.model)
+        if found is not None:
+            raise mo.NumericalError(
+                f"{who}: the torch model itself produces NaN/Inf: layer "
+                f"{found[0] or '<root>'!r} has NaN/Inf in its {found[1]}, so its outputs and "
+                "any export of it cannot be checked. Fix or retrain the model (or reload a "
+                "good checkpoint); check_numerics=False skips this check.")
+    data = ctx.calibration_data
+    if data is not None and mo.data.is_one_shot(data):
+        ctx.warn(f"{who}: calibration_data is a one-shot iterator; checked on the example "
+                 "inputs instead, so that no calibration batch is used up (pass a list or a "
+                 "DataLoader to check on real data).")
+    elif data is not None:
+        specs = ctx.original.inputs if ctx.original is not None else ()
+        for item in data:
+            return mo.check_batch(item, specs, "calibration_data", 0, who, ctx.warn)
     return tuple(tile_batch(x, batch) for x in ctx.example_inputs)
 
 

@@ -9,11 +9,15 @@ through the TorchScript path).
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import warnings
 from typing import Any, Literal
 
+import attrs
+
 import modelopt_core as mo
+from modelopt_core.artifact import onnx_session_source
 
 from .common import check_against, check_inputs_for, quiet, reference_outputs, tile_batch
 
@@ -54,18 +58,21 @@ class OnnxExporter(mo.Exporter):
         cfg = self.config
         model = copy.deepcopy(artifact.model).eval()
         dtype = artifact.metadata.get("torch_compute_dtype")
-        args = tuple(tile_batch(x, 2) if cfg.dynamic_batch else x for x in ctx.example_inputs)
+        in_specs, out_specs = artifact.inputs, artifact.outputs
+        if not cfg.dynamic_batch:  # pin the batch dim to the example's size
+            n = ctx.example_inputs[0].shape[0] if ctx.example_inputs[0].dim() else 1
+            in_specs, out_specs = _pin_batch(in_specs, n), _pin_batch(out_specs, n)
+        batched = any(s.shape[:1] == ("batch",) for s in in_specs)
+        args = tuple(tile_batch(x, 2) if batched else x for x in ctx.example_inputs)
         if dtype:
             args = tuple(x.to(getattr(torch, dtype)) if x.is_floating_point() else x
                          for x in args)
-        in_names = [s.name for s in artifact.inputs] or [f"input_{i}" for i in range(len(args))]
-        out_names = [s.name for s in artifact.outputs] or None
         choice = cfg.exporter
         if choice == "auto":
             choice = artifact.metadata.get("onnx_exporter", "dynamo")
         notes = []
         try:
-            proto = self._export(choice, model, args, in_names, out_names)
+            proto = self._export(choice, model, args, in_specs, out_specs)
         except Exception as e:
             if choice != "dynamo" or not cfg.fallback:
                 raise mo.ExportError(f"onnx: the {choice} exporter failed: {e}") from e
@@ -75,18 +82,21 @@ class OnnxExporter(mo.Exporter):
             notes.append(msg)
             choice = "torchscript"
             try:
-                proto = self._export(choice, model, args, in_names, out_names)
+                proto = self._export(choice, model, args, in_specs, out_specs)
             except Exception as e2:
                 raise mo.ExportError(f"onnx: both exporters failed; torchscript: {e2}") from e2
         if cfg.strip_metadata:
             _strip_debug_metadata(proto)
         try:
-            onnx.checker.check_model(proto, full_check=True)
+            with onnx_session_source(proto) as src:  # a path when over protobuf's 2 GiB
+                onnx.checker.check_model(src if isinstance(src, str) else proto,
+                                         full_check=True)
         except Exception as e:
             raise mo.ExportError(f"onnx: the exported model fails the ONNX checker: {e}") from e
         meta: dict[str, Any] = {"onnx_exporter_used": choice}
         if cfg.check_numerics:
-            xs = check_inputs_for(artifact, ctx)
+            xs = (check_inputs_for(artifact, ctx) if batched
+                  else tuple(ctx.example_inputs))
             ref = reference_outputs(artifact, xs)
             if dtype:  # the ONNX graph takes the reduced dtype too
                 xs = tuple(x.to(getattr(torch, dtype)) if x.is_floating_point() else x
@@ -100,30 +110,46 @@ class OnnxExporter(mo.Exporter):
             meta.update(errs)
             notes.append(f"numerics vs torch: max abs error {errs['max_abs_error']:.3g}")
         return artifact.evolve(step=self.step(notes=notes), format="onnx", model=proto,
-                               metadata=meta)
+                               metadata=meta, inputs=in_specs, outputs=out_specs)
 
-    def _export(self, which: str, model: Any, args: tuple, in_names: list[str],
-                out_names: list[str] | None) -> Any:
+    def _export(self, which: str, model: Any, args: tuple, in_specs: tuple[mo.TensorSpec, ...],
+                out_specs: tuple[mo.TensorSpec, ...]) -> Any:
         import onnx
         import torch
 
         cfg = self.config
+        in_names = [s.name for s in in_specs] or [f"input_{i}" for i in range(len(args))]
+        out_names = [s.name for s in out_specs] or None
         with quiet(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if which == "dynamo":
-                dyn = tuple({0: "batch"} for _ in args) if cfg.dynamic_batch else None
+                dyn: Any = tuple(_symbolic(s) for s in in_specs)
+                if any(p.kind is p.VAR_POSITIONAL
+                       for p in inspect.signature(model.forward).parameters.values()):
+                    dyn = (dyn,)  # forward(*xs): torch.export sees one packed argument
                 prog = torch.onnx.export(model, args, dynamo=True, input_names=in_names,
-                                         output_names=out_names, dynamic_shapes=dyn,
+                                         output_names=out_names,
+                                         dynamic_shapes=dyn if any(_symbolic(s) for s in
+                                                                   in_specs) else None,
                                          opset_version=cfg.opset, optimize=True, verbose=False)
                 return prog.model_proto
             buf = io.BytesIO()
-            axes = None
-            if cfg.dynamic_batch:
-                axes = {n: {0: "batch"} for n in in_names + list(out_names or [])}
+            axes = {s.name: _symbolic(s) for s in in_specs + out_specs if _symbolic(s)}
             torch.onnx.export(model, args, buf, dynamo=False, input_names=in_names,
-                              output_names=out_names, dynamic_axes=axes,
+                              output_names=out_names, dynamic_axes=axes or None,
                               opset_version=cfg.opset or 17, do_constant_folding=True)
             return onnx.load_from_string(buf.getvalue())
+
+
+def _symbolic(spec: mo.TensorSpec) -> dict[int, str]:
+    """{dim: name} of a spec's symbolic dims."""
+    return {d: s for d, s in enumerate(spec.shape) if isinstance(s, str)}
+
+
+def _pin_batch(specs: tuple[mo.TensorSpec, ...], n: int) -> tuple[mo.TensorSpec, ...]:
+    """Specs with a symbolic ``batch`` dim 0 fixed to ``n``."""
+    return tuple(attrs.evolve(s, shape=(n,) + tuple(s.shape[1:]))
+                 if s.shape[:1] == ("batch",) else s for s in specs)
 
 
 def _strip_debug_metadata(proto: Any) -> None:

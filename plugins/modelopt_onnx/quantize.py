@@ -5,6 +5,9 @@ inference + graph optimization)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import modelopt_core as mo
@@ -26,14 +29,34 @@ def _source_path(model: Any, folder: Any, ctx: mo.Context, who: str, preprocess:
     onnx.save_model(model, str(src))
     if not preprocess:
         return src
+    # ORT's symbolic shape inference drops temp files into the working directory when it
+    # gives up (dynamo-exported transformers): run it from the private folder, and retry
+    # without it, since ONNX shape inference and ORT's graph optimization still apply
+    first: Exception | None = None
+    with quiet(), _cwd(folder):
+        for skip_symbolic in (False, True):
+            try:
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic)
+                if first is not None:
+                    ctx.warn(f"{who}: ORT's symbolic shape inference failed ({first}); "
+                             "pre-processed without it")
+                return dst
+            except Exception as e:
+                first = first or e
+    ctx.warn(f"{who}: ORT pre-processing failed ({type(first).__name__}: {first}); quantizing "
+             "the graph as is")
+    return src
+
+
+@contextlib.contextmanager
+def _cwd(folder: Any) -> Iterator[None]:
+    """Run with ``folder`` as the working directory (ORT tools write temp files there)."""
+    prev = os.getcwd()
+    os.chdir(folder)
     try:
-        with quiet():
-            quant_pre_process(str(src), str(dst))
-        return dst
-    except Exception as e:
-        ctx.warn(f"{who}: ORT pre-processing failed ({type(e).__name__}: {e}); quantizing the "
-                 "graph as is")
-        return src
+        yield
+    finally:
+        os.chdir(prev)
 
 
 @mo.config
@@ -72,6 +95,9 @@ class OnnxQuantizeStatic(mo.Optimizer):
 
         cfg = self.config
         batches = ctx.calibration_batches(self.name, cfg.calibration_batches)
+        # constant float inputs are refused like quantize.static does (integer-only inputs,
+        # such as token ids, are left to ORT)
+        mo.data.check_not_constant(batches, self.name, require_float=False)
         names = [i.name for i in artifact.model.graph.input
                  if i.name not in {t.name for t in artifact.model.graph.initializer}]
         feeds = []
@@ -84,6 +110,13 @@ class OnnxQuantizeStatic(mo.Optimizer):
             for n, a in f.items():
                 if not np.isfinite(a).all():
                     raise mo.NumericalError(f"{self.name}: calibration input {n!r} holds NaN/Inf.")
+        notes = []
+        sizes = {len(next(iter(f.values()))) for f in feeds}
+        if cfg.calibrate_method != "minmax" and len(sizes) > 1:
+            feeds = _even_batches(feeds)  # ORT's histogram calibrators stack batches
+            notes.append(f"calibration batches of uneven size regrouped into {len(feeds)} "
+                         f"batches of {len(next(iter(feeds[0].values())))} (the last padded "
+                         "with samples from the start) for the histogram calibrator")
         reader = _Reader(feeds, ctx)
         extra = {"ActivationSymmetric": cfg.symmetric_activations,
                  "CalibPercentile": cfg.percentile}
@@ -105,11 +138,27 @@ class OnnxQuantizeStatic(mo.Optimizer):
             out = onnx.load_model(str(dst))
         xs = batches[0]
         abs_err, rel_err = max_errors(run_onnx(artifact.model, xs), run_onnx(out, xs))
-        notes = [f"{len(batches)} calibration batch(es); output error vs float on a calibration "
-                 f"batch: max abs {abs_err:.3g}, relative {rel_err:.3g}"]
+        notes.insert(0, f"{len(batches)} calibration batch(es); output error vs float on a "
+                        f"calibration batch: max abs {abs_err:.3g}, relative {rel_err:.3g}")
         return artifact.evolve(step=self.step(notes=notes), model=out,
                                metadata={"quantized": "int8-static",
                                          "quant_max_rel_error": rel_err})
+
+
+def _even_batches(feeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same samples in batches of the first batch's size; the last batch is padded with
+    samples from the start (a few repeated samples barely move a histogram; a ragged batch
+    makes ORT's histogram calibrators fail)."""
+    import numpy as np
+
+    size = len(next(iter(feeds[0].values())))
+    whole = {n: np.concatenate([f[n] for f in feeds]) for n in feeds[0]}
+    total = len(next(iter(whole.values())))
+    pad = -total % size
+    if pad:
+        whole = {n: np.concatenate([a, np.resize(a, (pad,) + a.shape[1:])])
+                 for n, a in whole.items()}
+    return [{n: a[i:i + size] for n, a in whole.items()} for i in range(0, total + pad, size)]
 
 
 class _Reader:

@@ -82,9 +82,11 @@ class OrtBackend(mo.Backend):
             so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if cfg.optimized_model_path:
             so.optimized_model_filepath = cfg.optimized_model_path
-        try:
-            sess = ort.InferenceSession(artifact.model.SerializeToString(), so,
-                                        providers=list(cfg.providers))
+        from modelopt_core.artifact import onnx_session_source
+
+        try:  # a model over 2 GiB goes to ORT as a temporary file with external data
+            with onnx_session_source(artifact.model) as src:
+                sess = ort.InferenceSession(src, so, providers=list(cfg.providers))
         except Exception as e:
             raise mo.FormatError(f"onnxruntime: cannot load {artifact.name!r}: {e}") from e
         device = "cuda" if any("CUDA" in p or "Tensorrt" in p for p in cfg.providers) else "cpu"

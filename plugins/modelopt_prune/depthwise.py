@@ -124,6 +124,7 @@ class DepthwiseSeparable(mo.Optimizer):
 
         cfg = self.config
         model = copy_model(artifact)
+        mo.check_finite_weights(model, self.name, "factorizing")  # SVD fails on NaN/Inf
         xs = tuple(ctx.example_inputs)
         skip = ignored_ids(model, cfg.ignored_layers, self.name)
         cands = {n: m for n, m in model.named_modules()

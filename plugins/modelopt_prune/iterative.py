@@ -46,6 +46,7 @@ class IterativePrune(mo.Optimizer):
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
         cfg = self.config
         model = copy_model(artifact)
+        mo.check_finite_weights(model, self.name, "pruning")
         xs = tuple(ctx.example_inputs)
         keep_names, heads = kept_layers(model, xs, cfg.ignored_layers, self.name)
         if not has_candidates(model, keep_names):

@@ -132,6 +132,7 @@ class LowRank(mo.Optimizer):
 
         cfg = self.config
         model = copy_model(artifact)
+        mo.check_finite_weights(model, self.name, "factorizing")  # SVD fails on NaN/Inf
         xs = tuple(ctx.example_inputs)
         skip = ignored_ids(model, cfg.ignored_layers, self.name)
         if cfg.keep_output_layers:

@@ -52,6 +52,7 @@ class Slimming(mo.Optimizer):
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
         cfg = self.config
         model = copy_model(artifact)
+        mo.check_finite_weights(model, self.name, "pruning")
         xs = tuple(ctx.example_inputs)
         bns = bn_layers(model)
         keep_names, heads = kept_layers(model, xs, cfg.ignored_layers, self.name)

@@ -204,6 +204,7 @@ class StructuredPrune(mo.Optimizer):
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
         cfg = self.config
         base = copy_model(artifact)
+        mo.check_finite_weights(base, self.name, "pruning")
         xs = tuple(ctx.example_inputs)
         keep_names, heads = kept_layers(base, xs, cfg.ignored_layers, self.name)
         if not has_candidates(base, keep_names):

@@ -50,6 +50,7 @@ class _MagnitudeBase(mo.Optimizer):
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
         cfg = self.config
         model = copy_model(artifact)
+        mo.check_finite_weights(model, self.name, "pruning")  # NaN would sort as the largest
         layers = prunable_layers(model, cfg.layer_types)
         skip = {id(m) for m in resolve_names(model, cfg.ignored_layers, self.name,
                                              "ignored_layers")}

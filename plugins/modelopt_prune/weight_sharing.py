@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+import attrs
 from torch import nn
 
 import modelopt_core as mo
@@ -211,12 +212,15 @@ class WeightSharing(mo.Optimizer):
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
         cfg = self.config
         model = copy_model(artifact)
+        mo.check_finite_weights(model, self.name, "clustering")
         xs = tuple(ctx.example_inputs)
         skip = ignored_ids(model, cfg.ignored_layers, self.name)
         layers = {n: m for n, m in prunable_layers(model, cfg.layer_types).items()
                   if id(m) not in skip and m.weight.numel() >= max(cfg.min_weights, 1)}
         if not layers:
-            return noop(self, artifact, ctx, "no Conv/Linear layers large enough to share")
+            out = noop(self, artifact, ctx, "no Conv/Linear layers large enough to share")
+            step = attrs.evolve(out.lineage[-1], restore={"shared_layers": {}})
+            return attrs.evolve(out, lineage=out.lineage[:-1] + (step,))
         ref = run_outputs(model, xs)
         bits = 4 if cfg.n_clusters <= 16 else 8
         before = after = 0
@@ -235,18 +239,30 @@ class WeightSharing(mo.Optimizer):
             notes.append(self._finetune(model, ctx))
         model.eval()
         check_same_outputs(self.name, ref, run_outputs(model, xs))
-        return artifact.evolve(step=self.step(notes=notes), model=model,
+        return artifact.evolve(step=self.step(notes=notes, restore={"shared_layers": shared}),
+                               model=model,
                                metadata={"weight_sharing_clusters": cfg.n_clusters,
                                          "shared_layers": shared})
 
-    def rebuild(self, model: Any, example_inputs: tuple[Any, ...], metadata: Any) -> Any:
-        """Empty shared layers where the saved artifact has them (shapes and cluster counts
-        from ``metadata["shared_layers"]``); codebooks and indices come from the weights."""
-        shared = metadata.get("shared_layers")
-        if not shared:
+    def rebuild(self, model: Any, example_inputs: tuple[Any, ...], metadata: Any,
+                restore: Any = None) -> Any:
+        """Empty shared layers where this step made them (shapes and cluster counts from the
+        step's restore record ``{"shared_layers": ...}``, or ``metadata["shared_layers"]`` for
+        artifacts saved before per-step records); codebooks and indices come from the
+        weights."""
+        if restore and "shared_layers" in restore:
+            shared = restore["shared_layers"]
+        else:
+            shared = metadata.get("shared_layers")
+        if shared is None:
             raise mo.ArtifactError(
-                f"{self.name}: the artifact's metadata has no 'shared_layers' record (saved by "
-                "an older version); load its ONNX export instead.")
+                f"{self.name}: neither the lineage step nor the artifact's metadata has a "
+                "'shared_layers' record (saved by an older version); load its ONNX export "
+                "instead.")
+        if not isinstance(shared, dict):
+            raise mo.ArtifactError(f"{self.name}: the 'shared_layers' record is "
+                                   f"{type(shared).__name__}, not a mapping; re-save the "
+                                   "artifact.")
         for name, saved in shared.items():
             try:
                 layer = model.get_submodule(name)

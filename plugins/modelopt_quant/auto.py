@@ -117,21 +117,31 @@ class AutoQuantize(mo.Optimizer):
         meta.update({"auto_metric": what, "float_metric": base, "quantized_metric": final,
                      "within_budget": within,
                      "sensitivity": report.to_data() if report else []})
-        out = artifact.evolve(step=self.step(notes=notes), model=model, metadata=meta)
+        restore = {"quantized_layers": list(layers), "float_layers": list(floats)}
+        out = artifact.evolve(step=self.step(notes=notes, restore=restore), model=model,
+                              metadata=meta)
         if cfg.measure_speed:
             speed = _speed(artifact, out, ctx)
             if speed:
                 notes.append(speed.pop("note"))
                 meta.update(speed)
-                out = artifact.evolve(step=self.step(notes=notes), model=model, metadata=meta)
+                out = artifact.evolve(step=self.step(notes=notes, restore=restore),
+                                      model=model, metadata=meta)
         return out
 
-    def rebuild(self, model: Any, example_inputs: tuple[Any, ...], metadata: Any) -> Any:
+    def rebuild(self, model: Any, example_inputs: tuple[Any, ...], metadata: Any,
+                restore: Any = None) -> Any:
         """Traced graph + quantizers, with the layers the search kept in float switched off
-        (``metadata["quantized_layers"]``) and reading float inputs, as :meth:`apply` left them."""
+        and reading float inputs, as :meth:`apply` left them. The layer lists come from the
+        step's restore record (``metadata["quantized_layers"]`` / ``["float_layers"]`` for
+        artifacts saved before per-step records)."""
         gm = replay(model, example_inputs, spec_from(self.config), self.name)
-        if gm is not None and metadata.get("float_layers"):
-            keep_float(gm, set(metadata.get("quantized_layers", [])))
+        if restore and "quantized_layers" in restore:
+            floats, int8 = restore.get("float_layers"), restore["quantized_layers"]
+        else:
+            floats, int8 = metadata.get("float_layers"), metadata.get("quantized_layers", [])
+        if gm is not None and floats:
+            keep_float(gm, set(int8))
         return gm
 
     def _metric(self, artifact: mo.ModelArtifact, ctx: mo.Context,

@@ -20,6 +20,7 @@ import time
 import warnings
 from typing import Any
 
+import attrs
 import torch
 from torch import nn
 
@@ -170,7 +171,9 @@ class DynamicQuantize(mo.Optimizer):
         _check_weights(model)
         cands = self._candidates(model, cfg)
         if not cands:
-            return noop(self, artifact, ctx)
+            out = noop(self, artifact, ctx)
+            step = attrs.evolve(out.lineage[-1], restore={"quantized_layers": []})
+            return attrs.evolve(out, lineage=out.lineage[:-1] + (step,))
         seen = _capture_inputs(model, cands, ctx.example_inputs)
         notes, done, kept = [], [], []
         for name, mod in cands.items():
@@ -191,9 +194,45 @@ class DynamicQuantize(mo.Optimizer):
         if kept:
             notes.append("kept in float (INT8 not faster here): " + ", ".join(kept))
         size = sum(b.numel() * b.element_size() for b in model.state_dict().values())
-        return artifact.evolve(step=self.step(notes=notes), model=model, metadata={
-            "quantized_layers": done, "float_layers": [k.split(" ")[0] for k in kept],
-            "quantization": "int8-dynamic", "int8_size_bytes": size})
+        return artifact.evolve(
+            step=self.step(notes=notes, restore={"quantized_layers": done}), model=model,
+            metadata={"quantized_layers": done, "float_layers": [k.split(" ")[0] for k in kept],
+                      "quantization": "int8-dynamic", "int8_size_bytes": size})
+
+    def rebuild(self, model: Any, example_inputs: tuple[Any, ...], metadata: Any,
+                restore: Any = None) -> Any:
+        """Empty INT8 layers (:class:`DynLinear` / :class:`DynRNN`) where this step put them
+        (the step's restore record ``{"quantized_layers": [...]}``, or the metadata of
+        artifacts saved before per-step records); INT8 weights and scales come from the
+        saved weights. Layers already dynamic (the optimized module as skeleton) are kept."""
+        if restore and "quantized_layers" in restore:
+            layers = restore["quantized_layers"]
+        elif metadata.get("quantization") == "int8-dynamic":
+            layers = metadata.get("quantized_layers", [])
+        else:
+            raise mo.ArtifactError(
+                f"{self.name}: the lineage step has no 'quantized_layers' restore record "
+                "(saved by an older version); load its ONNX export instead.")
+        if not isinstance(layers, list) or not all(isinstance(n, str) for n in layers):
+            raise mo.ArtifactError(f"{self.name}: the 'quantized_layers' record must be a list "
+                                   f"of layer names, got {layers!r:.80}; re-save the artifact.")
+        for name in layers:
+            try:
+                mod = model.get_submodule(name)
+            except AttributeError:
+                raise mo.ArtifactError(f"{self.name}: the model has no layer {name!r} to "
+                                       "rebuild as a dynamic INT8 layer.") from None
+            if isinstance(mod, (DynLinear, DynRNN)):
+                continue
+            if isinstance(mod, nn.Linear):
+                new: nn.Module = DynLinear(mod, name, self.config.reduce_range)
+            elif isinstance(mod, (nn.LSTM, nn.GRU)):
+                new = DynRNN(mod, name, self.config.reduce_range)
+            else:
+                raise mo.ArtifactError(f"{self.name}: layer {name!r} is {type(mod).__name__}, "
+                                       "not a Linear/LSTM/GRU layer.")
+            _set(model, name, new)
+        return model.eval()
 
     def _candidates(self, model: nn.Module, cfg: DynamicConfig) -> dict[str, nn.Module]:
         out: dict[str, nn.Module] = {}

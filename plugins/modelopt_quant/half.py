@@ -47,8 +47,10 @@ class _Half(mo.Optimizer):
             "torch_compute_dtype": self.dtype, "quantization": self.dtype,
             "half_size_bytes": size})
 
-    def rebuild(self, model: Any, example_inputs: tuple[Any, ...], metadata: Any) -> Any:
-        """The same BatchNorm folding, cast and memory format (values from the weights)."""
+    def rebuild(self, model: Any, example_inputs: tuple[Any, ...], metadata: Any,
+                restore: Any = None) -> Any:
+        """The same BatchNorm folding, cast and memory format (values from the weights, the
+        rest from the step's config: no restore record is needed)."""
         return self._convert(model.eval())[0]
 
     def _convert(self, model: Any) -> tuple[Any, list[str]]:

@@ -131,20 +131,9 @@ def _check_weights(m: nn.Module) -> None:
 
 
 def check_calibration(batches: list[tuple[Any, ...]], who: str) -> None:
-    """:class:`DataError` when the calibration inputs are constant (one value everywhere)."""
-    lo, hi = float("inf"), float("-inf")
-    for b in batches:
-        for x in b:
-            if isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel():
-                x = x[torch.isfinite(x)]  # NaN/Inf: the observers name the layer later
-                if x.numel():
-                    lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
-    if lo == float("inf"):
-        raise mo.DataError(f"{who}: calibration_data holds no floating-point tensors.")
-    if not (lo < hi):
-        raise mo.DataError(
-            f"{who}: calibration_data is constant (every value is {lo:g}); activation ranges "
-            "and scales cannot be computed from it. Give real, varied input samples.")
+    """:class:`DataError` when the calibration inputs are constant (one value everywhere);
+    the check the ONNX quantizer shares (:func:`modelopt_core.data.check_not_constant`)."""
+    mo.data.check_not_constant(batches, who)
 
 
 def calibrate(model: nn.Module, batches: list[tuple[Any, ...]], ctx: mo.Context,

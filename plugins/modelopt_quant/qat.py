@@ -12,6 +12,8 @@ result exports to the same QDQ ONNX graph as ``quantize.static``.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -72,7 +74,7 @@ class QATQuantize(mo.Optimizer):
         if ctx.calibration_data is not None:
             batches = ctx.calibration_batches(self.name, cfg.calibration_batches)
         else:
-            batches = _inputs_of(train, cfg.calibration_batches, self.name)
+            batches, train = _inputs_of(train, cfg.calibration_batches, self.name)
         model, layers, notes = prepare_calibrated(artifact.model, batches, spec_from(cfg), ctx,
                                                   self.name, fold=False)
         if not layers:
@@ -116,13 +118,16 @@ class QATQuantize(mo.Optimizer):
                      f"folded {folded} BatchNorm layer(s) after training; last loss "
                      f"{last.get('train_loss', float('nan')):.4g}")
         return artifact.evolve(step=self.step(notes=notes), model=model,
-                               metadata=quant_metadata(model, layers, cfg.skip_layers,
-                                                       batches[0]))
+                               metadata={**quant_metadata(model, layers, cfg.skip_layers,
+                                                          batches[0]),
+                                         "train_history": result.history})
 
 
-    def rebuild(self, model: nn.Module, example_inputs: tuple[Any, ...], metadata: Any) -> Any:
+    def rebuild(self, model: nn.Module, example_inputs: tuple[Any, ...], metadata: Any,
+                restore: Any = None) -> Any:
         """Traced graph + quantizers, learnable scales as trained, BatchNorm folded as
-        :meth:`apply` left it (values come from the saved weights)."""
+        :meth:`apply` left it (values come from the saved weights, the rest from the step's
+        config: no restore record is needed)."""
         gm = replay(model, example_inputs, spec_from(self.config), self.name, fold=False)
         if gm is None:  # nothing quantized, or the skeleton is the QAT model itself
             return None
@@ -133,16 +138,20 @@ class QATQuantize(mo.Optimizer):
         return gm.eval()
 
 
-def _inputs_of(train: Any, limit: int, who: str) -> list[tuple[Any, ...]]:
-    out = []
+def _inputs_of(train: Any, limit: int, who: str) -> tuple[list[tuple[Any, ...]], Any]:
+    """Calibration inputs from the first training batches, and the training data to use
+    afterwards (a one-shot iterator gets the drawn batches put back in front)."""
+    out, drawn = [], []
     for item in train:
-        inputs = item[0]
-        out.append(mo.as_input_tuple(inputs))
+        drawn.append(item)
+        out.append(mo.as_input_tuple(item[0]))
         if len(out) >= limit:
             break
     if not out:
         raise mo.DataError(f"{who}: train_data is empty; give at least one (inputs, targets).")
-    return out
+    if isinstance(train, Iterator):
+        train = itertools.chain(drawn, train)
+    return out, train
 
 
 def fold_bn_quantized(model: nn.Module) -> int:

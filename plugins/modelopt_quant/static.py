@@ -81,8 +81,10 @@ class StaticQuantize(mo.Optimizer):
                                metadata=quant_metadata(model, layers, cfg.skip_layers,
                                                        batches[0]))
 
-    def rebuild(self, model: Any, example_inputs: tuple[Any, ...], metadata: Any) -> Any:
-        """Traced graph + quantizers (scales come from the saved weights)."""
+    def rebuild(self, model: Any, example_inputs: tuple[Any, ...], metadata: Any,
+                restore: Any = None) -> Any:
+        """Traced graph + quantizers (scales come from the saved weights; everything else
+        from the step's config, so no restore record is needed)."""
         return replay(model, example_inputs, spec_from(self.config), self.name,
                       fold=self.config.fold_bn)
 

@@ -4,6 +4,12 @@ The runner works on a private copy of the model (eval mode, optional channels_la
 autocast), so loading never touches the artifact's module. Artifacts whose weights are in a
 reduced precision carry ``metadata["torch_compute_dtype"]``: inputs are cast to it at the
 runner boundary and outputs cast back to float32.
+
+The device is checked when the runner is loaded: a malformed string is a ``ConfigError``, a
+device this machine lacks (``"cuda"`` on a CPU-only torch) a ``BackendUnavailableError``.
+``num_threads`` sets torch's intra-op thread count only while a call runs and restores the
+previous value afterwards; torch's thread count is process-wide, so while a call runs it
+applies to every thread of the process.
 """
 
 from __future__ import annotations
@@ -22,12 +28,86 @@ class TorchConfig:
     autocast: Literal["none", "bfloat16", "float16"] = mo.field(
         "none", help="run under torch.autocast with this dtype")
     device: str | None = mo.field(None, help="device to run on (default: the session's)")
-    num_threads: int | None = mo.field(None, validator=mo.positive,
-                                       help="torch intra-op threads (default: unchanged)")
+    num_threads: int | None = mo.field(
+        None, validator=mo.positive,
+        help="torch intra-op threads while a call runs (process-wide during the call; the "
+             "previous count is restored after it; default: unchanged)")
+
+
+class _Threads:
+    """Reusable context manager: torch's intra-op thread count is ``n`` inside, and the
+    previous count is restored on exit. The count is process-wide while inside."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._saved: list[int] = []
+
+    def __enter__(self) -> None:
+        import torch
+
+        prev = torch.get_num_threads()
+        self._saved.append(prev)
+        if prev != self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        prev = self._saved.pop()
+        if torch.get_num_threads() != prev:
+            torch.set_num_threads(prev)
+
+
+def check_device(device: str, who: str) -> str:
+    """Validate a torch device string for backend ``who`` and return it.
+
+    :class:`ConfigError` for a malformed string (``"banana"``, ``"cuda:x"``) or the ``meta``
+    device (it holds no data); :class:`BackendUnavailableError` for a device this machine or
+    this torch build lacks (``"cuda"`` without CUDA, an index past the device count)."""
+    import torch
+
+    if not isinstance(device, str | torch.device):
+        raise mo.ConfigError(f"{who}: device must be a string like 'cpu' or 'cuda:0', not "
+                             f"{type(device).__name__}.")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise mo.ConfigError(
+            f"{who}: device {device!r} is not a torch device string ({str(e).splitlines()[0]}); "
+            "use 'cpu', 'cuda' or 'cuda:<index>'.") from None
+    if dev.type == "meta":
+        raise mo.ConfigError(f"{who}: device 'meta' holds no data and cannot run a model; use "
+                             "'cpu' or 'cuda'.")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (f"this torch build ({torch.__version__}) has no CUDA"
+                   if torch.version.cuda is None else "torch.cuda.is_available() is False")
+            raise mo.BackendUnavailableError(
+                f"{who}: device {device!r} is unavailable: torch was not compiled with CUDA / "
+                f"no CUDA device ({why}). Use device='cpu', or install a CUDA build of torch "
+                "on a machine with an NVIDIA GPU.")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise mo.BackendUnavailableError(
+                f"{who}: device {device!r} is unavailable: this machine has {count} CUDA "
+                f"device(s) (cuda:0..cuda:{count - 1}).")
+        return str(device)
+    if dev.type != "cpu":
+        try:  # mps, xpu, ...: torch knows the name but this build or machine may lack it
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError) as e:
+            raise mo.BackendUnavailableError(
+                f"{who}: device {device!r} is unavailable here "
+                f"({str(e).splitlines()[0][:160]}). "
+                "Use device='cpu'.") from None
+    return str(device)
 
 
 class TorchRunner(mo.Runner):
     """Runs a private eval-mode copy of a torch model."""
+
+    #: entered around every call (a :class:`_Threads` when ``num_threads`` is set)
+    _threads: Any = contextlib.nullcontext()
 
     def __init__(self, artifact: mo.ModelArtifact, module: Any, device: str,
                  channels_last: bool, autocast: str,
@@ -59,7 +139,7 @@ class TorchRunner(mo.Runner):
         ac = (torch.autocast(device_type=torch.device(self.device).type,
                              dtype=getattr(torch, self.autocast))
               if self.autocast != "none" else contextlib.nullcontext())
-        with torch.inference_mode(), ac, self._patch:
+        with self._threads, torch.inference_mode(), ac, self._patch:
             out = self.module(*xs)
         outs = [out] if isinstance(out, torch.Tensor) else list(out)
         return [o.float() if o.is_floating_point() else o for o in outs]
@@ -82,21 +162,29 @@ class TorchBackend(mo.Backend):
     Config = TorchConfig
 
     def _prepare(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> tuple[Any, str]:
+        """A private eval-mode copy of the model on the checked device (no global state is
+        changed: ``num_threads`` applies per call, see :meth:`_scope`)."""
         import torch
 
         cfg = self.config
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        device = cfg.device or ctx.device
+        device = check_device(cfg.device if cfg.device is not None else ctx.device,
+                              f"backend {self.name!r}")
         module = copy.deepcopy(artifact.model).eval().to(device)
         if cfg.channels_last:
             module = module.to(memory_format=torch.channels_last)
         return module, device
 
+    def _scope(self, runner: TorchRunner) -> TorchRunner:
+        """Make ``runner`` set ``num_threads`` only around each call (restored afterwards)."""
+        if self.config.num_threads:
+            runner._threads = _Threads(self.config.num_threads)
+        return runner
+
     def load(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.Runner:
+        """A :class:`TorchRunner` on a private copy of the artifact's module."""
         module, device = self._prepare(artifact, ctx)
-        return TorchRunner(artifact, module, device, self.config.channels_last,
-                           self.config.autocast)
+        return self._scope(TorchRunner(artifact, module, device, self.config.channels_last,
+                                       self.config.autocast))
 
 
 @mo.config
@@ -119,6 +207,7 @@ class TorchCompileBackend(TorchBackend):
     Config = CompileConfig
 
     def load(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.Runner:
+        """A :class:`TorchRunner` on a compiled private copy (compiled on the first call)."""
         import torch
 
         module, device = self._prepare(artifact, ctx)
@@ -126,4 +215,5 @@ class TorchCompileBackend(TorchBackend):
         compiled = torch.compile(module, mode=cfg.mode, backend=cfg.compiler,
                                  dynamic=cfg.dynamic, fullgraph=cfg.fullgraph)
         options = {"freezing": cfg.freezing} if cfg.compiler == "inductor" else None
-        return TorchRunner(artifact, compiled, device, cfg.channels_last, cfg.autocast, options)
+        return self._scope(TorchRunner(artifact, compiled, device, cfg.channels_last,
+                                       cfg.autocast, options))

@@ -36,8 +36,9 @@ def test_logit_shapes_that_cannot_match_name_the_outputs():
     register_teacher("five-classes", SmallCNN(num_classes=5, width=4))
     s = session()
     h = digest(s.original.model)
-    with pytest.raises(mo.FormatError, match=r"teacher output 0 .*\(8, 5\).*student output 0 "
-                                              r".*\(8, 10\)"):
+    # checked on the example inputs (batch 1) before any training batch is drawn
+    with pytest.raises(mo.FormatError, match=r"teacher output 0 .*\(1, 5\).*student output 0 "
+                                              r".*\(1, 10\)"):
         s.apply("distill.logits", teacher="registered:five-classes", epochs=1)
     assert len(s.history) == 1 and digest(s.original.model) == h
 
@@ -78,7 +79,8 @@ def test_missing_training_data_is_a_data_error():
 @pytest.mark.parametrize("name", ["distill.logits", "distill.self_ema"])
 def test_nan_loss_stops_with_the_step_and_keeps_everything(name):
     bad = data(4)
-    bad[2] = (torch.full((8, 1, 8, 8), float("nan")), bad[2][1])
+    # finite but overflowing (NaN in the data itself is refused up front, as a DataError)
+    bad[2] = (torch.full((8, 1, 8, 8), 3e38), bad[2][1])
     s = session(train=bad)
     h = digest(s.original.model)
     with pytest.raises(mo.TrainingError, match=r"epoch 1, step 3"):

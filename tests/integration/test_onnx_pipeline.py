@@ -204,7 +204,8 @@ def test_tensorrt_reports_unavailable_without_gpu(trained, digits):
     s = mo.Session(trained, (digits.example,), progress=False)
     with pytest.raises(mo.BackendUnavailableError, match="tensorrt"):
         s.export("tensorrt")
-    assert [a.format for a in s.history] == ["torch", "onnx"]  # the onnx hop landed first
+    # every link is checked before any runs: a chain that cannot finish leaves no half
+    assert [a.format for a in s.history] == ["torch"]
 
 
 @pytest.mark.skipif(not _trt_here(), reason="needs the tensorrt package and an NVIDIA GPU")

@@ -66,6 +66,8 @@ def test_broken_plugin_listed_as_failed_others_load(broken_site):
 
 
 def test_two_distributions_one_name_is_an_error_naming_both(tmp_path):
+    """A third-party component claiming a built-in name is reported (naming both
+    distributions), the built-in is kept, and every other plugin still loads."""
     install_fake(tmp_path, "modelopt-dup", "modelopt_dup",
                  "import modelopt_core as mo\n\n"
                  "class Dup(mo.Optimizer):\n"
@@ -75,7 +77,16 @@ def test_two_distributions_one_name_is_an_error_naming_both(tmp_path):
                  "def register_optimizers(register):\n"
                  "    register(Dup)\n")
     done = modelopt(tmp_path, "plugins", "--json")
-    assert done.returncode == 1
-    err = done.stderr
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    [failed] = data["failed"]
+    assert (failed["name"], failed["distribution"]) == ("modelopt_dup", "modelopt-dup")
+    err = failed["error"]
     assert "DuplicateComponentError" in err and "'onnx.optimize'" in err
     assert "modelopt-core" in err and "modelopt-dup" in err
+    assert BUILTIN <= set(data["plugins"])  # nothing after the clash was dropped
+    onnx_names = [c["name"] for c in data["plugins"]["onnx"]["components"]]
+    assert "onnx.optimize" in onnx_names  # the built-in is the one kept
+    assert "DuplicateComponentError" in done.stderr
+    text = modelopt(tmp_path, "plugins")
+    assert text.returncode == 0 and "FAILED modelopt_dup (modelopt-dup)" in text.stdout

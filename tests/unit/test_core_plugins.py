@@ -140,8 +140,9 @@ def test_registering_an_instance_or_wrong_kind_fails_clearly():
 def test_two_plugins_one_name_names_both_distributions():
     a = plugin_module("a", register_optimizers=[make_optimizer("dup.name")])
     b = plugin_module("b", register_optimizers=[make_optimizer("dup.name")])
-    with pytest.raises(mo.DuplicateComponentError) as ei:
-        fresh(FakeEntryPoint("a", a, dist="dist-alpha"), FakeEntryPoint("b", b, dist="dist-beta"))
+    with pytest.raises(mo.DuplicateComponentError) as ei:  # strict; non-strict: see
+        fresh(FakeEntryPoint("a", a, dist="dist-alpha"),  # tests/unit/test_plugins_hardening.py
+              FakeEntryPoint("b", b, dist="dist-beta"), strict=True)
     msg = str(ei.value)
     assert "dup.name" in msg and "dist-alpha" in msg and "dist-beta" in msg
 
@@ -151,7 +152,7 @@ def test_two_entry_points_one_plugin_name_is_not_dropped_silently():
     b = plugin_module("b", register_optimizers=[make_optimizer("b.one")])
     with pytest.raises(mo.DuplicateComponentError, match="'same'.*dist-alpha.*dist-beta"):
         fresh(FakeEntryPoint("same", a, dist="dist-alpha"),
-              FakeEntryPoint("same", b, dist="dist-beta"))
+              FakeEntryPoint("same", b, dist="dist-beta"), strict=True)
     pm = fresh(FakeEntryPoint("same", a, dist="dist-alpha"))
     pm.register_plugin(a, name="same", distribution="dist-alpha")  # the same object: a no-op
     assert [c.name for c in pm.components("optimizer")] == ["a.one"]
