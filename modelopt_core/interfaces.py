@@ -287,6 +287,15 @@ class Context:
         self.log.warning(message)
         self.notes.append(message)
 
+    def status(self, message: str) -> None:
+        """Say what a long stage is doing now (stderr, when progress display is on; the log
+        at INFO always), so a step that works for seconds is never silent."""
+        self.log.info(message)
+        if self.show_progress:
+            import sys
+
+            print(f"  {message}", file=sys.stderr, flush=True)
+
     def progress(self, iterable: Iterable[Any], total: int | None = None,
                  desc: str = "") -> Iterator[Any]:
         """Wrap ``iterable`` in a progress bar (tqdm) when progress display is on."""

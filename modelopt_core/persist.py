@@ -36,7 +36,7 @@ except ImportError:  # Windows: no advisory locks; saves of one path are not ser
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["ArtifactWriteError", "locked", "leftovers", "recover", "clean_leftovers",
-           "new_temp", "swap_in", "fsync_files", "fsync_dir", "write_error"]
+           "new_temp", "swap_in", "file_mode", "fsync_files", "fsync_dir", "write_error"]
 
 #: seconds a save waits for another save of the same path before giving up
 LOCK_TIMEOUT_S = 600.0
@@ -179,13 +179,24 @@ def new_temp(target: Path, kind: str = "tmp") -> Path:
     raise ArtifactError(f"{target.parent}: cannot find a free temporary name for {target.name}.")
 
 
+def file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file under the current umask (0644 for
+    umask 022): libraries that write through private temp files (safetensors) leave 0600."""
+    mask = os.umask(0o022)  # the umask can only be read by setting it
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def fsync_files(folder: Path) -> None:
-    """fsync every file under ``folder`` (reopened: libraries write files themselves), then the
-    folders, so the content is on disk before the rename that publishes it."""
+    """Give every file under ``folder`` the usual mode and fsync it (reopened: libraries write
+    files themselves), then the folders, so the content is on disk before the rename that
+    publishes it."""
+    mode = file_mode()
     for root, dirs, files in os.walk(folder):
         for f in files:
             fd = os.open(os.path.join(root, f), os.O_RDONLY)
             try:
+                os.fchmod(fd, mode)
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .persist import file_mode
+
 __all__ = ["Report"]
 
 #: preferred column order; other metrics follow alphabetically
@@ -42,7 +44,7 @@ _FORMAT: dict[str, tuple[str, Callable[[Any], str]]] = {
 _TEXT = ("step", "format", "backend", "error", "note")
 #: columns a narrow terminal drops first (the Markdown and JSON reports keep them all)
 _DROP_ORDER = ("format", "latency_p95_ms", "params", "sparsity", "peak_memory_mb",
-               "size_ratio", "accuracy_delta", "note", "size_mb", "throughput_per_s")
+               "throughput_per_s", "size_ratio", "note", "accuracy_delta", "size_mb")
 
 
 class Report:
@@ -135,8 +137,9 @@ class Report:
         cols, hidden = self._fit(cols, console.width)
         t = Table(title=self.title, header_style="bold")
         for c in cols:
+            wraps = c in ("note", "error")  # long prose wraps; names and numbers never
             t.add_column(header(c), justify="left" if c in _TEXT else "right",
-                         no_wrap=c not in _TEXT, overflow="fold")
+                         no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")
         for r in self.rows:
             t.add_row(*(fmt(c, r.get(c)) for c in cols))
         console.print(t)
@@ -154,8 +157,10 @@ class Report:
 
         def need(c: str) -> int:
             cells = [fmt(c, r.get(c)) for r in self.rows]
+            if c in ("note", "error"):
+                return 15
             if c in _TEXT:
-                return min(max([len(x) for x in cells] + [len(c)]), 10) + 3
+                return min(max([len(x) for x in cells] + [len(c)]), 24) + 3
             return max([len(w) for w in header(c).split()] + [len(x) for x in cells]) + 3
 
         cols, hidden = list(cols), []
@@ -220,7 +225,7 @@ def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: give the usual mode
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600: give the usual mode
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -230,9 +235,3 @@ def _atomic_write(path: Path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -224,34 +224,41 @@ class Session:
         profiler_options = profiler_options or {}
         profs = [self.pm.get("profiler", p).cls(**profiler_options.get(p, {}))
                  for p in profilers]
-        for b in backends:
-            self.pm.get("backend", b)
         rows = []
+        measured: dict[str, list[str]] = {}
         arts = list(artifacts) if artifacts is not None else self.history
-        for idx, art in enumerate(arts):
-            for b in backends:
-                bcls = self.pm.get("backend", b).cls
-                if art.format not in bcls.accepts:
-                    continue
-                ok, why = bcls.availability()
-                row: dict[str, Any] = {"step": _label(idx, art), "format": art.format,
-                                       "backend": b}
-                if _row_note(art):
-                    row["note"] = _row_note(art)
-                if not ok:
-                    row["error"] = f"unavailable: {why}"
-                    rows.append(row)
-                    continue
-                ctx = self.context()
-                with self._make_runner(art, b, **backend_options.get(b, {})) as runner:
-                    for prof in profs:
-                        try:
-                            row.update(prof.profile(runner, art, ctx))
-                        except ModeloptError as e:
-                            row.setdefault("error", f"{prof.name}: {e}")
+        pairs = [(idx, art, b) for idx, art in enumerate(arts) for b in backends
+                 if art.format in self.pm.get("backend", b).cls.accepts]
+        for idx, art, b in self.context().progress(pairs, len(pairs), "measuring"):
+            bcls = self.pm.get("backend", b).cls
+            ok, why = bcls.availability()
+            row: dict[str, Any] = {"step": _label(idx, art), "format": art.format,
+                                   "backend": b}
+            if _row_note(art):
+                row["note"] = _row_note(art)
+            if not ok:
+                row["error"] = f"unavailable: {why}"
                 rows.append(row)
+                continue
+            ctx = self.context()
+            with self._make_runner(art, b, **backend_options.get(b, {})) as runner:
+                for prof in profs:
+                    try:
+                        row.update(prof.profile(runner, art, ctx))
+                    except ModeloptError as e:
+                        row.setdefault("error", f"{prof.name}: {e}")
+            rows.append(row)
+            if ctx.notes:  # what the measurement itself warned about (noise...)
+                measured[f"{row['step']} on {b}"] = list(ctx.notes)
         notes = {_label(i, a): list(a.lineage[-1].notes) for i, a in enumerate(arts)
                  if a.lineage and a.lineage[-1].notes}
+        notes.update(measured)
+        unused = [b for b in backends if not any(p[2] == b for p in pairs)]
+        if unused:
+            msg = (f"backend(s) {unused} run no artifact of this comparison (formats "
+                   f"{sorted({a.format for a in arts})}): no rows for them")
+            log.warning(msg)
+            notes["compare"] = [msg]
         return Report(rows, environment=describe_environment(), notes=notes)
 
 

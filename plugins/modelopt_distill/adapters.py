@@ -1,20 +1,19 @@
 """Adapters mapping a student feature onto its teacher's shape: a 1x1 convolution (or a linear
 layer) when the channel counts differ, interpolation when the spatial (or sequence) sizes
-differ. Shapes that no adapter can bridge raise :class:`ConfigError` naming both layers."""
+differ. Shapes that no adapter can bridge raise :class:`ConfigError` naming both layers.
+
+This module imports torch (``FeatureAdapter`` is an ``nn.Module``): the plugin imports it only
+when ``distill.features`` runs, so plugin discovery stays free of torch."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 import modelopt_core as mo
 
 __all__ = ["FeatureAdapter", "make_adapter"]
-
-
-def _nn() -> Any:
-    from torch import nn
-
-    return nn
 
 
 def make_adapter(s_shape: tuple[int, ...], t_shape: tuple[int, ...], s_name: str,
@@ -23,7 +22,7 @@ def make_adapter(s_shape: tuple[int, ...], t_shape: tuple[int, ...], s_name: str
     return FeatureAdapter(s_shape, t_shape, s_name, t_name, who)
 
 
-class FeatureAdapter(_nn().Module):
+class FeatureAdapter(nn.Module):
     """Student feature -> teacher feature shape.
 
     4-D ``(B, C, H, W)``: 1x1 conv for channels, bilinear resize for ``(H, W)``;
@@ -32,8 +31,6 @@ class FeatureAdapter(_nn().Module):
 
     def __init__(self, s_shape: tuple[int, ...], t_shape: tuple[int, ...], s_name: str,
                  t_name: str, who: str = "distill.features") -> None:
-        from torch import nn
-
         super().__init__()
         self.s_shape, self.t_shape = tuple(s_shape), tuple(t_shape)
         rank = len(s_shape)

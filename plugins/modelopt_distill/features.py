@@ -16,7 +16,6 @@ from typing import Any, ClassVar, Literal
 
 import modelopt_core as mo
 
-from .adapters import make_adapter
 from .common import (DistillConfig, first_output, frozen_copy, history_data, kd_loss,
                      resolve_teacher, run_fit, summary_notes)
 from .logits import _first_inputs
@@ -210,6 +209,8 @@ class FeatureDistill(mo.Optimizer):
     def _plan(self, student: Any, teacher: Any, inputs: tuple[Any, ...]) -> tuple:
         """Choose pairs, check them on one batch, and build their adapters."""
         from torch import nn
+
+        from .adapters import make_adapter  # torch at class level: imported on use
 
         cfg = self.config
         s_layers, s_outs = probe_layers(student, inputs)

@@ -163,10 +163,19 @@ def tile_batch(x: Any, batch: int) -> Any:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[io.StringIO]:
-    """Swallow chatty stdout of converters (kept for debugging in the yielded buffer)."""
+    """Silence chatty converters while they run: their stdout (kept for debugging in the
+    yielded buffer) and their log warnings (torch.onnx's "torchvision is not installed" per
+    op, ORT quantization's advice on the root logger); errors still surface as exceptions."""
+    import logging
+
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        yield buf
+    before = logging.root.manager.disable
+    logging.disable(max(before, logging.WARNING))
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield buf
+    finally:
+        logging.disable(before)
 
 
 @contextlib.contextmanager

@@ -71,6 +71,7 @@ class OnnxExporter(mo.Exporter):
         if choice == "auto":
             choice = artifact.metadata.get("onnx_exporter", "dynamo")
         notes = []
+        ctx.status(f"onnx: exporting {artifact.name!r} with the {choice} exporter...")
         try:
             proto = self._export(choice, model, args, in_specs, out_specs)
         except Exception as e:
@@ -87,6 +88,7 @@ class OnnxExporter(mo.Exporter):
                 raise mo.ExportError(f"onnx: both exporters failed; torchscript: {e2}") from e2
         if cfg.strip_metadata:
             _strip_debug_metadata(proto)
+        ctx.status("onnx: checking the graph (onnx checker, ONNX Runtime numerics)...")
         try:
             with onnx_session_source(proto) as src:  # a path when over protobuf's 2 GiB
                 onnx.checker.check_model(src if isinstance(src, str) else proto,

@@ -181,3 +181,20 @@ def test_overwrite_replaces_atomically_in_same_folder(tmp_path, torch_art, monke
     back = mo.load_artifact(path, model=SmallCNN(width=4))
     assert [s.component for s in back.lineage] == ["original", "again", "load"]
     assert _leftovers(tmp_path) == []
+
+
+def test_saved_files_get_the_usual_mode(tmp_path):
+    """Files follow the umask like any file a user writes (0644 under umask 022), not the 0600
+    that private temp files get."""
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        s = mo.Session(torch.nn.Linear(4, 2), (torch.randn(1, 4),), progress=False)
+        path = s.current.save(tmp_path / "a")
+        s.compare(profilers=["size"]).to_markdown(tmp_path / "r.md")
+    finally:
+        os.umask(old)
+    for f in [*path.iterdir(), tmp_path / "r.md"]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755

@@ -131,3 +131,12 @@ def test_compare_records_environment_and_labels_simulated_rows():
     assert "note" not in rep.rows[0]
     assert rep.rows[1]["note"].startswith("simulated INT8")
     assert "Measured on:" in rep.to_markdown()
+
+
+def test_compare_reports_a_backend_that_matches_no_artifact():
+    s = mo.Session(torch.nn.Linear(4, 2), (torch.randn(1, 4),), progress=False)
+    rep = s.compare(backends=["torch", "onnxruntime"], profilers=["size"])
+    assert [r["backend"] for r in rep.rows] == ["torch"]
+    assert "onnxruntime" in rep.notes["compare"][0] and "no rows" in rep.notes["compare"][0]
+    with pytest.raises(mo.UnknownComponentError):
+        s.compare(backends=["onnxrt"])
