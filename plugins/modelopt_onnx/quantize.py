@@ -63,7 +63,8 @@ def _cwd(folder: Any) -> Iterator[None]:
 class StaticConfig:
     per_channel: bool = mo.field(True, help="per-output-channel weight scales")
     calibrate_method: Literal["minmax", "entropy", "percentile", "distribution"] = mo.field(
-        "minmax", help="activation range calibration")
+        "minmax", help="activation range calibration ('distribution' is meant for float8 and "
+                       "is poor for INT8)")
     percentile: float = mo.field(99.999, validator=mo.in_range(50, 100),
                                  help="percentile for calibrate_method='percentile'")
     quant_format: Literal["qdq", "qoperator"] = mo.field("qdq", help="QDQ pairs or QLinear ops")
@@ -111,6 +112,11 @@ class OnnxQuantizeStatic(mo.Optimizer):
                 if not np.isfinite(a).all():
                     raise mo.NumericalError(f"{self.name}: calibration input {n!r} holds NaN/Inf.")
         notes = []
+        if cfg.calibrate_method == "distribution":
+            ctx.warn(f"{self.name}: calibrate_method='distribution' is ONNX Runtime's method "
+                     "for float8 scales; with integer types it can lose most of the accuracy "
+                     "(digits CNN: 29.6% vs 99.3% with minmax): prefer minmax, percentile or "
+                     "entropy")  # lands in this step's lineage notes
         sizes = {len(next(iter(f.values()))) for f in feeds}
         if cfg.calibrate_method != "minmax" and len(sizes) > 1:
             feeds = _even_batches(feeds)  # ORT's histogram calibrators stack batches
