@@ -60,12 +60,17 @@ class IterativePrune(mo.Optimizer):
                  f"{'distillation from the original' if cfg.distill else 'training'}"]
         history: list[dict[str, Any]] = []
         for r in range(cfg.rounds):
+            before = params_of(model)
             mods = dict(model.named_modules())
             structured_prune(model, xs, per_round, importance=cfg.importance, scope=cfg.scope,
                              max_layer_ratio=cfg.max_layer_ratio,
                              ignored=[mods[n] for n in keep_names], round_to=cfg.round_to,
                              train_batches=train)
             model.eval()
+            if params_of(model) == before:
+                ctx.warn(f"{self.name}: round {r + 1} removed no channel (each layer's "
+                         f"{per_round:.1%} share rounds to 0 with round_to={cfg.round_to}); "
+                         "use fewer rounds, a larger ratio, or round_to=None")
             row: dict[str, Any] = {"round": r + 1,
                                    "macs": count_macs_params(model, xs)[0]}
             if cfg.epochs_per_round:
@@ -84,3 +89,8 @@ class IterativePrune(mo.Optimizer):
                                metadata={"macs": macs1, "params": params1,
                                          "macs_before": macs0, "params_before": params0,
                                          "iterative_history": history})
+
+
+def params_of(model: Any) -> int:
+    """Parameter count (a round that changes it pruned something)."""
+    return sum(p.numel() for p in model.parameters())

@@ -167,3 +167,15 @@ def test_structured_target_speedup_on_onnxruntime():
     assert a.metadata["pruning_ratio"] == pytest.approx(0.8)  # 50x is out of reach: max_ratio
     assert any("not reached" in n for n in a.lineage[-1].notes)
     assert a.model(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+
+
+def test_iterative_round_that_prunes_nothing_is_warned():
+    """After a 50% structured prune each round's 11% share rounds back to 16/32 channels
+    with round_to=8: the round must say so instead of passing for pruning."""
+    torch.manual_seed(0)
+    train = [(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))]
+    s = mo.Session(SmallCNN(width=16).eval(), (torch.randn(1, 1, 8, 8),), train_data=train,
+                   progress=False)
+    s.apply("prune.structured", ratio=0.5)
+    art = s.apply("prune.iterative", ratio=0.3, rounds=3, epochs_per_round=0)
+    assert any("removed no channel" in n for n in art.lineage[-1].notes)
