@@ -50,12 +50,17 @@ PAIRS = [("KD (distill.logits)", "fine-tune (CE only)"),
 
 
 def paired(a: list[float], b: list[float]) -> dict[str, float]:
-    """Mean and sd of the per-seed differences a - b, and the two-sided paired t-test p."""
-    from scipy.stats import ttest_rel  # scikit-learn's own dependency
+    """Mean and sd of the per-seed differences a - b, and the two-sided paired t-test p
+    (NaN without scipy: ``pip install modelopt-core[bench]``)."""
+    try:
+        from scipy.stats import ttest_rel
+    except ImportError:
+        ttest_rel = None
 
     d = [x - y for x, y in zip(a, b)]
     sd = statistics.stdev(d) if len(d) > 1 else 0.0
-    p = float(ttest_rel(a, b).pvalue) if len(d) > 1 and sd > 0 else float("nan")
+    p = (float(ttest_rel(a, b).pvalue) if ttest_rel is not None and len(d) > 1 and sd > 0
+         else float("nan"))
     return {"mean": round(statistics.mean(d), 3), "sd": round(sd, 3), "p": round(p, 4)}
 
 

@@ -1,7 +1,8 @@
 """``modelopt demo``: train the digits CNN, optimize it through the Session, compare.
 
-Offline: the data is scikit-learn's digits, the model is defined in-project. The pipeline is a
-list of Session steps; steps whose component is not installed are skipped with a message.
+Offline: the data is the digits set shipped in the package, the model is defined in-project.
+The pipeline is a list of Session steps; steps whose component is not installed are skipped
+with a message.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def run_demo(out_dir: str | Path = "modelopt-demo-out", epochs: int = 8,
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     out = Path(out_dir)
     t0 = time.perf_counter()
-    say(f"[1/3] training SmallCNN on scikit-learn digits ({epochs} epochs)...")
+    say(f"[1/3] training SmallCNN on the digits data ({epochs} epochs)...")
     model, data = train_demo_model(epochs, progress=progress)
     say(f"      trained in {time.perf_counter() - t0:.1f} s")
     s = mo.Session(model, (data.example,), calibration_data=data.calibration,

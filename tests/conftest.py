@@ -25,7 +25,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def digits():
-    """scikit-learn digits as torch batches (``modelopt_demo.data.load_digits_data()``)."""
+    """The digits data as torch batches (``modelopt_demo.data.load_digits_data()``)."""
     from modelopt_demo.data import load_digits_data
 
     return load_digits_data()

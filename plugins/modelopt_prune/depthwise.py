@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from torch import nn
-
 import modelopt_core as mo
 
 from .common import (check_same_outputs, copy_model, count_macs_params, format_delta, noop,
@@ -37,27 +35,6 @@ def separable_factors(weight: Any) -> tuple[Any, Any]:
     return d.to(weight.dtype), p.to(weight.dtype)
 
 
-class InvertedResidual(nn.Module):
-    """MobileNetV2-style block: 1x1 expand -> ReLU -> depthwise -> ReLU -> 1x1 project
-    (+ input when ``residual``)."""
-
-    def __init__(self, cin: int, cout: int, hidden: int, kernel_size: Any, stride: Any,
-                 padding: Any, dilation: Any, bias: bool, residual: bool) -> None:
-        from torch import nn
-
-        super().__init__()
-        self.expand = nn.Conv2d(cin, hidden, 1, bias=False)
-        self.dw = nn.Conv2d(hidden, hidden, kernel_size, stride, padding, dilation,
-                            groups=hidden, bias=False)
-        self.project = nn.Conv2d(hidden, cout, 1, bias=bias)
-        self.act = nn.ReLU()
-        self.residual = residual
-
-    def forward(self, x: Any) -> Any:
-        y = self.project(self.act(self.dw(self.act(self.expand(x)))))
-        return x + y if self.residual else y
-
-
 def _identity_kernel(w: Any) -> Any:
     import torch
 
@@ -72,6 +49,8 @@ def make_separable(conv: Any, block: str) -> Any:
     """A module replacing ``conv`` (Conv2d, groups=1), initialised to approximate it."""
     import torch
     from torch import nn
+
+    from .layers import InvertedResidual
 
     w = conv.weight.detach()
     cin, cout = conv.in_channels, conv.out_channels
@@ -153,3 +132,12 @@ class DepthwiseSeparable(mo.Optimizer):
                                metadata={"macs": macs1, "params": params1, "macs_before": macs0,
                                          "params_before": params0,
                                          "init_relative_error": rel})
+
+
+def __getattr__(name: str) -> Any:
+    # InvertedResidual subclasses nn.Module: imported (with torch) on first use only
+    if name == "InvertedResidual":
+        from .layers import InvertedResidual
+
+        return InvertedResidual
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,9 @@ per byte when n_clusters <= 16). The weight is rebuilt from them in ``forward``,
 state dict (safetensors) really holds log2(n) bits per weight plus the codebook. Optional
 centroid fine-tuning trains the codebook with the shared training loop: the gradient of each
 centroid is the sum of the gradients of the weights sharing it.
+
+The layer classes live in :mod:`modelopt_prune.layers` (they subclass ``nn.Module``, so
+importing them imports torch); they are imported on first use and stay importable from here.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import math
 from typing import Any, Literal
 
 import attrs
-from torch import nn
 
 import modelopt_core as mo
 
@@ -76,55 +78,14 @@ def unpack_indices(packed: Any, n: int, k: int) -> Any:
     return torch.stack([p % 16, p // 16], 1).reshape(-1)[:n]
 
 
-class _Shared:
-    """Mixin: weight = codebook[indices], cached while not training."""
-
-    def _init_shared(self, weight: Any, k: int, iters: int, init: str) -> None:
-
-        c, labels = kmeans_1d(weight, k, iters, init)
-        self._set_shared(c.to(weight.dtype), labels, tuple(weight.shape))
-
-    def _set_shared(self, codebook: Any, labels: Any, shape: tuple[int, ...]) -> None:
-        import torch
-
-        self.n_clusters = len(codebook)
-        self.weight_shape = shape
-        self.codebook = torch.nn.Parameter(codebook)
-        self.register_buffer("indices", pack_indices(labels, self.n_clusters))
-        self._cache: tuple[int, Any] | None = None
-
-    @property
-    def weight(self) -> Any:
-        import torch
-
-        if self.training or torch.is_grad_enabled() and self.codebook.requires_grad:
-            return self._rebuild()
-        ver = self.codebook._version
-        if self._cache is None or self._cache[0] != ver:
-            self._cache = (ver, self._rebuild().detach())
-        return self._cache[1]
-
-    def num_weights(self) -> int:
-        """Weights of the dense layer this one computes (plus the bias)."""
-        return math.prod(self.weight_shape) + (self.bias.numel() if self.bias is not None
-                                               else 0)
-
-    def macs_per_output(self) -> int:
-        """Multiply-accumulates per output element (for MAC counting)."""
-        return math.prod(self.weight_shape[1:])
-
-    def _rebuild(self) -> Any:
-        n = math.prod(self.weight_shape)
-        return self.codebook[unpack_indices(self.indices, n, self.n_clusters)].view(
-            self.weight_shape)
-
-
 def _make_shared(layer: Any, k: int, iters: int, init: str,
                  saved: dict[str, Any] | None = None) -> Any:
     """A shared copy of ``layer`` by k-means; with ``saved`` (``{"shape", "clusters"}`` from
     the metadata of a saved artifact) an empty one of that shape, for loading weights into."""
     import torch
     from torch import nn
+
+    from .layers import SharedConv, SharedLinear
 
     if isinstance(layer, nn.Linear):
         class_ = SharedLinear
@@ -156,36 +117,6 @@ def _make_shared(layer: Any, k: int, iters: int, init: str,
                         torch.zeros(math.prod(shape), dtype=torch.long), shape)
     new.bias = (nn.Parameter(layer.bias.detach().clone()) if layer.bias is not None else None)
     return new.to(torch.device(layer.weight.device))
-
-
-class SharedLinear(_Shared, nn.Module):
-    """Linear layer whose weight is ``codebook[indices]`` (k-means weight sharing)."""
-
-    def forward(self, x: Any) -> Any:
-        from torch.nn import functional as F
-
-        return F.linear(x, self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, clusters={self.n_clusters}"
-
-
-class SharedConv(_Shared, nn.Module):
-    """Conv1d/2d/3d whose weight is ``codebook[indices]`` (k-means weight sharing)."""
-
-    def forward(self, x: Any) -> Any:
-        from torch.nn import functional as F
-
-        fn = (F.conv1d, F.conv2d, F.conv3d)[self.ndim - 1]
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return fn(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-        return fn(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                  self.groups)
-
-    def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, groups={self.groups}, clusters={self.n_clusters}")
 
 
 @mo.config
@@ -263,6 +194,8 @@ class WeightSharing(mo.Optimizer):
             raise mo.ArtifactError(f"{self.name}: the 'shared_layers' record is "
                                    f"{type(shared).__name__}, not a mapping; re-save the "
                                    "artifact.")
+        from .layers import _Shared
+
         for name, saved in shared.items():
             try:
                 layer = model.get_submodule(name)
@@ -282,6 +215,8 @@ class WeightSharing(mo.Optimizer):
     def _finetune(self, model: Any, ctx: mo.Context) -> str:
         from modelopt_core.training import TrainConfig, fit
 
+        from .layers import _Shared
+
         cfg = self.config
         data = ctx.training_batches(self.name)
         for p in model.parameters():  # only centroids train: indices (assignments) stay fixed
@@ -294,3 +229,12 @@ class WeightSharing(mo.Optimizer):
         for p in model.parameters():
             p.requires_grad_(True)
         return f"centroid fine-tuning: {cfg.finetune_epochs} epoch(s), best {res.best_metric}"
+
+
+def __getattr__(name: str) -> Any:
+    # the shared layers subclass nn.Module: imported (with torch) on first use only
+    if name in ("SharedConv", "SharedLinear"):
+        from . import layers
+
+        return getattr(layers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,12 +21,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-import torch
-
 import modelopt_core as mo
 
-from .prepare import prepare_calibrated, replay
-from .sensitivity import analyze, keep_float, set_quantized
 from .static import Observer, noop, quant_metadata, spec_from
 
 __all__ = ["AutoQuantize", "AutoConfig"]
@@ -59,6 +55,9 @@ class AutoQuantize(mo.Optimizer):
     Config = AutoConfig
 
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
+        from .prepare import prepare_calibrated
+        from .sensitivity import analyze, keep_float, set_quantized
+
         cfg = self.config
         batches = ctx.calibration_batches(self.name, cfg.calibration_batches)
         model, layers, notes = prepare_calibrated(artifact.model, batches, spec_from(cfg), ctx,
@@ -135,6 +134,9 @@ class AutoQuantize(mo.Optimizer):
         and reading float inputs, as :meth:`apply` left them. The layer lists come from the
         step's restore record (``metadata["quantized_layers"]`` / ``["float_layers"]`` for
         artifacts saved before per-step records)."""
+        from .prepare import replay
+        from .sensitivity import keep_float
+
         gm = replay(model, example_inputs, spec_from(self.config), self.name)
         if restore and "quantized_layers" in restore:
             floats, int8 = restore.get("float_layers"), restore["quantized_layers"]
@@ -146,6 +148,8 @@ class AutoQuantize(mo.Optimizer):
 
     def _metric(self, artifact: mo.ModelArtifact, ctx: mo.Context,
                 batches: list[tuple[Any, ...]]) -> tuple[Any, str]:
+        import torch
+
         if ctx.eval_fn is not None:
             def run(m: torch.nn.Module) -> float:
                 tmp = mo.ModelArtifact("torch", m, artifact.inputs, artifact.outputs,

@@ -11,133 +11,29 @@ the shapes it really sees (``ctx.example_inputs``) and kept in float when INT8 i
 Note: packing goes through torch's quantized-tensor constructor, which torch 2.13 marks as
 deprecated; it is isolated in :func:`_pack` (the INT8 weights themselves are plain ``int8``
 buffers, so artifacts save as safetensors).
+
+The INT8 layers live in :mod:`modelopt_quant.dynamic_layers` (they subclass ``nn.Module``, so
+importing them imports torch); they are imported on first use and stay importable from here.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import torch
-from torch import nn
 
 import modelopt_core as mo
 
-from .prepare import _check_weights
 from .static import noop
 
+if TYPE_CHECKING:  # torch is imported on use, never at plugin discovery
+    from torch import nn
+
+    from .dynamic_layers import DynLinear, DynRNN
+
 __all__ = ["DynamicQuantize", "DynamicConfig", "DynLinear", "DynRNN"]
-
-
-def _int8_weight(w: torch.Tensor, who: str) -> tuple[torch.Tensor, torch.Tensor]:
-    w = w.detach().float()
-    if not bool(torch.isfinite(w).all()):
-        raise mo.NumericalError(f"layer {who!r}: the weight holds NaN or Inf; fix the model "
-                                "before quantizing.")
-    scale = w.abs().amax(1) / 127
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
-
-
-def _pack(w_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> Any:
-    """fbgemm-packed weight for ``linear_dynamic``."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        q = torch._make_per_channel_quantized_tensor(
-            w_int8, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0)
-        return torch.ops.quantized.linear_prepack(q, bias)
-
-
-class DynLinear(nn.Module):
-    """A Linear with INT8 weights (per-channel) and dynamically quantized INT8 inputs."""
-
-    def __init__(self, layer: nn.Linear, who: str, reduce_range: bool = False) -> None:
-        super().__init__()
-        w, s = _int8_weight(layer.weight, who)
-        self.register_buffer("weight_int8", w)
-        self.register_buffer("weight_scale", s)
-        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(),
-                                                                 requires_grad=False)
-        self.in_features, self.out_features = layer.in_features, layer.out_features
-        self.reduce_range = reduce_range
-        self._packed: Any = None
-
-    def packed(self) -> Any:
-        if self._packed is None:
-            self._packed = _pack(self.weight_int8, self.weight_scale,
-                                 None if self.bias is None else self.bias.detach())
-        return self._packed
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dt = x.dtype
-        y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), self.packed(),
-                                               self.reduce_range)
-        return y if dt == torch.float32 else y.to(dt)
-
-    def __getstate__(self) -> dict[str, Any]:
-        d = self.__dict__.copy()
-        d["_packed"] = None  # repacked lazily after copy / unpickling
-        return d
-
-
-class DynRNN(nn.Module):
-    """A unidirectional LSTM/GRU with INT8 input and recurrent projections (gates in float).
-
-    Same call signature and outputs as the ``nn.LSTM`` / ``nn.GRU`` it replaces."""
-
-    def __init__(self, rnn: nn.LSTM | nn.GRU, who: str, reduce_range: bool = False) -> None:
-        super().__init__()
-        self.mode = "lstm" if isinstance(rnn, nn.LSTM) else "gru"
-        self.batch_first, self.hidden_size = rnn.batch_first, rnn.hidden_size
-        self.num_layers = rnn.num_layers
-        self.ih, self.hh = nn.ModuleList(), nn.ModuleList()
-        for layer in range(rnn.num_layers):
-            for part, dst in (("ih", self.ih), ("hh", self.hh)):
-                lin = nn.Linear(1, 1, bias=rnn.bias)
-                lin.weight = nn.Parameter(getattr(rnn, f"weight_{part}_l{layer}").detach())
-                if rnn.bias:
-                    lin.bias = nn.Parameter(getattr(rnn, f"bias_{part}_l{layer}").detach())
-                lin.in_features, lin.out_features = lin.weight.shape[1], lin.weight.shape[0]
-                dst.append(DynLinear(lin, f"{who}.{part}_l{layer}", reduce_range))
-
-    def forward(self, x: torch.Tensor, hx: Any = None) -> tuple[torch.Tensor, Any]:
-        if not self.batch_first:
-            x = x.transpose(0, 1)
-        b, t, _ = x.shape
-        hs, cs = [], []
-        for layer in range(self.num_layers):
-            gi = self.ih[layer](x.reshape(b * t, -1)).reshape(b, t, -1)
-            h, c = self._init(hx, layer, b, x)
-            outs = []
-            for step in range(t):
-                gh = self.hh[layer](h)
-                if self.mode == "lstm":
-                    i, f, g, o = (gi[:, step] + gh).chunk(4, 1)
-                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                    h = torch.sigmoid(o) * torch.tanh(c)
-                else:
-                    ir, iz, inn = gi[:, step].chunk(3, 1)
-                    hr, hz, hn = gh.chunk(3, 1)
-                    r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
-                    h = (1 - z) * torch.tanh(inn + r * hn) + z * h
-                outs.append(h)
-            x = torch.stack(outs, 1)
-            hs.append(h)
-            cs.append(c)
-        out = x if self.batch_first else x.transpose(0, 1)
-        h_n = torch.stack(hs)
-        return (out, (h_n, torch.stack(cs))) if self.mode == "lstm" else (out, h_n)
-
-    def _init(self, hx: Any, layer: int, b: int, x: torch.Tensor) -> tuple[Any, Any]:
-        zeros = x.new_zeros(b, self.hidden_size)
-        if hx is None:
-            return zeros, zeros
-        if self.mode == "lstm":
-            return hx[0][layer], hx[1][layer]
-        return hx[layer], zeros
 
 
 @mo.config
@@ -162,6 +58,11 @@ class DynamicQuantize(mo.Optimizer):
     Config = DynamicConfig
 
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
+        from torch import nn
+
+        from .dynamic_layers import DynLinear, DynRNN
+        from .prepare import _check_weights
+
         cfg = self.config
         unknown = set(cfg.layers) - {"linear", "lstm", "gru"}
         if unknown:
@@ -213,6 +114,10 @@ class DynamicQuantize(mo.Optimizer):
             raise mo.ArtifactError(
                 f"{self.name}: the lineage step has no 'quantized_layers' restore record "
                 "(saved by an older version); load its ONNX export instead.")
+        from torch import nn
+
+        from .dynamic_layers import DynLinear, DynRNN
+
         if not isinstance(layers, list) or not all(isinstance(n, str) for n in layers):
             raise mo.ArtifactError(f"{self.name}: the 'quantized_layers' record must be a list "
                                    f"of layer names, got {layers!r:.80}; re-save the artifact.")
@@ -235,6 +140,8 @@ class DynamicQuantize(mo.Optimizer):
         return model.eval()
 
     def _candidates(self, model: nn.Module, cfg: DynamicConfig) -> dict[str, nn.Module]:
+        from torch import nn
+
         out: dict[str, nn.Module] = {}
         for name, m in model.named_modules():
             if name in cfg.skip_layers or any(name.startswith(p + ".") for p in out):
@@ -256,6 +163,8 @@ def _set(root: nn.Module, name: str, mod: nn.Module) -> None:
 
 def _capture_inputs(model: nn.Module, cands: dict[str, nn.Module],
                     example: tuple[Any, ...]) -> dict[str, tuple[Any, ...]]:
+    import torch
+
     seen: dict[str, tuple[Any, ...]] = {}
     if not example:
         return seen
@@ -274,6 +183,8 @@ def _capture_inputs(model: nn.Module, cands: dict[str, nn.Module],
 def _time_pair(a: nn.Module, b: nn.Module, args: tuple[Any, ...], reps: int = 7
                ) -> tuple[float, float]:
     """Median ms of ``a(*args)`` and ``b(*args)``, interleaved."""
+    import torch
+
     ta, tb = [], []
     with torch.inference_mode():
         a(*args), b(*args)
@@ -283,3 +194,12 @@ def _time_pair(a: nn.Module, b: nn.Module, args: tuple[Any, ...], reps: int = 7
                 f(*args)
                 acc.append(time.perf_counter() - t0)
     return 1e3 * sorted(ta)[reps // 2], 1e3 * sorted(tb)[reps // 2]
+
+
+def __getattr__(name: str) -> Any:
+    # the INT8 layers subclass nn.Module: imported (with torch) on first use only
+    if name in ("DynLinear", "DynRNN"):
+        from . import dynamic_layers
+
+        return getattr(dynamic_layers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

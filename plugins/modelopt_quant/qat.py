@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from typing import Any, Literal
-
-import torch
-from torch import fx, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+from typing import TYPE_CHECKING, Any, Literal
 
 import modelopt_core as mo
 from modelopt_core.training import TrainConfig, fit
 
-from .fake_quant import FakeQuant, QuantConv, QuantLinear
-from .graph import BNS, act_quantizers, weighted_layers
-from .prepare import prepare_calibrated, replay
 from .static import Observer, noop, quant_metadata, spec_from
+
+if TYPE_CHECKING:  # torch is imported on use, never at plugin discovery
+    from torch import nn
 
 __all__ = ["QATQuantize", "QATConfig", "fold_bn_quantized"]
 
@@ -69,6 +65,9 @@ class QATQuantize(mo.Optimizer):
     Config = QATConfig
 
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
+        from .graph import BNS, act_quantizers, weighted_layers
+        from .prepare import prepare_calibrated
+
         cfg = self.config
         train = ctx.training_batches(self.name)
         if ctx.calibration_data is not None:
@@ -128,6 +127,9 @@ class QATQuantize(mo.Optimizer):
         """Traced graph + quantizers, learnable scales as trained, BatchNorm folded as
         :meth:`apply` left it (values come from the saved weights, the rest from the step's
         config: no restore record is needed)."""
+        from .graph import act_quantizers
+        from .prepare import replay
+
         gm = replay(model, example_inputs, spec_from(self.config), self.name, fold=False)
         if gm is None:  # nothing quantized, or the skeleton is the QAT model itself
             return None
@@ -160,6 +162,13 @@ def fold_bn_quantized(model: nn.Module) -> int:
     Per-channel symmetric weight quantization commutes with folding: the scale of channel c
     is multiplied by ``|gamma_c / sqrt(var_c + eps)|``, so the folded model computes exactly
     what was trained. Per-tensor weight scales are recomputed from the folded weights."""
+    import torch
+    from torch import fx, nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    from .fake_quant import FakeQuant, QuantConv, QuantLinear
+    from .graph import BNS
+
     if not isinstance(model, fx.GraphModule):
         return 0
     mods = dict(model.named_modules())

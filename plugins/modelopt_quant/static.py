@@ -11,12 +11,12 @@ MatMulInteger...).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import modelopt_core as mo
 
-from .graph import QuantSpec
-from .prepare import prepare_calibrated, quantized_size_bytes, replay
+if TYPE_CHECKING:  # torch (fx) is imported on use, never at plugin discovery
+    from .graph import QuantSpec
 
 __all__ = ["StaticQuantize", "StaticConfig", "noop"]
 
@@ -42,6 +42,8 @@ class StaticConfig:
 
 def spec_from(cfg: StaticConfig, skip: tuple[str, ...] = ()) -> QuantSpec:
     """The QuantSpec described by a static/QAT/auto config."""
+    from .graph import QuantSpec
+
     return QuantSpec(per_channel=cfg.per_channel, act_signed=cfg.activation_dtype == "int8",
                      act_symmetric=cfg.symmetric_activations, observer=cfg.observer,
                      percentile=cfg.percentile, skip=tuple(cfg.skip_layers) + tuple(skip))
@@ -67,6 +69,8 @@ class StaticQuantize(mo.Optimizer):
     Config = StaticConfig
 
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
+        from .prepare import prepare_calibrated
+
         cfg = self.config
         batches = ctx.calibration_batches(self.name, cfg.calibration_batches)
         model, layers, notes = prepare_calibrated(artifact.model, batches, spec_from(cfg), ctx,
@@ -85,6 +89,8 @@ class StaticQuantize(mo.Optimizer):
                 restore: Any = None) -> Any:
         """Traced graph + quantizers (scales come from the saved weights; everything else
         from the step's config, so no restore record is needed)."""
+        from .prepare import replay
+
         return replay(model, example_inputs, spec_from(self.config), self.name,
                       fold=self.config.fold_bn)
 
@@ -97,6 +103,8 @@ def quant_metadata(model: Any, layers: Sequence[str], float_layers: Sequence[str
     should use: ONNX Runtime's integer kernels requantize with their own rounding, so outputs
     differ from the torch simulation by a few output quantization steps."""
     import torch
+
+    from .prepare import quantized_size_bytes
 
     meta: dict[str, Any] = {"quantized_layers": list(layers), "float_layers": list(float_layers),
                             "quantization": "int8-qdq", "onnx_exporter": "torchscript",

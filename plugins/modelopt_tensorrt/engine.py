@@ -16,15 +16,41 @@ import modelopt_core as mo
 
 def _trt_availability() -> tuple[bool, str]:
     import importlib.util
+    import sys
 
     if importlib.util.find_spec("tensorrt") is None:
         return False, ("missing module tensorrt (needs an NVIDIA GPU). Install with: "
                        "pip install 'modelopt-core[tensorrt]'")
-    import torch
-
-    if not torch.cuda.is_available():
+    torch = sys.modules.get("torch")
+    if torch is None:  # listing plugins: ask the driver (NVML), never import torch for it
+        if not _nvml_gpu_count():
+            return False, "no NVIDIA GPU is visible (TensorRT needs one)"
+        return True, ""
+    if not torch.cuda.is_available():  # in a session torch is loaded: its answer is the one
         return False, "no CUDA GPU is visible to torch (TensorRT needs an NVIDIA GPU)"
     return True, ""
+
+
+def _nvml_gpu_count() -> int:
+    """NVIDIA GPUs the driver reports through NVML (0 without a driver); unlike ``cuInit``
+    this creates no CUDA context, so a later ``fork`` stays safe."""
+    import ctypes
+
+    for lib in ("libnvidia-ml.so.1", "libnvidia-ml.so", "nvml.dll"):
+        try:
+            nvml = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        try:
+            if nvml.nvmlInit_v2() != 0:
+                return 0
+            count = ctypes.c_uint(0)
+            ok = nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0
+            nvml.nvmlShutdown()
+            return count.value if ok else 0
+        except AttributeError:  # an NVML too old for the _v2 entry points
+            return 0
+    return 0
 
 
 @mo.config
