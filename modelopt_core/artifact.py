@@ -119,8 +119,8 @@ class ModelArtifact:
     metadata: dict[str, Any] = attrs.field(factory=dict)
     path: str | None = None
     #: how the flat ``inputs``/``outputs`` map onto the model's own call and return structure
-    #: (plain data, see :mod:`modelopt_core.io`): ``{"inputs": "positional" | "keyword",
-    #: "outputs": <tree>}``; empty means positional inputs and a tensor or tuple of tensors
+    #: (plain data, see :mod:`modelopt_core.io`): ``{"keyword": bool, "outputs": <tree>}``;
+    #: empty (artifacts saved before it existed) means positional inputs and a tensor or tuple
     io: dict[str, Any] = attrs.field(factory=dict)
 
     @property
