@@ -7,7 +7,7 @@ or pycuda (plugins import their heavy dependencies when used).
 from __future__ import annotations
 
 from . import data, recipe, training
-from .artifact import ModelArtifact, Step, TensorSpec, load_artifact
+from .artifact import ModelArtifact, Step, TensorSpec, _bytes_cls, load_artifact
 from .config import (build_config, config, config_fields, config_to_data, field, in_range,
                      positive)
 from .data import check_batch
@@ -17,18 +17,21 @@ from .errors import (ArtifactError, ArtifactWriteError, BackendUnavailableError,
                      RunnerClosedError, StepError, TrainingError, UnknownComponentError,
                      UnsafeArtifactError)
 from .hookspecs import hookimpl
-from .interfaces import (Backend, Component, Context, Exporter, Optimizer, Profiler, Runner,
-                         as_input_tuple)
+from .interfaces import (Backend, Component, Context, Exporter, Format, Optimizer, Profiler,
+                         Runner, as_input_tuple)
 from .numerics import check_finite_weights, first_nonfinite
 from .plugins import PluginManager, get_plugin_manager
 from .report import Report
 from .session import Session
 
+#: raw-bytes format (engine blobs); subclass it with a ``name`` to register such a format
+BytesFormat = _bytes_cls()
+
 __version__ = "0.1.0"
 
 __all__ = [
     "Session", "ModelArtifact", "TensorSpec", "Step", "load_artifact", "Report",
-    "Optimizer", "Exporter", "Backend", "Runner", "Profiler", "Component", "Context",
+    "Optimizer", "Exporter", "Backend", "Runner", "Profiler", "Format", "BytesFormat", "Component", "Context",
     "as_input_tuple", "hookimpl", "PluginManager", "get_plugin_manager",
     "config", "field", "build_config", "config_to_data", "config_fields", "in_range",
     "positive",

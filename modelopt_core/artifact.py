@@ -16,13 +16,10 @@ their tensors in one external data file inside the folder, listed and hashed lik
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +30,9 @@ from .errors import ArtifactError, ModeloptError, UnsafeArtifactError
 from .manifest import MANIFEST_VERSION, check_manifest, read_json, spec_fields, step_fields
 
 __all__ = ["TensorSpec", "Step", "ModelArtifact", "load_artifact", "sha256_file",
-           "onnx_session_source", "EXTERNAL_DATA_THRESHOLD"]
+           "format_for"]
 
 MANIFEST = "manifest.json"
-#: ONNX models whose protobuf is larger (bytes) are saved with external data: protobuf cannot
-#: serialize 2 GiB, and this leaves room for the graph itself
-EXTERNAL_DATA_THRESHOLD = 2**31 - 2**20
-#: the one external data file of an ONNX artifact saved with external data
-EXTERNAL_DATA_FILE = "model.onnx.data"
 
 
 @attrs.define(frozen=True)
@@ -138,16 +130,17 @@ class ModelArtifact:
     # ---- persistence -----------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = True,
-             external_data_threshold: int | None = None) -> Path:
+             plugins: Any = None, **options: Any) -> Path:
         """Write the artifact to folder ``path`` atomically and crash-safely.
 
         The files go to a temp folder next to ``path`` (fsynced), which then replaces ``path``
         by rename, under a per-path lock (concurrent saves of one path serialize: the last one
         wins). ``path`` may be missing, an empty folder or a modelopt artifact (replaced only
         when ``overwrite``); anything else, a file or the working folder (or a parent of it) is
-        refused with :class:`ArtifactError`. ONNX models over ``external_data_threshold``
-        bytes (default ``EXTERNAL_DATA_THRESHOLD``) keep their tensors in ``model.onnx.data``.
-        A failed save raises ArtifactError (with ``errno`` for OS errors) and changes nothing.
+        refused with :class:`ArtifactError`. The model's files are written by the Format
+        registered for its format in ``plugins`` (default: the process-wide manager);
+        ``options`` go to it (e.g. ``external_data_threshold=`` for ONNX). A failed save
+        raises ArtifactError (with ``errno`` for OS errors) and changes nothing.
         """
         target = Path(path).resolve()
         _check_target(target, overwrite)
@@ -164,9 +157,7 @@ class ModelArtifact:
             except OSError as e:
                 raise persist.write_error(target, e, "cannot create a temp folder") from e
             try:
-                kw = ({} if external_data_threshold is None
-                      else {"external_data_threshold": external_data_threshold})
-                files = _write_model(self, tmp, **kw)
+                files = _write_model(self, tmp, plugins=plugins, **options)
                 _write_json(tmp / MANIFEST, self._manifest(tmp, files))
                 persist.fsync_files(tmp)
                 persist.swap_in(tmp, target)
@@ -288,107 +279,87 @@ def _write_json(path: Path, data: Any) -> None:
         os.fsync(f.fileno())
 
 
-def _write_model(art: ModelArtifact, folder: Path,
-                 external_data_threshold: int | None = None) -> list[str]:
-    if art.format == "torch":
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().contiguous().cpu() for k, v in art.model.state_dict().items()}
-        _untie(state)
-        save_file(state, str(folder / "weights.safetensors"))
-        from .structure import record_structure
-
-        cls = type(art.model)
-        _write_json(folder / "torch_model.json", {"class": f"{cls.__module__}.{cls.__qualname__}",
-                                                   "structure": record_structure(art.model)})
-        return ["weights.safetensors", "torch_model.json"]
-    if art.format == "onnx":
-        import onnx
-
-        limit = (EXTERNAL_DATA_THRESHOLD if external_data_threshold is None
-                 else external_data_threshold)
-        if _onnx_size(art.model) > limit:
-            return _save_onnx_external(art.model, folder)
-        onnx.save_model(art.model, str(folder / "model.onnx"))
-        return ["model.onnx"]
-    if isinstance(art.model, (bytes, bytearray)):
-        (folder / "model.bin").write_bytes(bytes(art.model))
-        return ["model.bin"]
-    raise ArtifactError(
-        f"cannot save an artifact of format {art.format!r} holding {type(art.model).__name__}: "
-        "only torch modules, ONNX models and raw bytes have a file form.")
+def _write_model(art: ModelArtifact, folder: Path, plugins: Any = None,
+                 **options: Any) -> list[str]:
+    """Write ``art.model`` into ``folder`` through the Format registered for ``art.format``."""
+    return format_for(art.format, plugins, art.model).save(art, folder, **options)
 
 
-def _onnx_size(model: Any) -> int:
-    """Serialized size of a ModelProto; "infinite" past what protobuf can serialize (2 GiB),
-    where ``ByteSize()`` itself raises."""
+def format_for(name: str, plugins: Any = None, model: Any = None) -> Any:
+    """An instance of the Format registered as ``name``; raw bytes of an unregistered format
+    (an engine blob) fall back to :class:`BytesFormat`. ArtifactError when nothing fits."""
+    from .errors import UnknownComponentError
+    from .plugins import get_plugin_manager
+
+    pm = plugins or get_plugin_manager()
     try:
-        return int(model.ByteSize())
-    except Exception:  # google.protobuf.message.EncodeError
-        return 1 << 62
+        return pm.get("format", name).cls()
+    except UnknownComponentError:
+        if model is None or isinstance(model, (bytes, bytearray)):
+            return _bytes_cls()()
+        known = ", ".join(i.name for i in pm.components("format")) or "(none)"
+        raise ArtifactError(
+            f"no installed plugin saves or loads format {name!r} (formats here: {known}); "
+            "install the plugin that provides it.") from None
 
 
-def _save_onnx_external(model: Any, folder: Path) -> list[str]:
-    """Save ``model`` as ``folder/model.onnx`` with every tensor over 1 KiB (initializers and
-    attribute constants) in the one file ``model.onnx.data``; returns the files written."""
-    import onnx
+def _bytes_format() -> type:
+    from .interfaces import Format
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)  # save_model moves the tensor data out of the proto it is given
-    onnx.save_model(m, str(folder / "model.onnx"), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location=EXTERNAL_DATA_FILE,
-                    size_threshold=1024, convert_attribute=True)
-    return ["model.onnx"] + ([EXTERNAL_DATA_FILE] if (folder / EXTERNAL_DATA_FILE).exists()
-                             else [])
+    class BytesFormat(Format):
+        """Raw bytes in ``model.bin`` (engine blobs); the fallback for bytes models of a
+        format no plugin registers. Subclass it, with a ``name``, to register one."""
 
+        name = ""
+        primary = "model.bin"
 
-@contextlib.contextmanager
-def onnx_session_source(model: Any) -> Iterator[bytes | str]:
-    """What ``onnxruntime.InferenceSession`` should be given for the ModelProto ``model``: its
-    bytes, or, for a model over ``EXTERNAL_DATA_THRESHOLD`` bytes (protobuf cannot serialize
-    2 GiB), the path of a temporary copy saved with external data, deleted on exit (ORT has
-    read it by then)."""
-    if _onnx_size(model) <= EXTERNAL_DATA_THRESHOLD:
-        yield model.SerializeToString()
-        return
-    with tempfile.TemporaryDirectory(prefix="modelopt-ort-", ignore_cleanup_errors=True) as d:
-        _save_onnx_external(model, Path(d))
-        yield str(Path(d) / "model.onnx")
+        def save(self, artifact: ModelArtifact, folder: Path, **options: Any) -> list[str]:
+            from .config import build_config
+            from .interfaces import EmptyConfig
 
+            build_config(EmptyConfig, options, f"format {artifact.format!r}")
+            if not isinstance(artifact.model, (bytes, bytearray)):
+                raise ArtifactError(
+                    f"cannot save an artifact of format {artifact.format!r} holding "
+                    f"{type(artifact.model).__name__}: no installed plugin saves that format.")
+            (folder / self.primary).write_bytes(bytes(artifact.model))
+            return [self.primary]
 
-def _untie(state: dict[str, Any]) -> None:
-    """safetensors refuses shared storage: give each tied tensor its own copy."""
-    seen: set[int] = set()
-    for k, v in state.items():
-        ptr = v.untyped_storage().data_ptr()
-        if ptr in seen:
-            state[k] = v.clone()
-        seen.add(ptr)
+        def load(self, folder: Path, saved: ModelArtifact, model: Any, plugins: Any) -> Any:
+            return (folder / self.primary).read_bytes()
+
+    BytesFormat.__qualname__ = "BytesFormat"
+    return BytesFormat
 
 
-# ---- loading -----------------------------------------------------------------------------
-
-def load_artifact(path: str | os.PathLike[str], model: Any = None) -> ModelArtifact:
+def load_artifact(path: str | os.PathLike[str], model: Any = None,
+                  plugins: Any = None) -> ModelArtifact:
     """Load an artifact folder (or a bare ``.onnx`` / ``.safetensors`` file) safely.
 
     The manifest is schema-checked, every file in the folder must be listed in it and match
     its SHA-256; torch weights load only from safetensors into the module skeleton ``model``
     (a fresh instance of the same class), which is copied, never changed. Pickle files are
     refused: their code is never run. If a save of ``path`` crashed mid-swap, the previous
-    artifact is restored first. Every problem is an :class:`ArtifactError`.
+    artifact is restored first. Every problem is an :class:`ArtifactError`. The model is read
+    by the Format registered for the manifest's format in ``plugins`` (default: the
+    process-wide plugin manager), which also resolves lineage steps for replay.
     """
+    from .plugins import get_plugin_manager
+
+    pm = plugins or get_plugin_manager()
     p = Path(path)
     if not p.exists():
         _recover_for_load(p)
     if p.is_file():
-        return _load_bare_file(p, model)
+        return _load_bare_file(p, model, pm)
     mpath = p / MANIFEST
     if not mpath.is_file():
         raise ArtifactError(f"{p}: no {MANIFEST}; save artifacts with ModelArtifact.save().")
     manifest = _verify_folder(p)
     files, fmt = manifest["files"], manifest["format"]
-    primary = {"torch": "weights.safetensors", "onnx": "model.onnx"}.get(fmt, "model.bin")
-    if primary not in files:
+    handler = format_for(fmt, pm)
+    primary = handler.primary
+    if primary and primary not in files:
         raise ArtifactError(f"{mpath}: field files: a {fmt!r} artifact holds {primary!r}, which "
                             "the manifest does not list; re-save the artifact.")
     try:
@@ -405,20 +376,14 @@ def load_artifact(path: str | os.PathLike[str], model: Any = None) -> ModelArtif
     if manifest["modelopt_manifest"] > MANIFEST_VERSION:
         notes = ((f"manifest version {manifest['modelopt_manifest']} is newer than this "
                   f"modelopt's ({MANIFEST_VERSION}); fields it does not know were ignored"),)
-    if fmt == "torch":
-        if model is not None:  # keyword inputs / structured outputs: the saved positional view
-            from .io import structured_view
-
-            try:
-                model = structured_view(model, manifest.get("io"), [s.name for s in inputs])
-            except (TypeError, KeyError, ValueError, AttributeError, IndexError) as e:
-                raise ArtifactError(f"{mpath}: field io: not a valid call/return structure "
-                                    f"({type(e).__name__}: {e}); re-save the artifact.") from e
-        obj = _load_torch_weights(p / "weights.safetensors", model, files, lineage, inputs, meta)
-    elif fmt == "onnx":
-        obj = _load_onnx(p / "model.onnx")
-    else:
-        obj = (p / "model.bin").read_bytes()
+    saved = ModelArtifact(fmt, None, inputs, outputs, lineage, meta, str(p), io=manifest["io"])
+    try:
+        obj = handler.load(p, saved, model, pm)
+    except ModeloptError:
+        raise
+    except Exception as e:  # a format plugin's library error: still an ArtifactError
+        raise ArtifactError(f"{p}: the {fmt!r} format failed to load the model "
+                            f"({type(e).__name__}: {str(e)[:300]}).") from e
     return ModelArtifact(fmt, obj, inputs, outputs,
                          lineage + (Step("load", "load", config={"path": str(p)}, notes=notes),),
                          meta, str(p), io=manifest["io"])
@@ -466,6 +431,18 @@ def _verify_folder(p: Path) -> dict[str, Any]:
     return manifest
 
 
+def _load_bare_file(p: Path, model: Any, plugins: Any) -> ModelArtifact:
+    """A bare model file, read by the Format that claims its suffix."""
+    for info in plugins.components("format"):
+        if p.suffix in info.cls.suffixes:
+            obj = info.cls().load_file(p, model, plugins)
+            return ModelArtifact(info.name, obj, path=str(p),
+                                 lineage=(Step("load", "load", config={"path": str(p)}),))
+    known = sorted({x for i in plugins.components("format") for x in i.cls.suffixes})
+    raise ArtifactError(f"{p}: unknown file type {p.suffix!r}; expected an artifact folder or "
+                        f"one of {known}.")
+
+
 def _inside(root: Path, rel: str) -> Path:
     try:
         fp = (root / rel).resolve()
@@ -476,324 +453,20 @@ def _inside(root: Path, rel: str) -> Path:
     return fp
 
 
-def _load_bare_file(p: Path, model: Any) -> ModelArtifact:
-    if p.suffix == ".onnx":
-        m = _load_onnx(p)
-        return ModelArtifact("onnx", m, lineage=(Step("load", "load", config={"path": str(p)}),),
-                             path=str(p))
-    if p.suffix == ".safetensors":
-        return ModelArtifact("torch", _load_torch_weights(p, model, None),
-                             lineage=(Step("load", "load", config={"path": str(p)}),), path=str(p))
-    if p.suffix in (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt"):
-        import pickle
-
-        import torch
-
-        if p.stat().st_size == 0:
-            raise ArtifactError(f"{p}: the file is empty (0 bytes), not saved weights.")
-        try:  # weights_only refuses any global it does not know: nothing from the file runs
-            state = torch.load(p, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, ValueError) as e:
-            raise UnsafeArtifactError(
-                f"{p}: refused to unpickle (it is not a plain tensor state_dict; loading it would "
-                f"execute code from the file). Save weights with safetensors or "
-                f"ModelArtifact.save(). Detail: {_first_line(e)}") from e
-        except (RuntimeError, EOFError, OSError) as e:
-            raise ArtifactError(f"{p}: not a readable torch weights file (corrupt or truncated): "
-                                f"{_first_line(e)}") from e
-        if model is None:
-            raise ArtifactError(f"{p}: a weights file needs a model skeleton: pass model=...")
-        _check_state_dict(p, state)
-        return ModelArtifact("torch", _into_skeleton(model, state, p),
-                             lineage=(Step("load", "load", config={"path": str(p)}),), path=str(p))
-    raise ArtifactError(f"{p}: unknown file type {p.suffix!r}; expected an artifact folder, "
-                        ".onnx or .safetensors.")
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:200]
+def __getattr__(name: str) -> Any:
+    # BytesFormat subclasses Format (interfaces imports this module): built on first use
+    if name == "BytesFormat":
+        return _bytes_cls()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _check_state_dict(p: Path, state: Any) -> None:
-    """A bare weights file must hold a flat ``{name: tensor}`` dict."""
-    import torch
-
-    if not isinstance(state, dict):
-        raise ArtifactError(f"{p}: holds a {type(state).__name__}, not a state_dict "
-                            "(a dict of name -> tensor).")
-    for k, v in state.items():
-        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
-            raise ArtifactError(
-                f"{p}: entry {str(k)[:60]!r} is a {type(v).__name__}, not a tensor: this is not a "
-                "plain state_dict. For a training checkpoint, save its model's state_dict alone "
-                "(e.g. torch.save(ckpt['state_dict'], path)) and load that.")
+_BYTES: type | None = None
 
 
-def _read_torch_json(folder: Path) -> dict[str, Any]:
-    """The checked ``torch_model.json`` of a folder: ``{"class": str, "structure": records}``."""
-    from .structure import check_records
-
-    meta = folder / "torch_model.json"
-    if not meta.is_file():
-        return {"class": "", "structure": {}}
-    d = read_json(meta, "structure record")
-    try:
-        if not isinstance(d, dict):
-            raise ArtifactError(f"field (top level): expected an object, got {type(d).__name__}")
-        cls = d.get("class", "")
-        if not isinstance(cls, str):
-            raise ArtifactError(f"field class: expected a string, got {type(cls).__name__}")
-        return {"class": cls, "structure": check_records(d.get("structure", {}))}
-    except ArtifactError as e:
-        raise ArtifactError(f"{meta}: {e}; re-save the artifact.") from None
-
-
-def _load_torch_weights(fp: Path, model: Any, files: Any, lineage: tuple[Step, ...] = (),
-                        inputs: tuple[TensorSpec, ...] = (),
-                        metadata: dict[str, Any] | None = None) -> Any:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    record = _read_torch_json(fp.parent) if files is not None else {"class": "", "structure": {}}
-    if model is None:
-        cls = record["class"]
-        raise ArtifactError(
-            f"{fp.parent}: torch artifacts store weights only (safetensors; no pickled code). "
-            f"Pass the architecture: load_artifact(path, model={cls or 'YourModel'}(...)).")
-    try:
-        state = load_file(str(fp))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ArtifactError(f"{fp}: not a valid safetensors file ({e}).") from e
-    try:
-        m = _replay(copy.deepcopy(model), lineage, inputs, metadata or {}, fp.parent)
-    except ArtifactError:
-        raise
-    except (ModeloptError, TypeError, ValueError, KeyError) as e:  # e.g. a step's config
-        raise ArtifactError(f"{fp.parent}: cannot replay the saved lineage on "
-                            f"{type(model).__name__} ({type(e).__name__}: {_first_line(e)}); "
-                            "the manifest's lineage does not fit the installed components.") from e
-    return _into_skeleton(m, state, fp, record["structure"], copied=True)
-
-
-def _replay(model: Any, lineage: tuple[Step, ...], inputs: tuple[TensorSpec, ...],
-            metadata: dict[str, Any], where: Path) -> Any:
-    """Re-run, without data, the structural part of every lineage step that defines
-    :meth:`Optimizer.rebuild` (torch.fx graphs, quantizer modules) on ``model``, in order.
-
-    Each step's rebuild gets that step's own restore record (``Step.restore``). Steps that
-    cannot be replayed here (their plugin is not installed, or a third-party optimizer
-    without ``rebuild()``) are checked afterwards: when the saved weights or the saved layer
-    record do not fit the result, loading fails with an :class:`ArtifactError` naming them
-    instead of loading weights into the wrong modules."""
-    import inspect
-
-    from .errors import ModeloptError, UnknownComponentError
-    from .interfaces import Optimizer
-    from .plugins import CORE_DISTRIBUTION, get_plugin_manager
-
-    steps = [s for s in lineage if s.kind == "optimizer"]
-    if not steps:
-        return model
-    pm = get_plugin_manager()
-    example = None
-    suspects: list[str] = []  # steps whose structure nothing here can re-create
-    for step in steps:
-        try:
-            info = pm.get("optimizer", step.component)
-        except UnknownComponentError:
-            suspects.append(f"{step.component!r} (plugin {step.plugin or '?'!r} "
-                            f"{step.version}: not installed here, so its rebuild() cannot run)")
-            continue
-        cls = info.cls
-        if cls.rebuild is Optimizer.rebuild:
-            if info.distribution != CORE_DISTRIBUTION:  # built-ins round-trip (contract test)
-                suspects.append(f"{step.component!r} (plugin {info.plugin!r} from "
-                                f"{info.distribution}: defines no rebuild())")
-            continue
-        if example is None:
-            example = _example_inputs(inputs, where)
-        try:
-            inst = cls(**step.config)
-            params = inspect.signature(inst.rebuild).parameters
-            if "restore" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
-                new = inst.rebuild(model, example, metadata, restore=dict(step.restore))
-            else:  # written before Step.restore existed
-                new = inst.rebuild(model, example, metadata)
-        except ModeloptError as e:
-            raise ArtifactError(f"{where}: cannot rebuild lineage step {step.component!r} on "
-                                f"{type(model).__name__}: {e}") from e
-        except Exception as e:  # a traced architecture that does not match the saved one
-            raise ArtifactError(
-                f"{where}: cannot rebuild lineage step {step.component!r} on "
-                f"{type(model).__name__} ({type(e).__name__}: {str(e)[:200]}); pass the "
-                "architecture the artifact was made from, or load its ONNX export.") from e
-        if new is not None:
-            model = new
-    if suspects:
-        _check_replayable(model, where, suspects)
-    return model
-
-
-def _check_replayable(model: Any, where: Path, suspects: list[str]) -> None:
-    """After :func:`_replay`: raise an :class:`ArtifactError` naming ``suspects`` when the
-    saved weights (names) or the saved standard-layer record do not fit ``model``."""
-    from safetensors import safe_open
-
-    from .structure import rebuild_structure, record_structure
-
-    try:
-        with safe_open(str(where / "weights.safetensors"), framework="pt") as f:
-            saved_keys = set(f.keys())
-        saved = json.loads((where / "torch_model.json").read_text()).get("structure", {})
-        if not isinstance(saved, dict):
-            return
-    except Exception:  # unreadable files: the weight loader reports those itself
-        return
-    named = "; ".join(suspects)
-    todo = ("Give that optimizer a rebuild() (see Optimizer.rebuild) or install its plugin, "
-            "load the artifact's ONNX export instead, or pass the optimized module itself as "
-            "the skeleton.")
-    if set(model.state_dict()) != saved_keys:
-        try:  # what loading does next for replaced standard layers
-            rebuild_structure(model, saved)
-        except Exception:
-            return  # a broken record: the weight loader reports it
-        own = set(model.state_dict())
-        if own != saved_keys:
-            raise ArtifactError(
-                f"{where}: the saved weights do not fit {type(model).__name__} after replaying "
-                f"the lineage (missing {sorted(own - saved_keys)[:5]}, unexpected "
-                f"{sorted(saved_keys - own)[:5]}): lineage step {named} changed the module "
-                f"structure in a way loading cannot re-create. {todo}")
-    # a standard layer here where the saved model had none: the saved model holds a module
-    # of its own there (same weight names, another forward), so loading would be wrong
-    odd = [f"{p} ({r['type']})" for p, r in record_structure(model).items() if p not in saved]
-    if odd:
-        raise ArtifactError(
-            f"{where}: the saved model has modules of its own where {type(model).__name__} has "
-            f"standard layers {odd[:5]}: lineage step {named} replaced them and loading cannot "
-            f"re-create them. {todo}")
-
-
-def _example_inputs(inputs: tuple[TensorSpec, ...], where: Path) -> tuple[Any, ...]:
-    """Zero tensors shaped like the saved input specs (symbolic dims -> 2); sizes and dtypes
-    are checked first, so a corrupt manifest cannot drive a huge allocation."""
-    import torch
-
-    if not inputs:
-        raise ArtifactError(f"{where}: the manifest lists no inputs, which replaying its "
-                            "lineage needs; re-save the artifact from a Session.")
-    out = []
-    for spec in inputs:
-        dims = spec.shape if isinstance(spec.shape, (tuple, list)) else None
-        if dims is None or not all(isinstance(d, str) or (type(d) is int and d > 0)
-                                   for d in dims):
-            raise ArtifactError(f"{where}: {MANIFEST}: input {spec.name!r} has shape "
-                                f"{spec.shape!r}; each dim must be a positive int or a name. "
-                                "Re-save the artifact.")
-        shape = [d if isinstance(d, int) else 2 for d in dims]
-        numel = 1
-        for d in shape:
-            numel *= d
-        if numel > 1 << 30:
-            raise ArtifactError(f"{where}: {MANIFEST}: input {spec.name!r} has shape "
-                                f"{list(dims)} ({numel} elements), too large to replay the "
-                                "lineage with; the manifest is corrupt. Re-save the artifact.")
-        dtype = getattr(torch, spec.dtype, None) if isinstance(spec.dtype, str) else None
-        if not isinstance(dtype, torch.dtype):
-            raise ArtifactError(f"{where}: input {spec.name!r} has unknown dtype {spec.dtype!r}.")
-        out.append(torch.zeros(shape, dtype=dtype))
-    return tuple(out)
-
-
-def _into_skeleton(model: Any, state: dict[str, Any], where: Path,
-                   structure: dict[str, Any] | None = None, copied: bool = False) -> Any:
-    m = model if copied else copy.deepcopy(model)
-    if structure and set(m.state_dict()) != set(state):
-        from .structure import rebuild_structure
-
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
-        try:  # layers replaced by a step (low-rank, separable, folded BN): rebuild them
-            rebuild_structure(m, structure, shapes)  # layers only as large as the saved weights
-        except ArtifactError as e:
-            raise ArtifactError(f"{where.parent / 'torch_model.json'}: cannot rebuild the saved "
-                                f"layer structure: {e}") from e
-    own = m.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    if missing or extra:
-        raise ArtifactError(
-            f"{where}: weights do not fit {type(model).__name__}: missing {missing[:5]}, "
-            f"unexpected {extra[:5]}. Pass the architecture the artifact was saved from.")
-    try:
-        _resize_to(m, state)
-        m.load_state_dict(state)
-    except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
-        raise ArtifactError(f"{where}: weights do not fit {type(model).__name__} "
-                            f"({type(e).__name__}: {_first_line(e)}). Pass the architecture "
-                            "the artifact was saved from.") from e
-    return m.eval()  # artifacts hold inference models; call .train() to fine-tune further
-
-
-def _resize_to(m: Any, state: dict[str, Any]) -> None:
-    """Give parameters/buffers the saved shapes (pruned models) and dtypes (bf16/fp16 models),
-    and fix layer attributes."""
-    import torch
-
-    for name, t in state.items():
-        mod_name, _, attr = name.rpartition(".")
-        mod = m.get_submodule(mod_name) if mod_name else m
-        cur = getattr(mod, attr)
-        if cur is None or (tuple(cur.shape) == tuple(t.shape) and cur.dtype == t.dtype):
-            continue
-        new = torch.empty_like(t)
-        if isinstance(cur, torch.nn.Parameter):
-            setattr(mod, attr, torch.nn.Parameter(new, requires_grad=cur.requires_grad))
-        else:
-            mod._buffers[attr] = new
-        if attr == "weight" and isinstance(mod, torch.nn.modules.conv._ConvNd):
-            if mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels \
-                    and t.shape[1] == 1:  # a pruned depthwise conv keeps one group per channel
-                mod.groups = t.shape[0]
-            mod.out_channels, mod.in_channels = t.shape[0], t.shape[1] * mod.groups
-        elif attr == "weight" and isinstance(mod, torch.nn.Linear):
-            mod.out_features, mod.in_features = t.shape
-        elif isinstance(mod, torch.nn.modules.batchnorm._NormBase) and t.dim() == 1:
-            mod.num_features = t.shape[0]
-
-
-def _load_onnx(fp: Path) -> Any:
-    import onnx
-
-    try:
-        m = onnx.load_model(str(fp), load_external_data=False)
-    except Exception as e:  # protobuf raises DecodeError and friends
-        raise ArtifactError(f"{fp}: not a readable ONNX model ({type(e).__name__}: {e}); "
-                            "the file is corrupt or truncated.") from e
-    if not m.graph.node and not m.graph.output:
-        raise ArtifactError(f"{fp}: parsed as ONNX but holds no graph; the file is corrupt.")
-    root = fp.parent.resolve()
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
-
-    external = [t for t in _get_all_tensors(m) if uses_external_data(t)]
-    for t in external:
-        loc = next((e.value for e in t.external_data if e.key == "location"), "")
-        try:
-            target = (root / loc).resolve()
-        except (OSError, RuntimeError, ValueError):
-            target = root
-        if os.path.isabs(loc) or root not in target.parents:
-            raise UnsafeArtifactError(
-                f"{fp}: tensor {t.name!r} points its external data at {loc!r}, outside the "
-                "model's folder; refused (path traversal).")
-    try:
-        if external:  # by path: the checker refuses in-memory models over 2 GiB
-            onnx.checker.check_model(str(fp))
-        onnx.load_external_data_for_model(m, str(root))
-        if not external:
-            onnx.checker.check_model(m)
-    except Exception as e:
-        raise ArtifactError(f"{fp}: ONNX model failed to load or check: {e}") from e
-    for t in external:  # loaded: the proto is as it was before saving
-        t.ClearField("data_location")
-    return m
+def _bytes_cls() -> type:
+    global _BYTES
+    if _BYTES is None:
+        _BYTES = _bytes_format()
+    return _BYTES

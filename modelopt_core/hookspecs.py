@@ -32,3 +32,9 @@ def register_backends(register: Callable[[type], None]) -> None:
 @hookspec
 def register_profilers(register: Callable[[type], None]) -> None:
     """Register Profiler classes by calling register(cls)."""
+
+
+@hookspec
+def register_formats(register: Callable[[type], None]) -> None:
+    """Register Format classes (how a model format is saved and loaded) by calling
+    register(cls)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -17,11 +18,12 @@ import attrs
 
 from .artifact import ModelArtifact, Step, TensorSpec
 from .config import build_config, config, config_to_data
-from .errors import BackendUnavailableError, DataError, InputSpecError, RunnerClosedError
+from .errors import (ArtifactError, BackendUnavailableError, DataError, InputSpecError,
+                     RunnerClosedError)
 from .io import order_inputs, unflatten_outputs
 
-__all__ = ["Component", "Optimizer", "Exporter", "Backend", "Runner", "Profiler", "Context",
-           "EmptyConfig"]
+__all__ = ["Component", "Optimizer", "Exporter", "Backend", "Runner", "Profiler", "Format",
+           "Context", "EmptyConfig"]
 
 
 @config
@@ -263,6 +265,41 @@ class Profiler(Component):
     def profile(self, runner: Runner, artifact: ModelArtifact, ctx: Context) -> dict[str, Any]:
         """Return metrics, e.g. ``{"latency_p50_ms": 1.2}``."""
         raise NotImplementedError
+
+
+class Format(Component):
+    """How models of one format live in an artifact folder (the ``format`` of a
+    :class:`ModelArtifact`): written into a folder, read back from it. Register with the
+    ``register_formats`` hook; :meth:`ModelArtifact.save` and :func:`load_artifact` dispatch
+    on the artifact's format, so a plugin can add a format (one file or many, e.g. OpenVINO's
+    ``.xml`` + ``.bin``, a Core ML ``.mlpackage`` folder) the core has never heard of. The core
+    keeps the manifest, hashes, the crash-safe swap and the check that every file is listed.
+    """
+
+    kind: ClassVar[str] = "format"
+    #: the file every artifact of this format holds (checked at load; "" for none)
+    primary: ClassVar[str] = ""
+    #: bare files (not artifact folders) this format reads in :meth:`load_file`, by suffix
+    suffixes: ClassVar[tuple[str, ...]] = ()
+
+    def save(self, artifact: ModelArtifact, folder: Path, **options: Any) -> list[str]:
+        """Write ``artifact.model`` into the empty ``folder``; return the written files,
+        relative to it (``/``-separated; a sub-folder's files one by one). ``options`` are the
+        keyword options of ``ModelArtifact.save`` meant for this format; refuse unknown ones
+        with :class:`ConfigError`."""
+        raise NotImplementedError
+
+    def load(self, folder: Path, saved: ModelArtifact, model: Any, plugins: Any) -> Any:
+        """Read the in-memory model back from a verified artifact ``folder``. ``saved`` is the
+        artifact as the manifest describes it (``model`` is None): specs, lineage, metadata,
+        io. ``model`` is what the user passed to :func:`load_artifact` (a skeleton for
+        weights-only formats, else None); ``plugins`` the registry to resolve lineage steps
+        with. Never run code from the folder."""
+        raise NotImplementedError
+
+    def load_file(self, path: Path, model: Any, plugins: Any) -> Any:
+        """Read a bare file with one of :attr:`suffixes` (not an artifact folder)."""
+        raise ArtifactError(f"{path}: format {self.name!r} cannot load bare files.")
 
 
 @attrs.define(eq=False)

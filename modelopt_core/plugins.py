@@ -23,7 +23,7 @@ import pluggy
 from . import hookspecs
 from .errors import (DuplicateComponentError, NoExportPathError, PluginLoadError,
                      UnknownComponentError, close_names)
-from .interfaces import Backend, Component, Exporter, Optimizer, Profiler
+from .interfaces import Backend, Component, Exporter, Format, Optimizer, Profiler
 
 __all__ = ["PluginManager", "FailedPlugin", "ComponentInfo", "ENTRY_POINT_GROUP",
            "get_plugin_manager"]
@@ -32,9 +32,11 @@ ENTRY_POINT_GROUP = "modelopt_core"
 #: the distribution of the core and its built-in plugins: loaded first, so on a name clash the
 #: built-in component is the one kept
 CORE_DISTRIBUTION = "modelopt-core"
-KINDS = {"optimizer": Optimizer, "exporter": Exporter, "backend": Backend, "profiler": Profiler}
+KINDS = {"optimizer": Optimizer, "exporter": Exporter, "backend": Backend, "profiler": Profiler,
+         "format": Format}
 _HOOKS = {"optimizer": "register_optimizers", "exporter": "register_exporters",
-          "backend": "register_backends", "profiler": "register_profilers"}
+          "backend": "register_backends", "profiler": "register_profilers",
+          "format": "register_formats"}
 
 
 @attrs.define(frozen=True)
@@ -233,7 +235,8 @@ class PluginManager:
             if info.kind == "exporter":
                 entry["accepts"], entry["produces"] = [info.cls.source], info.cls.target
             else:
-                entry["accepts"] = list(getattr(info.cls, "accepts", ()))
+                entry["accepts"] = list(getattr(info.cls, "accepts", ())) or (
+                    [info.name] if info.kind == "format" else [])
                 entry["produces"] = None
             plugins.setdefault(info.plugin, {"distribution": info.distribution,
                                              "version": info.version, "components": []})

@@ -17,7 +17,7 @@ def ort_session(model: Any, threads: int | None = None) -> Any:
     over 2 GiB goes to ORT as a temporary file with external data."""
     import onnxruntime as ort
 
-    from modelopt_core.artifact import onnx_session_source
+    from modelopt_onnx.format import onnx_session_source
 
     so = ort.SessionOptions()
     so.log_severity_level = 3

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import attrs
 
 import modelopt_core as mo
-from modelopt_core.artifact import onnx_session_source
+from .format import onnx_session_source
 
 from .common import check_against, check_inputs_for, quiet, reference_outputs, tile_batch
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import modelopt_core as mo
 
 from .exporter import OnnxExporter
+from .format import OnnxFormat
 from .optimize import OnnxOptimize
 from .quantize import OnnxQuantizeDynamic, OnnxQuantizeStatic
 
@@ -19,3 +20,8 @@ def register_optimizers(register):
     register(OnnxOptimize)
     register(OnnxQuantizeStatic)
     register(OnnxQuantizeDynamic)
+
+
+@mo.hookimpl
+def register_formats(register):
+    register(OnnxFormat)

@@ -82,7 +82,7 @@ class OrtBackend(mo.Backend):
             so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if cfg.optimized_model_path:
             so.optimized_model_filepath = cfg.optimized_model_path
-        from modelopt_core.artifact import onnx_session_source
+        from modelopt_onnx.format import onnx_session_source
 
         try:  # a model over 2 GiB goes to ORT as a temporary file with external data
             with onnx_session_source(artifact.model) as src:

@@ -15,3 +15,13 @@ def register_exporters(register):
 @mo.hookimpl
 def register_backends(register):
     register(TrtBackend)
+
+
+@mo.hookimpl
+def register_formats(register):
+    class TrtFormat(mo.BytesFormat):
+        """Serialized TensorRT engines (model.bin): built for one GPU and TensorRT version."""
+
+        name = "tensorrt"
+
+    register(TrtFormat)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import modelopt_core as mo
-from modelopt_core import artifact as artifact_mod
+import modelopt_onnx.format as onnx_format
 from modelopt_core.artifact import sha256_file
 
 
@@ -24,9 +24,9 @@ def mlp() -> torch.nn.Module:
 @pytest.fixture
 def tiny_threshold(monkeypatch):
     """Every ONNX model counts as 'over 2 GiB' (for saving and for ORT sessions)."""
-    monkeypatch.setattr(artifact_mod, "EXTERNAL_DATA_THRESHOLD", 0)
+    monkeypatch.setattr(onnx_format, "EXTERNAL_DATA_THRESHOLD", 0)
     sources = []
-    real = artifact_mod.onnx_session_source
+    real = onnx_format.onnx_session_source
 
     def spy(model):
         cm = real(model)
@@ -41,7 +41,7 @@ def tiny_threshold(monkeypatch):
                 return cm.__exit__(*exc)
         return _Wrap()
 
-    monkeypatch.setattr(artifact_mod, "onnx_session_source", spy)
+    monkeypatch.setattr(onnx_format, "onnx_session_source", spy)
     return sources
 
 
@@ -93,4 +93,4 @@ def test_protos_protobuf_cannot_size_count_as_over_the_threshold():
         def ByteSize(self):
             raise EncodeError("Failed to serialize proto")
 
-    assert artifact_mod._onnx_size(Huge()) > artifact_mod.EXTERNAL_DATA_THRESHOLD
+    assert onnx_format._onnx_size(Huge()) > onnx_format.EXTERNAL_DATA_THRESHOLD

@@ -12,7 +12,11 @@ from modelopt_core.cli import main
 def test_plugins_json_lists_builtin_components(capsys):
     assert main(["plugins", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    names = {c["name"]: c for p in data["plugins"].values() for c in p["components"]}
+    names = {c["name"]: c for p in data["plugins"].values() for c in p["components"]
+             if c["kind"] != "format"}
+    formats = {c["name"] for p in data["plugins"].values() for c in p["components"]
+               if c["kind"] == "format"}
+    assert {"torch", "onnx", "tensorrt"} <= formats
     for name in ("onnx", "onnx.optimize", "onnx.quantize_static", "onnx.quantize_dynamic",
                  "torch", "torch.compile", "onnxruntime", "tensorrt", "latency", "throughput",
                  "memory", "size", "accuracy"):

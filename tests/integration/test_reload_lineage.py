@@ -251,7 +251,7 @@ def test_corrupt_input_shape_cannot_drive_replay_allocation(tmp_path):
 
 def test_replay_example_inputs_refuse_bad_specs():
     """The replay's own guard (independent of manifest validation): no huge or odd shapes."""
-    from modelopt_core.artifact import _example_inputs
+    from modelopt_torch.format import _example_inputs
 
     where = Path("art")
     with pytest.raises(mo.ArtifactError, match="'x'.*too large"):

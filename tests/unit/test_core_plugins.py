@@ -251,6 +251,14 @@ def test_hook_register_profilers():
     assert pm.get("profiler", "fake_profiler").cls is P
 
 
+def test_hook_register_formats():
+    class F(mo.Format):
+        """Fake."""
+        name = "fake_format"
+    pm = fresh(FakeEntryPoint("f", plugin_module("f", register_formats=[F])))
+    assert pm.get("format", "fake_format").cls is F
+
+
 def test_every_hookspec_is_documented_and_tested():
     names = _hookspec_names()
     assert {"register_optimizers", "register_exporters", "register_backends",
