@@ -316,6 +316,8 @@ class Context:
     log: logging.Logger = attrs.field(factory=lambda: logging.getLogger("modelopt"))
     show_progress: bool = True
     runner_factory: Callable[..., Runner] | None = None
+    #: the session's plugin manager (formats for saving, components by name); None: global
+    plugins: Any = None
     notes: list[str] = attrs.field(factory=list)
     _train_prepared: Any = attrs.field(default=None, init=False, repr=False)
 

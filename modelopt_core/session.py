@@ -125,7 +125,7 @@ class Session:
                        calibration_data=self.calibration_data, train_data=self.train_data,
                        eval_fn=self.eval_fn, device=self.device, original=self.original,
                        history=self.history, log=log, show_progress=self.progress,
-                       runner_factory=self._make_runner)
+                       runner_factory=self._make_runner, plugins=self.pm)
 
     # ---- steps ---------------------------------------------------------------------------
 

@@ -230,7 +230,7 @@ class SizeProfiler(mo.Profiler):
     def profile(self, runner: mo.Runner, artifact: mo.ModelArtifact,
                 ctx: mo.Context) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as d:
-            folder = artifact.save(Path(d) / "a")
+            folder = artifact.save(Path(d) / "a", plugins=ctx.plugins)
             size = sum(p.stat().st_size for p in folder.iterdir() if p.name != "manifest.json")
         out: dict[str, Any] = {"size_mb": size / 2**20, "size_bytes": size}
         out.update(weight_stats(artifact))

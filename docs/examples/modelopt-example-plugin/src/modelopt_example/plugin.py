@@ -6,6 +6,7 @@ import modelopt_core as mo
 
 from .flops import FlopsProfiler
 from .fuse_bn import FuseBatchNorm
+from .npz import NpzExporter, NpzFormat, NumpyBackend
 
 
 @mo.hookimpl
@@ -18,3 +19,21 @@ def register_optimizers(register):
 def register_profilers(register):
     """Register ``example.flops``."""
     register(FlopsProfiler)
+
+
+@mo.hookimpl
+def register_exporters(register):
+    """Register ``example.npz`` (torch -> example.npz)."""
+    register(NpzExporter)
+
+
+@mo.hookimpl
+def register_formats(register):
+    """Register the ``example.npz`` format (graph.json + weights/*.npy)."""
+    register(NpzFormat)
+
+
+@mo.hookimpl
+def register_backends(register):
+    """Register ``example.numpy``."""
+    register(NumpyBackend)
