@@ -7,7 +7,8 @@ or pycuda (plugins import their heavy dependencies when used).
 from __future__ import annotations
 
 from . import data, recipe, training
-from .artifact import ModelArtifact, Step, TensorSpec, _bytes_cls, load_artifact
+from .artifact import (ArtifactProps, ModelArtifact, Step, TensorSpec, _bytes_cls,
+                       load_artifact)
 from .config import (build_config, config, config_fields, config_to_data, field, in_range,
                      positive)
 from .data import check_batch
@@ -30,7 +31,7 @@ BytesFormat = _bytes_cls()
 __version__ = "0.1.0"
 
 __all__ = [
-    "Session", "ModelArtifact", "TensorSpec", "Step", "load_artifact", "Report",
+    "Session", "ModelArtifact", "ArtifactProps", "TensorSpec", "Step", "load_artifact", "Report",
     "Optimizer", "Exporter", "Backend", "Runner", "Profiler", "Format", "BytesFormat", "Component", "Context",
     "as_input_tuple", "hookimpl", "PluginManager", "get_plugin_manager",
     "config", "field", "build_config", "config_to_data", "config_fields", "in_range",

@@ -29,7 +29,7 @@ from . import persist
 from .errors import ArtifactError, ModeloptError, UnsafeArtifactError
 from .manifest import MANIFEST_VERSION, check_manifest, read_json, spec_fields, step_fields
 
-__all__ = ["TensorSpec", "Step", "ModelArtifact", "load_artifact", "sha256_file",
+__all__ = ["TensorSpec", "Step", "ModelArtifact", "ArtifactProps", "load_artifact", "sha256_file",
            "format_for"]
 
 MANIFEST = "manifest.json"
@@ -94,6 +94,57 @@ class Step:
         return cls(**step_fields(d, where))
 
 
+def _opt_str(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ArtifactError(f"props.{attr.name}: expected a string or null, got "
+                            f"{type(value).__name__}")
+
+
+def _opt_tol(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0 <= value < 1e6):
+        raise ArtifactError(f"props.{attr.name}: expected a number in [0, 1e6) or null, got "
+                            f"{value!r}")
+
+
+@attrs.define(frozen=True)
+class ArtifactProps:
+    """Facts about an artifact that components act on (typed, unlike free-form ``metadata``):
+    set by the step that makes them true, carried to every later artifact, saved in the
+    manifest."""
+
+    #: dtype of a torch model's weights when reduced ("bfloat16", "float16"): runners cast
+    #: inputs to it and outputs back to float32; exporters trace with it
+    compute_dtype: str | None = attrs.field(default=None, validator=_opt_str)
+    #: the ONNX exporter the model needs ("torchscript": fake-quant modules export QDQ)
+    onnx_exporter: str | None = attrs.field(default=None, validator=_opt_str)
+    #: tolerances an export's numerics check should use (simulated INT8 rounds apart from the
+    #: integer kernels by a few quantization steps)
+    check_rtol: float | None = attrs.field(default=None, validator=_opt_tol)
+    check_atol: float | None = attrs.field(default=None, validator=_opt_tol)
+    #: the precision a torch model only simulates ("int8": fake-quant in float), for reports
+    simulated: str | None = attrs.field(default=None, validator=_opt_str)
+
+    def to_data(self) -> dict[str, Any]:
+        """Plain JSON data (unset fields left out)."""
+        return {k: v for k, v in attrs.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_data(cls, d: dict[str, Any], metadata: dict[str, Any] | None = None) -> ArtifactProps:
+        """From manifest data (unknown keys of newer versions ignored); manifests written
+        before props existed kept these facts in ``metadata``."""
+        meta = metadata or {}
+        legacy = {"compute_dtype": meta.get("torch_compute_dtype"),
+                  "onnx_exporter": meta.get("onnx_exporter"),
+                  "check_rtol": meta.get("onnx_check_rtol"),
+                  "check_atol": meta.get("onnx_check_atol"),
+                  "simulated": "int8" if meta.get("quantization") == "int8-qdq" else None}
+        known = {f.name for f in attrs.fields(cls)}
+        values = {k: v for k, v in legacy.items() if v is not None}
+        values.update({k: v for k, v in d.items() if k in known})
+        return cls(**values)
+
+
 @attrs.define(frozen=True, eq=False)
 class ModelArtifact:
     """An immutable model at one point of the pipeline.
@@ -114,6 +165,8 @@ class ModelArtifact:
     #: (plain data, see :mod:`modelopt_core.io`): ``{"keyword": bool, "outputs": <tree>}``;
     #: empty (artifacts saved before it existed) means positional inputs and a tensor or tuple
     io: dict[str, Any] = attrs.field(factory=dict)
+    #: typed facts components act on (compute dtype, export hints, check tolerances)
+    props: ArtifactProps = attrs.field(factory=ArtifactProps)
 
     @property
     def name(self) -> str:
@@ -121,10 +174,15 @@ class ModelArtifact:
         return self.lineage[-1].component if self.lineage else self.format
 
     def evolve(self, *, step: Step, **changes: Any) -> ModelArtifact:
-        """A new artifact with ``changes`` applied and ``step`` appended to the lineage."""
+        """A new artifact with ``changes`` applied and ``step`` appended to the lineage;
+        ``metadata`` and ``props`` given as dicts update the current ones."""
         changes.setdefault("path", None)
         meta = dict(self.metadata)
         meta.update(changes.pop("metadata", {}))
+        props = changes.pop("props", None)
+        if isinstance(props, dict):  # a partial update of the typed properties
+            props = attrs.evolve(self.props, **props)
+        changes["props"] = props if props is not None else self.props
         return attrs.evolve(self, lineage=self.lineage + (step,), metadata=meta, **changes)
 
     # ---- persistence -----------------------------------------------------------------------
@@ -186,6 +244,7 @@ class ModelArtifact:
             "lineage": [s.to_data() for s in self.lineage],
             "metadata": _jsonable(self.metadata),
             "io": self.io,
+            "props": self.props.to_data(),
             "files": {f: {"sha256": sha256_file(folder / f), "bytes": (folder / f).stat().st_size}
                       for f in files},
         }
@@ -376,7 +435,12 @@ def load_artifact(path: str | os.PathLike[str], model: Any = None,
     if manifest["modelopt_manifest"] > MANIFEST_VERSION:
         notes = ((f"manifest version {manifest['modelopt_manifest']} is newer than this "
                   f"modelopt's ({MANIFEST_VERSION}); fields it does not know were ignored"),)
-    saved = ModelArtifact(fmt, None, inputs, outputs, lineage, meta, str(p), io=manifest["io"])
+    try:
+        props = ArtifactProps.from_data(manifest["props"], meta)
+    except (ArtifactError, TypeError) as e:
+        raise ArtifactError(f"{mpath}: field {e}; re-save the artifact.") from None
+    saved = ModelArtifact(fmt, None, inputs, outputs, lineage, meta, str(p), io=manifest["io"],
+                          props=props)
     try:
         obj = handler.load(p, saved, model, pm)
     except ModeloptError:
@@ -384,9 +448,8 @@ def load_artifact(path: str | os.PathLike[str], model: Any = None,
     except Exception as e:  # a format plugin's library error: still an ArtifactError
         raise ArtifactError(f"{p}: the {fmt!r} format failed to load the model "
                             f"({type(e).__name__}: {str(e)[:300]}).") from e
-    return ModelArtifact(fmt, obj, inputs, outputs,
-                         lineage + (Step("load", "load", config={"path": str(p)}, notes=notes),),
-                         meta, str(p), io=manifest["io"])
+    return attrs.evolve(saved, model=obj, lineage=lineage + (
+        Step("load", "load", config={"path": str(p)}, notes=notes),))
 
 
 def _recover_for_load(p: Path) -> None:

@@ -184,6 +184,6 @@ def _check(m: Any) -> dict[str, Any]:
     out = dict(m)
     for k in ("inputs", "outputs", "lineage"):
         out[k] = _list(k, m.get(k, []))
-    for k in ("metadata", "io"):
+    for k in ("metadata", "io", "props"):
         out[k] = _type(k, m.get(k, {}), dict, "an object")
     return out

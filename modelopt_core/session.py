@@ -99,8 +99,7 @@ class Session:
         io = {"keyword": keyword, "outputs": tree}
         self._history = [ModelArtifact(
             "torch", structured_view(model, io, names), inputs, outputs,
-            (Step("original", "source", config={"class": type(model).__qualname__}),),
-            {"output_kind": "tensor" if tree["type"] == "tensor" else "tuple"}, io=io)]
+            (Step("original", "source", config={"class": type(model).__qualname__}),), io=io)]
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -267,8 +266,9 @@ def _row_note(art: ModelArtifact) -> str:
     nothing."""
     if art.lineage and any("no-op" in n for n in art.lineage[-1].notes):
         return "no-op: the step changed nothing"
-    if art.format == "torch" and art.metadata.get("quantization") == "int8-qdq":
-        return "simulated INT8 (fake-quant in float; export for real INT8 speed)"
+    if art.format == "torch" and art.props.simulated:
+        return (f"simulated {art.props.simulated.upper()} (fake-quant in float; export for "
+                "real speed)")
     return ""
 
 

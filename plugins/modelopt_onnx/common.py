@@ -115,7 +115,7 @@ def reference_outputs(artifact: mo.ModelArtifact, inputs: Sequence[Any]) -> list
     if artifact.format == "onnx":
         return run_onnx(artifact.model, inputs)
     model = copy.deepcopy(artifact.model).eval()
-    dtype = artifact.metadata.get("torch_compute_dtype")
+    dtype = artifact.props.compute_dtype
     xs = [x.to(getattr(torch, dtype)) if dtype and x.is_floating_point() else x for x in inputs]
     with torch.no_grad():
         out = model(*xs)

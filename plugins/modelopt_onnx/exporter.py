@@ -2,7 +2,7 @@
 
 The torch.export-based exporter is the default; the TorchScript exporter is a fallback (used
 when the default fails and ``fallback`` is on) or can be chosen outright. An artifact may ask
-for an exporter with ``metadata["onnx_exporter"]`` (simulated-quantized models export QDQ
+for an exporter with ``props.onnx_exporter`` (simulated-quantized models export QDQ
 through the TorchScript path).
 """
 
@@ -33,10 +33,10 @@ class OnnxExportConfig:
     check_numerics: bool = mo.field(True, help="compare ONNX Runtime output with torch")
     rtol: float | None = mo.field(None, validator=mo.in_range(0, 1),
                                   help="relative tolerance (default: the artifact's "
-                                  "metadata['onnx_check_rtol'], else 1e-3)")
+                                  "props.check_rtol, else 1e-3)")
     atol: float | None = mo.field(None, validator=mo.in_range(0, 1e3),
                                   help="absolute tolerance (default: the artifact's "
-                                  "metadata['onnx_check_atol'], else 1e-4)")
+                                  "props.check_atol, else 1e-4)")
     strip_metadata: bool = mo.field(True, help="drop per-node debug metadata (source stack "
                                     "traces) from the graph: smaller deployment files")
 
@@ -57,7 +57,7 @@ class OnnxExporter(mo.Exporter):
 
         cfg = self.config
         model = copy.deepcopy(artifact.model).eval()
-        dtype = artifact.metadata.get("torch_compute_dtype")
+        dtype = artifact.props.compute_dtype
         in_specs, out_specs = artifact.inputs, artifact.outputs
         if not cfg.dynamic_batch:  # pin the batch dim to the example's size
             n = ctx.example_inputs[0].shape[0] if ctx.example_inputs[0].dim() else 1
@@ -69,7 +69,7 @@ class OnnxExporter(mo.Exporter):
                          for x in args)
         choice = cfg.exporter
         if choice == "auto":
-            choice = artifact.metadata.get("onnx_exporter", "dynamo")
+            choice = artifact.props.onnx_exporter or "dynamo"
         notes = []
         ctx.status(f"onnx: exporting {artifact.name!r} with the {choice} exporter...")
         try:
@@ -104,10 +104,10 @@ class OnnxExporter(mo.Exporter):
                 xs = tuple(x.to(getattr(torch, dtype)) if x.is_floating_point() else x
                            for x in xs)
             # simulated-quantized artifacts state how far integer kernels may round apart
-            rtol = cfg.rtol if cfg.rtol is not None else artifact.metadata.get(
-                "onnx_check_rtol", 1e-3)
-            atol = cfg.atol if cfg.atol is not None else artifact.metadata.get(
-                "onnx_check_atol", 1e-4)
+            rtol = cfg.rtol if cfg.rtol is not None else (
+                artifact.props.check_rtol if artifact.props.check_rtol is not None else 1e-3)
+            atol = cfg.atol if cfg.atol is not None else (
+                artifact.props.check_atol if artifact.props.check_atol is not None else 1e-4)
             errs = check_against("onnx", ref, proto, xs, rtol, atol)
             meta.update(errs)
             notes.append(f"numerics vs torch: max abs error {errs['max_abs_error']:.3g}")

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import modelopt_core as mo
 
-from .static import Observer, noop, quant_metadata, spec_from
+from .static import Observer, noop, quant_metadata, quant_props, spec_from
 
 __all__ = ["AutoQuantize", "AutoConfig"]
 
@@ -111,14 +111,13 @@ class AutoQuantize(mo.Optimizer):
                      f", budget {budget}); {len(layers)} layer(s) INT8, {len(floats)} kept in "
                      f"float: {floats or 'none'}")
         notes.append("search: " + "; ".join(trail))
-        meta = quant_metadata(model, layers, tuple(cfg.skip_layers) + tuple(floats),
-                              batches[0])
+        meta = quant_metadata(model, layers, tuple(cfg.skip_layers) + tuple(floats))
         meta.update({"auto_metric": what, "float_metric": base, "quantized_metric": final,
                      "within_budget": within,
                      "sensitivity": report.to_data() if report else []})
         restore = {"quantized_layers": list(layers), "float_layers": list(floats)}
         out = artifact.evolve(step=self.step(notes=notes, restore=restore), model=model,
-                              metadata=meta)
+                              metadata=meta, props=quant_props(model, batches[0]))
         if cfg.measure_speed:
             speed = _speed(artifact, out, ctx)
             if speed:

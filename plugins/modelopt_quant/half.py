@@ -3,7 +3,7 @@
 
 The torch optimizers fold BatchNorm (so no low-precision statistics are needed), cast the
 weights, optionally convert 4-D weights to channels_last (oneDNN's fast layout for bf16
-convolutions on AVX512-BF16 / AMX CPUs), and set ``metadata["torch_compute_dtype"]`` so the
+convolutions on AVX512-BF16 / AMX CPUs), and set the artifact's ``props.compute_dtype`` so the
 torch runner casts inputs to that dtype and outputs back to float32.
 
 ``onnx.convert_fp16`` rewrites float32 initializers, constants, casts and value types to
@@ -44,8 +44,8 @@ class _Half(mo.Optimizer):
         model, notes = self._convert(model)
         size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         return artifact.evolve(step=self.step(notes=notes), model=model, metadata={
-            "torch_compute_dtype": self.dtype, "quantization": self.dtype,
-            "half_size_bytes": size})
+            "quantization": self.dtype, "half_size_bytes": size},
+            props={"compute_dtype": self.dtype})
 
     def rebuild(self, model: Any, example_inputs: tuple[Any, ...], metadata: Any,
                 restore: Any = None) -> Any:

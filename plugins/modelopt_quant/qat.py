@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import modelopt_core as mo
 from modelopt_core.training import TrainConfig, fit
 
-from .static import Observer, noop, quant_metadata, spec_from
+from .static import Observer, noop, quant_metadata, quant_props, spec_from
 
 if TYPE_CHECKING:  # torch is imported on use, never at plugin discovery
     from torch import nn
@@ -117,9 +117,9 @@ class QATQuantize(mo.Optimizer):
                      f"folded {folded} BatchNorm layer(s) after training; last loss "
                      f"{last.get('train_loss', float('nan')):.4g}")
         return artifact.evolve(step=self.step(notes=notes), model=model,
-                               metadata={**quant_metadata(model, layers, cfg.skip_layers,
-                                                          batches[0]),
-                                         "train_history": result.history})
+                               metadata={**quant_metadata(model, layers, cfg.skip_layers),
+                                         "train_history": result.history},
+                               props=quant_props(model, batches[0]))
 
 
     def rebuild(self, model: nn.Module, example_inputs: tuple[Any, ...], metadata: Any,

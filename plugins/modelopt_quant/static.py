@@ -18,7 +18,7 @@ import modelopt_core as mo
 if TYPE_CHECKING:  # torch (fx) is imported on use, never at plugin discovery
     from .graph import QuantSpec
 
-__all__ = ["StaticQuantize", "StaticConfig", "noop"]
+__all__ = ["StaticQuantize", "StaticConfig", "noop", "quant_metadata", "quant_props"]
 
 Observer = Literal["minmax", "percentile", "mse", "entropy"]
 
@@ -82,8 +82,8 @@ class StaticQuantize(mo.Optimizer):
                      f"{cfg.activation_dtype} activations, {cfg.observer} calibration on "
                      f"{len(batches)} batch(es))")
         return artifact.evolve(step=self.step(notes=notes), model=model,
-                               metadata=quant_metadata(model, layers, cfg.skip_layers,
-                                                       batches[0]))
+                               metadata=quant_metadata(model, layers, cfg.skip_layers),
+                               props=quant_props(model, batches[0]))
 
     def rebuild(self, model: Any, example_inputs: tuple[Any, ...], metadata: Any,
                 restore: Any = None) -> Any:
@@ -95,24 +95,25 @@ class StaticQuantize(mo.Optimizer):
                       fold=self.config.fold_bn)
 
 
-def quant_metadata(model: Any, layers: Sequence[str], float_layers: Sequence[str],
-                   batch: tuple[Any, ...] | None = None) -> dict[str, Any]:
-    """Metadata shared by the quantizing optimizers.
-
-    ``onnx_check_rtol`` / ``onnx_check_atol`` are the tolerances an exporter's numerics check
-    should use: ONNX Runtime's integer kernels requantize with their own rounding, so outputs
-    differ from the torch simulation by a few output quantization steps."""
-    import torch
-
+def quant_metadata(model: Any, layers: Sequence[str],
+                   float_layers: Sequence[str]) -> dict[str, Any]:
+    """Metadata shared by the quantizing optimizers (what was quantized, how large)."""
     from .prepare import quantized_size_bytes
 
-    meta: dict[str, Any] = {"quantized_layers": list(layers), "float_layers": list(float_layers),
-                            "quantization": "int8-qdq", "onnx_exporter": "torchscript",
-                            "int8_size_bytes": quantized_size_bytes(model)}
-    if batch is not None:
-        with torch.no_grad():
-            out = model.eval()(*batch)
-        outs = [out] if isinstance(out, torch.Tensor) else list(out)
-        amax = max(float(o.abs().max()) for o in outs if o.numel())
-        meta.update(onnx_check_rtol=0.1, onnx_check_atol=round(0.1 * max(amax, 1e-6), 6))
-    return meta
+    return {"quantized_layers": list(layers), "float_layers": list(float_layers),
+            "quantization": "int8-qdq", "int8_size_bytes": quantized_size_bytes(model)}
+
+
+def quant_props(model: Any, batch: tuple[Any, ...]) -> dict[str, Any]:
+    """Typed artifact properties of a fake-quantized torch model: INT8 is simulated, the QDQ
+    graph exports through TorchScript, and the export's numerics check should allow a few
+    output quantization steps (ONNX Runtime's integer kernels requantize with their own
+    rounding)."""
+    import torch
+
+    with torch.no_grad():
+        out = model.eval()(*batch)
+    outs = [out] if isinstance(out, torch.Tensor) else list(out)
+    amax = max(float(o.abs().max()) for o in outs if o.numel())
+    return {"simulated": "int8", "onnx_exporter": "torchscript", "check_rtol": 0.1,
+            "check_atol": round(0.1 * max(amax, 1e-6), 6)}

@@ -2,7 +2,7 @@
 
 The runner works on a private copy of the model (eval mode, optional channels_last and bf16
 autocast), so loading never touches the artifact's module. Artifacts whose weights are in a
-reduced precision carry ``metadata["torch_compute_dtype"]``: inputs are cast to it at the
+reduced precision carry ``props.compute_dtype``: inputs are cast to it at the
 runner boundary and outputs cast back to float32.
 
 The device is checked when the runner is loaded: a malformed string is a ``ConfigError``, a
@@ -116,7 +116,7 @@ class TorchRunner(mo.Runner):
         self.module = module
         self.channels_last = channels_last
         self.autocast = autocast
-        self.compute_dtype = artifact.metadata.get("torch_compute_dtype")
+        self.compute_dtype = artifact.props.compute_dtype
         # torch.compile compiles on the first call (and on recompiles): Inductor options must
         # be in force then; one reusable patch object keeps the per-call cost at a few us
         self._patch: Any = contextlib.nullcontext()

@@ -198,3 +198,26 @@ def test_saved_files_get_the_usual_mode(tmp_path):
     for f in [*path.iterdir(), tmp_path / "r.md"]:
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
     assert stat.S_IMODE(path.stat().st_mode) == 0o755
+
+
+def test_typed_props_round_trip_and_read_legacy_metadata(tmp_path):
+    import json
+
+    art = mo.ModelArtifact("onnx", tiny_onnx(), props=mo.ArtifactProps(
+        compute_dtype="bfloat16", check_rtol=0.1))
+    nxt = art.evolve(step=mo.Step("x", "optimizer"), props={"simulated": "int8"})
+    assert nxt.props == mo.ArtifactProps(compute_dtype="bfloat16", check_rtol=0.1,
+                                         simulated="int8")  # partial update, rest carried
+    path = nxt.save(tmp_path / "a")
+    assert mo.load_artifact(path).props == nxt.props
+    # a manifest written before props existed kept these facts in metadata
+    m = json.loads((path / "manifest.json").read_text())
+    del m["props"]
+    m["metadata"].update(torch_compute_dtype="float16", onnx_exporter="torchscript")
+    (path / "manifest.json").write_text(json.dumps(m))
+    old = mo.load_artifact(path).props
+    assert (old.compute_dtype, old.onnx_exporter) == ("float16", "torchscript")
+    m["props"] = {"check_atol": "big"}
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(mo.ArtifactError, match="props.check_atol"):
+        mo.load_artifact(path)

@@ -124,7 +124,7 @@ def test_bf16_runs_through_the_torch_runner():
     before = state_hash(m)
     s = mo.Session(m, (x,), progress=False)
     b = s.apply("quantize.bf16")
-    assert b.metadata["torch_compute_dtype"] == "bfloat16"
+    assert b.props.compute_dtype == "bfloat16"
     assert all(p.dtype == torch.bfloat16 for p in b.model.parameters())
     out = s.runner("torch")(x)
     assert out.dtype == torch.float32
@@ -185,7 +185,7 @@ def test_float_layer_keeps_its_int8_neighbours_fused_in_onnxruntime():
             assert q.enabled  # an INT8 layer's output grid stays
     art = mo.ModelArtifact("torch", gm, inputs=(mo.TensorSpec.from_tensor("input", x),),
                            outputs=(mo.TensorSpec.from_tensor("output", gm(x)),),
-                           metadata={"onnx_exporter": "torchscript"})
+                           props=mo.ArtifactProps(onnx_exporter="torchscript"))
     s = mo.Session(art, (x,), progress=False)
     o = s.export("onnx", check_numerics=False)
     so = ort.SessionOptions()
