@@ -369,6 +369,20 @@ class Context:
                                                       warn_once(self.warn))
         return self._train_prepared
 
+    def export(self, artifact: ModelArtifact, target: str, **config: Any) -> ModelArtifact:
+        """``artifact`` exported to format ``target`` through the session's exporters (for
+        components that measure on another runtime); ``config`` goes to the last exporter of
+        the chain. The session's history is not touched."""
+        from .plugins import get_plugin_manager
+
+        pm = self.plugins or get_plugin_manager()
+        chain = pm.export_path(artifact.format, target)
+        for i, info in enumerate(chain):
+            inst = info.cls(**(config if i == len(chain) - 1 else {}))
+            info.cls.ensure_available()
+            artifact = inst.export(artifact, self)
+        return artifact
+
     def runner(self, artifact: ModelArtifact, backend: str = "torch", **options: Any) -> Runner:
         """Load ``artifact`` on a registered backend (for components that measure)."""
         if self.runner_factory is None:

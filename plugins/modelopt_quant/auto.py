@@ -180,10 +180,8 @@ def _speed(src: mo.ModelArtifact, mixed: mo.ModelArtifact, ctx: mo.Context) -> d
     import time
 
     try:
-        pm = mo.get_plugin_manager()
-        exp = pm.get("exporter", "onnx").cls(check_numerics=False)
-        f32 = exp.export(src, ctx)
-        q = exp.export(mixed, ctx)
+        f32 = ctx.export(src, "onnx", check_numerics=False)
+        q = ctx.export(mixed, "onnx", check_numerics=False)
         x = tuple(ctx.example_inputs)
         res = {}
         for key, art in (("ort_fp32_ms", f32), ("ort_mixed_ms", q)):

@@ -158,3 +158,12 @@ def test_save_load_and_continue(pipeline, model, digits, tmp_path):
     x = digits.test[0][0]
     with s.runner("onnxruntime", loaded) as r1, pipeline.runner("onnxruntime", onnx_art) as r0:
         torch.testing.assert_close(r1(x), r0(x), rtol=0, atol=0)
+
+
+def test_context_export_runs_the_chain_without_touching_history():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    s = mo.Session(net, (torch.randn(2, 4),), progress=False)
+    art = s.context().export(s.current, "onnx", check_numerics=False)
+    assert art.format == "onnx" and len(s.history) == 1
+    with pytest.raises(mo.ConfigError, match="bad_option"):
+        s.context().export(s.current, "onnx", bad_option=1)
