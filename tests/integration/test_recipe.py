@@ -61,15 +61,19 @@ def test_bad_step_config_names_the_step(tmp_path, capsys):
     assert "recipe step 2" in err and "nope" in err
 
 
-def test_shipped_recipe_trains_and_keeps_accuracy(tmp_path, capsys):
-    """The bar: `modelopt run docs/recipes/digits-int8.toml` exits 0 with accuracy >= 95 on
-    every row (the recipe trains the model first: no untrained baseline)."""
-    assert main(["run", str(DOCS / "digits-int8.toml"), "--json", "--out", str(tmp_path)]) == 0
+@pytest.mark.parametrize("recipe", sorted(DOCS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_runs(recipe, tmp_path, capsys):
+    """Every recipe under docs/recipes runs end to end; the bar for digits-int8.toml: exit 0
+    with accuracy >= 95 on every row (the recipe trains the model first)."""
+    assert main(["run", str(recipe), "--json", "--out", str(tmp_path)]) == 0
     report = json.loads(capsys.readouterr().out)
     rows = report["rows"]
-    assert [r["step"] for r in rows] == ["original", "1:onnx", "2:onnx.optimize",
-                                         "3:onnx.quantize_static"]
-    assert all(r["accuracy"] >= 95 for r in rows), [r["accuracy"] for r in rows]
+    assert rows and not any("error" in r for r in rows), rows
+    if recipe.name == "digits-int8.toml":
+        assert [r["step"] for r in rows] == ["original", "1:onnx", "2:onnx.optimize",
+                                             "3:onnx.quantize_static"]
+    if any("accuracy" in r for r in rows):
+        assert all(r["accuracy"] >= 95 for r in rows), [r["accuracy"] for r in rows]
     assert report["environment"]["cores"] >= 1
     assert (tmp_path / "report.md").is_file()
     assert (tmp_path / "artifact" / "manifest.json").is_file()
