@@ -12,7 +12,7 @@ from .artifact import (ArtifactProps, ModelArtifact, Step, TensorSpec, _bytes_cl
 from .config import (build_config, config, config_fields, config_to_data, field, in_range,
                      positive)
 from .data import check_batch
-from .errors import (ArtifactError, ArtifactWriteError, BackendUnavailableError, ConfigError,
+from .errors import (AccuracyBudgetError, ArtifactError, ArtifactWriteError, BackendUnavailableError, ConfigError,
                      DataError, DuplicateComponentError, ExportError, FormatError, InputSpecError,
                      ModeloptError, NoExportPathError, NumericalError, PluginLoadError,
                      RunnerClosedError, StepError, TrainingError, UnknownComponentError,
@@ -36,7 +36,7 @@ __all__ = [
     "as_input_tuple", "hookimpl", "PluginManager", "get_plugin_manager",
     "config", "field", "build_config", "config_to_data", "config_fields", "in_range",
     "positive",
-    "ModeloptError", "ConfigError", "UnknownComponentError", "FormatError", "NoExportPathError",
+    "ModeloptError", "AccuracyBudgetError", "ConfigError", "UnknownComponentError", "FormatError", "NoExportPathError",
     "PluginLoadError", "DuplicateComponentError", "ArtifactError", "ArtifactWriteError",
     "UnsafeArtifactError",
     "InputSpecError", "RunnerClosedError", "StepError", "DataError",

@@ -39,6 +39,7 @@ def _plugins(args: argparse.Namespace) -> int:
     from .plugins import get_plugin_manager
 
     summary = get_plugin_manager().summary()
+    summary["devices"] = _devices()
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -50,7 +51,28 @@ def _plugins(args: argparse.Namespace) -> int:
             print(f"  {c['kind']:<9} {c['name']:<24} {fmt:<14} {state}")
     for f in summary["failed"]:
         print(f"FAILED {f['name']} ({f['distribution']}): {f['error']}")
+    print(f"devices: {summary['devices']['summary']}")
     return 0
+
+
+def _devices() -> dict[str, Any]:
+    """What torch backends can run on here, read without importing torch (fast): the build
+    tag of the installed torch and whether an NVIDIA driver is loaded."""
+    import importlib.metadata as md
+    from pathlib import Path
+
+    try:
+        version = md.version("torch")
+    except md.PackageNotFoundError:
+        return {"torch": None, "cuda": False, "summary": "torch is not installed"}
+    driver = Path("/proc/driver/nvidia/version").exists()
+    cpu_build = "+cpu" in version
+    cuda = driver and not cpu_build
+    why = ("CPU-only torch build" if cpu_build else
+           "no NVIDIA driver loaded" if not driver else "CUDA build, NVIDIA driver present")
+    return {"torch": version, "cuda": cuda,
+            "summary": f"cpu{', cuda' if cuda else ''} (torch {version}: {why}; "
+                       f"device='cuda' {'may work' if cuda else 'is unavailable here'})"}
 
 
 def _describe(args: argparse.Namespace) -> int:

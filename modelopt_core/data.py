@@ -88,6 +88,25 @@ def check_batch(item: Any, specs: Sequence[Any], field: str, index: int, who: st
     return tuple(out)
 
 
+def split_targets(item: Any, specs: Sequence[Any]) -> tuple[Any, bool]:
+    """``(inputs, True)`` when a calibration item is an ``(inputs, targets)`` pair as a
+    training loader yields it (the model's inputs first, then labels that do not fit the
+    model's next input), else ``(item, False)``. Decided from the specs: a one-input model
+    given two tensors of which the second does not fit its input spec (labels), or a pair
+    whose first element is itself a tuple/list/dict of inputs."""
+    import torch
+
+    if not (isinstance(item, (tuple, list)) and len(item) == 2 and specs):
+        return item, False
+    first, second = item
+    if isinstance(first, (tuple, list, Mapping)) and len(specs) != 2:
+        return first, True
+    if len(specs) == 1 and isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor) \
+            and not specs[0].matches(tuple(second.shape)):  # two inputs stay a mistake
+        return first, True
+    return item, False
+
+
 def check_train_item(item: Any, specs: Sequence[Any], index: int, who: str,
                      warn: Warn | None = None) -> tuple[tuple[Any, ...], Any]:
     """Validate one ``train_data`` item, ``(inputs, targets)`` or ``{"inputs", "targets"}``;

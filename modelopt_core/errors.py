@@ -80,6 +80,11 @@ class ExportError(ModeloptError):
     """An exporter failed or its result disagrees numerically with the source model."""
 
 
+class AccuracyBudgetError(ModeloptError):
+    """A step dropped the session's eval_fn by more than ``max_accuracy_drop``; the step stays
+    in the history, marked rejected (``Session.discard()`` drops it)."""
+
+
 class StepError(ModeloptError):
     """A component raised an error of its own (a library's) while running a step; the
     message names the step, the original exception is chained as ``__cause__``."""

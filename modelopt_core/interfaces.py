@@ -213,7 +213,10 @@ class Runner:
             if not spec.matches(tuple(x.shape)):
                 raise InputSpecError(f"input {spec.name!r}: shape {tuple(x.shape)} does not match "
                                      f"{list(spec.shape)} (symbolic dims may vary).")
-            if str(x.dtype).replace("torch.", "") != spec.dtype:
+            got = str(x.dtype).replace("torch.", "")
+            # a reduced-precision model also takes its own dtype (cast at the runner boundary)
+            if got != spec.dtype and not (got == self.artifact.props.compute_dtype
+                                          and spec.dtype.startswith("float")):
                 raise InputSpecError(f"input {spec.name!r}: dtype {x.dtype} but the model takes "
                                      f"{spec.dtype}; cast the input (x.to(torch.{spec.dtype})).")
             for d, sym in zip(x.shape, spec.shape):
@@ -410,7 +413,7 @@ def _batches(data: Any, field_name: str, who: str, limit: int | None, inputs_onl
     """Up to ``limit`` batches of model inputs from ``data``, each validated against ``specs``
     (numpy items converted, ``warn`` told once); :class:`DataError` naming ``field_name`` and
     the batch index otherwise."""
-    from .data import check_batch, check_iterable, is_one_shot, warn_once
+    from .data import check_batch, check_iterable, is_one_shot, split_targets, warn_once
 
     if data is None:
         raise DataError(f"{who}: needs {field_name}; pass Session(..., {field_name}=...) with an "
@@ -419,6 +422,11 @@ def _batches(data: Any, field_name: str, who: str, limit: int | None, inputs_onl
     warn = warn_once(warn)
     out = []
     for item in data:
+        if inputs_only:
+            item, split = split_targets(item, specs)
+            if split and warn is not None:  # said once (warn_once)
+                warn(f"{who}: {field_name} yields (inputs, targets) pairs, as a training "
+                     "loader does; the targets are dropped")
         out.append(check_batch(item, specs, field_name, len(out), who, warn))
         if limit is not None and len(out) >= limit:
             break

@@ -16,7 +16,9 @@ import attrs
 
 from .artifact import ModelArtifact, Step, TensorSpec
 from .environment import describe_environment
-from .errors import DataError, FormatError, InputSpecError, ModeloptError, StepError
+from .gate import AccuracyGate
+from .errors import (AccuracyBudgetError, DataError, FormatError, InputSpecError, ModeloptError,
+                     StepError)
 from .interfaces import Component, Context, Runner, spec_inputs, timed
 from .io import flatten_outputs, leaf_names, structured_view
 from .plugins import PluginManager, component_origin, get_plugin_manager
@@ -43,6 +45,11 @@ class Session:
         plugins: a :class:`PluginManager` (default: the process-wide one).
         progress: show progress bars on long steps.
         dynamic_batch: treat the first input dim as a symbolic batch dimension.
+        max_accuracy_drop: with ``eval_fn``, the accuracy gate: after every step the new
+            artifact is evaluated and a drop of more than this many points (vs the original)
+            rejects the step (see :mod:`modelopt_core.gate`).
+        on_budget: ``"raise"`` (default: :class:`AccuracyBudgetError`, the step kept in the
+            history marked rejected) or ``"warn"`` (the step kept, the drop noted).
         dynamic_axes: more symbolic dims per input, ``{"input_ids": {1: "sequence"}}`` or
             ``{"input": {2: "height", 3: "width"}}``: carried into ONNX export and input checks.
 
@@ -61,7 +68,8 @@ class Session:
                  input_names: Sequence[str] | None = None, device: str = "cpu",
                  plugins: PluginManager | None = None, progress: bool = True,
                  dynamic_batch: bool = True,
-                 dynamic_axes: Mapping[str, Mapping[int, str]] | None = None) -> None:
+                 dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+                 max_accuracy_drop: float | None = None, on_budget: str = "raise") -> None:
         import torch
 
         keyword = isinstance(example_inputs, Mapping)
@@ -86,6 +94,12 @@ class Session:
         self.eval_fn = eval_fn
         self.device = device
         self.progress = progress
+        self.gate: AccuracyGate | None = None
+        if max_accuracy_drop is not None:
+            if eval_fn is None:
+                raise DataError("Session: max_accuracy_drop needs eval_fn (callable(runner) -> "
+                                "float, higher is better) to measure the drop.")
+            self.gate = AccuracyGate(max_accuracy_drop, on_budget)
         if isinstance(model, ModelArtifact):
             self._history = [model]
             return
@@ -162,6 +176,8 @@ class Session:
             for inst in insts:
                 art = self.current
                 self._run(inst, art, lambda ctx, inst=inst, art=art: inst.export(art, ctx))
+        except AccuracyBudgetError:
+            raise  # the rejected link stays in the history for inspection
         except BaseException:
             del self._history[before:]  # a failed chain leaves the history as it was
             raise
@@ -169,6 +185,10 @@ class Session:
 
     def _run(self, inst: Component, art: ModelArtifact,
              fn: Callable[[Context], ModelArtifact]) -> ModelArtifact:
+        if (art.metadata.get("accuracy_gate") or {}).get("rejected"):
+            raise AccuracyBudgetError(
+                f"{inst.kind} {inst.name!r}: the current artifact ({art.name}) was rejected by "
+                "the accuracy gate; call session.discard() first, then try another step.")
         ctx = self.context()
         elapsed = timed()
         try:
@@ -190,8 +210,20 @@ class Session:
                             notes=tuple(last.notes) + tuple(n for n in ctx.notes
                                                             if n not in last.notes))
         out = attrs.evolve(out, lineage=out.lineage[:-1] + (step,))
+        if self.gate is not None:
+            out = self.gate.check(self, out)
         self._history.append(out)
+        if self.gate is not None:
+            self.gate.raise_for(out)
         return out
+
+    def discard(self) -> ModelArtifact:
+        """Drop the newest artifact (e.g. one the accuracy gate rejected); returns it. The
+        original cannot be discarded."""
+        if len(self._history) == 1:
+            raise DataError("Session.discard: only the original is left; it cannot be "
+                            "discarded.")
+        return self._history.pop()
 
     # ---- running and measuring ------------------------------------------------------------
 

@@ -151,6 +151,7 @@ def check_inputs_for(artifact: mo.ModelArtifact, ctx: mo.Context, batch: int = 2
     elif data is not None:
         specs = ctx.original.inputs if ctx.original is not None else ()
         for item in data:
+            item = mo.data.split_targets(item, specs)[0]  # (inputs, targets) pairs
             return mo.check_batch(item, specs, "calibration_data", 0, who, ctx.warn)
     return tuple(tile_batch(x, batch) for x in ctx.example_inputs)
 

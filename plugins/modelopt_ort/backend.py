@@ -26,6 +26,12 @@ class OrtConfig:
     allow_spinning: bool = mo.field(True, help="worker threads spin-wait between runs (lowest "
                                     "latency; turn off when sharing cores with other work)")
     optimized_model_path: str | None = mo.field(None, help="write ORT's optimized graph here")
+    enable_mem_pattern: bool = mo.field(
+        True, help="plan activation memory from the first run's allocation pattern (fixed "
+                   "shapes run faster; turn off when input shapes vary a lot)")
+    enable_cpu_mem_arena: bool = mo.field(
+        True, help="keep freed CPU buffers in ORT's arena for reuse (faster; off returns "
+                   "memory to the system, lower peak RSS)")
 
 
 class OrtRunner(mo.Runner):
@@ -80,6 +86,8 @@ class OrtBackend(mo.Backend):
         if not cfg.allow_spinning:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        so.enable_mem_pattern = cfg.enable_mem_pattern
+        so.enable_cpu_mem_arena = cfg.enable_cpu_mem_arena
         if cfg.optimized_model_path:
             so.optimized_model_filepath = cfg.optimized_model_path
         from modelopt_onnx.format import onnx_session_source

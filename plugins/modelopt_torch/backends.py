@@ -7,9 +7,9 @@ runner boundary and outputs cast back to float32.
 
 The device is checked when the runner is loaded: a malformed string is a ``ConfigError``, a
 device this machine lacks (``"cuda"`` on a CPU-only torch) a ``BackendUnavailableError``.
-``num_threads`` sets torch's intra-op thread count only while a call runs and restores the
-previous value afterwards; torch's thread count is process-wide, so while a call runs it
-applies to every thread of the process.
+``num_threads``, ``cudnn_benchmark`` and ``deterministic`` are torch settings that are
+process-wide: the runner sets them only while a call runs and restores the previous values
+afterwards, so while a call runs they apply to every thread of the process.
 """
 
 from __future__ import annotations
@@ -32,30 +32,53 @@ class TorchConfig:
         None, validator=mo.positive,
         help="torch intra-op threads while a call runs (process-wide during the call; the "
              "previous count is restored after it; default: unchanged)")
+    cudnn_benchmark: bool | None = mo.field(
+        None, help="CUDA: let cuDNN time its convolution algorithms for each new input shape "
+                   "and keep the fastest (fixed shapes: faster after the first call); "
+                   "per call, restored after it; default: unchanged")
+    deterministic: bool = mo.field(
+        False, help="torch.use_deterministic_algorithms while a call runs (bit-reproducible "
+                    "results; some CUDA kernels are slower or refuse); restored after it")
 
 
-class _Threads:
-    """Reusable context manager: torch's intra-op thread count is ``n`` inside, and the
-    previous count is restored on exit. The count is process-wide while inside."""
+class _Settings:
+    """Reusable context manager for torch's process-wide settings: inside, the intra-op thread
+    count, ``cudnn.benchmark`` and deterministic algorithms are as asked (None: untouched);
+    the previous values are restored on exit, also when the call raises."""
 
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self._saved: list[int] = []
+    def __init__(self, num_threads: int | None = None, cudnn_benchmark: bool | None = None,
+                 deterministic: bool | None = None) -> None:
+        self.wanted = {"threads": num_threads, "benchmark": cudnn_benchmark,
+                       "deterministic": deterministic}
+        self._saved: list[dict[str, Any]] = []
+
+    @staticmethod
+    def _get() -> dict[str, Any]:
+        import torch
+
+        return {"threads": torch.get_num_threads(),
+                "benchmark": torch.backends.cudnn.benchmark,
+                "deterministic": torch.are_deterministic_algorithms_enabled()}
+
+    @staticmethod
+    def _set(values: dict[str, Any]) -> None:
+        import torch
+
+        now = _Settings._get()
+        if values.get("threads") is not None and values["threads"] != now["threads"]:
+            torch.set_num_threads(values["threads"])
+        if values.get("benchmark") is not None and values["benchmark"] != now["benchmark"]:
+            torch.backends.cudnn.benchmark = values["benchmark"]
+        if values.get("deterministic") is not None and \
+                values["deterministic"] != now["deterministic"]:
+            torch.use_deterministic_algorithms(values["deterministic"])
 
     def __enter__(self) -> None:
-        import torch
-
-        prev = torch.get_num_threads()
-        self._saved.append(prev)
-        if prev != self.n:
-            torch.set_num_threads(self.n)
+        self._saved.append(self._get())
+        self._set(self.wanted)
 
     def __exit__(self, *exc: object) -> None:
-        import torch
-
-        prev = self._saved.pop()
-        if torch.get_num_threads() != prev:
-            torch.set_num_threads(prev)
+        self._set(self._saved.pop())
 
 
 def check_device(device: str, who: str) -> str:
@@ -106,7 +129,7 @@ def check_device(device: str, who: str) -> str:
 class TorchRunner(mo.Runner):
     """Runs a private eval-mode copy of a torch model."""
 
-    #: entered around every call (a :class:`_Threads` when ``num_threads`` is set)
+    #: entered around every call (a :class:`_Settings` when a process-wide option is set)
     _threads: Any = contextlib.nullcontext()
 
     def __init__(self, artifact: mo.ModelArtifact, module: Any, device: str,
@@ -175,9 +198,12 @@ class TorchBackend(mo.Backend):
         return module, device
 
     def _scope(self, runner: TorchRunner) -> TorchRunner:
-        """Make ``runner`` set ``num_threads`` only around each call (restored afterwards)."""
-        if self.config.num_threads:
-            runner._threads = _Threads(self.config.num_threads)
+        """Make ``runner`` apply the process-wide options (threads, cuDNN benchmark,
+        deterministic algorithms) only around each call (restored afterwards)."""
+        cfg = self.config
+        if cfg.num_threads or cfg.cudnn_benchmark is not None or cfg.deterministic:
+            runner._threads = _Settings(cfg.num_threads, cfg.cudnn_benchmark,
+                                        True if cfg.deterministic else None)
         return runner
 
     def load(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.Runner:
