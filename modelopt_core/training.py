@@ -8,6 +8,15 @@ GradScaler on CUDA), evaluation each epoch, early stopping, checkpoint/resume in
 uninterrupted one), a progress bar with loss and metric, and DistributedDataParallel when
 ``torch.distributed`` is initialised (gloo on CPU, nccl on CUDA; launch with ``torchrun``).
 torch is imported lazily so ``import modelopt_core`` stays light.
+
+Sparsity kept: a step that zeroes weights one by one (``prune.unstructured``, ``prune.global``,
+``prune.iterative``'s unstructured mode) lists those parameters in its lineage Step's restore
+record under :data:`SPARSE_RECORD`. Every step that trains afterwards finds the newest such
+record (:func:`kept_zeros`), derives a keep-mask ``param != 0`` from the weights it is about to
+train, and passes it to :func:`fit` (``masks=``), which zeroes the masked entries again after
+every optimizer step: the zero count of each listed tensor is exactly the same after training.
+The training step lists the parameters in its own restore record, under the names they have in
+its result, so the zeros stay fixed through any later training too.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +41,8 @@ from .data import (ONE_SHOT_HINT, check_iterable, check_train_item, check_train_
 from .errors import ConfigError, DataError, TrainingError
 from .interfaces import as_input_tuple
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "load_checkpoint_weights"]
+__all__ = ["TrainConfig", "TrainResult", "fit", "load_checkpoint_weights", "SPARSE_RECORD",
+           "sparse_param_names", "zero_masks", "apply_masks", "kept_zeros", "KeptZeros"]
 
 log = logging.getLogger("modelopt.training")
 
@@ -87,7 +97,8 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainCon
         eval_fn: Callable[[Any], float] | None = None, ctx: Any = None,
         on_epoch_start: Callable[[int, Any], None] | None = None,
         on_epoch_end: Callable[[int, Any], None] | None = None,
-        params: Iterable[Any] | None = None, extra_state: Any = None) -> TrainResult:
+        params: Iterable[Any] | None = None, extra_state: Any = None,
+        masks: Mapping[str, Any] | None = None) -> TrainResult:
     """Train ``model`` in place on ``train_data`` (an iterable of ``(inputs, targets)``).
 
     ``loss_fn(model, inputs, targets)`` returns a scalar (default: cross-entropy of
@@ -98,6 +109,9 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainCon
     ``load_state_dict(d)`` whose state changes during training without being optimised (an EMA
     teacher): it is saved in checkpoints, restored on resume, and rolled back with the model
     when a non-finite loss stops training.
+    ``masks`` maps parameter names of ``model`` to boolean keep-masks of their shape (see
+    :func:`zero_masks`): masked-out entries are zeroed before training and again after every
+    optimizer step, so pruned weights stay exactly zero (momentum and weight decay included).
     Every batch is checked as it is drawn (lists: all of them up front) against the model's
     input specs, ``ctx.original.inputs`` when ``ctx`` has them (else only for NaN/Inf): see
     :func:`modelopt_core.data.check_train_item`.
@@ -132,6 +146,8 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainCon
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ConfigError("fit: no trainable parameters (all have requires_grad=False).")
+    kept = _resolve_masks(model, masks, device)
+    apply_masks(kept)
     model_ids = {id(p) for p in model.parameters()}
     extra = [p for p in params if id(p) not in model_ids]
     nbatches = _count_batches(train_data)
@@ -221,6 +237,7 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainCon
                     scaler.update()
                 else:
                     opt.step()
+                apply_masks(kept)
                 state["step"] += 1
                 run_loss, n = run_loss + float(seen), n + 1
                 bar.update(1)
@@ -264,6 +281,123 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainCon
     best = max((r["metric"] for r in state["history"] if "metric" in r), default=None)
     return TrainResult(model, state["history"], best if has_metric else None, stopped,
                        state["step"], resumed)
+
+
+# ---- sparsity kept through training --------------------------------------------------------
+
+#: key of a lineage Step's restore record listing the parameters whose zeros must stay zero
+SPARSE_RECORD = "sparse_params"
+
+
+def sparse_param_names(artifact: Any) -> list[str]:
+    """Parameter names of the newest lineage step of ``artifact`` that records them under
+    :data:`SPARSE_RECORD` (each such record is complete: it lists every sparse tensor of that
+    step's result); ``[]`` when no step did."""
+    for step in reversed(getattr(artifact, "lineage", ()) or ()):
+        rec = step.restore.get(SPARSE_RECORD) if isinstance(step.restore, dict) else None
+        if isinstance(rec, list):
+            return [n for n in rec if isinstance(n, str)]
+    return []
+
+
+def zero_masks(model: Any, names: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """``({name in model: keep-mask}, [names not found])``: the keep-mask is ``param != 0``
+    of the parameter now (so shapes follow any structured pruning since). A recorded name is
+    found as is, or as the one parameter under the same module path with the same leaf name
+    (a layer wrapped by a later step: ``fc.weight`` -> ``fc.layer.weight``); a name matching
+    none or several (a layer rewritten into several) is returned as not found."""
+    params = dict(model.named_parameters())
+    masks: dict[str, Any] = {}
+    missing: list[str] = []
+    for name in dict.fromkeys(names):
+        found = name if name in params else None
+        if found is None:
+            mod, _, leaf = name.rpartition(".")
+            near = [n for n in params if n.endswith("." + leaf)
+                    and (not mod or n.startswith(mod + "."))]
+            found = near[0] if len(near) == 1 else None
+        if found is None:
+            missing.append(name)
+        elif found not in masks:
+            masks[found] = params[found].detach() != 0
+    return masks, missing
+
+
+def apply_masks(masks: Any) -> None:
+    """Zero, in place, the entries of each ``param`` where its boolean ``keep`` mask is False
+    (``masks``: pairs ``(param, keep)``); ``masked_fill`` writes +0.0, even over NaN."""
+    import torch
+
+    with torch.no_grad():
+        for p, keep in masks:
+            p.masked_fill_(~keep, 0)
+
+
+def _resolve_masks(model: Any, masks: Mapping[str, Any] | None,
+                   device: Any) -> list[tuple[Any, Any]]:
+    if not masks:
+        return []
+    params = dict(model.named_parameters())
+    out = []
+    for name, keep in masks.items():
+        if name not in params:
+            raise ConfigError(f"fit: masks names parameter {name!r}, which the model does not "
+                              f"have (some: {list(params)[:8]}).")
+        p = params[name]
+        if tuple(keep.shape) != tuple(p.shape):
+            raise ConfigError(f"fit: the mask of {name!r} has shape {tuple(keep.shape)}, the "
+                              f"parameter {tuple(p.shape)}.")
+        out.append((p, keep.to(device=p.device, dtype=bool)))
+    return out
+
+
+@attrs.define(eq=False)
+class KeptZeros:
+    """What a training step needs to keep earlier unstructured pruning: the masks for
+    :func:`fit`, the restore record for its own lineage Step, and a note."""
+
+    masks: dict[str, Any]
+    missing: list[str]
+    source: str = ""
+
+    @property
+    def restore(self) -> dict[str, Any]:
+        """``{SPARSE_RECORD: names}`` for ``Component.step(restore=...)`` ({} when none)."""
+        return {SPARSE_RECORD: sorted(self.masks)} if self.masks else {}
+
+    @property
+    def notes(self) -> list[str]:
+        """Lineage notes: what was kept and what could no longer be found."""
+        out = []
+        if self.masks:
+            zeros = sum(int((~m).sum()) for m in self.masks.values())
+            total = sum(m.numel() for m in self.masks.values())
+            out.append(f"kept the {zeros} zero(s) of {len(self.masks)} pruned tensor(s) "
+                       f"({zeros / max(total, 1):.1%} of their weights, from {self.source}) "
+                       "fixed through training")
+        if self.missing:
+            out.append(f"{len(self.missing)} pruned tensor(s) recorded by {self.source} are no "
+                       f"longer in the model under their names (a later step rewrote them); "
+                       f"their zeros are not enforced: {self.missing[:6]}")
+        return out
+
+    def apply(self, model: Any) -> None:
+        """Zero the masked-out entries of ``model``'s parameters of the same names."""
+        params = dict(model.named_parameters())
+        apply_masks([(params[n], m.to(params[n].device)) for n, m in self.masks.items()
+                     if n in params and tuple(params[n].shape) == tuple(m.shape)])
+
+
+def kept_zeros(model: Any, artifact: Any) -> KeptZeros:
+    """The zeros of ``artifact``'s unstructured pruning, as masks over ``model`` (the copy a
+    training step is about to train; see :func:`sparse_param_names`, :func:`zero_masks`)."""
+    names = sparse_param_names(artifact)
+    if not names:
+        return KeptZeros({}, [])
+    source = next((s.component for s in reversed(artifact.lineage)
+                   if isinstance(s.restore, dict) and SPARSE_RECORD in s.restore), "")
+    masks, missing = zero_masks(model, names)
+    return KeptZeros(masks, missing, source)
 
 
 # ---- pieces of the loop ------------------------------------------------------------------

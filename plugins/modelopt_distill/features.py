@@ -15,6 +15,7 @@ import difflib
 from typing import Any, ClassVar, Literal
 
 import modelopt_core as mo
+from modelopt_core.training import kept_zeros
 
 from .common import (DistillConfig, first_output, frozen_copy, history_data, kd_loss,
                      resolve_teacher, run_fit, summary_notes)
@@ -163,6 +164,7 @@ class FeatureDistill(mo.Optimizer):
                                  "a torch teacher to read its layers.")
         teacher = frozen_copy(t_model)
         student = copy.deepcopy(artifact.model)
+        kept = kept_zeros(student, artifact)  # earlier unstructured pruning stays exact
         first = _first_inputs(ctx, self.name)
         pairs, weights, adapters, notes = self._plan(student, teacher, first)
         device = torch.device(cfg.device or ctx.device)
@@ -198,12 +200,14 @@ class FeatureDistill(mo.Optimizer):
 
         try:
             result = run_fit(self.name, student, ctx, cfg, loss_fn,
-                             params=list(student.parameters()) + list(adapters.parameters()))
+                             params=list(student.parameters()) + list(adapters.parameters()),
+                             masks=kept.masks)
         finally:
             s_rec.close()
             t_rec.close()
         student.eval()
-        return artifact.evolve(step=self.step(notes=notes + summary_notes(result)),
+        return artifact.evolve(step=self.step(notes=notes + summary_notes(result) + kept.notes,
+                                              restore=kept.restore),
                                model=student, metadata={"train_history": history_data(result)})
 
     def _plan(self, student: Any, teacher: Any, inputs: tuple[Any, ...]) -> tuple:

@@ -6,6 +6,7 @@ import copy
 from typing import Any, ClassVar
 
 import modelopt_core as mo
+from modelopt_core.training import kept_zeros
 
 from .common import (DistillConfig, first_output, frozen_copy, history_data, kd_loss,
                      resolve_teacher, run_fit, summary_notes)
@@ -103,6 +104,7 @@ class LogitsDistill(mo.Optimizer):
         cfg = self.config
         teacher = teacher_fn(resolve_teacher(cfg.teacher, ctx, self.name), ctx, self.name)
         student = copy.deepcopy(artifact.model)
+        kept = kept_zeros(student, artifact)  # earlier unstructured pruning stays exact
         try:
             first = _first_inputs(ctx, self.name)
             check_logit_shapes(student, teacher, first, cfg.output, self.name)
@@ -121,13 +123,14 @@ class LogitsDistill(mo.Optimizer):
                     loss = lam * loss + (1.0 - lam) * other
                 return loss
 
-            result = run_fit(self.name, student, ctx, cfg, loss_fn)
+            result = run_fit(self.name, student, ctx, cfg, loss_fn, masks=kept.masks)
         finally:
             teacher.close()
         student.eval()
         notes = [f"teacher: {cfg.teacher}", f"T={cfg.temperature}, alpha={cfg.alpha}"
                  + (f", mixup={cfg.mixup}" if cfg.mixup > 0 else "")]
-        return artifact.evolve(step=self.step(notes=notes + summary_notes(result)),
+        return artifact.evolve(step=self.step(notes=notes + summary_notes(result) + kept.notes,
+                                              restore=kept.restore),
                                model=student,
                                metadata={"train_history": history_data(result)})
 

@@ -12,6 +12,7 @@ import copy
 from typing import Any, ClassVar, Literal
 
 import modelopt_core as mo
+from modelopt_core.training import kept_zeros
 
 from .common import (DistillBase, first_output, frozen_copy, history_data, kd_loss, run_fit,
                      summary_notes)
@@ -84,6 +85,7 @@ class SelfEMADistill(mo.Optimizer):
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
         cfg = self.config
         student = copy.deepcopy(artifact.model)
+        kept = kept_zeros(student, artifact)  # earlier unstructured pruning stays exact
         ema = EMA(student, cfg.decay)
 
         def loss_fn(model: Any, inputs: tuple[Any, ...], targets: Any) -> Any:
@@ -92,7 +94,8 @@ class SelfEMADistill(mo.Optimizer):
             t = first_output(ema.module(*inputs), cfg.output)
             return kd_loss(s, t, targets, cfg.temperature, cfg.alpha)
 
-        result = run_fit(self.name, student, ctx, cfg, loss_fn, extra_state=ema)
+        result = run_fit(self.name, student, ctx, cfg, loss_fn, extra_state=ema,
+                         masks=kept.masks)
         ema.update(student)  # and the last one
         if cfg.keep == "ema":
             out = ema.module.to(next(iter(student.parameters())).device)
@@ -100,7 +103,9 @@ class SelfEMADistill(mo.Optimizer):
                 e.requires_grad_(s.requires_grad)
         else:
             out = student
+        kept.apply(out)  # the EMA of masked weights is 0 there already; made certain
         out.eval()
         notes = [f"EMA decay {cfg.decay} over {ema.updates} update(s); returned the {cfg.keep}"]
-        return artifact.evolve(step=self.step(notes=notes + summary_notes(result)), model=out,
+        return artifact.evolve(step=self.step(notes=notes + summary_notes(result) + kept.notes,
+                                              restore=kept.restore), model=out,
                                metadata={"train_history": history_data(result)})

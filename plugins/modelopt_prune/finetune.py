@@ -71,14 +71,18 @@ def make_loss(ctx: mo.Context, distill: bool, temperature: float, alpha: float,
 
 def finetune(model: Any, ctx: mo.Context, who: str, *, epochs: int, lr: float,
              distill: bool = False, temperature: float = 4.0, alpha: float = 0.9,
-             extra: Any = None, evaluate: bool = False) -> Any:
-    """Train ``model`` in place with the shared loop; returns the TrainResult."""
-    from modelopt_core.training import TrainConfig, fit
+             extra: Any = None, evaluate: bool = False, keep_zero: Any = ()) -> Any:
+    """Train ``model`` in place with the shared loop; returns the TrainResult.
+
+    ``keep_zero`` names parameters of ``model`` whose current zeros stay exactly zero
+    (unstructured pruning: masks from ``param == 0`` now, re-applied after every step)."""
+    from modelopt_core.training import TrainConfig, fit, zero_masks
 
     data = ctx.training_batches(who)
     eval_fn = (lambda m: float(ctx.eval_fn(m))) if evaluate and ctx.eval_fn else None
     res = fit(model, data, config=TrainConfig(epochs=epochs, lr=lr), ctx=ctx,
-              loss_fn=make_loss(ctx, distill, temperature, alpha, extra), eval_fn=eval_fn)
+              loss_fn=make_loss(ctx, distill, temperature, alpha, extra), eval_fn=eval_fn,
+              masks=zero_masks(model, list(keep_zero))[0] if keep_zero else None)
     model.eval()
     return res
 

@@ -16,26 +16,55 @@ from torch.nn import functional as F
 
 from .weight_sharing import kmeans_1d, pack_indices, unpack_indices
 
-__all__ = ["InvertedResidual", "SharedLinear", "SharedConv"]
+__all__ = ["InvertedResidual", "identity_bn", "SharedLinear", "SharedConv"]
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2-style block: 1x1 expand -> ReLU -> depthwise -> ReLU -> 1x1 project
-    (+ input when ``residual``)."""
+    """MobileNetV2 inverted-residual block: 1x1 expand -> BN -> ReLU6 -> depthwise KxK -> BN ->
+    ReLU6 -> 1x1 project -> BN (linear bottleneck), plus the input when ``residual``.
+
+    ``arch.depthwise_separable`` builds it with identity BatchNorms (see :func:`identity_bn`)
+    and weights that reproduce the replaced conv (see ``modelopt_prune.depthwise``)."""
 
     def __init__(self, cin: int, cout: int, hidden: int, kernel_size: Any, stride: Any,
                  padding: Any, dilation: Any, bias: bool, residual: bool) -> None:
         super().__init__()
         self.expand = nn.Conv2d(cin, hidden, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(hidden)
+        self.act1 = nn.ReLU6()
         self.dw = nn.Conv2d(hidden, hidden, kernel_size, stride, padding, dilation,
                             groups=hidden, bias=False)
+        self.bn2 = nn.BatchNorm2d(hidden)
+        self.act2 = nn.ReLU6()
         self.project = nn.Conv2d(hidden, cout, 1, bias=bias)
-        self.act = nn.ReLU()
+        self.bn3 = nn.BatchNorm2d(cout)
         self.residual = residual
 
     def forward(self, x: Any) -> Any:
-        y = self.project(self.act(self.dw(self.act(self.expand(x)))))
+        y = self.act1(self.bn1(self.expand(x)))
+        y = self.act2(self.bn2(self.dw(y)))
+        y = self.bn3(self.project(y))
         return x + y if self.residual else y
+
+
+def identity_bn(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
+    """Make an eval-mode BatchNorm exactly the identity (in place): weight 1, bias 0,
+    running_mean 0 and running_var ``1 - eps`` rounded so that ``var + eps == 1`` in the
+    layer's dtype, hence ``1 / sqrt(var + eps) == 1`` and ``bn(x) == x`` bit for bit."""
+    with torch.no_grad():
+        one = torch.ones((), dtype=bn.running_var.dtype)
+        eps = torch.tensor(bn.eps, dtype=bn.running_var.dtype)
+        var = one - eps
+        for _ in range(8):  # rounding: step to the neighbour that makes var + eps == 1
+            total = var + eps
+            if total == one:
+                break
+            var = torch.nextafter(var, -one if total > one else 2 * one)
+        bn.weight.fill_(1.0)
+        bn.bias.zero_()
+        bn.running_mean.zero_()
+        bn.running_var.fill_(float(var))
+    return bn
 
 
 class _Shared:

@@ -1,7 +1,9 @@
 """``prune.unstructured`` (per-layer L1 magnitude) and ``prune.global`` (one magnitude threshold
 across layers). Exactly ``round(amount * n)`` weights are zeroed (per layer, or over all the
 selected weights for global), written into the weights themselves: no masks, no ``*_orig``
-tensors, no forward hooks remain."""
+tensors, no forward hooks remain. The step's restore record lists the pruned tensors
+(``modelopt_core.training.SPARSE_RECORD``), so every later training step (distillation, QAT,
+fine-tuning) keeps their zeros fixed (see :mod:`modelopt_core.training`)."""
 
 from __future__ import annotations
 
@@ -58,11 +60,17 @@ class _MagnitudeBase(mo.Optimizer):
                   and getattr(m, "weight", None) is not None}
         if not layers:
             return noop(self, artifact, ctx, f"no {'/'.join(cfg.layer_types)} layers to prune")
+        from modelopt_core.training import SPARSE_RECORD, kept_zeros
+
+        earlier = sorted(kept_zeros(model, artifact).masks)  # sparse tensors of earlier steps
         groups: dict[str, list[Any]] = {}
+        sparse = set(earlier)
         for n, m in layers.items():
             ts = [m.weight]
+            sparse.add(f"{n}.weight")
             if cfg.include_bias and getattr(m, "bias", None) is not None:
                 ts.append(m.bias)
+                sparse.add(f"{n}.bias")
             groups[n] = ts
         if self.scope == "global":
             zeroed = magnitude_mask_([t for ts in groups.values() for t in ts], cfg.amount)
@@ -76,7 +84,8 @@ class _MagnitudeBase(mo.Optimizer):
                  "per-layer sparsity: " + ", ".join(f"{n}={s:.2f}" for n, s in per_layer.items()),
                  "unstructured zeros save compute only on sparse kernels; combine with "
                  "prune.structured or compression for real speed/size gains"]
-        return artifact.evolve(step=self.step(notes=notes), model=model,
+        restore = {SPARSE_RECORD: sorted(sparse)}
+        return artifact.evolve(step=self.step(notes=notes, restore=restore), model=model,
                                metadata={"sparsity": zeroed / max(total, 1),
                                          "layer_sparsity": per_layer})
 

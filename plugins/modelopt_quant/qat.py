@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import modelopt_core as mo
-from modelopt_core.training import TrainConfig, fit
+from modelopt_core.training import TrainConfig, fit, kept_zeros
 
 from .static import Observer, noop, quant_metadata, quant_props, spec_from
 
@@ -78,6 +78,7 @@ class QATQuantize(mo.Optimizer):
                                                   self.name, fold=False)
         if not layers:
             return noop(self, artifact, ctx)
+        kept = kept_zeros(model, artifact)  # earlier unstructured pruning stays exact
         late = max(1, (2 * cfg.epochs) // 3) if cfg.steps is None else 1
         bn_at = cfg.freeze_bn_epoch if cfg.freeze_bn_epoch is not None else late
         rng_at = cfg.freeze_ranges_epoch if cfg.freeze_ranges_epoch is not None else late
@@ -105,7 +106,8 @@ class QATQuantize(mo.Optimizer):
         tcfg = TrainConfig(epochs=cfg.epochs, steps=cfg.steps, lr=cfg.lr,
                            optimizer=cfg.optimizer, schedule=cfg.schedule, seed=cfg.seed)
         try:
-            result = fit(model, train, config=tcfg, ctx=ctx, on_epoch_start=on_epoch_start)
+            result = fit(model, train, config=tcfg, ctx=ctx, on_epoch_start=on_epoch_start,
+                         masks=kept.masks)
         finally:
             on_epoch_start(10 ** 9, model)  # everything frozen from here on
         model.eval()
@@ -116,7 +118,8 @@ class QATQuantize(mo.Optimizer):
                      f"{'LSQ' if cfg.learnable_scales else 'EMA'} activation scales; "
                      f"folded {folded} BatchNorm layer(s) after training; last loss "
                      f"{last.get('train_loss', float('nan')):.4g}")
-        return artifact.evolve(step=self.step(notes=notes), model=model,
+        notes += kept.notes
+        return artifact.evolve(step=self.step(notes=notes, restore=kept.restore), model=model,
                                metadata={**quant_metadata(model, layers, cfg.skip_layers),
                                          "train_history": result.history},
                                props=quant_props(model, batches[0]))
