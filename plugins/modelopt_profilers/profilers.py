@@ -231,7 +231,8 @@ class SizeProfiler(mo.Profiler):
                 ctx: mo.Context) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as d:
             folder = artifact.save(Path(d) / "a", plugins=ctx.plugins)
-            size = sum(p.stat().st_size for p in folder.iterdir() if p.name != "manifest.json")
+            size = sum(p.stat().st_size for p in folder.rglob("*")  # packages are folders
+                       if p.is_file() and p.name != "manifest.json")
         out: dict[str, Any] = {"size_mb": size / 2**20, "size_bytes": size}
         out.update(weight_stats(artifact))
         return out
