@@ -15,8 +15,11 @@ config's attrs fields), so a new plugin is picked up and stays fast without edit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,9 +112,20 @@ def fingerprint(art: mo.ModelArtifact):
         model = (state_hash(art.model), mods)
     elif hasattr(art.model, "SerializeToString"):
         model = onnx_bytes(art.model)
-    else:
+    elif isinstance(art.model, bytes | bytearray):
         model = bytes(art.model)
+    else:  # any other format (an openvino.Model...): the files its Format plugin writes
+        model = saved_files(art)
     return model, art.lineage, json.dumps(art.metadata, sort_keys=True, default=repr), art.inputs
+
+
+def saved_files(art: mo.ModelArtifact) -> dict[str, str]:
+    """{file: SHA-256} of what the Format registered for ``art.format`` writes for it."""
+    from modelopt_core.artifact import format_for
+
+    with tempfile.TemporaryDirectory() as d:
+        files = format_for(art.format, PM, art.model).save(art, Path(d))
+        return {f: hashlib.sha256((Path(d) / f).read_bytes()).hexdigest() for f in sorted(files)}
 
 
 def check_new_artifact(src: mo.ModelArtifact, out: mo.ModelArtifact, name: str, inst) -> None:
@@ -126,7 +140,7 @@ def check_new_artifact(src: mo.ModelArtifact, out: mo.ModelArtifact, name: str, 
 
 def check_runs(s: mo.Session, out: mo.ModelArtifact, x: torch.Tensor) -> None:
     """The new artifact runs on a backend for its format and keeps the output shape."""
-    for b in ("torch", "onnxruntime", "tensorrt"):
+    for b in dict.fromkeys(("torch", "onnxruntime", "tensorrt", *BACKENDS)):
         cls = PM.get("backend", b).cls
         if out.format in cls.accepts and cls.availability()[0]:
             with s.runner(b, out) as r, s.runner("torch", s.original) as ref:

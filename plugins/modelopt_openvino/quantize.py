@@ -1,0 +1,302 @@
+"""NNCF optimizers for OpenVINO artifacts:
+
+- ``openvino.quantize``: post-training INT8 quantization (``nncf.quantize``) calibrated on
+  the session's calibration batches: FakeQuantize ops on activations and weights that the
+  CPU plugin executes with INT8 kernels. ``model_type="transformer"`` applies NNCF's
+  transformer scheme (SmoothQuant, no quantization of the ops that hurt accuracy), ignored
+  scopes keep named layers / op types / name patterns in float. With ``max_accuracy_drop``
+  and the session's ``eval_fn``, ``nncf.quantize_with_accuracy_control`` reverts the most
+  harmful quantizers to float until the metric is within the budget: the metric is the
+  session's own ``eval_fn`` run on an ``openvino`` runner of each candidate; layers are
+  ranked by how far their outputs move on the calibration batches.
+- ``openvino.compress_weights``: data-free weight compression (``nncf.compress_weights``,
+  INT8 or INT4 weights with dequantization at run time) for transformers / LLMs: the
+  weights of MatMul/Gather (embeddings) shrink 4-8x, activations stay in float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import modelopt_core as mo
+
+_HINT = "pip install 'modelopt-core[openvino]'  (openvino and nncf)"
+
+
+def _ignored_scope(names: Sequence[str], types: Sequence[str], patterns: Sequence[str]) -> Any:
+    import nncf
+
+    if not (names or types or patterns):
+        return None
+    return nncf.IgnoredScope(names=list(names), types=list(types), patterns=list(patterns),
+                             validate=True)
+
+
+def _nncf_call(who: str, fn: Any, *args: Any, log: list[str] | None = None,
+               **kwargs: Any) -> Any:
+    """Call an NNCF entry point quietly (its INFO messages appended to ``log`` when given);
+    its validation errors (an ignored scope naming no layer, an unsupported option) become
+    ConfigError naming the step."""
+    import nncf
+
+    from .common import quiet
+
+    try:
+        with quiet(log):
+            return fn(*args, **kwargs)
+    except nncf.ValidationError as e:
+        raise mo.ConfigError(f"{who}: {str(e).strip()[:600]}") from e
+
+
+def _transform(n_inputs: int) -> Any:
+    """NNCF dataset transform: an input tuple of torch tensors -> numpy arrays in order."""
+    def transform(item: tuple[Any, ...]) -> list[Any]:
+        from .common import to_numpy
+
+        return [to_numpy(x) for x in item[:n_inputs]]
+
+    return transform
+
+
+@mo.config
+class QuantizeConfig:
+    """Options of ``openvino.quantize``."""
+
+    preset: Literal["performance", "mixed"] = mo.field(
+        "performance", help="'performance': symmetric activations and weights (fastest); "
+                            "'mixed': asymmetric activations (better for non-ReLU models)")
+    model_type: Literal["transformer"] | None = mo.field(
+        None, help="'transformer': NNCF's scheme for transformers (SmoothQuant, keeps "
+                   "accuracy-critical ops in float)")
+    subset_size: int = mo.field(300, validator=mo.positive,
+                                help="at most this many calibration batches")
+    fast_bias_correction: bool = mo.field(True, help="fast bias correction (off: the slower, "
+                                          "more accurate one)")
+    ignored_names: tuple[str, ...] = mo.field((), help="OpenVINO op names kept in float")
+    ignored_types: tuple[str, ...] = mo.field((), help="op types kept in float "
+                                              "(e.g. 'Multiply', 'MatMul')")
+    ignored_patterns: tuple[str, ...] = mo.field((), help="regular expressions over op names "
+                                                 "kept in float")
+    target_device: Literal["ANY", "CPU", "GPU", "NPU", "CPU_SPR"] = mo.field(
+        "ANY", help="hardware the quantization scheme is tuned for")
+    max_accuracy_drop: float | None = mo.field(
+        None, validator=mo.in_range(0, 1e6),
+        help="with the session's eval_fn: nncf.quantize_with_accuracy_control keeps the "
+             "eval_fn metric within this drop (in the metric's units), reverting layers to "
+             "float")
+    drop_type: Literal["absolute", "relative"] = mo.field(
+        "absolute", help="max_accuracy_drop as an absolute or relative (fraction) drop")
+    max_num_iterations: int = mo.field(30, validator=mo.positive,
+                                       help="accuracy control: most layer groups reverted")
+
+
+class OpenVinoQuantize(mo.Optimizer):
+    """NNCF post-training INT8 quantization of an OpenVINO model (optional accuracy control)."""
+
+    name = "openvino.quantize"
+    accepts = ("openvino",)
+    needs = ("calibration_data",)
+    Config = QuantizeConfig
+    requires = ("openvino", "nncf")
+    install_hint = _HINT
+
+    def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
+        import nncf
+
+        from .common import op_counts
+
+        cfg = self.config
+        batches = ctx.calibration_batches(self.name, cfg.subset_size)
+        n_in = len(artifact.model.inputs)
+        for i, b in enumerate(batches):
+            if len(b) < n_in:
+                raise mo.DataError(f"{self.name}: calibration batch {i} has {len(b)} tensor(s) "
+                                   f"but the model takes {n_in}.")
+        dataset = nncf.Dataset(batches, _transform(n_in))
+        model = artifact.model.clone()  # NNCF works on its input; the artifact stays as is
+        kwargs: dict[str, Any] = dict(
+            preset=getattr(nncf.QuantizationPreset, cfg.preset.upper()),
+            target_device=getattr(nncf.TargetDevice, cfg.target_device),
+            subset_size=len(batches), fast_bias_correction=cfg.fast_bias_correction,
+            model_type=nncf.ModelType.TRANSFORMER if cfg.model_type else None,
+            ignored_scope=_ignored_scope(cfg.ignored_names, cfg.ignored_types,
+                                         cfg.ignored_patterns))
+        notes: list[str] = []
+        meta: dict[str, Any] = {}
+        if cfg.max_accuracy_drop is not None:
+            if ctx.eval_fn is None:
+                raise mo.DataError(f"{self.name}: max_accuracy_drop needs the session's eval_fn "
+                                   "(Session(..., eval_fn=...)); none was given.")
+            ctx.status(f"{self.name}: quantizing with accuracy control (eval_fn, max drop "
+                       f"{cfg.max_accuracy_drop} {cfg.drop_type})...")
+            validate, scores = _validation_fn(artifact, ctx.eval_fn, len(batches))
+            from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+            log: list[str] = []
+            out = _nncf_call(
+                self.name, nncf.quantize_with_accuracy_control, model, dataset, dataset,
+                validate, max_drop=cfg.max_accuracy_drop,
+                drop_type=getattr(nncf.DropType, cfg.drop_type.upper()),
+                advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                    max_num_iterations=cfg.max_num_iterations),
+                log=log, **kwargs)
+            reverted = _reverted(log)
+            base = scores[0] if scores else float(_evaluate(artifact, artifact.model,
+                                                            ctx.eval_fn))
+            final = _evaluate(artifact, out, ctx.eval_fn)  # the model NNCF returned
+            drop = base - final if cfg.drop_type == "absolute" else \
+                (base - final) / max(abs(base), 1e-12)
+            met = drop <= cfg.max_accuracy_drop + 1e-9
+            if not met:
+                ctx.warn(f"{self.name}: accuracy control could not keep the eval_fn drop "
+                         f"within {cfg.max_accuracy_drop} ({cfg.drop_type}): {base:.4g} -> "
+                         f"{final:.4g} after reverting {len(reverted)} op(s) to float")
+            notes.append(f"accuracy control: eval_fn {base:.4g} (float) -> {final:.4g} "
+                         f"({len(scores)} NNCF evaluation(s)); {len(reverted)} op(s) reverted "
+                         "to float" + (f": {reverted[:8]}" if reverted else ""))
+            meta["openvino_accuracy_control"] = {
+                "float": base, "final": final, "evaluations": len(scores),
+                "reverted": reverted, "budget_met": met}
+        else:
+            ctx.status(f"{self.name}: calibrating on {len(batches)} batch(es) with NNCF...")
+            out = _nncf_call(self.name, nncf.quantize, model, dataset, **kwargs)
+        before, after = op_counts(artifact.model), op_counts(out)
+        fq = after.get("FakeQuantize", 0) - before.get("FakeQuantize", 0)
+        quantized = _quantized_ops(out)
+        if fq <= 0:
+            ctx.warn(f"{self.name}: NNCF inserted no FakeQuantize op (nothing quantizable, or "
+                     "everything ignored / reverted); the model runs in float")
+        notes.insert(0, f"{fq} FakeQuantize op(s) on {sum(quantized.values())} op(s) "
+                        f"{dict(sorted(quantized.items()))}, calibrated on {len(batches)} "
+                        f"batch(es) (preset {cfg.preset}"
+                        f"{', transformer' if cfg.model_type else ''})")
+        meta.update({"quantized": "int8-nncf", "openvino_fake_quantize": fq,
+                     "openvino_quantized_ops": quantized})
+        return artifact.evolve(step=self.step(notes=notes), model=out, metadata=meta)
+
+
+def _reverted(log: Sequence[str]) -> list[str]:
+    """Op names NNCF's accuracy control reports as reverted to float (from its log)."""
+    out: list[str] = []
+    for msg in log:
+        if msg.startswith("Reverted"):
+            out += [n.strip() for n in msg.splitlines()[1:] if n.strip()]
+    return list(dict.fromkeys(out))
+
+
+def _quantized_ops(model: Any) -> dict[str, int]:
+    """{op type: count} of ops with a FakeQuantize (or a dequantized weight) on an input."""
+    out: dict[str, int] = {}
+    for op in model.get_ops():
+        t = op.get_type_name()
+        if t not in ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData"):
+            continue
+        srcs = [op.input_value(i).get_node() for i in range(op.get_input_size())]
+        seen = set()
+        for s in srcs:  # a FakeQuantize, possibly behind a Convert/Reshape/Transpose
+            for _ in range(3):
+                seen.add(s.get_type_name())
+                if s.get_type_name() in ("FakeQuantize", "Constant", "Parameter") \
+                        or s.get_input_size() == 0:
+                    break
+                s = s.input_value(0).get_node()
+        if "FakeQuantize" in seen:
+            out[t] = out.get(t, 0) + 1
+    return out
+
+
+def _evaluate(artifact: mo.ModelArtifact, model: Any, eval_fn: Any) -> float:
+    """``eval_fn`` on an ``openvino`` runner (CPU, f32) of ``model`` with ``artifact``'s IO."""
+    from .backend import OpenVinoRunner
+    from .common import compile_f32
+
+    with OpenVinoRunner(artifact, compile_f32(model)) as runner:
+        return float(eval_fn(runner))
+
+
+def _validation_fn(artifact: mo.ModelArtifact, eval_fn: Any, n_items: int
+                   ) -> tuple[Any, list[float]]:
+    """The NNCF ``validation_fn`` built from the session's ``eval_fn(runner)``, and the list
+    of scores it produced (float model first).
+
+    NNCF calls it on the whole validation dataset to measure a candidate; it first probes it
+    on one item to learn whether it yields per-item metrics. ``eval_fn`` measures on its own
+    data, so a per-item call would be meaningless: it raises, and NNCF then ranks layers by
+    how much each one moves the model's outputs on the (calibration) items instead."""
+    from .backend import OpenVinoRunner
+
+    scores: list[float] = []
+
+    def validate(compiled: Any, data: Any) -> tuple[float, None]:
+        items = list(data)
+        if len(items) < n_items:
+            raise ValueError("eval_fn measures the whole evaluation set, not single items")
+        runner = OpenVinoRunner(artifact, compiled)
+        try:
+            score = float(eval_fn(runner))
+        finally:
+            runner.close()
+        scores.append(score)
+        return score, None
+
+    return validate, scores
+
+
+@mo.config
+class CompressConfig:
+    """Options of ``openvino.compress_weights``."""
+
+    mode: Literal["int8_asym", "int8_sym", "int4_sym", "int4_asym"] = mo.field(
+        "int8_asym", help="weight format: INT8 (per-channel) or INT4 (grouped)")
+    ratio: float | None = mo.field(
+        None, validator=mo.in_range(0, 1),
+        help="INT4 modes: share of the weights in INT4, the rest INT8 (default 1.0)")
+    group_size: int | None = mo.field(
+        None, validator=mo.positive, help="INT4 modes: weights per scale group (default 128)")
+    all_layers: bool | None = mo.field(
+        None, help="INT4 modes: also the embeddings and the last layer in INT4")
+    ignored_names: tuple[str, ...] = mo.field((), help="OpenVINO op names kept as they are")
+    ignored_types: tuple[str, ...] = mo.field((), help="op types kept as they are")
+    ignored_patterns: tuple[str, ...] = mo.field((), help="regular expressions over op names "
+                                                 "kept as they are")
+
+
+class OpenVinoCompressWeights(mo.Optimizer):
+    """NNCF weight compression (INT8/INT4 weights, float activations) of an OpenVINO model."""
+
+    name = "openvino.compress_weights"
+    accepts = ("openvino",)
+    Config = CompressConfig
+    requires = ("openvino", "nncf")
+    install_hint = _HINT
+
+    def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
+        import nncf
+
+        from .common import low_precision_weights
+
+        cfg = self.config
+        int4 = cfg.mode.startswith("int4")
+        if not int4 and (cfg.ratio is not None or cfg.group_size is not None
+                         or cfg.all_layers is not None):
+            raise mo.ConfigError(f"{self.name}: ratio, group_size and all_layers apply to the "
+                                 f"INT4 modes only; mode is {cfg.mode!r}.")
+        before = low_precision_weights(artifact.model)
+        ctx.status(f"{self.name}: compressing weights to {cfg.mode}...")
+        out = _nncf_call(
+            self.name, nncf.compress_weights, artifact.model.clone(),
+            mode=getattr(nncf.CompressWeightsMode, cfg.mode.upper()),
+            ratio=cfg.ratio, group_size=cfg.group_size, all_layers=cfg.all_layers,
+            ignored_scope=_ignored_scope(cfg.ignored_names, cfg.ignored_types,
+                                         cfg.ignored_patterns))
+        n = low_precision_weights(out) - before
+        if n <= 0:
+            ctx.warn(f"{self.name}: no weight was compressed (the model has no MatMul / "
+                     "embedding weights NNCF compresses); the model is unchanged")
+        note = (f"{n} weight tensor(s) compressed to {cfg.mode}"
+                + (f" (ratio {cfg.ratio if cfg.ratio is not None else 1.0}, group size "
+                   f"{cfg.group_size or 128})" if int4 else ""))
+        return artifact.evolve(step=self.step(notes=[note]), model=out,
+                               metadata={"compressed_weights": cfg.mode,
+                                         "openvino_compressed_weights": n})
