@@ -22,6 +22,7 @@ from .interfaces import (Backend, Component, Context, Exporter, Format, Optimize
                          Runner, as_input_tuple)
 from .numerics import check_finite_weights, first_nonfinite
 from .plugins import PluginManager, get_plugin_manager
+from .quiet import quiet
 from .report import Report
 from .session import Session
 
@@ -42,5 +43,5 @@ __all__ = [
     "InputSpecError", "RunnerClosedError", "StepError", "DataError",
     "BackendUnavailableError", "NumericalError", "ExportError",
     "TrainingError", "__version__", "recipe", "training",
-    "data", "check_batch", "first_nonfinite", "check_finite_weights",
+    "quiet", "data", "check_batch", "first_nonfinite", "check_finite_weights",
 ]

@@ -18,7 +18,7 @@ import contextlib
 import copy
 import inspect
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import attrs
@@ -360,20 +360,8 @@ def _pin(in_specs: tuple[mo.TensorSpec, ...], out_specs: tuple[mo.TensorSpec, ..
     return pin(in_specs), pin(out_specs)
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence coremltools' progress bars, version warnings and log chatter while it runs;
-    errors still raise."""
-    import io
-    import logging
-    import warnings
+def quiet() -> contextlib.AbstractContextManager:
+    """Silence coremltools' progress bars, version warnings and log chatter while it runs."""
+    return mo.quiet(stderr=True)
 
-    before = logging.root.manager.disable
-    logging.disable(max(before, logging.WARNING))
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(before)
+

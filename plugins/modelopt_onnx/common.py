@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -162,21 +161,9 @@ def tile_batch(x: Any, batch: int) -> Any:
     return x.repeat(reps, *([1] * (x.dim() - 1)))[:batch].contiguous()
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[io.StringIO]:
-    """Silence chatty converters while they run: their stdout (kept for debugging in the
-    yielded buffer) and their log warnings (torch.onnx's "torchvision is not installed" per
-    op, ORT quantization's advice on the root logger); errors still surface as exceptions."""
-    import logging
-
-    buf = io.StringIO()
-    before = logging.root.manager.disable
-    logging.disable(max(before, logging.WARNING))
-    try:
-        with contextlib.redirect_stdout(buf):
-            yield buf
-    finally:
-        logging.disable(before)
+def quiet() -> contextlib.AbstractContextManager:
+    """Silence chatty converters: stdout and log warnings (see :func:`modelopt_core.quiet`)."""
+    return mo.quiet()
 
 
 @contextlib.contextmanager

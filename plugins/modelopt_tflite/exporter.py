@@ -29,8 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import modelopt_core as mo
@@ -205,29 +204,9 @@ class TfliteExporter(mo.Exporter):
 
 # ---- conversion ---------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence litert-torch's progress console, the converters' stdout/stderr chatter (tqdm
-    bars, reports) and their log warnings while they run; errors still raise."""
-    import logging
-    import os
-    import warnings
-
-    before_env = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
-    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
-    before = logging.root.manager.disable
-    logging.disable(max(before, logging.WARNING))
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(before)
-        if before_env is None:
-            os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
-        else:
-            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = before_env
+def quiet() -> contextlib.AbstractContextManager:
+    """Silence litert-torch's progress console and the converters' chatter while they run."""
+    return mo.quiet(stderr=True, env={"LITERT_TORCH_SHOW_PROGRESS": "n"})
 
 
 def _rows(x: Any, n: int) -> Any:
