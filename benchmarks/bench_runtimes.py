@@ -31,26 +31,15 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_core import calibrated_resnet  # noqa: E402
 from common import agreement, interleaved_p50, repeated_ratios, span, write_results  # noqa: E402
 
 import modelopt_core as mo  # noqa: E402
 from modelopt_demo.data import image_batches  # noqa: E402
-from modelopt_demo.models import ResNet18  # noqa: E402
 
 EAGER, ORT8 = "torch eager FP32", "Session onnxruntime INT8"
 OV32, OV8, OV8B, OVBF = ("openvino FP32", "Session openvino INT8", "openvino INT8 (bf16 rest)",
                          "openvino BF16")
-
-
-def calibrated_resnet(batches: list[torch.Tensor]) -> torch.nn.Module:
-    """A ResNet-18 whose BatchNorm statistics are fitted to the data (as in bench_core)."""
-    torch.manual_seed(0)
-    m = ResNet18()
-    m.train()
-    with torch.no_grad():
-        for x in batches:
-            m(x)
-    return m.eval()
 
 
 def paired_ratios(fns: dict[str, Callable[[], Any]], baselines: list[str], repeats: int,

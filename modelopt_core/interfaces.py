@@ -186,8 +186,9 @@ class Runner:
         if self.closed:
             raise RunnerClosedError(f"runner for {self.artifact.name!r} was closed; load a new "
                                     "one with session.runner(...).")
-        inputs = order_inputs(inputs, named, [s.name for s in self.artifact.inputs],
-                              f"runner for {self.artifact.name!r}")
+        if named or (len(inputs) == 1 and isinstance(inputs[0], Mapping)):  # by name
+            inputs = order_inputs(inputs, named, [s.name for s in self.artifact.inputs],
+                                  f"runner for {self.artifact.name!r}")
         self.check_inputs(inputs)
         outs = self._run(inputs)
         tree = self.artifact.io.get("outputs")

@@ -265,8 +265,9 @@ class Session:
             ok, why = bcls.availability()
             row: dict[str, Any] = {"step": _label(idx, art), "format": art.format,
                                    "backend": b}
-            if _row_note(art):
-                row["note"] = _row_note(art)
+            note = _row_note(art)
+            if note:
+                row["note"] = note
             if not ok:
                 row["error"] = f"unavailable: {why}"
                 rows.append(row)
