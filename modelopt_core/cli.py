@@ -209,7 +209,20 @@ def _parser() -> argparse.ArgumentParser:
                                  "(overrides the recipe's [output] dir)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide progress bars")
+    _plugin_commands(sub, common)
     return ap
+
+
+def _plugin_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Subcommands added by plugins (hook ``register_commands``): serve, optimize, ..."""
+    from .plugins import get_plugin_manager
+
+    for cmd in get_plugin_manager().commands():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help, parents=[common],
+                           epilog=cmd.examples or None,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        cmd.setup(p)
+        p.set_defaults(fn=cmd.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,3 +38,9 @@ def register_profilers(register: Callable[[type], None]) -> None:
 def register_formats(register: Callable[[type], None]) -> None:
     """Register Format classes (how a model format is saved and loaded) by calling
     register(cls)."""
+
+
+@hookspec
+def register_commands(register: Callable[..., None]) -> None:
+    """Add ``modelopt`` subcommands by calling
+    ``register(name, help=..., setup=fn(parser), run=fn(args) -> int, examples="")``."""

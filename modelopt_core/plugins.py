@@ -25,8 +25,8 @@ from .errors import (DuplicateComponentError, NoExportPathError, PluginLoadError
                      UnknownComponentError, close_names)
 from .interfaces import Backend, Component, Exporter, Format, Optimizer, Profiler
 
-__all__ = ["PluginManager", "FailedPlugin", "ComponentInfo", "ENTRY_POINT_GROUP",
-           "get_plugin_manager"]
+__all__ = ["PluginManager", "FailedPlugin", "ComponentInfo", "CommandInfo",
+           "ENTRY_POINT_GROUP", "get_plugin_manager"]
 
 ENTRY_POINT_GROUP = "modelopt_core"
 #: the distribution of the core and its built-in plugins: loaded first, so on a name clash the
@@ -34,6 +34,8 @@ ENTRY_POINT_GROUP = "modelopt_core"
 CORE_DISTRIBUTION = "modelopt-core"
 KINDS = {"optimizer": Optimizer, "exporter": Exporter, "backend": Backend, "profiler": Profiler,
          "format": Format}
+#: the core's own ``modelopt`` subcommands; a plugin cannot replace them
+BUILTIN_COMMANDS = ("plugins", "describe", "demo", "run")
 _HOOKS = {"optimizer": "register_optimizers", "exporter": "register_exporters",
           "backend": "register_backends", "profiler": "register_profilers",
           "format": "register_formats"}
@@ -46,6 +48,19 @@ class FailedPlugin:
     name: str
     distribution: str
     error: str
+
+
+@attrs.define(frozen=True)
+class CommandInfo:
+    """A ``modelopt`` subcommand added by a plugin (hook ``register_commands``)."""
+
+    name: str
+    help: str
+    setup: Any  # fn(argparse.ArgumentParser) -> None: adds the command's arguments
+    run: Any  # fn(argparse.Namespace) -> int: the exit status
+    examples: str
+    plugin: str
+    distribution: str
 
 
 @attrs.define(frozen=True)
@@ -76,6 +91,7 @@ class PluginManager:
         self.failed: list[FailedPlugin] = []
         self._registry: dict[str, dict[str, ComponentInfo]] = {k: {} for k in KINDS}
         self._origin: dict[int, tuple[str, str, str]] = {}  # id(plugin obj) -> name, dist, ver
+        self._commands: dict[str, CommandInfo] = {}
         if load_entry_points:
             self.load_entry_points()
 
@@ -120,6 +136,9 @@ class PluginManager:
                 impls = [i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin is obj]
                 for impl in impls:
                     impl.function(register=self._registrar(kind, name, distribution, version))
+            for impl in self.pm.hook.register_commands.get_hookimpls():
+                if impl.plugin is obj:
+                    impl.function(register=self._command_registrar(name, distribution))
         except DuplicateComponentError:  # strict mode only: the plugin is rolled back
             self._unregister(obj, name)
             raise
@@ -136,6 +155,8 @@ class PluginManager:
         for reg in self._registry.values():
             for k in [k for k, v in reg.items() if v.plugin == name]:
                 del reg[k]
+        for k in [k for k, v in self._commands.items() if v.plugin == name]:
+            del self._commands[k]
 
     def _fail(self, name: str, dist: str, e: BaseException) -> None:
         msg = "".join(traceback.format_exception_only(type(e), e)).strip()
@@ -176,6 +197,29 @@ class PluginManager:
             self._registry[kind][cls.name] = ComponentInfo(cls, plugin, dist, version)
 
         return register
+
+    def _command_registrar(self, plugin: str, dist: str):
+        def register(name: str, *, help: str, setup: Any, run: Any, examples: str = "") -> None:
+            if not (isinstance(name, str) and name.replace("-", "").isalnum()):
+                raise TypeError(f"plugin {plugin!r}: command name {name!r} must be letters, "
+                                "digits and dashes.")
+            if not callable(setup) or not callable(run):
+                raise TypeError(f"plugin {plugin!r}: command {name!r} needs callable `setup` "
+                                "and `run`.")
+            prev = self._commands.get(name)
+            if name in BUILTIN_COMMANDS or prev is not None:
+                owner = CORE_DISTRIBUTION if prev is None else prev.distribution
+                self._duplicate(plugin, dist, DuplicateComponentError(
+                    f"two plugins add the command `modelopt {name}`: {owner} and {dist}. Kept "
+                    f"the one from {owner}; the one from {dist} is skipped. Uninstall one."))
+                return
+            self._commands[name] = CommandInfo(name, help, setup, run, examples, plugin, dist)
+
+        return register
+
+    def commands(self) -> list[CommandInfo]:
+        """The subcommands plugins added, sorted by name."""
+        return [self._commands[n] for n in sorted(self._commands)]
 
     # ---- lookup --------------------------------------------------------------------------
 

@@ -259,6 +259,48 @@ def test_hook_register_formats():
     assert pm.get("format", "fake_format").cls is F
 
 
+def _commands_module(modname: str, *names: str, run=None) -> types.ModuleType:
+    mod = types.ModuleType(modname)
+
+    def register_commands(register):
+        for n in names:
+            register(n, help=f"the {n} command", setup=lambda p: p.add_argument("--size", type=int),
+                     run=run or (lambda args: args.size))
+    setattr(mod, "register_commands", mo.hookimpl(register_commands))
+    return mod
+
+
+def test_hook_register_commands(monkeypatch):
+    pm = fresh(FakeEntryPoint("c", _commands_module("c", "hello-world")))
+    assert [c.name for c in pm.commands()] == ["hello-world"]
+    assert pm.commands()[0].distribution == "fake-dist"
+    # the CLI adds it as a subcommand: its arguments parse and its status is the exit code
+    monkeypatch.setattr(plugins_mod, "_default", pm)
+    assert cli.main(["hello-world", "--size", "7"]) == 7
+    help_text = cli._parser().format_help()
+    assert "hello-world" in help_text and "the hello-world command" in help_text
+
+
+def test_plugin_commands_cannot_shadow_builtins_or_each_other(capsys):
+    pm = fresh(FakeEntryPoint("a", _commands_module("a", "run", "serve-x")),
+               FakeEntryPoint("b", _commands_module("b", "serve-x"), dist="other-dist"))
+    # a's "run" clashes with the core's command and is skipped; b's serve-x clashes with a's
+    assert [(c.name, c.plugin) for c in pm.commands()] == [("serve-x", "a")]
+    err = capsys.readouterr().err
+    assert "modelopt run" in err and "serve-x" in err and "other-dist" in err
+    with pytest.raises(mo.DuplicateComponentError, match="serve-x"):
+        fresh(FakeEntryPoint("a", _commands_module("a", "serve-x")),
+              FakeEntryPoint("b", _commands_module("b", "serve-x")), strict=True)
+
+
+def test_command_registration_is_checked():
+    mod = types.ModuleType("bad")
+    mod.register_commands = mo.hookimpl(
+        lambda register: register("bad name!", help="", setup=print, run=print))
+    pm = fresh(FakeEntryPoint("bad", mod))
+    assert pm.commands() == [] and "command name" in pm.failed[0].error
+
+
 def test_every_hookspec_is_documented_and_tested():
     names = _hookspec_names()
     assert {"register_optimizers", "register_exporters", "register_backends",

@@ -1,0 +1,1 @@
+"""modelopt_search: placeholder, filled in by its issue."""

@@ -1,0 +1,1 @@
+"""modelopt_serve: placeholder, filled in by its issue."""
