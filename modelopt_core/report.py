@@ -1,4 +1,4 @@
-"""Report: the comparison table of a session's artifacts, as Markdown, JSON or rich text.
+"""Report: the comparison table of a session's artifacts, as Markdown, JSON, HTML or rich text.
 
 The first row is the baseline; ratios (``speedup``, ``size_ratio``, ``accuracy_delta``) are
 computed against it, so figures measured side by side in one run compare fairly.
@@ -15,12 +15,12 @@ from typing import Any
 
 from .persist import file_mode
 
-__all__ = ["Report"]
+__all__ = ["Report", "pareto_indices"]
 
 #: preferred column order; other metrics follow alphabetically
 COLUMNS = ("step", "format", "backend", "accuracy", "accuracy_delta", "latency_p50_ms",
            "latency_p95_ms", "speedup", "throughput_per_s", "size_mb", "size_ratio",
-           "params", "sparsity", "peak_memory_mb", "note")
+           "params", "sparsity", "peak_memory_mb", "joules_per_inference", "avg_watts", "note")
 
 #: column -> (header with unit, formatter) for the human-readable table; JSON keeps the keys
 _FORMAT: dict[str, tuple[str, Callable[[Any], str]]] = {
@@ -38,12 +38,14 @@ _FORMAT: dict[str, tuple[str, Callable[[Any], str]]] = {
     "sparsity": ("sparsity", lambda v: f"{100 * v:.1f}%"),
     "peak_memory_mb": ("peak MB", lambda v: f"{v:.1f}"),
     "peak_rss_mb": ("RSS MB", lambda v: f"{v:.0f}"),
+    "joules_per_inference": ("mJ/inference", lambda v: f"{1e3 * v:.3f}"),
+    "avg_watts": ("avg W", lambda v: f"{v:.1f}"),
 }
 
 
 _TEXT = ("step", "format", "backend", "error", "note")
 #: columns a narrow terminal drops first (the Markdown and JSON reports keep them all)
-_DROP_ORDER = ("format", "latency_p95_ms", "params", "sparsity", "peak_memory_mb",
+_DROP_ORDER = ("format", "avg_watts", "latency_p95_ms", "params", "sparsity", "peak_memory_mb",
                "throughput_per_s", "size_ratio", "note", "accuracy_delta", "size_mb")
 
 
@@ -120,6 +122,28 @@ class Report:
             _atomic_write(Path(path), text)
         return text
 
+    def to_html(self, path: str | os.PathLike[str] | None = None, *, title: str | None = None,
+                pareto: bool = True) -> str:
+        """A self-contained HTML page (plotly.js embedded: opens offline): the comparison
+        table, Pareto plots of accuracy vs p50 latency (``id="pareto-latency"``) and vs size
+        (``id="pareto-size"``), the lineage notes per row and the machine description; written
+        atomically to ``path`` when given. Raises
+        :class:`~modelopt_core.report_html.ReportDependencyError` when plotly is missing."""
+        from .report_html import render_html
+
+        text = render_html(self, title=title, pareto=pareto)
+        if path is not None:
+            _atomic_write(Path(path), text)
+        return text
+
+    def pareto_front(self, x: str = "latency_p50_ms", y: str = "accuracy", *,
+                     maximize_y: bool = True) -> list[int]:
+        """Indices of the rows on the Pareto front of columns ``x`` (minimised) and ``y``
+        (maximised, or minimised with ``maximize_y=False``); rows lacking either are left
+        out. Sorted by index."""
+        return pareto_indices([r.get(x) for r in self.rows], [r.get(y) for r in self.rows],
+                              maximize_y=maximize_y)
+
     def print(self, columns: list[str] | None = None, file: Any = None) -> None:
         """Print the table to the terminal (rich on a terminal, fitted to its width; Markdown
         otherwise)."""
@@ -178,6 +202,32 @@ class Report:
 
 def _num(v: Any, zero_ok: bool = False) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and (zero_ok or v > 0)
+
+
+def pareto_indices(xs: list[Any], ys: list[Any], *, maximize_y: bool = True) -> list[int]:
+    """Indices ``i`` of the non-dominated points ``(xs[i], ys[i])``: ``x`` is minimised, ``y``
+    maximised (or minimised when ``maximize_y`` is False). A point is dominated when another is
+    at least as good in both and better in one; equal points are all kept. Entries that are
+    not finite numbers (None, NaN, bools, text) are left out."""
+    import math
+    import numbers
+
+    def ok(v: Any) -> bool:  # numpy scalars count too
+        return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+    sign = 1 if maximize_y else -1
+    pts = [(i, float(x), sign * float(y)) for i, (x, y) in enumerate(zip(xs, ys))
+           if ok(x) and ok(y)]
+    pts.sort(key=lambda p: (p[1], -p[2]))  # by x, best y first among equal x
+    front, best_y, best_x = [], -math.inf, math.nan
+    for i, x, y in pts:
+        # dominated by an earlier point (x' <= x) unless its y beats every earlier one, or it
+        # ties the best point exactly
+        if y > best_y or (y == best_y and x == best_x):
+            if y > best_y:
+                best_y, best_x = y, x
+            front.append(i)
+    return sorted(front)
 
 
 def header(col: str) -> str:

@@ -7,6 +7,7 @@ with a message.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 import modelopt_core as mo
+from modelopt_core.report_html import ReportDependencyError
 
 from .data import accuracy_fn, load_digits_data
 from .models import SmallCNN
@@ -48,7 +50,8 @@ def run_demo(out_dir: str | Path = "modelopt-demo-out", epochs: int = 8,
              backends: tuple[str, ...] = ("torch", "onnxruntime"), progress: bool = True,
              pipeline: list[tuple[str, str, dict[str, Any]]] | None = None,
              quiet: bool = False) -> mo.Report:
-    """Train, optimize, compare; writes ``report.md``, ``report.json`` and the final artifact.
+    """Train, optimize, compare; writes ``report.md``, ``report.json``, ``report.html`` (with
+    the Pareto plots) and the final artifact.
     ``quiet`` prints only the table."""
     say = (lambda *a: None) if quiet else print
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
@@ -79,7 +82,13 @@ def run_demo(out_dir: str | Path = "modelopt-demo-out", epochs: int = 8,
     out.mkdir(parents=True, exist_ok=True)
     report.to_markdown(out / "report.md")
     report.to_json(out / "report.json")
+    written = [out / "report.md", out / "report.json"]
+    try:
+        report.to_html(out / "report.html")
+        written.append(out / "report.html")
+    except ReportDependencyError as e:  # plotly missing: the other reports still stand
+        print(f"modelopt demo: no report.html: {e}", file=sys.stderr)
     s.current.save(out / "final-artifact")
-    say(f"wrote {out / 'report.md'}, {out / 'report.json'} and {out / 'final-artifact'} "
+    say(f"wrote {', '.join(map(str, written))} and {out / 'final-artifact'} "
         f"({time.perf_counter() - t0:.1f} s in all)")
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import modelopt_core as mo
 
+from .energy import EnergyProfiler
 from .profilers import (AccuracyProfiler, LatencyProfiler, MemoryProfiler, SizeProfiler,
                         ThroughputProfiler)
 
@@ -11,5 +12,5 @@ from .profilers import (AccuracyProfiler, LatencyProfiler, MemoryProfiler, SizeP
 @mo.hookimpl
 def register_profilers(register):
     for cls in (LatencyProfiler, ThroughputProfiler, MemoryProfiler, SizeProfiler,
-                AccuracyProfiler):
+                AccuracyProfiler, EnergyProfiler):
         register(cls)

@@ -99,4 +99,6 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert last["accuracy"] > 80.0 and last["accuracy_delta"] > -2.0
     assert last["size_ratio"] > 1.5
     assert (out / "report.md").read_text().startswith("### modelopt demo")
+    html = (out / "report.html").read_text()
+    assert 'id="pareto-latency"' in html and "onnx.quantize_static" in html
     assert (out / "final-artifact" / "manifest.json").is_file()
