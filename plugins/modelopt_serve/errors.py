@@ -1,0 +1,31 @@
+"""Typed errors of the serving layer (all :class:`modelopt_core.ModeloptError` subclasses)."""
+
+from __future__ import annotations
+
+from modelopt_core.errors import ModeloptError
+
+__all__ = ["BatcherClosedError", "QueueFullError", "RequestTimeoutError", "ServeError"]
+
+
+class ServeError(ModeloptError):
+    """Base of every serving error (batcher, cache, replica pool)."""
+
+
+class QueueFullError(ServeError):
+    """The batcher's bounded queue is full: the request was rejected at once (backpressure).
+    Retry later, add replicas, or raise ``max_queue``."""
+
+    def __init__(self, message: str, max_queue: int = 0) -> None:
+        super().__init__(message)
+        self.max_queue = max_queue
+
+    def __reduce__(self):  # keep max_queue across pickling (process pools, Ray)
+        return (type(self), (str(self), self.max_queue))
+
+
+class RequestTimeoutError(ServeError, TimeoutError):
+    """A queued request did not start within the batcher's ``timeout_s``."""
+
+
+class BatcherClosedError(ServeError):
+    """The batcher is closed (or was closed with ``drain=False`` while the request waited)."""

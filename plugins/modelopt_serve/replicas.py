@@ -1,0 +1,274 @@
+"""ReplicaPool: N runners of one artifact behind one blocking ``run`` (parallel inference).
+
+Runtimes that release the GIL while they compute (ONNX Runtime, OpenVINO, torch, TensorRT)
+get one runner per thread in this process; others (or ``mode="process"``) one runner per
+worker process (spawned; tensors cross as numpy arrays). The cores are split between the
+replicas through each backend's own thread option so that they do not oversubscribe the
+machine: ``max(1, cores // workers)`` threads per replica.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import modelopt_core as mo
+from modelopt_core.io import unflatten_outputs
+
+from .errors import ServeError
+
+__all__ = ["GIL_FREE_BACKENDS", "ReplicaPool", "load_runner", "thread_option"]
+
+#: backends whose runtimes release the GIL during inference: replicas run as threads
+GIL_FREE_BACKENDS = frozenset({"onnxruntime", "openvino", "torch", "torch.compile", "tensorrt"})
+#: config fields that set a backend's CPU thread count, in lookup order
+THREAD_FIELDS = ("intra_op_num_threads", "inference_num_threads", "num_threads")
+
+
+def load_runner(artifact: mo.ModelArtifact, backend: str, options: Mapping[str, Any] | None = None,
+                plugins: Any = None) -> mo.Runner:
+    """Load ``artifact`` on the registered ``backend`` with config ``options``, the way
+    ``Session.runner`` does (format check, typed config, availability, ``Backend.load``)."""
+    pm = plugins or mo.get_plugin_manager()
+    inst = _backend(artifact, backend, options, pm)
+    return inst.load(artifact, mo.Context(show_progress=False, plugins=pm))
+
+
+def _backend(artifact: mo.ModelArtifact, backend: str, options: Mapping[str, Any] | None,
+             pm: Any) -> mo.Backend:
+    """The configured backend instance, after the format, config and availability checks."""
+    cls = pm.get("backend", backend).cls
+    if artifact.format not in cls.accepts:
+        raise mo.FormatError(f"backend {backend!r} runs {list(cls.accepts)} artifacts, not "
+                             f"{artifact.format!r} ({artifact.name}). Export first, or pick a "
+                             "backend for that format.")
+    inst = cls(**dict(options or {}))
+    cls.ensure_available()
+    return inst
+
+
+def thread_option(backend: str, plugins: Any = None) -> str | None:
+    """The config field of ``backend`` that sets its CPU thread count, or None."""
+    pm = plugins or mo.get_plugin_manager()
+    fields = mo.config_fields(pm.get("backend", backend).cls.Config)
+    return next((f for f in THREAD_FIELDS if f in fields), None)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# ---- worker processes (module-level: spawned children import them) ---------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _proc_init(path: str, backend: str, options: dict[str, Any], threads: int) -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        _WORKER["runner"] = load_runner(mo.load_artifact(path), backend, options)
+    except Exception as e:  # noqa: BLE001 - reported by the first call (a failing initializer
+        # would break the pool without saying why)
+        _WORKER["error"] = ServeError(f"replica process {os.getpid()}: cannot load {path} on "
+                                      f"{backend!r}: {type(e).__name__}: {e}")
+
+
+def _proc_run(arrays: list[Any]) -> list[Any]:
+    if "error" in _WORKER:
+        raise _WORKER["error"]
+    import torch
+
+    outs = _WORKER["runner"]._run([torch.from_numpy(a) for a in arrays])
+    return [o.detach().cpu().numpy() for o in outs]
+
+
+def _proc_ping() -> int:
+    if "error" in _WORKER:
+        raise _WORKER["error"]
+    return os.getpid()
+
+
+class ReplicaPool:
+    """``workers`` runners of one artifact; :meth:`run` runs flat inputs on a free one.
+
+    ``artifact`` is a :class:`~modelopt_core.ModelArtifact` or a saved artifact's path.
+    ``options`` are the backend's config options (shared by every replica); the thread
+    option is filled in per replica unless given. ``mode``: ``"auto"`` (threads for
+    :data:`GIL_FREE_BACKENDS`, processes otherwise), ``"thread"`` or ``"process"``.
+    ``cores``: the cores to split (default: those this process may run on).
+    """
+
+    def __init__(self, artifact: mo.ModelArtifact | str | os.PathLike[str],
+                 backend: str = "onnxruntime", workers: int = 1,
+                 options: Mapping[str, Any] | None = None, mode: str = "auto",
+                 cores: int | None = None) -> None:
+        if isinstance(artifact, (str, os.PathLike)):
+            artifact = mo.load_artifact(artifact)
+        if int(workers) < 1:
+            raise ServeError(f"ReplicaPool: workers must be >= 1, got {workers}.")
+        if mode not in ("auto", "thread", "process"):
+            raise ServeError(f"ReplicaPool: mode must be 'auto', 'thread' or 'process', not "
+                             f"{mode!r}.")
+        self.artifact = artifact
+        self.backend = backend
+        self.workers = int(workers)
+        self.mode = ("thread" if backend in GIL_FREE_BACKENDS else "process") \
+            if mode == "auto" else mode
+        self.cores = int(cores) if cores else _cores()
+        self.threads_per_replica = max(1, self.cores // self.workers)
+        self.notes: list[str] = []
+        self.options = dict(options or {})
+        field = thread_option(backend)
+        if field is None:
+            self.notes.append(f"backend {backend!r} has no known thread option "
+                              f"({', '.join(THREAD_FIELDS)}); its threads are left as they are")
+        elif field not in self.options:
+            self.options[field] = self.threads_per_replica
+        self.thread_field = field
+        _backend(artifact, backend, self.options, mo.get_plugin_manager())  # fail early, typed
+        self._owned = True
+        self._closed = False
+        self._tmp: str | None = None
+        self._runners: list[mo.Runner] = []
+        self._free: queue.LifoQueue[mo.Runner] = queue.LifoQueue()
+        self._executor: Any = None
+        if self.mode == "thread":
+            try:
+                for _ in range(self.workers):
+                    self._runners.append(load_runner(artifact, backend, self.options))
+            except BaseException:
+                self.close()
+                raise
+            for r in self._runners:
+                self._free.put(r)
+        else:
+            self._start_processes()
+
+    @classmethod
+    def from_runner(cls, runner: mo.Runner) -> ReplicaPool:
+        """A one-replica pool around an existing runner (not closed by the pool)."""
+        return cls.from_runners([runner])
+
+    @classmethod
+    def from_runners(cls, runners: Sequence[mo.Runner]) -> ReplicaPool:
+        """A thread pool around runners you loaded yourself, all of one artifact (they are
+        not closed by the pool; each must be usable from another thread)."""
+        runners = list(runners)
+        if not runners or any(r.artifact is not runners[0].artifact for r in runners):
+            raise ServeError("ReplicaPool.from_runners: give one or more runners of the same "
+                             "artifact.")
+        pool = cls.__new__(cls)
+        pool.artifact, pool.backend, pool.workers = runners[0].artifact, "", len(runners)
+        pool.mode, pool.cores, pool.threads_per_replica = "thread", _cores(), 0
+        pool.notes, pool.options, pool.thread_field = [], {}, None
+        pool._owned, pool._closed, pool._tmp, pool._executor = False, False, None, None
+        pool._runners, pool._free = runners, queue.LifoQueue()
+        for r in runners:
+            pool._free.put(r)
+        return pool
+
+    def _start_processes(self) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        path = self.artifact.path
+        if not (path and Path(path).is_dir()):
+            self._tmp = tempfile.mkdtemp(prefix="modelopt-serve-")
+            path = str(self.artifact.save(Path(self._tmp) / "artifact"))
+        self._executor = ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_proc_init,
+            initargs=(path, self.backend, self.options, self.threads_per_replica))
+        try:
+            self._executor.submit(_proc_ping).result()  # surfaces load errors now
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- running ---------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Number of replicas (batches that can run at once)."""
+        return self.workers
+
+    @property
+    def runners(self) -> tuple[mo.Runner, ...]:
+        """The thread replicas' runners (empty in process mode)."""
+        return tuple(self._runners)
+
+    @property
+    def input_specs(self) -> tuple[mo.TensorSpec, ...]:
+        """The artifact's input specs (flat, in input order)."""
+        return self.artifact.inputs
+
+    @property
+    def output_tree(self) -> dict[str, Any] | None:
+        """The artifact's output structure record (for :meth:`unflatten`)."""
+        return self.artifact.io.get("outputs")
+
+    def unflatten(self, flat: Sequence[Any]) -> Any:
+        """Flat outputs rebuilt into the model's own output structure (as a runner does)."""
+        tree = self.output_tree
+        if tree is None and self.artifact.metadata.get("output_kind") == "tuple":
+            return tuple(flat)
+        return unflatten_outputs(flat, tree)
+
+    def run(self, flat_inputs: Sequence[Any]) -> list[Any]:
+        """Run flat inputs (artifact input order, already checked) on a free replica; blocks
+        until one is free. Returns the flat output tensors."""
+        if self._closed:
+            raise ServeError(f"ReplicaPool for {self.artifact.name!r} is closed; build a new one.")
+        if self._executor is not None:
+            import torch
+
+            arrays = [x.detach().cpu().numpy() for x in flat_inputs]
+            return [torch.from_numpy(a) for a in self._executor.submit(_proc_run, arrays).result()]
+        runner = self._free.get()
+        try:
+            return list(runner._run(flat_inputs))
+        finally:
+            self._free.put(runner)
+
+    def __call__(self, *inputs: Any) -> Any:
+        """Run one call like a runner would (structured outputs)."""
+        return self.unflatten(self.run(list(inputs)))
+
+    def close(self) -> None:
+        """Close the replicas (idempotent); a wrapped runner is left open."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owned:
+            for r in self._runners:
+                r.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._closed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"ReplicaPool({self.artifact.name!r}, backend={self.backend!r}, "
+                f"workers={self.workers}, mode={self.mode!r}, "
+                f"threads_per_replica={self.threads_per_replica})")
