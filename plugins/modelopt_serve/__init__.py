@@ -24,6 +24,8 @@ __all__ = [
     "create_app",
     "load_runner",
     "load_test",
+    "ray_app",
+    "serve",
     "serve_in_thread",
 ]
 
@@ -32,7 +34,8 @@ _WHERE = {"DynamicBatcher": "batcher", "ReplicaPool": "replicas", "load_runner":
           "ServeError": "errors", "QueueFullError": "errors", "RequestTimeoutError": "errors",
           "BatcherClosedError": "errors",
           # the HTTP side (FastAPI app, server, load-test client)
-          "create_app": "app", "serve_in_thread": "server", "load_test": "client"}
+          "create_app": "app", "ray_app": "ray_deploy", "serve": "server",
+          "serve_in_thread": "server", "load_test": "client"}
 
 
 def __getattr__(name: str) -> Any:

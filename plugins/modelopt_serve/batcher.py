@@ -174,6 +174,8 @@ class DynamicBatcher:
             batch = self._queue.take()
             if batch is None:
                 return
+            if not batch:  # only expired requests were taken (already failed)
+                continue
             try:
                 self._execute(batch)
             except Exception as e:

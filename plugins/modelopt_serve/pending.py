@@ -66,6 +66,8 @@ class PendingQueue:
                 while True:
                     if self.timeout_s is not None:
                         expired += self._expire_locked()
+                        if expired and not self._q:
+                            return []  # fail the expired ones now (finally), not at the next take
                     if self._q:
                         chosen, rows = self._gather(self._q[0].bucket)
                         wait = self._q[0].t + self.delay_s - time.monotonic()

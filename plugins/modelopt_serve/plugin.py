@@ -1,1 +1,154 @@
-"""Entry point (filled in by its issue)."""
+"""Entry point of the built-in ``modelopt_serve`` plugin: the ``modelopt serve`` and
+``modelopt bench-serve`` commands. Nothing heavy is imported here (fastapi, uvicorn, torch and
+ray load inside the commands)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import modelopt_core as mo
+
+SERVE_HINT = 'pip install -e ".[serve]"'
+
+SERVE_EXAMPLES = """examples:
+  modelopt serve out/model-int8 --backend onnxruntime --max-batch-size 32 --max-delay-ms 5
+  modelopt serve out/model-int8 --backend openvino --workers 2 --cache-size 10000 --port 8080
+  modelopt serve out/model-int8 --ray --workers 2      # Ray Serve, 2 replicas
+  curl -s localhost:8000/ready; curl -s localhost:8000/metrics"""
+
+BENCH_EXAMPLES = """examples:
+  modelopt bench-serve http://127.0.0.1:8000 --concurrency 32 --requests 2000
+  modelopt bench-serve http://127.0.0.1:8000 --duration-s 30 --repeat-fraction 0.5 --json"""
+
+
+def _need(module: str, hint: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise mo.BackendUnavailableError(f"modelopt serve needs {module!r}; install it with "
+                                         f"{hint}.")
+
+
+def _setup_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", help="a saved artifact folder (ModelArtifact.save)")
+    p.add_argument("--backend", default="onnxruntime",
+                   help="any registered backend: onnxruntime, openvino, torch... (default "
+                        "onnxruntime)")
+    p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a backend config option (repeatable), e.g. --backend-option "
+                        "device=CPU; values parse as JSON when they can")
+    p.add_argument("--max-batch-size", type=int, default=32,
+                   help="most rows per model run; 1 turns batching off (default 32)")
+    p.add_argument("--max-delay-ms", type=float, default=5.0,
+                   help="longest wait for a batch to fill (default 5)")
+    p.add_argument("--preferred-batch-sizes", default="",
+                   help="comma-separated batch sizes to pad to, e.g. 1,4,8,16")
+    p.add_argument("--max-queue", type=int, default=1024,
+                   help="queued requests before new ones get 503 (default 1024)")
+    p.add_argument("--timeout-s", type=float, default=None,
+                   help="a request not started within this gets 504 (default: none)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="model replicas (Ray Serve replicas with --ray) (default 1)")
+    p.add_argument("--cache-size", type=int, default=0,
+                   help="result-cache entries; 0 turns the cache off (default 0)")
+    p.add_argument("--cache-mb", type=float, default=256.0,
+                   help="result-cache size limit in MB (default 256)")
+    p.add_argument("--cache-ttl-s", type=float, default=None,
+                   help="result-cache entry lifetime (default: no expiry)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-body-mb", type=float, default=16.0,
+                   help="larger request bodies get 413 (default 16)")
+    p.add_argument("--ray", action="store_true",
+                   help="serve on Ray Serve (RAY_ADDRESS, else a local Ray) with --workers "
+                        "replicas; needs the [serve-ray] extra")
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    import json
+
+    backend_options: dict[str, Any] = {}
+    for item in args.backend_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise mo.ConfigError(f"--backend-option {item!r}: expected KEY=VALUE.")
+        try:
+            backend_options[key] = json.loads(value)
+        except ValueError:
+            backend_options[key] = value
+    try:
+        preferred = tuple(int(x) for x in args.preferred_batch_sizes.split(",") if x.strip())
+    except ValueError:
+        raise mo.ConfigError(f"--preferred-batch-sizes {args.preferred_batch_sizes!r}: expected "
+                             "comma-separated integers like 1,4,8,16.") from None
+    return {"backend_options": backend_options or None,
+            "max_batch_size": args.max_batch_size, "max_delay_ms": args.max_delay_ms,
+            "preferred_batch_sizes": preferred, "max_queue": args.max_queue,
+            "timeout_s": args.timeout_s, "cache_size": args.cache_size,
+            "cache_mb": args.cache_mb, "cache_ttl_s": args.cache_ttl_s,
+            "max_body_mb": args.max_body_mb}
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    _need("fastapi", SERVE_HINT)
+    _need("uvicorn", SERVE_HINT)
+    level = "warning" if args.quiet else "info"
+    if args.ray:
+        _need("ray", 'pip install -e ".[serve-ray]"')
+        from modelopt_serve.server import serve_ray
+
+        return serve_ray(args.artifact, backend=args.backend, host=args.host, port=args.port,
+                         num_replicas=args.workers, log_level=level, **_options(args))
+    from modelopt_serve.server import serve
+
+    return serve(args.artifact, backend=args.backend, host=args.host, port=args.port,
+                 workers=args.workers, log_level=level, **_options(args))
+
+
+def _setup_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("url", help="the server, e.g. http://127.0.0.1:8000 (loopback only)")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    p.add_argument("--requests", type=int, default=200, help="requests to send (default 200)")
+    p.add_argument("--duration-s", type=float, default=None,
+                   help="stop after this many seconds even if requests remain")
+    p.add_argument("--repeat-fraction", type=float, default=0.0,
+                   help="share of requests that re-send an earlier input (default 0)")
+    p.add_argument("--format", choices=["tensors", "json", "npz"], default="tensors",
+                   help="request body format (default tensors: safetensors bytes)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback host")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    _need("httpx", SERVE_HINT)
+    import json
+
+    from modelopt_serve import codec
+    from modelopt_serve.client import load_test
+
+    media = {"tensors": codec.TENSORS, "json": codec.JSON, "npz": codec.NPZ}[args.format]
+    res = load_test(args.url, concurrency=args.concurrency, requests=args.requests,
+                    duration_s=args.duration_s, repeat_fraction=args.repeat_fraction,
+                    media_type=media, allow_remote=args.allow_remote)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{res['requests']} requests ({res['ok']} ok, {res['errors']} errors) in "
+              f"{res['duration_s']:.2f} s: {res['throughput_rps']:.1f} req/s, p50 "
+              f"{res['p50_ms']:.2f} ms, p95 {res['p95_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms; "
+              f"status {res['status_counts']}")
+    return 0 if res["errors"] == 0 else 1
+
+
+@mo.hookimpl
+def register_commands(register: Callable[..., None]) -> None:
+    """``modelopt serve`` and ``modelopt bench-serve``."""
+    register("serve", help="serve a saved artifact over HTTP: dynamic batching, result cache, "
+             "replicas, Prometheus metrics (or on Ray Serve with --ray)",
+             setup=_setup_serve, run=_run_serve, examples=SERVE_EXAMPLES)
+    register("bench-serve", help="load-test a modelopt server: throughput and p50/p95/p99 "
+             "latency (loopback only)", setup=_setup_bench, run=_run_bench,
+             examples=BENCH_EXAMPLES)

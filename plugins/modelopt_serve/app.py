@@ -1,0 +1,299 @@
+"""The HTTP app: ``create_app(artifact) -> fastapi.FastAPI``.
+
+Routes: ``POST /predict`` (JSON or binary tensors, see :mod:`modelopt_serve.codec`),
+``GET /health`` (liveness), ``GET /ready`` (503 until the replicas are loaded and while
+shutting down), ``GET /spec`` (input specs, for clients), ``GET /metrics`` (Prometheus, see
+:mod:`modelopt_serve.metrics`). The replicas load in FastAPI's lifespan (in a worker thread, so
+``/health`` answers at once) and the batcher drains on shutdown. Every request is logged as one
+JSON line at INFO on the ``modelopt.serve`` logger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from modelopt_core.errors import InputSpecError, ModeloptError
+
+from . import codec
+from .errors import BatcherClosedError, QueueFullError, RequestTimeoutError
+from .metrics import ServeMetrics
+
+__all__ = ["ServeState", "create_app", "error_status"]
+
+log = logging.getLogger("modelopt.serve")
+
+
+def error_status(exc: BaseException) -> int:
+    """The HTTP status of a failed request."""
+    if isinstance(exc, codec.BadRequestError):
+        return exc.status
+    if isinstance(exc, InputSpecError):
+        return 422
+    if isinstance(exc, (QueueFullError, BatcherClosedError)):
+        return 503
+    if isinstance(exc, RequestTimeoutError):
+        return 504
+    return 500
+
+
+class ServeState:
+    """What one app holds: the artifact, and once loaded its replica pool, cache and batcher."""
+
+    def __init__(self, artifact: Any, backend: str, options: dict[str, Any]) -> None:
+        import modelopt_core as mo
+
+        if isinstance(artifact, mo.ModelArtifact):
+            self.artifact, self.name = artifact, artifact.name
+        else:  # a loaded artifact's own name is its last step's; the folder says more
+            self.artifact, self.name = mo.load_artifact(Path(artifact)), Path(artifact).name
+        self.backend = backend
+        self.options = dict(options)
+        self.pool: Any = None
+        self.cache: Any = None
+        self.batcher: Any = None
+        self.load_error: str | None = None
+        self.shutting_down = False
+        #: called (from the loading thread) when the replicas fail to load; the CLI stops
+        self.on_load_failed: Any = None
+        self.metrics = ServeMetrics(self.stats)
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher is not None and not self.shutting_down
+
+    def stats(self) -> dict[str, Any] | None:
+        return self.batcher.stats() if self.batcher is not None else None
+
+    def load(self) -> None:
+        """Build the replica pool, the cache and the batcher (blocking: run it in a thread)."""
+        from .batcher import DynamicBatcher
+        from .cache import ResultCache
+        from .replicas import ReplicaPool
+
+        o = self.options
+        try:
+            self.pool = ReplicaPool(self.artifact, backend=self.backend, workers=o["workers"],
+                                    options=o["backend_options"], mode=o["mode"],
+                                    cores=o["cores"])
+            if o["cache_size"] > 0:
+                self.cache = ResultCache(max_entries=o["cache_size"],
+                                         max_bytes=int(o["cache_mb"] * 2**20),
+                                         ttl_s=o["cache_ttl_s"])
+            self.batcher = DynamicBatcher(
+                self.pool, max_batch_size=o["max_batch_size"], max_delay_ms=o["max_delay_ms"],
+                preferred_batch_sizes=tuple(o["preferred_batch_sizes"]),
+                max_queue=o["max_queue"], timeout_s=o["timeout_s"], cache=self.cache)
+        except Exception as e:
+            self.load_error = f"{type(e).__name__}: {e}"
+            log.error(json.dumps({"event": "load_failed", "artifact": self.name,
+                                  "backend": self.backend, "error": self.load_error}))
+            self._free()
+            if self.on_load_failed is not None:
+                self.on_load_failed()
+            raise
+        log.info(json.dumps({"event": "ready", "artifact": self.name,
+                             "backend": self.backend, "workers": o["workers"]}))
+
+    def close(self) -> None:
+        """Drain the batcher, then free the replicas."""
+        self.shutting_down = True
+        self._free()
+
+    def _free(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close(drain=True)
+        if self.pool is not None:
+            self.pool.close()
+
+    def spec(self) -> dict[str, Any]:
+        """What a client needs to build requests."""
+        a = self.artifact
+        return {"artifact": self.name, "format": a.format, "backend": self.backend,
+                "inputs": [s.to_data() for s in a.inputs],
+                "outputs": a.io.get("outputs"), "media_types": list(codec.MEDIA_TYPES),
+                "max_batch_size": self.options["max_batch_size"],
+                "max_body_mb": self.options["max_body_mb"]}
+
+
+DEFAULTS: dict[str, Any] = {
+    "workers": 1, "backend_options": None, "mode": "auto", "cores": None,
+    "max_batch_size": 16, "max_delay_ms": 5.0, "preferred_batch_sizes": (), "max_queue": 1024,
+    "timeout_s": None, "cache_size": 0, "cache_mb": 256.0, "cache_ttl_s": None,
+    "max_body_mb": 16.0, "load_in_background": True,
+}
+
+
+def create_app(artifact: Any, backend: str = "onnxruntime", **options: Any) -> FastAPI:
+    """A FastAPI app serving ``artifact`` (a ``ModelArtifact`` or a saved artifact folder) on
+    ``backend`` through a :class:`~modelopt_serve.DynamicBatcher`.
+
+    Options (defaults in ``DEFAULTS``): ``workers``, ``backend_options`` (dict for the backend's
+    config), ``mode``, ``cores`` (the replica pool); ``max_batch_size``, ``max_delay_ms``,
+    ``preferred_batch_sizes``, ``max_queue``, ``timeout_s`` (the batcher); ``cache_size``
+    (entries; 0 = no cache), ``cache_mb``, ``cache_ttl_s`` (the result cache); ``max_body_mb``
+    (larger bodies get 413); ``load_in_background`` (False: startup waits for the replicas).
+    """
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ModeloptError(f"create_app: unknown option(s) {unknown}; valid: "
+                            f"{sorted(DEFAULTS)}.")
+    state = ServeState(artifact, backend, {**DEFAULTS, **options})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        loading = asyncio.create_task(asyncio.to_thread(state.load))
+        if not state.options["load_in_background"]:
+            await loading
+        try:
+            yield
+        finally:
+            state.shutting_down = True
+            with contextlib.suppress(Exception):  # a failed load was logged already
+                await loading
+            await asyncio.to_thread(state.close)
+            log.info(json.dumps({"event": "stopped", "artifact": state.name}))
+
+    app = FastAPI(title=f"modelopt serve: {state.name}", lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    app.state.serve = state
+    app.add_middleware(_AccessLog)
+    _routes(app, state)
+    return app
+
+
+def _routes(app: FastAPI, state: ServeState) -> None:
+    limit = int(state.options["max_body_mb"] * 2**20)
+
+    @app.get("/health")
+    async def health() -> Any:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> Any:
+        if state.ready:
+            return {"status": "ready", "artifact": state.name, "backend": state.backend}
+        status = ("shutting down" if state.shutting_down else
+                  "failed" if state.load_error else "loading")
+        return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
+
+    @app.get("/spec")
+    async def spec() -> Any:
+        return state.spec()
+
+    @app.get("/metrics")
+    async def metrics() -> Any:
+        body, ctype = state.metrics.render()
+        return Response(body, media_type=ctype)
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Any:
+        t0 = time.perf_counter()
+        m = state.metrics
+        m.in_flight.inc()
+        try:
+            out_type = codec.response_type(request.headers.get("accept"),
+                                           request.headers.get("content-type"))
+            if not state.ready:
+                raise BatcherClosedError("the server is " + (
+                    "shutting down" if state.shutting_down else "not ready (loading replicas"
+                    + (f" failed: {state.load_error}" if state.load_error else "") + ")"
+                ) + "; retry, or check GET /ready.")
+            body = await _read_body(request, limit)
+            inputs = await _off_loop(len(body), codec.decode_inputs, body,
+                                     request.headers.get("content-type"), state.artifact.inputs)
+            result = await state.batcher.submit_async(*inputs)
+            request.scope["modelopt.rows"] = int(inputs[0].shape[0]) if inputs else 0
+            payload = await _off_loop(_nbytes(result), codec.encode_outputs, result, out_type)
+        except Exception as e:
+            status = error_status(e)
+            if status >= 500 and not isinstance(e, ModeloptError):
+                log.exception("predict failed")
+            headers = {"Retry-After": "1"} if status == 503 else None
+            m.observe(status, time.perf_counter() - t0, type(e).__name__)
+            return JSONResponse({"error": type(e).__name__, "detail": str(e)},
+                                status_code=status, headers=headers)
+        finally:
+            m.in_flight.dec()
+        m.observe(200, time.perf_counter() - t0)
+        return Response(payload, media_type=out_type)
+
+
+#: bodies and results above this many bytes are decoded / encoded in a worker thread, so a
+#: large JSON document never stalls the event loop; small ones are faster done in place
+OFF_LOOP_BYTES = 64 * 1024
+
+
+async def _off_loop(size: int, fn: Any, *args: Any) -> Any:
+    if size > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+def _nbytes(out: Any) -> int:
+    """Bytes of the tensors in a result (a tensor, or dicts / sequences of them)."""
+    if hasattr(out, "element_size"):
+        return int(out.numel()) * out.element_size()
+    if isinstance(out, dict):
+        return sum(_nbytes(v) for v in out.values())
+    if isinstance(out, (tuple, list)):
+        return sum(_nbytes(v) for v in out)
+    return 0
+
+
+async def _read_body(request: Any, limit: int) -> bytes:
+    """The body, refusing (413) one over ``limit`` bytes without reading all of it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise codec.BadRequestError(_too_large(int(declared), limit), status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise codec.BadRequestError(_too_large(size, limit), status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (f"request body of {size} bytes is over the limit of {limit} bytes "
+            f"({limit / 2**20:g} MB); send fewer rows per request or raise --max-body-mb.")
+
+
+class _AccessLog:
+    """Pure ASGI middleware logging one JSON line per HTTP request (method, path, status, ms,
+    and rows for ``/predict``)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = [500]
+
+        async def send_status(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            if log.isEnabledFor(logging.INFO):
+                rec = {"method": scope["method"], "path": scope["path"], "status": status[0],
+                       "ms": round(1e3 * (time.perf_counter() - t0), 3)}
+                if "modelopt.rows" in scope:
+                    rec["rows"] = scope["modelopt.rows"]
+                log.info(json.dumps(rec))

@@ -1,0 +1,155 @@
+"""Load-test client for a modelopt server (``modelopt bench-serve URL``).
+
+It reads the server's input specs (``GET /spec``), builds single-row requests from them
+before the clock starts (random values, distinct for the first ``MAX_FRESH`` requests, then
+cycled; a ``repeat_fraction`` of them re-sends one of ``hot_set`` inputs, to exercise the result
+cache) and keeps ``concurrency`` requests in flight with httpx over asyncio until
+``requests`` were sent or ``duration_s`` passed. Loopback only unless ``allow_remote``: it is a
+load generator, not a tool to point at other people's servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+import random
+import time
+from collections import Counter
+from typing import Any
+from urllib.parse import urlparse
+
+from modelopt_core.errors import ConfigError
+
+from . import codec
+
+__all__ = ["check_url", "load_test", "make_inputs", "percentile", "run_load"]
+
+MAX_REQUESTS = 1_000_000
+MAX_DURATION_S = 3600.0
+MAX_CONCURRENCY = 1024
+#: distinct request bodies built up front; a longer run cycles through them
+MAX_FRESH = 1024
+
+
+def check_url(url: str, allow_remote: bool = False) -> str:
+    """``url`` without a trailing slash; :class:`ConfigError` for a non-http URL or, unless
+    ``allow_remote``, a host that is not loopback."""
+    u = urlparse(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ConfigError(f"bench-serve: {url!r} is not an http(s) URL like "
+                          "http://127.0.0.1:8000.")
+    host = u.hostname
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not allow_remote:
+        raise ConfigError(f"bench-serve: {host!r} is not a loopback address; the load generator "
+                          "only targets this machine unless --allow-remote is given.")
+    return url.rstrip("/")
+
+
+def percentile(sorted_xs: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of sorted values, nearest rank; NaN when empty."""
+    if not sorted_xs:
+        return float("nan")
+    k = max(0, min(len(sorted_xs) - 1, math.ceil(q / 100 * len(sorted_xs)) - 1))
+    return sorted_xs[k]
+
+
+def make_inputs(specs: list[dict[str, Any]], seed: int, sizes: dict[str, int] | None = None
+                ) -> dict[str, Any]:
+    """One single-row input per spec (``{"name", "shape", "dtype"}``): the leading symbolic dim
+    is 1, other symbolic dims take ``sizes[name]`` or 8; floats are standard normal, integers
+    0 or 1 (valid token ids and masks)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for s in specs:
+        shape = [1 if i == 0 and isinstance(d, str) else
+                 (sizes or {}).get(d, 8) if isinstance(d, str) else int(d)
+                 for i, d in enumerate(s["shape"])]
+        dtype = getattr(torch, s["dtype"])
+        if dtype.is_floating_point:
+            out[s["name"]] = torch.randn(shape, generator=g).to(dtype)
+        elif dtype == torch.bool:
+            out[s["name"]] = torch.randint(0, 2, shape, generator=g).bool()
+        else:
+            out[s["name"]] = torch.randint(0, 2, shape, generator=g, dtype=dtype)
+    return out
+
+
+async def run_load(url: str, *, concurrency: int = 8, requests: int = 200,
+                   duration_s: float | None = None, repeat_fraction: float = 0.0,
+                   media_type: str = codec.TENSORS, allow_remote: bool = False,
+                   timeout_s: float = 30.0, seed: int = 0, hot_set: int = 8) -> dict[str, Any]:
+    """Send ``requests`` (or as many as fit in ``duration_s``) ``/predict`` requests with
+    ``concurrency`` in flight; returns counts and latency percentiles:
+    ``{"requests", "ok", "errors", "status_counts", "throughput_rps", "p50_ms", "p95_ms",
+    "p99_ms", "duration_s", ...}``."""
+    import httpx
+
+    base = check_url(url, allow_remote)
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise ConfigError(f"bench-serve: concurrency must be 1..{MAX_CONCURRENCY}, got "
+                          f"{concurrency}.")
+    if not 1 <= requests <= MAX_REQUESTS:
+        raise ConfigError(f"bench-serve: requests must be 1..{MAX_REQUESTS}, got {requests}.")
+    if duration_s is not None and not 0 < duration_s <= MAX_DURATION_S:
+        raise ConfigError(f"bench-serve: duration_s must be in (0, {MAX_DURATION_S}], got "
+                          f"{duration_s}.")
+    if not 0.0 <= repeat_fraction <= 1.0:
+        raise ConfigError(f"bench-serve: repeat_fraction must be in [0, 1], got "
+                          f"{repeat_fraction}.")
+    if media_type not in codec.MEDIA_TYPES:
+        raise ConfigError(f"bench-serve: media type {media_type!r} is not one of "
+                          f"{list(codec.MEDIA_TYPES)}.")
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout_s) as client:
+        spec = (await client.get("/spec")).raise_for_status().json()
+        rng = random.Random(seed)
+        hot = [codec.encode_inputs(make_inputs(spec["inputs"], seed + 1_000_000 + i),
+                                   media_type) for i in range(max(1, hot_set))]
+        # built before the clock starts, so the client's own work does not cap the rate
+        fresh = [codec.encode_inputs(make_inputs(spec["inputs"], seed + i), media_type)
+                 for i in range(min(requests, MAX_FRESH))]
+        latencies: list[float] = []
+        statuses: Counter[str] = Counter()
+        sent = 0
+        deadline = time.perf_counter() + (duration_s or MAX_DURATION_S)
+        headers = {"content-type": media_type, "accept": media_type}
+
+        async def worker() -> None:
+            nonlocal sent
+            while sent < requests and time.perf_counter() < deadline:
+                i = sent
+                sent += 1
+                body = (rng.choice(hot) if rng.random() < repeat_fraction else
+                        fresh[i % len(fresh)])
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post("/predict", content=body, headers=headers)
+                    key = str(r.status_code)
+                except httpx.HTTPError as e:
+                    key = type(e).__name__
+                latencies.append(1e3 * (time.perf_counter() - t0))
+                statuses[key] += 1
+
+        t_start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t_start
+    lat = sorted(latencies)
+    ok = statuses.get("200", 0)
+    return {"url": base, "requests": sent, "ok": ok, "errors": sent - ok,
+            "status_counts": dict(statuses), "concurrency": concurrency,
+            "repeat_fraction": repeat_fraction, "media_type": media_type,
+            "duration_s": elapsed, "throughput_rps": ok / elapsed if elapsed > 0 else 0.0,
+            "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95),
+            "p99_ms": percentile(lat, 99)}
+
+
+def load_test(url: str, **kwargs: Any) -> dict[str, Any]:
+    """:func:`run_load` from synchronous code (its own event loop)."""
+    return asyncio.run(run_load(url, **kwargs))
