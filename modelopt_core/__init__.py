@@ -9,8 +9,8 @@ from __future__ import annotations
 from . import data, recipe, training
 from .artifact import (ArtifactProps, ModelArtifact, Step, TensorSpec, _bytes_cls,
                        load_artifact)
-from .config import (build_config, config, config_fields, config_to_data, field, in_range,
-                     positive)
+from .config import (build_config, choice, config, config_fields, config_to_data, field,
+                     floats, in_range, ints, positive, search_space, space_from_data)
 from .data import check_batch
 from .errors import (AccuracyBudgetError, ArtifactError, ArtifactWriteError, BackendUnavailableError, ConfigError,
                      DataError, DuplicateComponentError, ExportError, FormatError, InputSpecError,
@@ -36,7 +36,7 @@ __all__ = [
     "Optimizer", "Exporter", "Backend", "Runner", "Profiler", "Format", "BytesFormat", "Component", "Context",
     "as_input_tuple", "hookimpl", "PluginManager", "get_plugin_manager",
     "config", "field", "build_config", "config_to_data", "config_fields", "in_range",
-    "positive",
+    "positive", "choice", "ints", "floats", "search_space", "space_from_data",
     "ModeloptError", "AccuracyBudgetError", "ConfigError", "UnknownComponentError", "FormatError", "NoExportPathError",
     "PluginLoadError", "DuplicateComponentError", "ArtifactError", "ArtifactWriteError",
     "UnsafeArtifactError",

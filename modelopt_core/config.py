@@ -17,20 +17,197 @@ import attrs
 
 from .errors import ConfigError, close_names
 
-__all__ = ["config", "field", "build_config", "config_to_data", "config_fields"]
+__all__ = [
+    "Choice",
+    "FloatRange",
+    "IntRange",
+    "build_config",
+    "choice",
+    "config",
+    "config_fields",
+    "config_to_data",
+    "field",
+    "floats",
+    "ints",
+    "search_space",
+    "space_from_data",
+]
+
+
+# ---- search spaces: data on config fields ----------------------------------------------------
+
+_SCALAR = (bool, int, float, str, type(None))
+
+
+@attrs.frozen
+class Choice:
+    """One of a few values (bool, int, float, str or None)."""
+
+    values: tuple[Any, ...]
+
+    def candidates(self) -> tuple[Any, ...]:
+        """Every value the space can yield."""
+        return self.values
+
+    def to_data(self) -> dict[str, Any]:
+        """Plain data: ``{"choice": [...]}``."""
+        return {"choice": list(self.values)}
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        """Sample this space on an Optuna trial under parameter ``name``."""
+        return trial.suggest_categorical(name, list(self.values))
+
+
+@attrs.frozen
+class IntRange:
+    """Integers ``lo..hi`` (inclusive) by ``step``, optionally log-uniform."""
+
+    lo: int
+    hi: int
+    step: int = 1
+    log: bool = False
+
+    def candidates(self) -> tuple[Any, ...]:
+        return (self.lo, self.hi)
+
+    def to_data(self) -> dict[str, Any]:
+        return {"ints": [self.lo, self.hi], "step": self.step, "log": self.log}
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        return trial.suggest_int(name, self.lo, self.hi, step=self.step, log=self.log)
+
+
+@attrs.frozen
+class FloatRange:
+    """Floats in ``[lo, hi]``, on a grid of ``step`` when given, optionally log-uniform."""
+
+    lo: float
+    hi: float
+    step: float | None = None
+    log: bool = False
+
+    def candidates(self) -> tuple[Any, ...]:
+        return (self.lo, self.hi)
+
+    def to_data(self) -> dict[str, Any]:
+        return {"floats": [self.lo, self.hi], "step": self.step, "log": self.log}
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        v = trial.suggest_float(name, self.lo, self.hi, step=self.step, log=self.log)
+        return round(v, 10) if self.step else v  # 0.30000000000000004 -> 0.3
+
+
+Space = Choice | IntRange | FloatRange
+
+
+def choice(*values: Any) -> Choice:
+    """A search space of a few values: ``choice("l1", "l2")``, ``choice(True, False)``."""
+    if not values or not all(isinstance(v, _SCALAR) for v in values):
+        raise ConfigError(f"choice{values!r}: give one or more bool/int/float/str/None "
+                          "values.")
+    if len(set(map(repr, values))) != len(values):
+        raise ConfigError(f"choice{values!r}: values repeat.")
+    return Choice(tuple(values))
+
+
+def ints(lo: int, hi: int, step: int = 1, log: bool = False) -> IntRange:
+    """A search space of integers ``lo..hi`` inclusive."""
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi, step)) \
+            or lo > hi or step < 1 or (log and (lo < 1 or step != 1)):
+        raise ConfigError(f"ints({lo!r}, {hi!r}, step={step!r}, log={log}): need integers "
+                          "lo <= hi, step >= 1 (log: lo >= 1 and step 1).")
+    return IntRange(lo, hi, step, log)
+
+
+def floats(lo: float, hi: float, step: float | None = None, log: bool = False) -> FloatRange:
+    """A search space of floats in ``[lo, hi]`` (on a ``step`` grid when given)."""
+    nums = [v for v in (lo, hi, step) if v is not None]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in nums) or lo > hi or (step is not None and step <= 0) \
+            or (log and (lo <= 0 or step is not None)):
+        raise ConfigError(f"floats({lo!r}, {hi!r}, step={step!r}, log={log}): need finite "
+                          "lo <= hi, step > 0 (log: lo > 0 and no step).")
+    return FloatRange(float(lo), float(hi), None if step is None else float(step), log)
+
+
+def space_from_data(data: Any, where: str = "search space") -> Space:
+    """Build a space from plain data (``to_data()``'s output, TOML, JSON); a bare list is
+    a choice."""
+    if isinstance(data, (list, tuple)):
+        return choice(*data)
+    if isinstance(data, dict) and len({"choice", "ints", "floats"} & set(data)) == 1:
+        rest = {k: v for k, v in data.items() if k in ("step", "log")}
+        extra = set(data) - {"choice", "ints", "floats", "step", "log"}
+        if not extra:
+            if "choice" in data and not rest:
+                return choice(*data["choice"])
+            for key, make in (("ints", ints), ("floats", floats)):
+                if key in data and isinstance(data[key], list) and len(data[key]) == 2:
+                    return make(*data[key], **rest)
+    raise ConfigError(f"{where}: {data!r} is not a search space; write a list of values, "
+                      "{choice = [...]}, {ints = [lo, hi], step = 1} or "
+                      "{floats = [lo, hi], step = 0.1, log = false}.")
+
+
+def search_space(component: type) -> dict[str, Space]:
+    """The search space a component (or its ``Config`` class) declares: field -> space."""
+    cfg = getattr(component, "Config", component)
+    if cfg is None or not attrs.has(cfg):
+        return {}
+    return {a.name: a.metadata["search"] for a in attrs.fields(cfg) if "search" in a.metadata}
+
+
+def check_value(cfg_cls: type, name: str, value: Any) -> None:
+    """Raise :class:`ConfigError` unless ``value`` passes field ``name``'s type and
+    validators."""
+    a = config_fields(cfg_cls)[name]
+    try:
+        tp = typing.get_type_hints(cfg_cls).get(name, Any)
+    except Exception:  # an unresolvable annotation: leave it to the validators
+        tp = Any
+    where = f"{cfg_cls.__qualname__}.{name}"
+    if not _type_ok(value, tp):
+        raise ConfigError(f"{where}: search value {value!r} is not a {_describe(tp)}.")
+    if a.validator is not None:
+        try:
+            a.validator(None, a, value)
+        except (ConfigError, TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: search value {value!r} fails the field's validator: "
+                              f"{e}") from e
+
+
+def _check_declared(cfg_cls: type) -> None:
+    for name, space in search_space(cfg_cls).items():
+        vals = list(space.candidates())
+        if isinstance(space, (IntRange, FloatRange)) and space.step:
+            vals.append(space.lo + space.step * int((space.hi - space.lo) // space.step))
+        for v in vals:
+            check_value(cfg_cls, name, v)
 
 
 def config(cls: type) -> type:
-    """Decorate a component's ``Config`` class: attrs, keyword-only, frozen."""
-    return attrs.define(kw_only=True, frozen=True)(cls)
+    """Decorate a component's ``Config`` class: attrs, keyword-only, frozen. Search spaces
+    declared on its fields (``field(search=...)``) are checked here, at import: every value
+    a space can yield must pass the field's type and validators."""
+    out = attrs.define(kw_only=True, frozen=True)(cls)
+    _check_declared(out)
+    return out
 
 
 def field(default: Any = attrs.NOTHING, *, help: str = "", validator: Any = None,
-          factory: Any = None) -> Any:
-    """An attrs field with a one-line ``help`` (shown by ``modelopt plugins`` and in errors)."""
+          factory: Any = None, search: Any = None) -> Any:
+    """An attrs field with a one-line ``help`` (shown by ``modelopt plugins`` and in errors)
+    and an optional search space (``search=choice(...)``, ``ints(...)`` or ``floats(...)``)
+    that automatic optimization (``Session.optimize``) samples the field from."""
+    meta: dict[str, Any] = {"help": help}
+    if search is not None:
+        if not isinstance(search, (Choice, IntRange, FloatRange)):
+            raise ConfigError(f"field(search=...) must be choice(...), ints(...) or "
+                              f"floats(...), got {search!r}.")
+        meta["search"] = search
     if factory is not None:
-        return attrs.field(factory=factory, validator=validator, metadata={"help": help})
-    return attrs.field(default=default, validator=validator, metadata={"help": help})
+        return attrs.field(factory=factory, validator=validator, metadata=meta)
+    return attrs.field(default=default, validator=validator, metadata=meta)
 
 
 def config_fields(cfg_cls: type) -> dict[str, attrs.Attribute]:

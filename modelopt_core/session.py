@@ -225,6 +225,24 @@ class Session:
                             "discarded.")
         return self._history.pop()
 
+    def optimize(self, target: str = "onnxruntime", objective: str = "latency",
+                 max_accuracy_drop: float = 1.0, budget_trials: int | None = 20,
+                 time_budget_s: float | None = None, **options: Any) -> Any:
+        """Search recipes (prune -> recovery -> precision -> runtime options) for ``target``
+        (``"openvino"``, ``"onnxruntime"``, ``"torch"``), each measured on the real runtime,
+        minimizing ``objective`` (``"latency"``, ``"size"``, ``"energy"``) with at most
+        ``max_accuracy_drop`` points of ``eval_fn`` lost; resumable (Optuna study in
+        ``out_dir``). ``options``: ``space``, ``storage``, ``study_name``, ``out_dir``,
+        ``seed``, ``runtime_options``, ``profiler_options``, ``threads``. Returns a
+        ``modelopt_search.SearchResult``; the original is never changed. See docs/search.md."""
+        try:
+            from modelopt_search.optimize import optimize
+        except ImportError as e:
+            raise ModeloptError("Session.optimize needs the modelopt_search plugin and optuna: "
+                                'pip install -e ".[search]"') from e
+        return optimize(self, target, objective, max_accuracy_drop, budget_trials,
+                        time_budget_s, **options)
+
     # ---- running and measuring ------------------------------------------------------------
 
     def runner(self, backend: str = "torch", artifact: ModelArtifact | None = None,

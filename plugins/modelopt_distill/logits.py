@@ -89,8 +89,10 @@ class LogitsDistill(mo.Optimizer):
     @mo.config
     class Config(DistillConfig):
         temperature: float = mo.field(4.0, validator=mo.positive,
+                                      search=mo.choice(2.0, 4.0, 8.0),
                                       help="softmax temperature T for the soft targets")
         alpha: float = mo.field(0.9, validator=mo.in_range(0.0, 1.0),
+                                search=mo.floats(0.5, 0.9, step=0.1),
                                 help="weight of the soft (KD) term; 1 - alpha weighs hard CE")
         output: int = mo.field(0, validator=mo.in_range(0, 1 << 16),
                                help="which output holds the logits (models with several)")

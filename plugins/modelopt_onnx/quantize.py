@@ -61,16 +61,18 @@ def _cwd(folder: Any) -> Iterator[None]:
 
 @mo.config
 class StaticConfig:
-    per_channel: bool = mo.field(True, help="per-output-channel weight scales")
+    per_channel: bool = mo.field(True, help="per-output-channel weight scales",
+                                 search=mo.choice(True, False))
     calibrate_method: Literal["minmax", "entropy", "percentile", "distribution"] = mo.field(
-        "minmax", help="activation range calibration ('distribution' is meant for float8 and "
+        "minmax", search=mo.choice("minmax", "entropy", "percentile"), help="activation range calibration ('distribution' is meant for float8 and "
                        "is poor for INT8)")
     percentile: float = mo.field(99.999, validator=mo.in_range(50, 100),
                                  help="percentile for calibrate_method='percentile'")
     quant_format: Literal["qdq", "qoperator"] = mo.field("qdq", help="QDQ pairs or QLinear ops")
     activation_type: Literal["uint8", "int8", "uint16", "int16"] = mo.field("uint8")
     weight_type: Literal["int8", "uint8"] = mo.field("int8")
-    symmetric_activations: bool = mo.field(False, help="zero point 0 for activations")
+    symmetric_activations: bool = mo.field(False, help="zero point 0 for activations",
+                                           search=mo.choice(False, True))
     reduce_range: bool = mo.field(False, help="7-bit weights (for CPUs without VNNI)")
     op_types: tuple[str, ...] | None = mo.field(None, help="op types to quantize (default all)")
     nodes_to_exclude: tuple[str, ...] = mo.field((), help="node names kept in float")
@@ -193,7 +195,8 @@ class _Reader:
 
 @mo.config
 class DynamicConfig:
-    per_channel: bool = mo.field(True, help="per-output-channel weight scales")
+    per_channel: bool = mo.field(True, help="per-output-channel weight scales",
+                                 search=mo.choice(True, False))
     weight_type: Literal["int8", "uint8"] = mo.field("int8")
     reduce_range: bool = mo.field(False, help="7-bit weights (for CPUs without VNNI)")
     op_types: tuple[str, ...] = mo.field(("MatMul", "Gemm", "LSTM", "GRU", "Attention"),

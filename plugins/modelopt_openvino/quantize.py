@@ -64,14 +64,15 @@ class QuantizeConfig:
     """Options of ``openvino.quantize``."""
 
     preset: Literal["performance", "mixed"] = mo.field(
-        "performance", help="'performance': symmetric activations and weights (fastest); "
+        "performance", search=mo.choice("performance", "mixed"), help="'performance': symmetric activations and weights (fastest); "
                             "'mixed': asymmetric activations (better for non-ReLU models)")
     model_type: Literal["transformer"] | None = mo.field(
         None, help="'transformer': NNCF's scheme for transformers (SmoothQuant, keeps "
                    "accuracy-critical ops in float)")
-    subset_size: int = mo.field(300, validator=mo.positive,
+    subset_size: int = mo.field(300, validator=mo.positive, search=mo.choice(32, 300),
                                 help="at most this many calibration batches")
-    fast_bias_correction: bool = mo.field(True, help="fast bias correction (off: the slower, "
+    fast_bias_correction: bool = mo.field(True, search=mo.choice(True, False),
+                                          help="fast bias correction (off: the slower, "
                                           "more accurate one)")
     ignored_names: tuple[str, ...] = mo.field((), help="OpenVINO op names kept in float")
     ignored_types: tuple[str, ...] = mo.field((), help="op types kept in float "

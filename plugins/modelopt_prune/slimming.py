@@ -17,10 +17,13 @@ from .structured import has_candidates, kept_layers, structured_prune
 @mo.config
 class SlimmingConfig:
     ratio: float = mo.field(0.5, validator=amount_in_range,
-                            help="fraction of channels to remove after sparsity training")
+                            help="fraction of channels to remove after sparsity training",
+                            search=mo.floats(0.1, 0.6, step=0.1))
     sparsity: float = mo.field(1e-4, validator=mo.in_range(0.0, 1.0),
+                               search=mo.floats(1e-5, 1e-3, log=True),
                                help="L1 coefficient on BN gammas during sparsity training")
-    epochs: int = mo.field(5, validator=mo.positive, help="sparsity-training epochs")
+    epochs: int = mo.field(5, validator=mo.positive, help="sparsity-training epochs",
+                           search=mo.ints(1, 5))
     lr: float = mo.field(1e-3, validator=mo.positive, help="sparsity-training learning rate")
     scope: Literal["local", "global"] = mo.field("global", help="rank gammas across layers")
     max_layer_ratio: float = mo.field(0.9, validator=amount_in_range,
@@ -29,6 +32,7 @@ class SlimmingConfig:
     round_to: int | None = mo.field(8, validator=mo.positive,
                                     help="keep channel counts a multiple of this")
     finetune_epochs: int = mo.field(0, validator=mo.in_range(0, 10_000),
+                                    search=mo.ints(0, 3),
                                     help="fine-tuning epochs after removal (0: none)")
 
 

@@ -26,11 +26,12 @@ Importance = Literal["l1", "l2", "bn_gamma", "taylor"]
 @mo.config
 class StructuredConfig:
     ratio: float = mo.field(0.5, validator=amount_in_range,
-                            help="fraction of prunable channels to remove, in [0, 1)")
-    importance: Importance = mo.field("l1", help="channel importance: l1/l2 filter norm, "
+                            help="fraction of prunable channels to remove, in [0, 1)",
+                            search=mo.floats(0.1, 0.6, step=0.1))
+    importance: Importance = mo.field("l1", search=mo.choice("l1", "l2", "bn_gamma"), help="channel importance: l1/l2 filter norm, "
                                       "bn_gamma (|BN scale|) or taylor (first order, train data)")
     scope: Literal["local", "global"] = mo.field(
-        "local", help="local: same ratio per layer; global: rank channels across layers")
+        "local", search=mo.choice("local", "global"), help="local: same ratio per layer; global: rank channels across layers")
     max_layer_ratio: float = mo.field(0.9, validator=amount_in_range,
                                       help="global scope: most a single layer may lose")
     ignored_layers: tuple[str, ...] = mo.field((), help="qualified layer names to keep whole")

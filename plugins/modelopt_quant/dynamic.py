@@ -46,7 +46,8 @@ class DynamicConfig:
                                     "input shape and keep it in float when INT8 is not faster")
     min_features: int = mo.field(16, validator=mo.positive,
                                  help="skip Linear layers smaller than this (in and out)")
-    reduce_range: bool = mo.field(False, help="7-bit activations (CPUs without VNNI)")
+    reduce_range: bool = mo.field(False, help="7-bit activations (CPUs without VNNI)",
+                                  search=mo.choice(False, True))
     skip_layers: tuple[str, ...] = mo.field((), help="module names kept in float")
 
 

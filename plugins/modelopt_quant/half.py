@@ -27,7 +27,8 @@ __all__ = ["HalfConfig", "BF16", "FP16", "OnnxFP16", "convert_fp16"]
 class HalfConfig:
     """Options of ``quantize.bf16`` / ``quantize.fp16``."""
 
-    channels_last: bool = mo.field(True, help="store 4-D weights channels_last (oneDNN)")
+    channels_last: bool = mo.field(True, help="store 4-D weights channels_last (oneDNN)",
+                                   search=mo.choice(True, False))
     fold_bn: bool = mo.field(True, help="fold BatchNorm into the preceding Conv/Linear first")
 
 

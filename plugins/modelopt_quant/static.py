@@ -27,10 +27,11 @@ Observer = Literal["minmax", "percentile", "mse", "entropy"]
 class StaticConfig:
     """Options of ``quantize.static``."""
 
-    observer: Observer = mo.field("minmax", help="activation range calibration method")
+    observer: Observer = mo.field("minmax", search=mo.choice("minmax", "percentile"), help="activation range calibration method")
     percentile: float = mo.field(99.99, validator=mo.in_range(50, 100, lo_open=True),
                                  help="percentile for observer='percentile'")
-    per_channel: bool = mo.field(True, help="per-output-channel weight scales (else per-tensor)")
+    per_channel: bool = mo.field(True, help="per-output-channel weight scales (else per-tensor)",
+                                 search=mo.choice(True, False))
     activation_dtype: Literal["uint8", "int8"] = mo.field(
         "uint8", help="activation grid: uint8 affine (best ORT kernels) or int8")
     symmetric_activations: bool = mo.field(False, help="zero point at mid-grid / 0")

@@ -1,0 +1,147 @@
+"""``modelopt optimize recipe.toml``: a recipe's [model]/[data] (as ``modelopt run`` reads
+them) plus a ``[search]`` table.
+
+```toml
+model = "modelopt_demo.models:SmallCNN"
+example_inputs = [[1, 1, 8, 8]]
+data = "modelopt_demo.recipes:digits_data"
+[train]
+epochs = 8
+[search]
+target = "openvino"            # openvino | onnxruntime | torch
+objective = "latency"          # latency | size | energy
+max_accuracy_drop = 1.0
+trials = 20
+time_budget_s = 900            # optional
+threads = 2                    # optional: the runtime's thread count
+[search.space]                 # optional: overrides of the default recipe space
+precision = ["none", "openvino.quantize"]
+params = {"prune.structured" = {ratio = {floats = [0.1, 0.5], step = 0.1}}}
+[output]
+dir = "out/digits-search"
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EXAMPLES", "load_search_recipe", "run", "setup"]
+
+EXAMPLES = """examples:
+  modelopt optimize docs/recipes/digits-search.toml
+  modelopt optimize recipe.toml --trials 40 --time-budget-s 1800 --out out/search
+  modelopt optimize recipe.toml --storage postgresql://user:pw@db/modelopt  (one study,
+                                   several machines: run the same command on each)"""
+
+_SEARCH_KEYS = {"target", "objective", "max_accuracy_drop", "trials", "time_budget_s",
+                "storage", "study_name", "seed", "space", "runtime_options",
+                "profiler_options", "threads"}
+
+
+def setup(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``modelopt optimize``."""
+    p.add_argument("recipe", help="TOML/JSON recipe: model, data (as for `modelopt run`) and "
+                                  "a [search] table")
+    p.add_argument("--trials", type=int, help="trials this run adds to the study "
+                                              "(default: [search] trials, else 20)")
+    p.add_argument("--time-budget-s", type=float, help="stop starting trials after this long")
+    p.add_argument("--out", help="output folder: study.db, trials.json, report.*, best/ "
+                                 "(default: [output] dir)")
+    p.add_argument("--storage", help="Optuna RDB URL shared by workers (default: "
+                                     "sqlite:///OUT/study.db)")
+    p.add_argument("--study-name", help="study name in the storage")
+    p.add_argument("--seed", type=int, help="sampler seed")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide progress bars")
+
+
+def load_search_recipe(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the run-recipe part, the [search] table) of a recipe file, both validated."""
+    import json
+
+    import tomllib
+
+    from modelopt_core import recipe as rc
+
+    from .errors import SearchError
+
+    p = Path(path)
+    if not p.is_file():
+        raise SearchError(f"recipe {p}: no such file.")
+    try:
+        data = tomllib.loads(p.read_text()) if p.suffix == ".toml" else json.loads(
+            p.read_text())
+    except ValueError as e:
+        raise SearchError(f"recipe {p}: cannot parse ({e}).") from e
+    if not isinstance(data, dict):
+        raise SearchError(f"recipe {p}: the top level must be a table.")
+    search = data.pop("search", None)
+    if not isinstance(search, dict):
+        raise SearchError(f"recipe {p}: add a [search] table (target, objective, "
+                          "max_accuracy_drop, trials...).")
+    rc._check_keys(f"recipe {p}: [search]", search, _SEARCH_KEYS)
+    rc._check_keys(f"recipe {p}", data, rc._TOP - {"steps", "compare"})
+    for k in ("model", "example_inputs"):
+        if k not in data:
+            raise SearchError(f"recipe {p}: missing required key {k!r}.")
+    return data, search
+
+
+def build_session(path: str | Path, r: dict[str, Any], progress: bool = False) -> Any:
+    """Build the model (trained when the recipe has [train]) and its Session."""
+    import torch
+
+    import modelopt_core as mo
+    from modelopt_core import recipe as rc
+
+    p = Path(path)
+    model = rc._import(r["model"], "model", p.parent)(**r.get("model_kwargs", {}))
+    if "weights" in r:
+        model = mo.load_artifact(p.parent / r["weights"], model=model).model
+    data = rc._import(r["data"], "data", p.parent)() if "data" in r else {}
+    if not isinstance(data, dict) or set(data) - rc._DATA_KEYS:
+        raise mo.ConfigError(f"recipe {p}: the data callable must return a dict with any of "
+                             f"{sorted(rc._DATA_KEYS)}.")
+    if "train" in r:
+        model = rc._train(model, r["train"], data, progress, lambda *a: None)
+    inputs = tuple(torch.randn(*s) for s in r["example_inputs"])
+    return mo.Session(model, inputs, input_names=r.get("input_names"), progress=progress,
+                      **data)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``modelopt optimize``: run (or resume) the search; print the best recipe."""
+    import json
+
+    r, search = load_search_recipe(args.recipe)
+    out = args.out or r.get("output", {}).get("dir") or "modelopt-search-out"
+    session = build_session(args.recipe, r, progress=getattr(args, "progress", False))
+    trials = args.trials if args.trials is not None else search.get("trials", 20)
+    res = session.optimize(
+        target=search.get("target", "onnxruntime"), objective=search.get("objective", "latency"),
+        max_accuracy_drop=search.get("max_accuracy_drop", 1.0), budget_trials=trials,
+        time_budget_s=args.time_budget_s or search.get("time_budget_s"),
+        space=search.get("space"), storage=args.storage or search.get("storage"),
+        study_name=args.study_name or search.get("study_name"),
+        seed=args.seed if args.seed is not None else search.get("seed", 0), out_dir=out,
+        runtime_options=search.get("runtime_options"),
+        profiler_options=search.get("profiler_options"), threads=search.get("threads"))
+    if args.json:
+        print(json.dumps({"out_dir": str(res.out_dir), "best": res.best_row,
+                          "best_recipe": res.best_recipe, "pareto": res.pareto}, indent=2,
+                         default=str))
+    else:
+        from .optimize import REPORT_COLUMNS
+
+        print(res.report.to_markdown(columns=[c for c in REPORT_COLUMNS
+                                              if c in res.report.all_columns]))
+        if res.best_row:
+            print(f"best: trial {res.best_row['trial']}: {res.best_row['recipe']}")
+        else:
+            print("no trial met the accuracy budget yet; see the report")
+        print(f"wrote {out}/ (study.db, trials.json, report.md/json, best/)")
+    return 0

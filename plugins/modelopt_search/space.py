@@ -1,0 +1,273 @@
+"""The recipe space: which stages a trial draws, per target, and how one recipe is sampled.
+
+A recipe is plain data: ``{"steps": [...], "backend": ..., "backend_options": {...}}`` where
+``steps`` have the shape of ``modelopt run`` recipe steps (``{"apply": name, **config}`` or
+``{"export": format}``), so a found recipe pastes into a run recipe. The ranges of every
+component option come from the component's own config fields (``mo.field(search=...)``);
+this module only says which components make each stage, and holds the few options a
+component cannot declare itself (training epochs live in the shared ``TrainConfig``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import modelopt_core as mo
+from modelopt_core.config import Choice
+
+from .errors import SearchError
+
+__all__ = [
+    "TARGETS",
+    "check_space",
+    "default_space",
+    "describe_recipe",
+    "merge_space",
+    "sample_recipe",
+    "starting_recipes",
+    "target_spaces",
+]
+
+#: target -> (artifact format, backend, runtime option that sets the thread count)
+TARGETS: dict[str, tuple[str, str, str | None]] = {
+    "openvino": ("openvino", "openvino", "inference_num_threads"),
+    "onnxruntime": ("onnx", "onnxruntime", "intra_op_num_threads"),
+    "torch": ("torch", "torch", "num_threads"),
+}
+
+#: precision/quantization stage per target ("none": keep FP32)
+_PRECISION = {
+    "openvino": ["none", "openvino.quantize"],
+    "onnxruntime": ["none", "onnx.quantize_static", "onnx.quantize_dynamic"],
+    "torch": ["none", "quantize.dynamic", "quantize.bf16"],
+}
+
+#: graph optimization stage per target (after the export, before quantization)
+_GRAPH = {"openvino": ["none"], "onnxruntime": ["none", "onnx.optimize"], "torch": ["none"]}
+
+#: runtime options searched per target (backend config values; data, overridable)
+_RUNTIME: dict[str, dict[str, Any]] = {
+    "openvino": {"performance_hint": {"choice": ["LATENCY"]},
+                 "inference_precision": {"choice": ["f32", "bf16"]}},
+    "onnxruntime": {"graph_optimization_level": {"choice": ["all", "extended"]}},
+    "torch": {},
+}
+
+
+def default_space(target: str) -> dict[str, Any]:
+    """The default recipe space for ``target`` as plain data (see docs/search.md)."""
+    if target not in TARGETS:
+        raise SearchError(f"optimize: unknown target {target!r}; pick one of "
+                          f"{sorted(TARGETS)}.")
+    return {
+        "prune": ["none", "prune.structured"],
+        "recovery": ["none", "distill.logits"],
+        "graph": list(_GRAPH[target]),
+        "precision": list(_PRECISION[target]),
+        "runtime": copy.deepcopy(_RUNTIME[target]),
+        # options a component cannot declare on its own fields, and fixed settings
+        # (an exporter's as "export.<format>")
+        "params": {"distill.logits": {"epochs": {"ints": [1, 3]}}},
+        "fixed": {"distill.logits": {"lr": 3e-3, "eval_each_epoch": False},
+                  "prune.structured": {"round_to": None}},
+    }
+
+
+def merge_space(target: str, override: dict[str, Any] | None) -> dict[str, Any]:
+    """The default space with the user's ``override`` (same keys) laid over it."""
+    space = default_space(target)
+    for key, value in (override or {}).items():
+        if key not in space:
+            raise SearchError(f"optimize: unknown search-space key {key!r}; valid keys: "
+                              f"{', '.join(space)}.")
+        if key in ("params", "fixed"):
+            for comp, opts in dict(value).items():
+                space[key].setdefault(comp, {}).update(opts)
+        elif key == "runtime":
+            space[key] = dict(value)
+        else:
+            space[key] = list(value)
+    return space
+
+
+def check_space(space: dict[str, Any], pm: Any, has_train: bool) -> dict[str, Any]:
+    """Drop stage components that are missing or unavailable here (or need train data the
+    session lacks); fail when a stage is left empty. Returns the checked space."""
+    out = copy.deepcopy(space)
+    for stage in ("prune", "recovery", "graph", "precision"):
+        keep = []
+        for name in out[stage]:
+            if name == "none":
+                keep.append(name)
+                continue
+            try:
+                cls = pm.get("optimizer", name).cls
+            except mo.ModeloptError as e:
+                raise SearchError(f"optimize: search space [{stage}]: {e}") from e
+            if not cls.availability()[0]:
+                continue
+            if "train_data" in getattr(cls, "needs", ()) and not has_train:
+                continue
+            keep.append(name)
+        if not keep:
+            raise SearchError(f"optimize: no component of the [{stage}] stage "
+                              f"{space[stage]} is available here; add 'none' or install one.")
+        out[stage] = keep
+    return out
+
+
+def _component_space(name: str, space: dict[str, Any], pm: Any) -> dict[str, Any]:
+    cls = pm.get("optimizer", name).cls
+    spaces: dict[str, Any] = dict(mo.search_space(cls))
+    for field, data in space["params"].get(name, {}).items():
+        spaces[field] = mo.space_from_data(data, f"search space params.{name}.{field}")
+    return spaces
+
+
+def _sample_component(trial: Any, name: str, space: dict[str, Any], pm: Any) -> dict[str, Any]:
+    cfg = dict(space["fixed"].get(name, {}))
+    for field, sp in _component_space(name, space, pm).items():
+        if field not in cfg:
+            cfg[field] = sp.suggest(trial, f"{name}.{field}")
+    return {"apply": name, **cfg}
+
+
+def sample_recipe(trial: Any, target: str | list[str], space: dict[str, Any], pm: Any,
+                  fixed_runtime: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Draw one recipe on an Optuna trial (define-by-run). With several targets (a list),
+    ``space`` and ``fixed_runtime`` map each target to its own, and the trial draws the
+    target first (parameter ``target``; the precision and runtime parameters are then named
+    per target)."""
+    tag = ""
+    if not isinstance(target, str):
+        if len(target) == 1:
+            target, space = target[0], space[target[0]]
+            fixed_runtime = (fixed_runtime or {}).get(target)
+        else:
+            target = trial.suggest_categorical("target", list(target))
+            space, fixed_runtime = space[target], (fixed_runtime or {}).get(target)
+            tag = f".{target}"
+    fmt, backend, _ = TARGETS[target]
+    steps: list[dict[str, Any]] = []
+    prune = trial.suggest_categorical("prune", space["prune"])
+    if prune != "none":
+        steps.append(_sample_component(trial, prune, space, pm))
+        recovery = trial.suggest_categorical("recovery", space["recovery"])
+        if recovery != "none":
+            steps.append(_sample_component(trial, recovery, space, pm))
+    precision = trial.suggest_categorical(f"precision{tag}", space["precision"])
+    prec_cls = pm.get("optimizer", precision).cls if precision != "none" else None
+    if fmt != "torch" and (prec_cls is None or fmt in prec_cls.accepts):
+        steps.append({"export": fmt, **space["fixed"].get(f"export.{fmt}", {})})
+    if len(space["graph"]) > 1 or space["graph"] != ["none"]:
+        graph = trial.suggest_categorical(f"graph{tag}", space["graph"])
+        if graph != "none":
+            steps.append(_sample_component(trial, graph, space, pm))
+    if prec_cls is not None:
+        if "torch" in prec_cls.accepts and fmt != "torch":
+            raise SearchError(f"optimize: precision {precision!r} runs on torch artifacts, but "
+                              f"target {target!r} needs {fmt!r}; drop it from the space.")
+        steps.append(_sample_component(trial, precision, space, pm))
+    options = dict(fixed_runtime or {})
+    for opt, data in space["runtime"].items():
+        sp = mo.space_from_data(data, f"search space runtime.{opt}")
+        options[opt] = sp.suggest(trial, f"runtime{tag}.{opt}")
+    return {"target": target, "steps": steps, "backend": backend, "backend_options": options}
+
+
+def starting_recipes(space: dict[str, Any], pm: Any,
+                     targets: list[str] | None = None) -> list[dict[str, Any]]:
+    """Optuna params of the first trials of a new study: start simple (precision alone),
+    then prune 30% + recovery + precision (the best practice's ladder); with several
+    ``targets`` (``space`` then maps each to its own), that ladder on each."""
+    if targets is not None and len(targets) > 1:
+        out = []
+        for t in targets:
+            for p in starting_recipes(space[t], pm):
+                p["target"] = t
+                p[f"precision.{t}"] = p.pop("precision")
+                if "graph" in p:
+                    p[f"graph.{t}"] = p.pop("graph")
+                for k in [k for k in p if k.startswith("runtime.")]:
+                    p[f"runtime.{t}.{k[8:]}"] = p.pop(k)
+                out.append(p)
+        return out
+    if targets is not None:
+        space = space[targets[0]]
+    out: list[dict[str, Any]] = []
+    for p in space["precision"]:
+        if p != "none":  # the component's own defaults first
+            out.append({"prune": "none", "precision": p, **_defaults(p, space, pm)})
+    if "prune.structured" in space["prune"]:
+        rec = "distill.logits" if "distill.logits" in space["recovery"] else "none"
+        precision = next((p for p in space["precision"] if p != "none"), "none")
+        start: dict[str, Any] = {"prune": "prune.structured", "recovery": rec,
+                                 "precision": precision}
+        if precision != "none":
+            start.update(_defaults(precision, space, pm))
+        if len(space["graph"]) > 1:  # the demo's pipeline: graph optimization included
+            start["graph"] = space["graph"][-1]
+        ratio = _component_space("prune.structured", space, pm).get("ratio")
+        if ratio is not None and _inside(ratio, 0.3):
+            start["prune.structured.ratio"] = 0.3
+        out.append(start)
+    first_runtime = {}
+    for opt, data in space["runtime"].items():  # each runtime choice's first value
+        sp = mo.space_from_data(data, f"search space runtime.{opt}")
+        if isinstance(sp, Choice):
+            first_runtime[f"runtime.{opt}"] = sp.values[0]
+    out = [{**first_runtime, **p} for p in out]
+    return [p for p in out if all(p[k] in space[k] for k in ("prune", "recovery", "graph",
+                                                             "precision") if k in p)]
+
+
+def _inside(sp: Any, v: Any) -> bool:
+    if isinstance(sp, Choice):
+        return any(v == c and type(v) is type(c) for c in sp.values)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and sp.lo <= v <= sp.hi
+
+
+def _defaults(name: str, space: dict[str, Any], pm: Any) -> dict[str, Any]:
+    """Optuna params holding a component's config defaults (where its space has them)."""
+    import attrs
+
+    fields = mo.config_fields(pm.get("optimizer", name).cls.Config)
+    out = {}
+    for field, sp in _component_space(name, space, pm).items():
+        default = fields[field].default if field in fields else attrs.NOTHING
+        if field not in space["fixed"].get(name, {}) and _inside(sp, default):
+            out[f"{name}.{field}"] = default
+    return out
+
+
+def target_spaces(targets: list[str], override: dict[str, Any] | None, pm: Any,
+                  has_train: bool) -> dict[str, dict[str, Any]]:
+    """target -> its checked space; an override's ``precision``/``runtime`` may be keyed
+    by target (``{"openvino": [...], "onnxruntime": [...]}``)."""
+    out = {}
+    for t in targets:
+        o = dict(override or {})
+        for key in ("graph", "precision", "runtime"):
+            if isinstance(o.get(key), dict) and set(o[key]) <= set(TARGETS) and o[key]:
+                if t in o[key]:
+                    o[key] = o[key][t]
+                else:
+                    del o[key]
+        out[t] = check_space(merge_space(t, o), pm, has_train)
+    return out
+
+
+def describe_recipe(recipe: dict[str, Any]) -> str:
+    """One line: ``prune.structured(ratio=0.3) > export openvino > openvino.quantize() @
+    openvino{...}``."""
+    parts = []
+    for st in recipe["steps"]:
+        if "export" in st:
+            parts.append(f"export {st['export']}")
+        else:
+            opts = ", ".join(f"{k}={v}" for k, v in st.items() if k != "apply")
+            parts.append(f"{st['apply']}({opts})")
+    opts = ", ".join(f"{k}={v}" for k, v in recipe["backend_options"].items())
+    return " > ".join(parts or ["fp32"]) + f" @ {recipe['backend']}" + \
+        (f"({opts})" if opts else "")

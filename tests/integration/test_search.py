@@ -1,0 +1,223 @@
+"""Session.optimize / modelopt optimize on a tiny digits CNN, on the real runtimes: the best
+artifact, the report, resuming a study, and resuming after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import modelopt_core as mo
+from modelopt_core.training import TrainConfig, fit
+from modelopt_demo.data import accuracy_fn, load_digits_data
+from modelopt_demo.models import SmallCNN
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: a small, fast space: TorchScript ONNX export (the dynamo exporter takes seconds)
+FAST = {"fixed": {"export.onnx": {"exporter": "torchscript"}},
+        "params": {"distill.logits": {"epochs": {"ints": [1, 1]}}}}
+
+HELPER = '''
+import torch
+from modelopt_demo.data import accuracy_fn, load_digits_data
+from modelopt_demo.models import SmallCNN
+
+def model(path):
+    m = SmallCNN(width=8)
+    m.load_state_dict(torch.load(path))
+    return m.eval()
+
+def data():
+    torch.set_num_threads(1)
+    d = load_digits_data()
+    return {"calibration_data": d.calibration[:4], "train_data": d.train[:6],
+            "eval_fn": accuracy_fn(d.test)}
+'''
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits_data()
+    torch.manual_seed(0)
+    m = SmallCNN(width=8)
+    fit(m, d.train, config=TrainConfig(epochs=3, lr=3e-3, seed=0),
+        ctx=mo.Context(show_progress=False))
+    return m.eval(), d
+
+
+def _session(m, d):
+    return mo.Session(m, (d.example,), calibration_data=d.calibration[:4],
+                      train_data=d.train[:6], eval_fn=accuracy_fn(d.test), progress=False)
+
+
+def test_optimize_finds_a_feasible_faster_artifact_and_resumes(digits, tmp_path):
+    m, d = digits
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    s = _session(m, d)
+    out = tmp_path / "search"
+    res = s.optimize(target="onnxruntime", budget_trials=3, out_dir=out, threads=1,
+                     space={**FAST, "prune": ["none"]})
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # untouched
+    assert len(s.history) == 1
+    assert res.best_row is not None and res.best_row["feasible"]
+    assert res.best_row["accuracy_drop"] <= 1.0
+    assert res.best_row["backend"] == "onnxruntime"
+    assert res.best.format == "onnx"
+    # best/ is the best feasible trial's artifact and runs on its runtime
+    assert json.loads((out / "best.json").read_text())["trial"] == res.best_row["trial"]
+    saved = mo.load_artifact(out / "best")
+    with s.runner("onnxruntime", artifact=saved) as r:
+        assert abs(accuracy_fn(d.test)(r) - res.best_row["accuracy"]) < 1e-6
+    assert res.best_recipe["steps"][0]["export"] == "onnx"
+    assert res.pareto and res.best_row["trial"] in {p["trial"] for p in res.pareto}
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert len(trials) == 3 and {t["state"] for t in trials} <= {"complete", "pruned"}
+    md = (out / "report.md").read_text()
+    assert "original (torch fp32)" in md and "export onnx" in md
+    if hasattr(mo.Report, "to_html"):
+        assert (out / "report.html").stat().st_size > 0
+    # a second call on the same out_dir continues the same study
+    res2 = s.optimize(target="onnxruntime", budget_trials=1, out_dir=out, threads=1,
+                      space={**FAST, "prune": ["none"]})
+    assert len(res2.study.trials) == 4
+    assert len(json.loads((out / "trials.json").read_text())["trials"]) == 4
+
+
+def test_early_rejection_prunes_trials_that_miss_the_budget(digits, tmp_path):
+    m, d = digits
+    s = _session(m, d)
+    res = s.optimize(target="onnxruntime", budget_trials=2, out_dir=tmp_path, threads=1,
+                     max_accuracy_drop=0.0,
+                     space={"prune": ["prune.structured"], "recovery": ["none"],
+                            "precision": ["none"], "fixed": FAST["fixed"],
+                            "params": {"prune.structured": {"ratio": [0.6]}}})
+    rows = json.loads((tmp_path / "trials.json").read_text())["trials"]
+    assert [r["state"] for r in rows] == ["pruned", "pruned"]
+    assert all(r["pruned_at"] == "prune.structured" for r in rows)  # before the export
+    assert all("export onnx" in r["recipe"] and "latency_p50_ms" not in r for r in rows)
+    assert res.best is None and res.best_row is None
+
+
+def test_bad_arguments_fail_before_any_trial(digits, tmp_path):
+    m, d = digits
+    s = _session(m, d)
+    with pytest.raises(mo.ConfigError, match="objective"):
+        s.optimize(objective="speed", out_dir=tmp_path)
+    with pytest.raises(mo.ConfigError, match="unknown target"):
+        s.optimize(target="tpu", out_dir=tmp_path)
+    with pytest.raises(mo.ConfigError, match="eval_fn"):
+        mo.Session(m, (d.example,)).optimize(out_dir=tmp_path)
+
+
+def test_energy_objective_says_why_it_cannot_run_here(digits, tmp_path):
+    """Where neither RAPL nor NVML is readable (VMs), the search stops before any trial with
+    the profiler's reason; it never optimizes a made-up figure."""
+    m, d = digits
+    s = _session(m, d)
+    row = s.compare(profilers=["energy"]).rows[0]
+    if row.get("joules_per_inference") is not None:
+        pytest.skip("energy counters are readable here")
+    with pytest.raises(mo.ConfigError, match="joules_per_inference.*energy_unavailable"):
+        s.optimize(objective="energy", out_dir=tmp_path, budget_trials=1)
+    assert not (tmp_path / "trials.json").exists()
+
+
+def _recipe(tmp_path: Path, model, trials: int, extra: str = "") -> Path:
+    weights = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights)
+    (tmp_path / "search_helper.py").write_text(HELPER)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'''
+model = "search_helper:model"
+model_kwargs = {{path = "{weights}"}}
+example_inputs = [[1, 1, 8, 8]]
+data = "search_helper:data"
+[search]
+target = "torch"
+trials = {trials}
+threads = 1
+{extra}
+''')
+    return recipe
+
+
+def test_cli_optimize(digits, tmp_path, capsys):
+    from modelopt_core.cli import main
+
+    recipe = _recipe(tmp_path, digits[0], 2, '[search.space]\nprune = ["none"]\n')
+    assert main(["optimize", str(recipe), "--out", str(tmp_path / "o"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["best"]["feasible"] and out["best_recipe"]["backend"] == "torch"
+    assert mo.load_artifact(tmp_path / "o" / "best", model=SmallCNN(width=8)).format == "torch"
+    assert main(["optimize", str(tmp_path / "missing.toml")]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_kill_9_mid_search_then_resume(digits, tmp_path):
+    """kill -9 after >= 1 finished trial; a restart fails the stale trial, re-queues it and
+    goes on; best/ still loads and is the best so far."""
+    recipe = _recipe(tmp_path, digits[0], 50, '[search.space]\nrecovery = ["distill.logits"]\n'
+                     'params = {"distill.logits" = {epochs = {ints = [2, 2]}}}\n')
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "modelopt_core", "-q", "optimize", str(recipe), "--out",
+           str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline and p.poll() is None:
+        try:
+            done = len(json.loads((out / "trials.json").read_text())["trials"])
+        except (OSError, ValueError):
+            done = 0
+        if done >= 1 and (out / "best.json").exists():
+            break
+        time.sleep(0.05)
+    assert done >= 1, p.stderr.read().decode()[-2000:] if p.poll() is not None else "slow"
+    import optuna
+
+    def trials():
+        return optuna.load_study(study_name=None, storage=f"sqlite:///{out}/study.db"
+                                 ).get_trials(deepcopy=False)
+
+    def states():
+        return [t.state.name for t in trials()]
+
+    while time.monotonic() < deadline and not any(
+            t.state.name == "RUNNING" and "worker" in t.user_attrs and t.params
+            for t in trials()):
+        time.sleep(0.05)  # the next trial has drawn its recipe: kill it mid-trial
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    running = states().count("RUNNING")  # the trial the kill interrupted
+    assert running == 1
+    best_before = json.loads((out / "best.json").read_text())
+    assert mo.load_artifact(out / "best", model=SmallCNN(width=8)).format == "torch"
+    r = subprocess.run(cmd[:-2] + ["--trials", "1", "--out", str(out), "--json"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((out / "trials.json").read_text())["trials"]
+    finished = [x for x in rows if x["state"] in ("complete", "pruned")]
+    assert len(finished) >= done + 1  # grew from where it was
+    after = states()
+    assert "RUNNING" not in after and after.count("FAIL") == running, after  # stale: failed
+    assert len([x for x in after if x != "WAITING"]) == len(finished) + running
+    requeued = [t for t in optuna.load_study(study_name=None, storage=f"sqlite:///{out}/"
+                                             "study.db").get_trials()
+                if "requeued_from" in t.user_attrs]  # ... and its recipe queued again
+    assert len(requeued) == 1 and requeued[0].state.name in ("WAITING", "COMPLETE", "PRUNED")
+    best = json.loads((out / "best.json").read_text())
+    feasible = [x for x in rows if x["state"] == "complete" and x["feasible"]]
+    assert best["row"]["objective"] == min(x["objective"] for x in feasible)
+    assert best["row"]["objective"] <= best_before["row"]["objective"]
+    assert mo.load_artifact(out / "best", model=SmallCNN(width=8)).format == "torch"

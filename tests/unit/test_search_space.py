@@ -1,0 +1,109 @@
+"""Search spaces declared as data on config fields, and the recipe space built from them."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import optuna
+import pytest
+from modelopt_search.errors import SearchError
+from modelopt_search.space import (
+    default_space,
+    describe_recipe,
+    merge_space,
+    sample_recipe,
+    starting_recipes,
+)
+
+import modelopt_core as mo
+
+
+def test_field_search_is_stored_and_round_trips_as_plain_data():
+    @mo.config
+    class C:
+        ratio: float = mo.field(0.3, help="r", validator=mo.in_range(0, 1),
+                                search=mo.floats(0.1, 0.7, step=0.1))
+        crit: str = mo.field("l1", search=mo.choice("l1", "l2"))
+        n: int = mo.field(2, search=mo.ints(1, 8, log=True))
+        plain: int = mo.field(1)
+
+    space = mo.search_space(C)
+    assert set(space) == {"ratio", "crit", "n"}
+    assert mo.config_fields(C)["ratio"].metadata["search"] == mo.floats(0.1, 0.7, step=0.1)
+    for sp in space.values():
+        data = json.loads(json.dumps(sp.to_data()))
+        assert mo.space_from_data(data) == sp
+    assert mo.space_from_data(["a", "b"]) == mo.choice("a", "b")
+
+
+def test_a_declared_value_that_fails_the_validator_is_a_config_error_at_import():
+    with pytest.raises(mo.ConfigError, match="ratio.*1.5.*validator"):
+        @mo.config
+        class Bad:
+            ratio: float = mo.field(0.3, validator=mo.in_range(0, 1),
+                                    search=mo.floats(0.1, 1.5))
+    with pytest.raises(mo.ConfigError, match="'l3'"):
+        @mo.config
+        class BadChoice:
+            crit: Literal["l1", "l2"] = mo.field("l1", search=mo.choice("l1", "l3"))
+
+
+@pytest.mark.parametrize("make", [lambda: mo.ints(5, 1), lambda: mo.floats(0, 1, log=True),
+                                  lambda: mo.choice(), lambda: mo.choice((1, 2)),
+                                  lambda: mo.choice("a", "a"), lambda: mo.floats(0, 1, step=0),
+                                  lambda: mo.space_from_data({"ints": [1]}),
+                                  lambda: mo.field(1, search=[1, 2])])
+def test_bad_spaces_are_refused(make):
+    with pytest.raises(mo.ConfigError):
+        make()
+
+
+def test_components_declare_their_spaces():
+    pm = mo.get_plugin_manager()
+    ps = mo.search_space(pm.get("optimizer", "prune.structured").cls)
+    assert {"ratio", "importance"} <= set(ps)
+    assert all(0 < v < 1 for v in ps["ratio"].candidates())
+    assert "calibrate_method" in mo.search_space(pm.get("optimizer", "onnx.quantize_static").cls)
+    assert "preset" in mo.search_space(pm.get("optimizer", "openvino.quantize").cls)
+    assert {"temperature", "alpha"} <= set(mo.search_space(pm.get("optimizer",
+                                                                  "distill.logits").cls))
+
+
+@pytest.mark.parametrize("target", ["openvino", "onnxruntime", "torch"])
+def test_every_sampled_recipe_is_a_valid_pipeline(target):
+    """Recipes drawn by a real Optuna sampler build every component's config."""
+    pm = mo.get_plugin_manager()
+    space = default_space(target)
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=1))
+    for params in starting_recipes(space, pm):
+        study.enqueue_trial(params)
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        recipe = sample_recipe(trial, target, space, pm, {"x": 1})
+        study.tell(trial, [1.0, 1.0])
+        assert recipe["backend_options"]["x"] == 1
+        for st in recipe["steps"]:
+            st = dict(st)
+            if "apply" in st:
+                pm.get("optimizer", st.pop("apply")).cls(**st)  # builds: no ConfigError
+        exports = [s["export"] for s in recipe["steps"] if "export" in s]
+        assert exports == ([] if target == "torch" else [{"onnxruntime": "onnx"}.get(target,
+                                                                                   target)])
+        seen.add(describe_recipe(recipe).split(" @ ")[0])
+        json.dumps(recipe)  # plain data
+    assert len(seen) > 3
+
+
+def test_space_overrides_and_errors():
+    s = merge_space("openvino", {"precision": ["none"],
+                                 "params": {"prune.structured": {"ratio": [0.2, 0.4]}}})
+    assert s["precision"] == ["none"]
+    assert s["params"]["prune.structured"]["ratio"] == [0.2, 0.4]
+    assert s["params"]["distill.logits"]["epochs"]  # defaults kept
+    with pytest.raises(SearchError, match="unknown search-space key 'precisoin'"):
+        merge_space("openvino", {"precisoin": []})
+    with pytest.raises(SearchError, match="unknown target"):
+        default_space("tensorrtx")
