@@ -106,7 +106,9 @@ def _describe(args: argparse.Namespace) -> int:
             elif isinstance(default, attrs.Factory):  # type: ignore[arg-type]
                 default = default.factory()
             options.append({"name": name, "type": _type_name(a.type), "default": default,
-                            "help": a.metadata.get("help", "")})
+                            "help": a.metadata.get("help", ""),
+                            **({"search": a.metadata["search"].to_data()}
+                               if "search" in a.metadata else {})})
         out.append({"kind": info.kind, "name": info.name, "plugin": info.plugin,
                     "distribution": info.distribution, "version": info.version,
                     "description": (info.cls.__doc__ or "").strip(),
@@ -124,6 +126,8 @@ def _describe(args: argparse.Namespace) -> int:
             print(f"  {o['name']}: {o['type']} = {o['default']!r}")
             if o["help"]:
                 print(f"      {o['help']}")
+            if o.get("search"):
+                print(f"      searched by `modelopt optimize` over {o['search']}")
     return 0
 
 

@@ -314,6 +314,9 @@ class Context:
     calibration_data: Iterable[Any] | None = None
     train_data: Iterable[Any] | None = None
     eval_fn: Callable[[Any], float] | None = None
+    #: the task's training loss ``task_loss(outputs, targets) -> scalar tensor`` (outputs as
+    #: the model returns them); None: cross-entropy of output 0 against class labels
+    task_loss: Callable[[Any, Any], Any] | None = None
     device: str = "cpu"
     original: ModelArtifact | None = None
     history: Sequence[ModelArtifact] = ()

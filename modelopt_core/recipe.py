@@ -51,7 +51,7 @@ _TOP = {"model", "model_kwargs", "weights", "example_inputs", "data", "train", "
         "compare", "output", "input_names"}
 _TABLES = {"compare": {"backends", "profilers", "profiler_options", "backend_options", "title"},
            "output": {"dir"}}
-_DATA_KEYS = {"calibration_data", "train_data", "eval_fn"}
+_DATA_KEYS = {"calibration_data", "train_data", "eval_fn", "task_loss"}
 
 
 def _check_keys(where: str, got: Any, valid: set[str]) -> None:

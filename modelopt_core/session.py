@@ -65,6 +65,7 @@ class Session:
                  calibration_data: Iterable[Any] | None = None,
                  train_data: Iterable[Any] | None = None,
                  eval_fn: Callable[[Runner], float] | None = None,
+                 task_loss: Callable[[Any, Any], Any] | None = None,
                  input_names: Sequence[str] | None = None, device: str = "cpu",
                  plugins: PluginManager | None = None, progress: bool = True,
                  dynamic_batch: bool = True,
@@ -87,11 +88,15 @@ class Session:
                                  "of torch tensors, e.g. (torch.randn(1, 3, 224, 224),).")
         if eval_fn is not None and not callable(eval_fn):
             raise DataError("Session: eval_fn must be callable(runner) -> float.")
+        if task_loss is not None and not callable(task_loss):
+            raise DataError("Session: task_loss must be callable(outputs, targets) -> scalar "
+                            "tensor (the loss training steps minimize for your task).")
         self.pm = plugins or get_plugin_manager()
         self.example_inputs = example_inputs
         self.calibration_data = calibration_data
         self.train_data = train_data
         self.eval_fn = eval_fn
+        self.task_loss = task_loss
         self.device = device
         self.progress = progress
         self.gate: AccuracyGate | None = None
@@ -136,7 +141,7 @@ class Session:
         """A fresh :class:`Context` for a component run."""
         return Context(example_inputs=self.example_inputs,
                        calibration_data=self.calibration_data, train_data=self.train_data,
-                       eval_fn=self.eval_fn, device=self.device, original=self.original,
+                       eval_fn=self.eval_fn, task_loss=self.task_loss, device=self.device, original=self.original,
                        history=self.history, log=log, show_progress=self.progress,
                        runner_factory=self._make_runner, plugins=self.pm)
 

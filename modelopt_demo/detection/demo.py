@@ -4,7 +4,6 @@ then slim -> feature KD -> OpenVINO -> INT8 through the Session and compare ever
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from pathlib import Path
@@ -23,31 +22,13 @@ __all__ = ["DEMO_COLUMNS", "SIZES", "run_detection_demo"]
 #: size presets: canvas, train / test canvases, width, distillation epochs, INT8 calibration
 #: canvases, latency iterations ("tiny" is for tests: seconds, the numbers mean nothing)
 SIZES: dict[str, dict[str, int]] = {
-    "default": {"canvas": 64, "n_train": 2000, "n_test": 500, "width": 8, "kd_epochs": 8,
-                "ft_epochs": 20, "calib": 64, "latency_iters": 30},
+    "default": {"canvas": 64, "n_train": 2000, "n_test": 500, "width": 8, "kd_epochs": 20,
+                "calib": 64, "latency_iters": 30},
     "tiny": {"canvas": 32, "n_train": 64, "n_test": 16, "width": 4, "kd_epochs": 1,
-             "ft_epochs": 1, "calib": 4, "latency_iters": 3},
+             "calib": 4, "latency_iters": 3},
 }
 DEMO_COLUMNS = ["step", "backend", "accuracy", "accuracy_delta", "latency_p50_ms",
                 "speedup", "size_mb", "size_ratio"]
-
-
-def _relabel(step: str, offset: int) -> str:
-    """Step label of the second Session's report, numbered after the first Session's."""
-    if step == "original":
-        return f"{offset}:fine-tune"
-    i, _, name = step.partition(":")
-    return f"{offset + int(i)}:{name}" if i.isdigit() else step
-
-
-def _joined(first: mo.Report, second: mo.Report, offset: int) -> mo.Report:
-    """One report: the first Session's rows, then the second's renumbered after them
-    (ratios recomputed against the first row)."""
-    rows = list(first.rows) + [dict(r, step=_relabel(str(r.get("step")), offset))
-                               for r in second.rows]
-    notes = dict(first.notes)
-    notes.update({_relabel(k, offset): v for k, v in second.notes.items()})
-    return mo.Report(rows, environment=first.environment, notes=notes)
 
 
 def run_detection_demo(out_dir: str | Path = "modelopt-detect-out", epochs: int = 30,
@@ -78,23 +59,14 @@ def run_detection_demo(out_dir: str | Path = "modelopt-detect-out", epochs: int 
     over = {"distill.features": {"epochs": cfg["kd_epochs"]},
             "openvino.quantize": {"subset_size": cfg["calib"]}}
     steps = [(m, n, dict(c, **over.get(n, {}))) for m, n, c in PIPELINE]
-    run_pipeline(s, steps[:2], say)  # slim -> feature KD
-    # the Session's training steps cannot use the detection loss: fine-tune here, then go on
-    # (export, INT8) in a second Session whose original is the fine-tuned model
-    tuned = copy.deepcopy(s.current.model)
-    t = time.perf_counter()
-    train_detector(tuned, data, epochs=cfg["ft_epochs"], lr=5e-3, progress=progress)
-    say(f"      - fine-tune with the detection loss, {cfg['ft_epochs']} epoch(s) "
-        f"({time.perf_counter() - t:.1f} s)")
-    s2 = detection_session(tuned, data, progress=progress, calib_batches=cfg["calib"])
-    run_pipeline(s2, steps[2:], say)
+    run_pipeline(s, steps, say)  # slim -> feature KD (+ detection loss) -> OpenVINO -> INT8
     say("[3/3] measuring every step (mAP@0.5 as accuracy, latency, size)...")
     avail = {i.name for i in s.pm.components("backend") if i.cls.availability()[0]}
     kw = {"backends": [b for b in backends if b in avail] or ["torch"],
           "profilers": ["accuracy", "latency", "size"],
           "profiler_options": {"latency": {"iterations": cfg["latency_iters"],
                                            "min_time_s": 0.3 * (size != "tiny")}}}
-    report = _joined(s.compare(**kw), s2.compare(**kw), len(s.history))
+    report = s.compare(**kw)
     report.title = (f"modelopt demo: YOLO-style detector on digits ({canvas}x{canvas}, batch 1;"
                     " accuracy = mAP@0.5 %)")
     report.print(columns=[c for c in DEMO_COLUMNS if c in report.columns])
@@ -105,7 +77,7 @@ def run_detection_demo(out_dir: str | Path = "modelopt-detect-out", epochs: int 
     if hasattr(report, "to_html"):
         report.to_html(out / "report.html")
         written.append("report.html")
-    s2.current.save(out / "final-artifact")
+    s.current.save(out / "final-artifact")
     say(f"wrote {', '.join(str(out / w) for w in written)} and {out / 'final-artifact'} "
         f"({time.perf_counter() - t0:.1f} s in all)")
     return report

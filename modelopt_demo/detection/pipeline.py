@@ -1,25 +1,21 @@
 """The detector optimization pipeline through the Session: slimming (BN-gamma L1 + channel
 removal) -> feature distillation from the original with adapters -> INT8 -> OpenVINO.
 
-The project's pruning and distillation steps train with their own losses: ``prune.slimming``
-adds its L1 term to a cross-entropy on output 0, and ``distill.features`` adds cross-entropy
-only when the targets are class labels. A detector has no class-label target, so
-:func:`session_train_data` pairs every training canvas with an all-zero soft target shaped
-like head 0: cross-entropy against an all-zero target is exactly 0, which leaves slimming's
-sparsity term and the distillation losses as the whole training signal. The task-aware
-sparsity training (detection loss + BN-gamma L1) happens when the detector is trained
-(:func:`~.train.train_detector` with ``sparsity``).
+The Session carries the detection loss as its ``task_loss``: ``prune.slimming``'s fine-tuning
+and ``distill.features``' task term train on it (boxes, objectness, classes), next to the
+feature-matching losses, so the whole recovery happens inside the Session's lineage. The BN-gamma
+L1 sparsity training happens when the detector is trained (:func:`~.train.train_detector` with
+``sparsity``); slimming then only removes channels and fine-tunes one epoch.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 
 import modelopt_core as mo
 
-from .dataset import DetectionData, DetectionSplit
+from .dataset import DetectionData
 from .metrics import detection_eval_fn
 
 __all__ = [
@@ -27,13 +23,14 @@ __all__ = [
     "PIPELINE",
     "detection_session",
     "run_pipeline",
-    "session_train_data",
 ]
 
 #: (session method, component or target, config): slim -> KD -> OpenVINO -> INT8
 PIPELINE: list[tuple[str, str, dict[str, Any]]] = [
     ("apply", "prune.slimming", {"ratio": 0.5, "epochs": 1, "sparsity": 0.0, "lr": 1e-4}),
-    ("apply", "distill.features", {"epochs": 8, "lr": 2e-3, "optimizer": "adamw"}),
+    # feature KD from the original (adapters) + the detection loss (the session's task_loss)
+    ("apply", "distill.features", {"epochs": 20, "lr": 5e-3, "optimizer": "adamw",
+                                   "task_weight": 1.0}),
     ("export", "openvino", {}),
     ("apply", "openvino.quantize", {"preset": "mixed", "subset_size": 64}),
 ]
@@ -45,24 +42,16 @@ ORT_PIPELINE: list[tuple[str, str, dict[str, Any]]] = PIPELINE[:2] + [
 ]
 
 
-def session_train_data(split: DetectionSplit, batch_size: int, head0_shape: tuple[int, ...]
-                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(canvases, zeros)`` batches for the Session's training steps (see the module
-    docstring); ``head0_shape`` is head 0's ``(C, H, W)``."""
-    return [(x, torch.zeros(len(x), *head0_shape)) for x in split.inputs(batch_size)]
-
-
 def detection_session(model: Any, data: DetectionData, batch_size: int = 32,
                       calib_batches: int = 64, progress: bool = False) -> mo.Session:
-    """A Session over a trained detector: the test split's mAP@0.5 (%) as eval_fn,
-    training canvases as training data and (``calib_batches`` of them, batch 1) as
-    calibration data."""
-    example = data.example
-    with torch.no_grad():
-        head0 = tuple(model.eval()(example)[0].shape[1:])
+    """A Session over a trained detector: the test split's mAP@0.5 (%) as eval_fn, the
+    training split (canvases, padded boxes) as training data with the detection loss as
+    ``task_loss``, and ``calib_batches`` training canvases (batch 1) as calibration data."""
+    from .train import detection_loss
+
     calib = data.train.inputs(1)[:calib_batches]
-    return mo.Session(model, (example,), calibration_data=calib,
-                      train_data=session_train_data(data.train, batch_size, head0),
+    return mo.Session(model.eval(), (data.example,), calibration_data=calib,
+                      train_data=data.train.batches(batch_size), task_loss=detection_loss,
                       eval_fn=detection_eval_fn(data.test), progress=progress)
 
 

@@ -1,10 +1,10 @@
 """Factories for ``modelopt run`` recipes (``docs/recipes/detect-*.toml``).
 
-A recipe's ``[train]`` table trains with the shared loop's default (classification) loss, so
-the detection recipes name a *model factory that trains*: :func:`trained_detector` builds the
+The detection recipes name a *model factory that trains*: :func:`trained_detector` builds the
 detector and trains it with the detection loss (BN-gamma L1 included, for slimming) before the
-recipe's steps run. The data factory gives the Session calibration canvases, the placeholder
-training targets described in :mod:`.pipeline`, and the mAP@0.5 eval_fn.
+recipe's steps run. The data factory gives the Session calibration canvases, the training split
+(canvases and padded boxes) with the detection loss as ``task_loss`` (what the recipe's
+slimming and distillation steps train on), and the mAP@0.5 eval_fn.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from typing import Any
 from .dataset import DetectionData, load_detection_data
 from .metrics import detection_eval_fn
 from .models import MobileDetector, YoloDetector
-from .pipeline import session_train_data
-from .train import train_detector
+from .train import detection_loss, train_detector
 
 __all__ = ["detection_data", "recipe_data", "trained_detector"]
 
@@ -28,11 +27,12 @@ def recipe_data(size: int = 64, n_train: int = 2000, n_test: int = 500) -> Detec
 
 
 def detection_data(size: int = 64) -> dict[str, Any]:
-    """Calibration data (training canvases, batch 1), training data (canvases with
-    placeholder targets) and eval_fn (test mAP@0.5 in %) for a ``size`` x ``size`` detector."""
+    """Calibration data (training canvases, batch 1), training data (canvases, padded boxes),
+    the detection loss as ``task_loss`` and eval_fn (test mAP@0.5 in %) for a ``size`` x
+    ``size`` detector."""
     d = recipe_data(size)
-    return {"calibration_data": [x for x in d.train.inputs(1)[:64]],
-            "train_data": session_train_data(d.train, 32, (15, size // 4, size // 4)),
+    return {"calibration_data": list(d.train.inputs(1)[:64]),
+            "train_data": d.train.batches(32), "task_loss": detection_loss,
             "eval_fn": detection_eval_fn(d.test)}
 
 

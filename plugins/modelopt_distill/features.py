@@ -147,8 +147,9 @@ class FeatureDistill(mo.Optimizer):
         feature_loss: Literal["mse", "smooth_l1", "cosine"] = mo.field(
             "mse", help="distance between adapted student and teacher features")
         feature_weight: float = mo.field(1.0, help="weight of the summed feature losses")
-        task_weight: float = mo.field(1.0, help="weight of hard-label CE (when targets are "
-                                                "class labels; ignored otherwise)")
+        task_weight: float = mo.field(1.0, help="weight of the task term: the session's "
+                                                "task_loss, else hard-label CE when targets "
+                                                "are class labels (ignored otherwise)")
         kd_weight: float = mo.field(0.0, help="weight of logit KD on output 0 (same shapes)")
         temperature: float = mo.field(4.0, validator=mo.positive, help="temperature of kd")
 
@@ -189,7 +190,9 @@ class FeatureDistill(mo.Optimizer):
             s0, t0 = first_output(s_out), first_output(t_out)
             if cfg.kd_weight and s0.shape == t0.shape:
                 loss = loss + cfg.kd_weight * kd_loss(s0, t0, None, cfg.temperature, 1.0)
-            if cfg.task_weight and _is_labels(targets, s0):
+            if cfg.task_weight and ctx.task_loss is not None:  # the session's own task loss
+                loss = loss + cfg.task_weight * ctx.task_loss(s_out, targets)
+            elif cfg.task_weight and _is_labels(targets, s0):
                 loss = loss + cfg.task_weight * torch.nn.functional.cross_entropy(
                     s0.float(), targets)
             elif cfg.task_weight and not warned:

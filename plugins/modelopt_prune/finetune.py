@@ -57,10 +57,19 @@ def make_loss(ctx: mo.Context, distill: bool, temperature: float, alpha: float,
     def loss_fn(model: Any, inputs: tuple[Any, ...], targets: Any) -> Any:
         import torch
 
-        out = _first(model(*inputs))
+        full = model(*inputs)
+        out = _first(full)
+        t_out = None
         if teacher is not None:
             with torch.no_grad():
                 t_out = _first(teacher.to(out.device)(*inputs))
+        if ctx.task_loss is not None:  # the session's task loss (detection, regression...)
+            loss = ctx.task_loss(full, targets)
+            if t_out is not None:  # soft targets: KL of class logits, else match the output
+                soft = kd(out, t_out, None, temperature, 1.0) if out.dim() == 2 \
+                    else F.mse_loss(out.float(), t_out.float())
+                loss = alpha * soft + (1 - alpha) * loss
+        elif t_out is not None:
             loss = kd(out, t_out, targets, temperature, alpha)
         else:
             loss = F.cross_entropy(out, targets)
