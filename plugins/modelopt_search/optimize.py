@@ -70,7 +70,8 @@ class _Search:
     def child(self) -> mo.Session:
         s = self.s
         return mo.Session(s.original, s.example_inputs, calibration_data=s.calibration_data,
-                          train_data=s.train_data, eval_fn=s.eval_fn, device=s.device,
+                          train_data=s.train_data, eval_fn=s.eval_fn, task_loss=s.task_loss,
+                          device=s.device,
                           plugins=s.pm, progress=False)
 
     def profilers(self) -> list[str]:
@@ -107,7 +108,7 @@ class _Search:
 
         trial.set_user_attr("worker", worker_id())
         recipe = sample_recipe(trial, self.target, self.space, self.s.pm,
-                               self.runtime_options)
+                               self.runtime_options, max_drop=self.max_drop)
         trial.set_user_attr("recipe", recipe)
         base_acc = self.baseline["accuracy"]
         row: dict[str, Any] = {"step": f"trial {trial.number}", "recipe": describe_recipe(recipe),

@@ -133,8 +133,15 @@ def _sample_component(trial: Any, name: str, space: dict[str, Any], pm: Any) -> 
     return {"apply": name, **cfg}
 
 
+#: the precision components' accuracy-control field (per-layer float fallback within a budget)
+FALLBACK_FIELD = "max_accuracy_drop"
+#: share of the search's budget given to a component's own accuracy control (eval noise margin)
+FALLBACK_SHARE = 0.8
+
+
 def sample_recipe(trial: Any, target: str | list[str], space: dict[str, Any], pm: Any,
-                  fixed_runtime: dict[str, Any] | None = None) -> dict[str, Any]:
+                  fixed_runtime: dict[str, Any] | None = None,
+                  max_drop: float | None = None) -> dict[str, Any]:
     """Draw one recipe on an Optuna trial (define-by-run). With several targets (a list),
     ``space`` and ``fixed_runtime`` map each target to its own, and the trial draws the
     target first (parameter ``target``; the precision and runtime parameters are then named
@@ -168,7 +175,14 @@ def sample_recipe(trial: Any, target: str | list[str], space: dict[str, Any], pm
         if "torch" in prec_cls.accepts and fmt != "torch":
             raise SearchError(f"optimize: precision {precision!r} runs on torch artifacts, but "
                               f"target {target!r} needs {fmt!r}; drop it from the space.")
-        steps.append(_sample_component(trial, precision, space, pm))
+        step = _sample_component(trial, precision, space, pm)
+        # per-layer float fallback: a component with accuracy control (openvino.quantize:
+        # NNCF reverts the most sensitive layers to float until the eval_fn is within budget)
+        if (max_drop is not None and FALLBACK_FIELD in mo.config_fields(prec_cls.Config)
+                and FALLBACK_FIELD not in step
+                and trial.suggest_categorical(f"{precision}.float_fallback", [False, True])):
+            step[FALLBACK_FIELD] = round(FALLBACK_SHARE * max_drop, 6)
+        steps.append(step)
     options = dict(fixed_runtime or {})
     for opt, data in space["runtime"].items():
         sp = mo.space_from_data(data, f"search space runtime.{opt}")
@@ -197,8 +211,10 @@ def starting_recipes(space: dict[str, Any], pm: Any,
         space = space[targets[0]]
     out: list[dict[str, Any]] = []
     for p in space["precision"]:
-        if p != "none":  # the component's own defaults first
+        if p != "none":  # the component's own defaults first, then with float fallback
             out.append({"prune": "none", "precision": p, **_defaults(p, space, pm)})
+            if FALLBACK_FIELD in mo.config_fields(pm.get("optimizer", p).cls.Config):
+                out.append({**out[-1], f"{p}.float_fallback": True})
     if "prune.structured" in space["prune"]:
         rec = "distill.logits" if "distill.logits" in space["recovery"] else "none"
         precision = next((p for p in space["precision"] if p != "none"), "none")

@@ -161,6 +161,18 @@ def test_cli_optimize(digits, tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+def test_shipped_search_recipe_runs(tmp_path, capsys):
+    """docs/recipes/digits-search.toml as a user runs it (one trial instead of 20)."""
+    from modelopt_core.cli import main
+
+    recipe = Path(__file__).resolve().parents[2] / "docs" / "recipes" / "digits-search.toml"
+    assert main(["optimize", str(recipe), "--trials", "1", "--out", str(tmp_path / "o"),
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["best_recipe"]["backend"] == "openvino"
+    assert (tmp_path / "o" / "report.html").is_file() and (tmp_path / "o" / "study.db").is_file()
+
+
 @pytest.mark.slow
 def test_kill_9_mid_search_then_resume(digits, tmp_path):
     """kill -9 after >= 1 finished trial; a restart fails the stale trial, re-queues it and
