@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,20 @@ def train_demo_model(epochs: int = 8, seed: int = 0, progress: bool = True) -> t
     return model.eval(), data
 
 
+def run_steps(s: mo.Session, steps: Sequence[tuple[str, str, dict[str, Any]]],
+              say: Callable[..., Any] = print) -> None:
+    """Run ``(method, name, config)`` steps on ``s``, one line each (time and lineage notes);
+    optimizers that are not installed are skipped with a line saying so."""
+    for method, name, cfg in steps:
+        if method == "apply" and not any(i.name == name for i in s.pm.components("optimizer")):
+            say(f"      - {name}: not installed, skipped")
+            continue
+        t = time.perf_counter()
+        art = getattr(s, method)(name, **cfg)
+        notes = "; ".join(art.lineage[-1].notes)
+        say(f"      - {art.name} ({time.perf_counter() - t:.1f} s){': ' + notes if notes else ''}")
+
+
 def run_demo(out_dir: str | Path = "modelopt-demo-out", epochs: int = 8,
              backends: tuple[str, ...] = ("torch", "onnxruntime"), progress: bool = True,
              pipeline: list[tuple[str, str, dict[str, Any]]] | None = None,
@@ -63,16 +78,7 @@ def run_demo(out_dir: str | Path = "modelopt-demo-out", epochs: int = 8,
     s = mo.Session(model, (data.example,), calibration_data=data.calibration,
                    train_data=data.train, eval_fn=accuracy_fn(data.test), progress=progress)
     say("[2/3] optimizing through the Session:")
-    pm = s.pm
-    for method, name, cfg in pipeline if pipeline is not None else PIPELINE:
-        kind = "exporter" if method == "export" else "optimizer"
-        if kind == "optimizer" and not any(i.name == name for i in pm.components(kind)):
-            say(f"      - {name}: not installed, skipped")
-            continue
-        t = time.perf_counter()
-        art = getattr(s, method)(name, **cfg)
-        notes = "; ".join(art.lineage[-1].notes)
-        say(f"      - {art.name} ({time.perf_counter() - t:.1f} s){': ' + notes if notes else ''}")
+    run_steps(s, PIPELINE if pipeline is None else pipeline, say)
     say("[3/3] measuring every step (accuracy, latency, throughput, size)...")
     report = s.compare(backends=list(backends),
                        profilers=["accuracy", "latency", "throughput", "size"],

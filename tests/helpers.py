@@ -32,3 +32,12 @@ def state_hash(model: Any) -> str:
 def onnx_bytes(model: Any) -> bytes:
     """Deterministic serialization of an ``onnx.ModelProto`` (to compare before/after)."""
     return model.SerializeToString(deterministic=True)
+
+
+def tiny_mlp(seed: int = 0) -> Any:
+    """Linear(8, 16) -> ReLU -> Linear(16, 4), seeded, in eval mode: the serving tests' model."""
+    import torch
+
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
+                               torch.nn.Linear(16, 4)).eval()

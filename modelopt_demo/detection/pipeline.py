@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-
 import modelopt_core as mo
 
+from ..demo import run_steps as run_pipeline  # one step runner for both demos
 from .dataset import DetectionData
 from .metrics import detection_eval_fn
 
@@ -56,18 +56,3 @@ def detection_session(model: Any, data: DetectionData, batch_size: int = 32,
     return mo.Session(model.eval(), (data.example,), calibration_data=calib,
                       train_data=data.train.batches(batch_size), task_loss=detection_loss,
                       eval_fn=detection_eval_fn(data.test), progress=progress)
-
-
-def run_pipeline(s: mo.Session, pipeline: list[tuple[str, str, dict[str, Any]]],
-                 say: Any = print) -> None:
-    """Run ``pipeline`` steps on ``s``; optimizers that are not installed are skipped."""
-    import time
-
-    for method, name, cfg in pipeline:
-        if method == "apply" and not any(i.name == name for i in s.pm.components("optimizer")):
-            say(f"      - {name}: not installed, skipped")
-            continue
-        t = time.perf_counter()
-        art = getattr(s, method)(name, **cfg)
-        notes = "; ".join(art.lineage[-1].notes)
-        say(f"      - {art.name} ({time.perf_counter() - t:.1f} s){': ' + notes if notes else ''}")

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from helpers import tiny_mlp as _mlp
 from modelopt_serve import (
     BatcherClosedError,
     DynamicBatcher,
@@ -48,12 +49,6 @@ class TwoHeads(torch.nn.Module):
     def forward(self, x, mask):
         h = torch.relu(self.body(x * mask))
         return {"logits": self.cls(h), "extra": (h, h.sum(dim=1, keepdim=True))}
-
-
-def _mlp(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
-                               torch.nn.Linear(16, 4)).eval()
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_mlp as _mlp
 from modelopt_serve import DynamicBatcher, ReplicaPool, ServeError
 from modelopt_serve.replicas import thread_option
 
 import modelopt_core as mo
-
-
-def _mlp() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
-                               torch.nn.Linear(16, 4)).eval()
 
 
 @pytest.fixture(scope="module")
