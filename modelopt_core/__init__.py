@@ -21,7 +21,7 @@ from .hookspecs import hookimpl
 from .interfaces import (Backend, Component, Context, Exporter, Format, Optimizer, Profiler,
                          Runner, as_input_tuple)
 from .numerics import check_finite_weights, first_nonfinite
-from .plugins import PluginManager, get_plugin_manager
+from .plugins import PluginManager, get_plugin_manager, load_runner
 from .quiet import quiet
 from .report import Report
 from .session import Session
@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Session", "ModelArtifact", "ArtifactProps", "TensorSpec", "Step", "load_artifact", "Report",
     "Optimizer", "Exporter", "Backend", "Runner", "Profiler", "Format", "BytesFormat", "Component", "Context",
-    "as_input_tuple", "hookimpl", "PluginManager", "get_plugin_manager",
+    "as_input_tuple", "hookimpl", "PluginManager", "get_plugin_manager", "load_runner",
     "config", "field", "build_config", "config_to_data", "config_fields", "in_range",
     "positive", "choice", "ints", "floats", "search_space", "space_from_data",
     "ModeloptError", "AccuracyBudgetError", "ConfigError", "UnknownComponentError", "FormatError", "NoExportPathError",

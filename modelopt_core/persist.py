@@ -36,7 +36,8 @@ except ImportError:  # Windows: no advisory locks; saves of one path are not ser
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["ArtifactWriteError", "locked", "leftovers", "recover", "clean_leftovers",
-           "new_temp", "swap_in", "file_mode", "fsync_files", "fsync_dir", "write_error"]
+           "new_temp", "swap_in", "file_mode", "fsync_files", "fsync_dir", "write_error",
+           "write_text_atomic"]
 
 #: seconds a save waits for another save of the same path before giving up
 LOCK_TIMEOUT_S = 600.0
@@ -238,3 +239,23 @@ def swap_in(tmp: Path, target: Path) -> None:
     with contextlib.suppress(OSError):
         os.unlink(old / "manifest.json")
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small file atomically: temp file next to it, the usual mode, fsync, rename."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600: give the usual mode
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -21,12 +21,13 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from .errors import (DuplicateComponentError, NoExportPathError, PluginLoadError,
-                     UnknownComponentError, close_names)
-from .interfaces import Backend, Component, Exporter, Format, Optimizer, Profiler
+from .errors import (DuplicateComponentError, FormatError, NoExportPathError,
+                     PluginLoadError, UnknownComponentError, close_names)
+from .interfaces import (Backend, Component, Context, Exporter, Format, Optimizer, Profiler,
+                         Runner)
 
 __all__ = ["PluginManager", "FailedPlugin", "ComponentInfo", "CommandInfo",
-           "ENTRY_POINT_GROUP", "get_plugin_manager"]
+           "ENTRY_POINT_GROUP", "get_plugin_manager", "load_runner"]
 
 ENTRY_POINT_GROUP = "modelopt_core"
 #: the distribution of the core and its built-in plugins: loaded first, so on a name clash the
@@ -241,6 +242,20 @@ class PluginManager:
             + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else ".")
             + f" Registered {kind}s: {', '.join(sorted(reg)) or '(none)'}.{failed}")
 
+    def backend_for(self, artifact: Any, name: str, options: dict[str, Any] | None = None
+                    ) -> Backend:
+        """Backend ``name`` configured with ``options`` for ``artifact``: it must run the
+        artifact's format (FormatError), the config is typed (ConfigError) and the backend
+        available here (BackendUnavailableError)."""
+        cls = self.get("backend", name).cls
+        if artifact.format not in cls.accepts:
+            raise FormatError(f"backend {name!r} runs {list(cls.accepts)} artifacts, not "
+                              f"{artifact.format!r} ({artifact.name}). Export first, or pick a "
+                              "backend for that format.")
+        inst = cls(**dict(options or {}))
+        cls.ensure_available()
+        return inst
+
     def export_path(self, source: str, target: str) -> list[ComponentInfo]:
         """Shortest chain of exporters from ``source`` to ``target`` format (BFS)."""
         if source == target:
@@ -297,6 +312,15 @@ def get_plugin_manager() -> PluginManager:
     if _default is None:
         _default = PluginManager()
     return _default
+
+
+def load_runner(artifact: Any, backend: str = "torch", *, plugins: PluginManager | None = None,
+                **options: Any) -> Runner:
+    """A runner of ``artifact`` on ``backend`` (config ``options``) without a Session: what
+    ``Session.runner`` does, for a saved artifact served or compared on its own."""
+    pm = plugins or get_plugin_manager()
+    return pm.backend_for(artifact, backend, options).load(
+        artifact, Context(plugins=pm, show_progress=False))
 
 
 def component_origin(pm: PluginManager, cls: type[Component]) -> tuple[str, str]:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .persist import file_mode
+from .persist import write_text_atomic
 
 __all__ = ["Report", "pareto_indices"]
 
@@ -100,7 +99,7 @@ class Report:
         """JSON text; written atomically to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2, default=str)
         if path is not None:
-            _atomic_write(Path(path), text)
+            write_text_atomic(Path(path), text)
         return text
 
     def to_markdown(self, path: str | os.PathLike[str] | None = None,
@@ -119,7 +118,7 @@ class Report:
             lines += ["", "Measured on: " + environment_line(self.environment)]
         text = "\n".join(lines) + "\n"
         if path is not None:
-            _atomic_write(Path(path), text)
+            write_text_atomic(Path(path), text)
         return text
 
     def to_html(self, path: str | os.PathLike[str] | None = None, *, title: str | None = None,
@@ -133,7 +132,7 @@ class Report:
 
         text = render_html(self, title=title, pareto=pareto)
         if path is not None:
-            _atomic_write(Path(path), text)
+            write_text_atomic(Path(path), text)
         return text
 
     def pareto_front(self, x: str = "latency_p50_ms", y: str = "accuracy", *,
@@ -269,19 +268,3 @@ def environment_line(env: dict[str, Any]) -> str:
     parts += [f"{k} {v}" for k, v in versions.items()
               if k in ("torch", "onnxruntime", "openvino", "tensorrt", "modelopt-core")]
     return ", ".join(parts)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, file_mode())  # mkstemp makes 0600: give the usual mode
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -257,15 +257,7 @@ class Session:
         return self._make_runner(artifact or self.current, backend, **options)
 
     def _make_runner(self, artifact: ModelArtifact, backend: str, **options: Any) -> Runner:
-        info = self.pm.get("backend", backend)
-        cls = info.cls
-        if artifact.format not in cls.accepts:
-            raise FormatError(f"backend {backend!r} runs {list(cls.accepts)} artifacts, not "
-                              f"{artifact.format!r} ({artifact.name}). Export first, or pick a "
-                              "backend for that format.")
-        inst = cls(**options)
-        cls.ensure_available()
-        return inst.load(artifact, self.context())
+        return self.pm.backend_for(artifact, backend, options).load(artifact, self.context())
 
     def compare(self, backends: Sequence[str] = ("torch",),
                 profilers: Sequence[str] = DEFAULT_PROFILERS,

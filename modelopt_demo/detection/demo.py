@@ -73,11 +73,8 @@ def run_detection_demo(out_dir: str | Path = "modelopt-detect-out", epochs: int 
     out.mkdir(parents=True, exist_ok=True)
     report.to_markdown(out / "report.md")
     report.to_json(out / "report.json")
-    written = ["report.md", "report.json"]
-    if hasattr(report, "to_html"):
-        report.to_html(out / "report.html")
-        written.append("report.html")
+    report.to_html(out / "report.html")
     s.current.save(out / "final-artifact")
-    say(f"wrote {', '.join(str(out / w) for w in written)} and {out / 'final-artifact'} "
+    say(f"wrote {out / 'report.md'}, report.json, report.html and {out / 'final-artifact'} "
         f"({time.perf_counter() - t0:.1f} s in all)")
     return report

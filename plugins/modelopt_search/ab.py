@@ -63,13 +63,10 @@ def _load(path: str | Path, which: str, pm: Any, model: Any = None) -> mo.ModelA
 
 def _backend(art: mo.ModelArtifact, name: str | None, which: str, pm: Any) -> Any:
     if name is not None:
-        cls = pm.get("backend", name).cls
-        if art.format not in cls.accepts:
-            raise mo.FormatError(f"compare: backend {name!r} runs {list(cls.accepts)} "
-                                 f"artifacts; artifact {which} ({art.path}) is "
-                                 f"{art.format!r}.")
-        cls.ensure_available()
-        return cls
+        try:
+            return type(pm.backend_for(art, name))
+        except mo.FormatError as e:
+            raise mo.FormatError(f"compare: artifact {which} ({art.path}): {e}") from e
     runs = [i.cls for i in pm.components("backend")
             if art.format in i.cls.accepts and i.cls.availability()[0]]
     if not runs:

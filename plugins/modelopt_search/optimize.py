@@ -63,6 +63,7 @@ class _Search:
         self.runtime_options = runtime_options
         self.profiler_options = profiler_options
         self.baseline: dict[str, Any] = {}
+        self.environment = _environment()  # the machine: described once, in every report
         self.artifacts: dict[int, mo.ModelArtifact] = {}
 
     # ---- one trial -------------------------------------------------------------------
@@ -180,15 +181,14 @@ class _Search:
                            title=f"modelopt optimize: {'/'.join(self.target)}, "
                                  f"{self.objective}, "
                                  f"accuracy drop <= {self.max_drop:g}",
-                           environment=_environment())
+                           environment=self.environment)
         cols = [c for c in REPORT_COLUMNS if c in report.all_columns]
         report.to_markdown(self.out / "report.md", columns=cols)
         report.to_json(self.out / "report.json")
-        if hasattr(report, "to_html"):  # Report.to_html lands with the report issue
-            try:
-                report.to_html(self.out / "report.html", title=report.title)
-            except Exception as e:  # the HTML page is a view: never lose a trial over it
-                (self.out / "report.html.error").write_text(f"{type(e).__name__}: {e}\n")
+        try:
+            report.to_html(self.out / "report.html", title=report.title)
+        except Exception as e:  # the HTML page is a view: never lose a trial over it
+            (self.out / "report.html.error").write_text(f"{type(e).__name__}: {e}\n")
         return report
 
 

@@ -32,24 +32,9 @@ THREAD_FIELDS = ("intra_op_num_threads", "inference_num_threads", "num_threads")
 
 def load_runner(artifact: mo.ModelArtifact, backend: str, options: Mapping[str, Any] | None = None,
                 plugins: Any = None) -> mo.Runner:
-    """Load ``artifact`` on the registered ``backend`` with config ``options``, the way
-    ``Session.runner`` does (format check, typed config, availability, ``Backend.load``)."""
-    pm = plugins or mo.get_plugin_manager()
-    inst = _backend(artifact, backend, options, pm)
-    return inst.load(artifact, mo.Context(show_progress=False, plugins=pm))
-
-
-def _backend(artifact: mo.ModelArtifact, backend: str, options: Mapping[str, Any] | None,
-             pm: Any) -> mo.Backend:
-    """The configured backend instance, after the format, config and availability checks."""
-    cls = pm.get("backend", backend).cls
-    if artifact.format not in cls.accepts:
-        raise mo.FormatError(f"backend {backend!r} runs {list(cls.accepts)} artifacts, not "
-                             f"{artifact.format!r} ({artifact.name}). Export first, or pick a "
-                             "backend for that format.")
-    inst = cls(**dict(options or {}))
-    cls.ensure_available()
-    return inst
+    """:func:`modelopt_core.load_runner` with the config as one mapping (what pools and worker
+    processes carry around)."""
+    return mo.load_runner(artifact, backend, plugins=plugins, **dict(options or {}))
 
 
 def thread_option(backend: str, plugins: Any = None) -> str | None:
@@ -135,7 +120,7 @@ class ReplicaPool:
         elif field not in self.options:
             self.options[field] = self.threads_per_replica
         self.thread_field = field
-        _backend(artifact, backend, self.options, mo.get_plugin_manager())  # fail early, typed
+        mo.get_plugin_manager().backend_for(artifact, backend, self.options)  # fail early, typed
         self._owned = True
         self._closed = False
         self._tmp: str | None = None
