@@ -45,16 +45,20 @@ from .errors import ConfigError, ModeloptError, close_names
 
 DEFAULT_PROFILERS = ("accuracy", "latency", "size")
 
-__all__ = ["load_recipe", "plan_recipe", "run_recipe"]
+__all__ = ["TOP_KEYS", "build_session", "check_keys", "load_recipe", "plan_recipe",
+           "run_recipe"]
 
-_TOP = {"model", "model_kwargs", "weights", "example_inputs", "data", "train", "steps",
+#: the top-level keys of a recipe
+TOP_KEYS = {"model", "model_kwargs", "weights", "example_inputs", "data", "train", "steps",
         "compare", "output", "input_names"}
 _TABLES = {"compare": {"backends", "profilers", "profiler_options", "backend_options", "title"},
            "output": {"dir"}}
 _DATA_KEYS = {"calibration_data", "train_data", "eval_fn", "task_loss"}
 
 
-def _check_keys(where: str, got: Any, valid: set[str]) -> None:
+def check_keys(where: str, got: Any, valid: set[str]) -> None:
+    """ConfigError naming ``where`` unless ``got`` is a table whose keys are all in ``valid``
+    (unknown keys get a did-you-mean)."""
     if not isinstance(got, dict):
         raise ConfigError(f"{where} must be a table/object, got {type(got).__name__}.")
     unknown = sorted(set(got) - valid)
@@ -81,10 +85,10 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"recipe {p}: cannot parse ({e}).") from e
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {p}: the top level must be a table/object.")
-    _check_keys(f"recipe {p}", data, _TOP)
+    check_keys(f"recipe {p}", data, TOP_KEYS)
     for table, valid in _TABLES.items():
         if table in data:
-            _check_keys(f"recipe {p}: [{table}]", data[table], valid)
+            check_keys(f"recipe {p}: [{table}]", data[table], valid)
     if "train" in data:
         from .config import build_config
         from .training import TrainConfig
@@ -202,26 +206,10 @@ def run_recipe(path: str | Path, progress: bool = True, out_dir: str | Path | No
     """Run a recipe: build the model (training it when the recipe has ``[train]``), apply the
     steps, compare, write outputs (to ``out_dir`` when given, else ``[output].dir``).
     Returns the :class:`~modelopt_core.Report`; ``say`` receives the progress lines."""
-    import torch
-
-    from .artifact import load_artifact
-    from .session import Session
-
     p = Path(path)
     plan_recipe(p)  # every check first: nothing runs for a recipe that cannot finish
     r = load_recipe(p)
-    model = _import(r["model"], "model", p.parent)(**r.get("model_kwargs", {}))
-    if "weights" in r:
-        model = load_artifact(p.parent / r["weights"], model=model).model
-    inputs = tuple(torch.randn(*s) for s in r["example_inputs"])
-    data = _import(r["data"], "data", p.parent)() if "data" in r else {}
-    if not isinstance(data, dict) or set(data) - _DATA_KEYS:
-        got = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise ConfigError(f"recipe: the data callable must return a dict with any of "
-                          f"{sorted(_DATA_KEYS)}; got {got}.")
-    if "train" in r:
-        model = _train(model, r["train"], data, progress, say)
-    s = Session(model, inputs, input_names=r.get("input_names"), progress=progress, **data)
+    s = build_session(p, r, progress=progress, say=say)
     for i, st in enumerate(r.get("steps", [])):
         st = dict(st)
         verb = "apply" if "apply" in st else "export"
@@ -247,6 +235,31 @@ def run_recipe(path: str | Path, progress: bool = True, out_dir: str | Path | No
         s.current.save(out / "artifact")
         say(f"wrote {out}/report.md, report.json and artifact/")
     return report
+
+
+def build_session(path: str | Path, r: dict[str, Any], progress: bool = True,
+                  say: Any = print) -> Any:
+    """The recipe's model (weights loaded, trained when it has ``[train]``) and data in a
+    :class:`~modelopt_core.Session`; ``r`` is the loaded recipe of the file at ``path``
+    (callables are imported relative to its folder)."""
+    import torch
+
+    from .artifact import load_artifact
+    from .session import Session
+
+    p = Path(path)
+    model = _import(r["model"], "model", p.parent)(**r.get("model_kwargs", {}))
+    if "weights" in r:
+        model = load_artifact(p.parent / r["weights"], model=model).model
+    inputs = tuple(torch.randn(*s) for s in r["example_inputs"])
+    data = _import(r["data"], "data", p.parent)() if "data" in r else {}
+    if not isinstance(data, dict) or set(data) - _DATA_KEYS:
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(f"recipe {p}: the data callable must return a dict with any of "
+                          f"{sorted(_DATA_KEYS)}; got {got}.")
+    if "train" in r:
+        model = _train(model, r["train"], data, progress, say)
+    return Session(model, inputs, input_names=r.get("input_names"), progress=progress, **data)
 
 
 def _train(model: Any, options: dict[str, Any], data: dict[str, Any], progress: bool,

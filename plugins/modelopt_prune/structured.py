@@ -223,9 +223,10 @@ class StructuredPrune(mo.Optimizer):
         check_same_outputs(self.name, ref, run_outputs(model, xs))
         macs1, params1 = count_macs_params(model, xs)
         if ratio > 0 and params1 == params0:
+            other = "'l2'" if cfg.importance == "l1" else "'l1'"
             ctx.warn(f"{self.name}: no channel was removed (importance {cfg.importance!r} gave "
-                     "tied scores or round_to kept every layer whole); try importance='l1', a "
-                     "larger ratio or a smaller round_to")
+                     f"tied scores or round_to kept every layer whole); try importance={other}, "
+                     "a larger ratio or a smaller round_to")
         notes += [f"ratio {ratio:.3g}, importance {cfg.importance}, scope {cfg.scope}, "
                   f"round_to {cfg.round_to}", format_delta("MACs", macs0, macs1),
                   format_delta("params", params0, params1)]

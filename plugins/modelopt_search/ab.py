@@ -17,7 +17,8 @@ from typing import Any
 
 import modelopt_core as mo
 
-__all__ = ["bootstrap_ratio_ci", "compare_artifacts", "run_compare", "setup_compare"]
+__all__ = ["bootstrap_ratio_ci", "compare_artifacts", "interleaved_times", "run_compare",
+           "setup_compare"]
 
 #: the default backend of a format when several run it
 _PREFERRED = {"onnx": "onnxruntime", "torch": "torch"}
@@ -110,6 +111,29 @@ def _timed(runner: Any, xs: tuple[Any, ...], count: int, out: list[float]) -> No
         out.append(time.perf_counter() - t0)
 
 
+def interleaved_times(runners: list[Any], xs: tuple[Any, ...], *, runs: int, warmup: int,
+                      block: int, pause_s: float = 0.0) -> list[list[float]]:
+    """Per-call wall times (seconds) of every runner on ``xs``: ``warmup`` untimed calls
+    each, then ``runs`` timed calls each in blocks of ``block``, the order of the runners
+    rotating every round (A B C, B C A, ...) so drift of the machine's load or clock hits
+    all of them alike. ``pause_s`` > 0: a pause and one untimed call before each block, so
+    the previous runner's spinning threads (ONNX Runtime's) are idle again and do not bill
+    the next one, as between a server's spaced requests."""
+    for r in runners:
+        _timed(r, xs, warmup, [])
+    times: list[list[float]] = [[] for _ in runners]
+    n, k = len(runners), 0
+    while min(len(t) for t in times) < runs:
+        for j in range(n):
+            side = (k + j) % n
+            if pause_s > 0:
+                time.sleep(pause_s)
+                _timed(runners[side], xs, 1, [])
+            _timed(runners[side], xs, min(block, runs - len(times[side])), times[side])
+        k += 1
+    return times
+
+
 def compare_artifacts(path_a: str | Path, path_b: str | Path, *, backend_a: str | None = None,
                       backend_b: str | None = None, runs: int = 300, warmup: int = 20,
                       block: int = 10, bootstrap: int = 2000, seed: int = 0,
@@ -142,17 +166,10 @@ def compare_artifacts(path_a: str | Path, path_b: str | Path, *, backend_a: str 
     xs = _inputs(sa, seed)
     classes = [_backend(arts[0], backend_a, "A", pm),
                _backend(arts[1], backend_b or backend_a, "B", pm)]
-    times: list[list[float]] = [[], []]
     ctx = mo.Context(example_inputs=xs, plugins=pm, show_progress=False)
     runners = [cls().load(art, ctx) for cls, art in zip(classes, arts)]
-    try:
-        for r in runners:
-            _timed(r, xs, warmup, [])
-        k = 0
-        while min(len(t) for t in times) < runs:
-            for side in ((0, 1) if k % 2 == 0 else (1, 0)):  # A B, B A, A B...
-                _timed(runners[side], xs, min(block, runs - len(times[side])), times[side])
-            k += 1
+    try:  # A B, B A, A B...
+        times = interleaved_times(runners, xs, runs=runs, warmup=warmup, block=block)
     finally:
         for r in runners:
             r.close()

@@ -83,34 +83,12 @@ def load_search_recipe(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]
     if not isinstance(search, dict):
         raise SearchError(f"recipe {p}: add a [search] table (target, objective, "
                           "max_accuracy_drop, trials...).")
-    rc._check_keys(f"recipe {p}: [search]", search, _SEARCH_KEYS)
-    rc._check_keys(f"recipe {p}", data, rc._TOP - {"steps", "compare"})
+    rc.check_keys(f"recipe {p}: [search]", search, _SEARCH_KEYS)
+    rc.check_keys(f"recipe {p}", data, rc.TOP_KEYS - {"steps", "compare"})
     for k in ("model", "example_inputs"):
         if k not in data:
             raise SearchError(f"recipe {p}: missing required key {k!r}.")
     return data, search
-
-
-def build_session(path: str | Path, r: dict[str, Any], progress: bool = False) -> Any:
-    """Build the model (trained when the recipe has [train]) and its Session."""
-    import torch
-
-    import modelopt_core as mo
-    from modelopt_core import recipe as rc
-
-    p = Path(path)
-    model = rc._import(r["model"], "model", p.parent)(**r.get("model_kwargs", {}))
-    if "weights" in r:
-        model = mo.load_artifact(p.parent / r["weights"], model=model).model
-    data = rc._import(r["data"], "data", p.parent)() if "data" in r else {}
-    if not isinstance(data, dict) or set(data) - rc._DATA_KEYS:
-        raise mo.ConfigError(f"recipe {p}: the data callable must return a dict with any of "
-                             f"{sorted(rc._DATA_KEYS)}.")
-    if "train" in r:
-        model = rc._train(model, r["train"], data, progress, lambda *a: None)
-    inputs = tuple(torch.randn(*s) for s in r["example_inputs"])
-    return mo.Session(model, inputs, input_names=r.get("input_names"), progress=progress,
-                      **data)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
 
     r, search = load_search_recipe(args.recipe)
     out = args.out or r.get("output", {}).get("dir") or "modelopt-search-out"
-    session = build_session(args.recipe, r, progress=getattr(args, "progress", False))
+    from modelopt_core.recipe import build_session
+
+    session = build_session(args.recipe, r, progress=getattr(args, "progress", False),
+                            say=lambda *a: None)
     trials = args.trials if args.trials is not None else search.get("trials", 20)
     res = session.optimize(
         target=search.get("target", "onnxruntime"), objective=search.get("objective", "latency"),

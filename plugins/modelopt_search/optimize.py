@@ -5,7 +5,10 @@ user's original artifact (never mutated), rejects it early when a stage nothing 
 from already misses the accuracy budget, then measures accuracy (the session's ``eval_fn``)
 and the objective (latency, size or energy) with the registered profilers on the target
 backend. After every trial ``trials.json``, the report and (when it improved) the best
-artifact ``best/`` are written to ``out_dir``.
+artifact ``best/`` are written to ``out_dir``; a feasible recipe that prunes and ranks among
+the fastest is followed by the same recipe pruned one step further. At the end of a latency
+search the fastest few feasible candidates are re-timed side by side (one trial's timing is
+taken alone, on a noisy machine) and the fastest of them becomes the best.
 """
 
 from __future__ import annotations
@@ -22,11 +25,20 @@ from .errors import SearchError
 from .space import (
     TARGETS,
     describe_recipe,
+    escalated_params,
     sample_recipe,
     starting_recipes,
     target_spaces,
 )
-from .study import best_row, open_study, pareto_rows, trial_rows, worker_id, write_json
+from .study import (
+    best_row,
+    open_study,
+    pareto_rows,
+    ranked_rows,
+    trial_rows,
+    worker_id,
+    write_json,
+)
 
 __all__ = ["OBJECTIVES", "SearchResult", "optimize"]
 
@@ -36,8 +48,16 @@ OBJECTIVES = {"latency": ("latency", ("latency_p50_ms",)),
               "energy": ("energy", ("joules_per_inference",))}
 
 REPORT_COLUMNS = ["step", "state", "backend", "accuracy", "accuracy_delta", "latency_p50_ms",
-                  "speedup", "size_mb", "size_ratio", "objective", "feasible", "pareto",
+                  "confirmed_p50_ms", "confirmed_threads", "speedup", "size_mb", "size_ratio", "objective", "feasible", "pareto",
                   "recipe"]
+
+#: a latency search re-times this many of its fastest feasible candidates side by side at
+#: the end, and keeps their artifacts in memory until then
+CONFIRM_TOP = 4
+#: about how long (seconds) that side-by-side timing runs
+CONFIRM_S = 6.0
+#: pause before each timed block of the confirmation (spinning runtime threads go idle)
+CONFIRM_PAUSE_S = 0.02
 
 
 @attrs.define
@@ -57,14 +77,18 @@ class SearchResult:
 class _Search:
     def __init__(self, session: mo.Session, target: list[str], objective: str, max_drop: float,
                  space: dict[str, Any], out: Path, runtime_options: dict[str, Any],
-                 profiler_options: dict[str, dict[str, Any]]) -> None:
+                 profiler_options: dict[str, dict[str, Any]], threads: int | None) -> None:
         self.s, self.target, self.objective, self.max_drop = session, target, objective, max_drop
         self.space, self.out = space, out
         self.runtime_options = runtime_options
         self.profiler_options = profiler_options
+        self.threads = threads
+        self.best_recipe: dict[str, Any] | None = None  # the confirmed best's (its threads)
         self.baseline: dict[str, Any] = {}
         self.environment = _environment()  # the machine: described once, in every report
-        self.artifacts: dict[int, mo.ModelArtifact] = {}
+        self.artifacts: dict[int, mo.ModelArtifact] = {}  # the top CONFIRM_TOP found here
+        self.confirmed: dict[int, tuple[float, int | None]] = {}  # the end: trial ->
+        # (side-by-side p50 ms, at its fastest thread count)
 
     # ---- one trial -------------------------------------------------------------------
 
@@ -115,10 +139,18 @@ class _Search:
         row: dict[str, Any] = {"step": f"trial {trial.number}", "recipe": describe_recipe(recipe),
                                "backend": recipe["backend"]}
         trial.set_user_attr("row", row)  # a trial that fails still shows its recipe
+        earlier = _same_recipe(trial, recipe)
+        if earlier is not None:  # the sampler drew a recipe already measured: reuse it
+            row = {**earlier.user_attrs["row"], "step": f"trial {trial.number}",
+                   "duplicate_of": earlier.number}
+            trial.set_constraint("accuracy_drop", float(earlier.constraints["accuracy_drop"]))
+            trial.set_user_attr("row", _plain(row))
+            return float(earlier.values[0]), float(earlier.values[1])
         s = self.child()
         steps = recipe["steps"]
         for i, st in enumerate(steps):
             st = dict(st)
+            before = s.current
             try:
                 if "export" in st:
                     s.export(st.pop("export"), **st)
@@ -128,6 +160,10 @@ class _Search:
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 trial.set_user_attr("row", row)
                 raise
+            if _unchanged(before, s.current):  # the recipe without this step is in the space
+                row.update(no_op=steps[i]["apply"], feasible=False)
+                trial.set_user_attr("row", row)
+                raise optuna.TrialPruned(f"{steps[i]['apply']} left the model unchanged")
             lossy = s.current.format == "torch" and "apply" in steps[i]
             recoverable = any(x.get("apply", "").startswith(("distill.", "prune.finetune"))
                               for x in steps[i + 1:])
@@ -150,7 +186,7 @@ class _Search:
                    feasible=bool(drop <= self.max_drop + 1e-9))
         trial.set_constraint("accuracy_drop", float(drop - self.max_drop - 1e-9))  # <= 0: ok
         trial.set_user_attr("row", _plain(row))
-        self.artifacts = {trial.number: art}  # only the newest is kept in memory
+        self.artifacts[trial.number] = art  # `after` keeps the top CONFIRM_TOP
         return float(row["accuracy"]), value
 
     # ---- after each trial ---------------------------------------------------------------
@@ -161,19 +197,109 @@ class _Search:
         with open(self.out / ".search.lock", "a") as lock:  # workers on this host take turns
             fcntl.flock(lock, fcntl.LOCK_EX)
             rows = trial_rows(study)
-            best = best_row(rows, "objective")
-            if best is not None and best["trial"] in self.artifacts:
-                self.artifacts[best["trial"]].save(self.out / "best", overwrite=True)
-                write_json(self.out / "best.json", {
-                    "trial": best["trial"], "row": best,
-                    "recipe": _recipe_of(study, best["trial"])})
+            top = ranked_rows(rows, "objective")[:CONFIRM_TOP]
+            self.artifacts = {n: a for n, a in self.artifacts.items()
+                              if n in {r["trial"] for r in top}}
+            if top and top[0]["trial"] == trial.number:  # a new best: saved now
+                self.save_best(study, top[0])
             self.write(study, rows)
+        # step by step: a competitive pruned recipe that held the budget is tried pruned
+        # one step further (skipped when that recipe was already drawn)
+        if trial.number in {r["trial"] for r in top}:
+            target = trial.params.get("target", self.target[0])
+            nxt = escalated_params(trial.params, self.space[target], self.s.pm)
+            if nxt is not None:
+                study.enqueue_trial(nxt, skip_if_exists=True)
+
+    def save_best(self, study: Any, row: dict[str, Any],
+                  recipe: dict[str, Any] | None = None) -> None:
+        self.artifacts[row["trial"]].save(self.out / "best", overwrite=True)
+        write_json(self.out / "best.json", {
+            "trial": row["trial"], "row": row,
+            "recipe": recipe or _recipe_of(study, row["trial"])})
+
+    # ---- at the end ---------------------------------------------------------------------
+
+    def load_saved_best(self, number: int) -> None:
+        """Put ``best/`` in memory as trial ``number``'s artifact when ``best.json`` says it
+        is that trial's (a resumed run's, or another worker's)."""
+        import json
+
+        try:
+            saved = json.loads((self.out / "best.json").read_text())["trial"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if saved == number and (self.out / "best").exists():
+            orig = self.s.original
+            self.artifacts[number] = mo.load_artifact(
+                self.out / "best", model=orig.model if orig.format == "torch" else None,
+                plugins=self.s.pm)
+
+    def confirm(self, study: Any, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Re-time the fastest feasible candidates found here side by side (rotating
+        interleaved blocks, :func:`.ab.interleaved_times`), each at every thread count up to
+        ``threads`` (1, 2, 4 ... threads: a small model often runs fastest on one), and make
+        the fastest pair the best; returns its row (``best.json`` and ``best_recipe`` get its
+        thread count), or ``None`` when fewer than two runs are to compare."""
+        import fcntl
+        import statistics
+
+        from .ab import interleaved_times
+
+        cands = [r for r in ranked_rows(rows, "objective")[:CONFIRM_TOP]
+                 if r["trial"] in self.artifacts]
+        runs_of: list[tuple[dict[str, Any], dict[str, Any], int | None]] = []
+        for r in cands:
+            recipe = _recipe_of(study, r["trial"]) or {"backend": r["backend"],
+                                                       "backend_options": {}}
+            key = TARGETS.get(recipe.get("target", self.target[0]), (None, None, None))[2]
+            counts = _thread_counts(self.threads) if key else [None]
+            for n in counts:
+                opts = dict(recipe.get("backend_options", {}))
+                if n is not None:
+                    opts[key] = n
+                runs_of.append((r, {**recipe, "backend_options": opts}, n))
+        if len(runs_of) < 2:
+            return None
+        xs = tuple(self.s.example_inputs)
+        runners = []
+        try:
+            for r, recipe, _ in runs_of:
+                runners.append(self.s.runner(recipe["backend"],
+                                             artifact=self.artifacts[r["trial"]],
+                                             **recipe["backend_options"]))
+            once = interleaved_times(runners, xs, runs=1, warmup=3, block=1)
+            per_call = sum(t[0] for t in once)
+            runs = max(20, min(300, int(CONFIRM_S / max(per_call, 1e-6))))
+            block = max(1, min(20, runs // 10))
+            times = interleaved_times(runners, xs, runs=runs, warmup=0, block=block,
+                                      pause_s=CONFIRM_PAUSE_S)
+        finally:
+            for r in runners:
+                r.close()
+        timed = [(1e3 * statistics.median(t), r, recipe, n)
+                 for t, (r, recipe, n) in zip(times, runs_of)]
+        self.confirmed = {}
+        for ms, r, _, n in sorted(timed, key=lambda x: x[0]):  # each trial's fastest count
+            self.confirmed.setdefault(r["trial"], (ms, n))
+        ms, best, recipe, n = min(timed, key=lambda x: (x[0], x[1]["trial"]))
+        best.update(confirmed_p50_ms=ms, confirmed_threads=n)
+        self.best_recipe = recipe
+        with open(self.out / ".search.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.save_best(study, best, recipe)
+        return best
 
     def write(self, study: Any, rows: list[dict[str, Any]]) -> mo.Report:
         keys = ("objective", "size_mb") if self.objective != "size" else ("objective",)
         front = {r["trial"] for r in pareto_rows(rows, keys)}
         for r in rows:
             r["pareto"] = r["trial"] in front
+            if r["trial"] in self.confirmed:
+                ms, n = self.confirmed[r["trial"]]
+                r["confirmed_p50_ms"] = round(ms, 6)
+                if n is not None:
+                    r["confirmed_threads"] = n
         write_json(self.out / "trials.json", {
             "study": study.study_name, "target": self.target, "objective": self.objective,
             "max_accuracy_drop": self.max_drop, "baseline": self.baseline, "trials": rows})
@@ -190,6 +316,43 @@ class _Search:
         except Exception as e:  # the HTML page is a view: never lose a trial over it
             (self.out / "report.html.error").write_text(f"{type(e).__name__}: {e}\n")
         return report
+
+
+def _thread_counts(threads: int | None) -> list[int | None]:
+    """The thread counts the confirmation tries: ``threads``, then halving down to 1."""
+    if threads is None:
+        return [None]
+    out, n = [], int(threads)
+    while n >= 1:
+        out.append(n)
+        n //= 2
+    return out
+
+
+def _same_recipe(trial: Any, recipe: dict[str, Any]) -> Any:
+    """An earlier complete trial of the study that ran exactly ``recipe``, or ``None``."""
+    import optuna
+
+    recipe = _plain(recipe)  # as the storage holds it (tuples come back as lists)
+    for t in trial.study.get_trials(deepcopy=False,
+                                    states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.user_attrs.get("recipe") == recipe and "accuracy_drop" in (t.constraints or {}) \
+                and "duplicate_of" not in t.user_attrs.get("row", {}):
+            return t
+    return None
+
+
+def _unchanged(before: mo.ModelArtifact, after: mo.ModelArtifact) -> bool:
+    """True when a step on a torch artifact left its weights and structure as they were
+    (e.g. pruning whose importance scores all tied, so no channel went)."""
+    import torch
+
+    if before.format != "torch" or after.format != "torch":
+        return False
+    a, b = before.model.state_dict(), after.model.state_dict()
+    return a.keys() == b.keys() and all(
+        a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and torch.equal(a[k], b[k])
+        for k in a) and str(before.model) == str(after.model)
 
 
 def _why(row: dict[str, Any]) -> str:
@@ -262,7 +425,7 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
             rt[t][TARGETS[t][2]] = threads
     popts = {"latency": {"min_time_s": 0.2, "warmup": 5}, **(profiler_options or {})}
     search = _Search(session, targets, objective, float(max_accuracy_drop), full, out, rt,
-                     popts)
+                     popts, threads)
     study = open_study(storage, name, seed, ["maximize", "minimize"])
     if "baseline" not in study.user_attrs:
         base = search.measure(session, session.original, "torch",
@@ -278,17 +441,24 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
     study.optimize(search, n_trials=budget_trials, timeout=time_budget_s,
                    catch=(mo.ModeloptError,), callbacks=[search.after], gc_after_trial=True)
     rows = trial_rows(study)
-    report = search.write(study, rows)
     best = best_row(rows, "objective")
+    if best is not None and best["trial"] not in search.artifacts:
+        search.load_saved_best(best["trial"])  # another worker's (or an earlier run's)
+    if objective == "latency" and best is not None and best["trial"] in search.artifacts:
+        best = search.confirm(study, rows) or best
+    report = search.write(study, rows)
     keys = ("objective", "size_mb") if objective != "size" else ("objective",)
-    art = None
-    if best is not None:
-        art = search.artifacts.get(best["trial"])  # found by this process: in memory
-        if art is None and (out / "best").exists():  # another worker's (or an earlier run's)
-            skeleton = session.original.model if session.original.format == "torch" else None
-            art = mo.load_artifact(out / "best", model=skeleton, plugins=session.pm)
+    art = search.artifacts.get(best["trial"]) if best is not None else None
     session_log = f"{len(rows)} trials in the study, {time.perf_counter() - t0:.0f} s here"
     report.notes.setdefault("search", []).append(session_log)
-    return SearchResult(best=art, best_recipe=_recipe_of(study, best["trial"]) if best else None,
+    if search.confirmed:
+        report.notes["search"].append(
+            "re-timed side by side at the end (p50 ms at each trial's fastest thread count): "
+            + ", ".join(f"trial {n} {ms:.4g}" + (f" ({k} thread{'s' if k != 1 else ''})" if k else "")
+                        for n, (ms, k) in sorted(search.confirmed.items(),
+                                                 key=lambda kv: kv[1][0]))
+            + f"; best: trial {best['trial']}")
+    recipe = search.best_recipe or (_recipe_of(study, best["trial"]) if best else None)
+    return SearchResult(best=art, best_recipe=recipe,
                         best_row=best, pareto=pareto_rows(rows, keys), report=report,
                         study=study, out_dir=out)

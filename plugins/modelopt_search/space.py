@@ -23,6 +23,7 @@ __all__ = [
     "check_space",
     "default_space",
     "describe_recipe",
+    "escalated_params",
     "merge_space",
     "sample_recipe",
     "starting_recipes",
@@ -192,8 +193,9 @@ def sample_recipe(trial: Any, target: str | list[str], space: dict[str, Any], pm
 
 def starting_recipes(space: dict[str, Any], pm: Any,
                      targets: list[str] | None = None) -> list[dict[str, Any]]:
-    """Optuna params of the first trials of a new study: start simple (precision alone),
-    then prune 30% + recovery + precision (the best practice's ladder); with several
+    """Optuna params of the first trials of a new study: start simple (the plain export,
+    then each precision alone), then prune 30% + recovery, without and with precision (the
+    best practice's ladder; :func:`escalated_params` climbs it further); with several
     ``targets`` (``space`` then maps each to its own), that ladder on each."""
     if targets is not None and len(targets) > 1:
         out = []
@@ -210,6 +212,8 @@ def starting_recipes(space: dict[str, Any], pm: Any,
     if targets is not None:
         space = space[targets[0]]
     out: list[dict[str, Any]] = []
+    if "none" in space["precision"]:  # the plain export on the runtime: the floor to beat
+        out.append({"prune": "none", "precision": "none"})
     for p in space["precision"]:
         if p != "none":  # the component's own defaults first, then with float fallback
             out.append({"prune": "none", "precision": p, **_defaults(p, space, pm)})
@@ -218,16 +222,17 @@ def starting_recipes(space: dict[str, Any], pm: Any,
     if "prune.structured" in space["prune"]:
         rec = "distill.logits" if "distill.logits" in space["recovery"] else "none"
         precision = next((p for p in space["precision"] if p != "none"), "none")
-        start: dict[str, Any] = {"prune": "prune.structured", "recovery": rec,
-                                 "precision": precision}
-        if precision != "none":
-            start.update(_defaults(precision, space, pm))
-        if len(space["graph"]) > 1:  # the demo's pipeline: graph optimization included
-            start["graph"] = space["graph"][-1]
+        pruned: dict[str, Any] = {"prune": "prune.structured", "recovery": rec}
         ratio = _component_space("prune.structured", space, pm).get("ratio")
         if ratio is not None and _inside(ratio, 0.3):
-            start["prune.structured.ratio"] = 0.3
-        out.append(start)
+            pruned["prune.structured.ratio"] = 0.3
+        if "none" in space["precision"]:  # prune + recovery alone, then with precision
+            out.append({**pruned, "precision": "none"})
+        if precision != "none":
+            start = {**pruned, "precision": precision, **_defaults(precision, space, pm)}
+            if len(space["graph"]) > 1:  # the demo's pipeline: graph optimization included
+                start["graph"] = space["graph"][-1]
+            out.append(start)
     first_runtime = {}
     for opt, data in space["runtime"].items():  # each runtime choice's first value
         sp = mo.space_from_data(data, f"search space runtime.{opt}")
@@ -236,6 +241,31 @@ def starting_recipes(space: dict[str, Any], pm: Any,
     out = [{**first_runtime, **p} for p in out]
     return [p for p in out if all(p[k] in space[k] for k in ("prune", "recovery", "graph",
                                                              "precision") if k in p)]
+
+
+def escalated_params(params: dict[str, Any], space: dict[str, Any],
+                     pm: Any) -> dict[str, Any] | None:
+    """The Optuna params of the next, more aggressive step after a recipe that is the
+    feasible best so far ("add aggressive techniques step by step"): its pruning ratio one
+    step up its space (the grid step, the next larger choice, or a fifth of the range);
+    ``None`` when it does not prune or already sits at the top of the range. ``space`` is
+    the trial's target's."""
+    prune = params.get("prune")
+    key = f"{prune}.ratio"
+    if prune in (None, "none") or key not in params:
+        return None
+    sp = _component_space(prune, space, pm).get("ratio")
+    v = params[key]
+    if isinstance(sp, Choice):
+        up = sorted(c for c in sp.values if isinstance(c, (int, float))
+                    and not isinstance(c, bool) and c > v)
+        nxt = up[0] if up else None
+    elif sp is not None and not getattr(sp, "log", False):
+        nxt = round(v + (sp.step or (sp.hi - sp.lo) / 5), 10)
+        nxt = nxt if nxt <= sp.hi + 1e-9 else None
+    else:
+        nxt = None
+    return None if nxt is None else {**params, key: nxt}
 
 
 def _inside(sp: Any, v: Any) -> bool:

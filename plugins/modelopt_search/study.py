@@ -21,6 +21,7 @@ __all__ = [
     "best_row",
     "open_study",
     "pareto_rows",
+    "ranked_rows",
     "recover_stale",
     "trial_rows",
     "write_json",
@@ -64,7 +65,9 @@ def open_study(storage: str, study_name: str, seed: int, directions: list[str]) 
                                              **cb, **kwargs)
             break
         except Exception as e:
-            if attempt < 5 and "already exists" in str(e):
+            # the tables or the alembic version row created by the other worker meanwhile
+            if attempt < 5 and any(m in str(e) for m in ("already exists", "UNIQUE constraint",
+                                                         "database is locked")):
                 time.sleep(0.5 + attempt)
                 continue
             raise SearchError(f"optimize: cannot open storage {storage!r}: {e}. Give an "
@@ -149,10 +152,15 @@ def _feasible(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
                                                                        (int, float))]
 
 
+def ranked_rows(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The feasible trials, lowest objective ``key`` first (ties: higher accuracy)."""
+    return sorted(_feasible(rows, key), key=lambda r: (r[key], -r["accuracy"], r["trial"]))
+
+
 def best_row(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
     """The feasible trial with the lowest objective ``key`` (ties: higher accuracy)."""
-    ok = _feasible(rows, key)
-    return min(ok, key=lambda r: (r[key], -r["accuracy"], r["trial"])) if ok else None
+    ranked = ranked_rows(rows, key)
+    return ranked[0] if ranked else None
 
 
 def pareto_rows(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:

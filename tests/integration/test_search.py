@@ -83,6 +83,14 @@ def test_optimize_finds_a_feasible_faster_artifact_and_resumes(digits, tmp_path)
     md = (out / "report.md").read_text()
     assert "original (torch fp32)" in md and "export onnx" in md
     assert (out / "report.html").stat().st_size > 0
+    # the feasible candidates were re-timed side by side; the fastest of them is the best
+    confirmed = {t["trial"]: t["confirmed_p50_ms"] for t in trials if "confirmed_p50_ms" in t}
+    assert len(confirmed) >= 2 and res.best_row["trial"] == min(confirmed, key=confirmed.get)
+    assert res.best_row["confirmed_p50_ms"] == pytest.approx(confirmed[res.best_row["trial"]])
+    assert any("re-timed side by side" in n for n in res.report.notes["search"])
+    assert res.best_row["confirmed_threads"] == 1  # threads=1: the only count tried
+    assert json.loads((out / "best.json").read_text())["recipe"] == res.best_recipe
+    assert res.best_recipe["backend_options"]["intra_op_num_threads"] == 1
     # a second call on the same out_dir continues the same study
     res2 = s.optimize(target="onnxruntime", budget_trials=1, out_dir=out, threads=1,
                       space={**FAST, "prune": ["none"]})
@@ -103,6 +111,48 @@ def test_early_rejection_prunes_trials_that_miss_the_budget(digits, tmp_path):
     assert all(r["pruned_at"] == "prune.structured" for r in rows)  # before the export
     assert all("export onnx" in r["recipe"] and "latency_p50_ms" not in r for r in rows)
     assert res.best is None and res.best_row is None
+
+
+def test_a_feasible_pruned_recipe_is_followed_by_a_more_aggressive_one(digits, tmp_path):
+    m, d = digits
+    s = _session(m, d)
+    res = s.optimize(target="onnxruntime", budget_trials=3, out_dir=tmp_path, threads=1,
+                     max_accuracy_drop=100.0,
+                     space={"prune": ["prune.structured"], "recovery": ["none"],
+                            "precision": ["none"], "fixed": FAST["fixed"],
+                            "params": {"prune.structured": {
+                                "ratio": {"floats": [0.1, 0.5], "step": 0.1}}}})
+    ratios = [t.params["prune.structured.ratio"] for t in res.study.trials
+              if t.state.is_finished()]
+    assert ratios == [0.3, 0.4, 0.5]  # the ladder's 30%, then one step up while it holds
+
+
+def test_a_recipe_drawn_again_reuses_its_measurement(digits, tmp_path):
+    m, d = digits
+    s = _session(m, d)
+    res = s.optimize(target="onnxruntime", budget_trials=2, out_dir=tmp_path, threads=1,
+                     space={"prune": ["none"], "precision": ["none"], "graph": ["none"],
+                            "runtime": {"graph_optimization_level": {"choice": ["all"]}},
+                            "fixed": FAST["fixed"]})
+    first, second = res.study.trials
+    assert second.user_attrs["row"]["duplicate_of"] == 0
+    assert second.values == first.values and second.user_attrs["recipe"] == \
+        first.user_attrs["recipe"]
+    assert res.best_row["trial"] == 0  # the measured one, not its copy
+
+
+def test_a_step_that_changes_nothing_is_rejected(digits, tmp_path):
+    m, d = digits
+    s = _session(m, d)
+    # width-8 layers, 10% pruned, rounded to 16 channels: no channel goes
+    res = s.optimize(target="onnxruntime", budget_trials=1, out_dir=tmp_path, threads=1,
+                     space={"prune": ["prune.structured"], "recovery": ["none"],
+                            "precision": ["none"],
+                            "fixed": {**FAST["fixed"], "prune.structured": {"round_to": 16}},
+                            "params": {"prune.structured": {"ratio": [0.1]}}})
+    (t,) = res.study.trials
+    assert t.state.name == "PRUNED" and t.user_attrs["row"]["no_op"] == "prune.structured"
+    assert res.best is None
 
 
 def test_bad_arguments_fail_before_any_trial(digits, tmp_path):

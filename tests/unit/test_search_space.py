@@ -11,6 +11,7 @@ from modelopt_search.errors import SearchError
 from modelopt_search.space import (
     default_space,
     describe_recipe,
+    escalated_params,
     merge_space,
     sample_recipe,
     starting_recipes,
@@ -107,3 +108,44 @@ def test_space_overrides_and_errors():
         merge_space("openvino", {"precisoin": []})
     with pytest.raises(SearchError, match="unknown target"):
         default_space("tensorrtx")
+
+
+def test_starting_ladder_starts_with_the_plain_export_then_adds_steps():
+    pm = mo.get_plugin_manager()
+    ladder = starting_recipes(default_space("onnxruntime"), pm)
+    plain = {k: v for k, v in ladder[0].items() if not k.startswith("runtime.")}
+    assert plain == {"prune": "none", "precision": "none"}
+    precisions = [p["precision"] for p in ladder if p["prune"] == "none"]
+    assert precisions == ["none", "onnx.quantize_static", "onnx.quantize_dynamic"]
+    pruned = [p for p in ladder if p["prune"] == "prune.structured"]
+    # prune 30% + recovery alone, then with the first precision (and the graph optimizer)
+    assert [(p["precision"], p["recovery"], p["prune.structured.ratio"]) for p in pruned] == [
+        ("none", "distill.logits", 0.3), ("onnx.quantize_static", "distill.logits", 0.3)]
+    assert pruned[1]["graph"] == "onnx.optimize" and "graph" not in pruned[0]
+    # a space without "none" precision has no plain rung
+    ov = starting_recipes(merge_space("openvino", {"precision": ["openvino.quantize"]}), pm)
+    assert all(p["precision"] == "openvino.quantize" for p in ov)
+
+
+def test_escalation_prunes_one_step_further_up_to_the_top_of_the_range():
+    pm = mo.get_plugin_manager()
+    space = default_space("onnxruntime")  # ratio: floats 0.1..0.6 step 0.1
+    p = {"prune": "prune.structured", "prune.structured.ratio": 0.3, "precision": "none"}
+    assert escalated_params(p, space, pm) == {**p, "prune.structured.ratio": 0.4}
+    assert escalated_params({**p, "prune.structured.ratio": 0.6}, space, pm) is None
+    assert escalated_params({"prune": "none", "precision": "none"}, space, pm) is None
+    listed = merge_space("onnxruntime", {"params": {"prune.structured": {"ratio": [0.5, 0.2,
+                                                                                0.35]}}})
+    assert escalated_params({**p, "prune.structured.ratio": 0.2}, listed, pm)[
+        "prune.structured.ratio"] == 0.35
+    assert escalated_params({**p, "prune.structured.ratio": 0.5}, listed, pm) is None
+
+
+def test_the_confirmation_tries_thread_counts_halving_down_to_one():
+    from modelopt_search.optimize import _thread_counts
+
+    assert _thread_counts(None) == [None]
+    assert _thread_counts(1) == [1]
+    assert _thread_counts(2) == [2, 1]
+    assert _thread_counts(8) == [8, 4, 2, 1]
+    assert _thread_counts(6) == [6, 3, 1]
