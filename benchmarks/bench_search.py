@@ -126,7 +126,8 @@ def digits_part(args: argparse.Namespace, targets: list[str], model: Any, data: 
     rows = []
     for name, r in runners.items():
         acc = accuracy_fn(data.test)(r)
-        rows.append({"part": "digits", "candidate": name, "backend": cands[name][1], "p50_ms": p50[name],
+        rows.append({"part": "digits", "candidate": name, "backend": cands[name][1],
+                     "p50_ms": p50[name],
                      "accuracy": acc, "accuracy_drop": base_acc - acc,
                      "within_budget": base_acc - acc <= 1.0,
                      "speedup_vs_eager": p50["torch eager FP32 (original)"] / p50[name]})

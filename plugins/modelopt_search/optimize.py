@@ -6,9 +6,10 @@ from already misses the accuracy budget, then measures accuracy (the session's `
 and the objective (latency, size or energy) with the registered profilers on the target
 backend. After every trial ``trials.json``, the report and (when it improved) the best
 artifact ``best/`` are written to ``out_dir``; a feasible recipe that prunes and ranks among
-the fastest is followed by the same recipe pruned one step further. At the end of a latency
-search the fastest few feasible candidates are re-timed side by side (one trial's timing is
-taken alone, on a noisy machine) and the fastest of them becomes the best.
+the fastest is followed by the same recipe pruned one step further, a precision step alone
+that misses the budget by its variants (one choice option changed at a time). At the end
+of a latency search the fastest few feasible candidates are re-timed side by side (one
+trial's timing is taken alone, on a noisy machine) and the fastest of them becomes the best.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .space import (
     TARGETS,
     describe_recipe,
     escalated_params,
+    repaired_params,
     sample_recipe,
     starting_recipes,
     target_spaces,
@@ -48,7 +50,8 @@ OBJECTIVES = {"latency": ("latency", ("latency_p50_ms",)),
               "energy": ("energy", ("joules_per_inference",))}
 
 REPORT_COLUMNS = ["step", "state", "backend", "accuracy", "accuracy_delta", "latency_p50_ms",
-                  "confirmed_p50_ms", "confirmed_threads", "speedup", "size_mb", "size_ratio", "objective", "feasible", "pareto",
+                  "confirmed_p50_ms", "confirmed_threads", "speedup", "size_mb", "size_ratio",
+                  "objective", "feasible", "pareto",
                   "recipe"]
 
 #: a latency search re-times this many of its fastest feasible candidates side by side at
@@ -204,12 +207,17 @@ class _Search:
                 self.save_best(study, top[0])
             self.write(study, rows)
         # step by step: a competitive pruned recipe that held the budget is tried pruned
-        # one step further (skipped when that recipe was already drawn)
+        # one step further; a precision step alone that missed it is tried with each of its
+        # choice options changed in turn (each skipped when that recipe was already drawn)
+        space = self.space[trial.params.get("target", self.target[0])]
+        queue: list[dict[str, Any]] = []
         if trial.number in {r["trial"] for r in top}:
-            target = trial.params.get("target", self.target[0])
-            nxt = escalated_params(trial.params, self.space[target], self.s.pm)
-            if nxt is not None:
-                study.enqueue_trial(nxt, skip_if_exists=True)
+            queue = [p for p in [escalated_params(trial.params, space, self.s.pm)] if p]
+        elif trial.state.name == "COMPLETE" and not (trial.user_attrs.get("row") or {}).get(
+                "feasible", True):
+            queue = repaired_params(trial.params, space, self.s.pm)
+        for params in queue:
+            study.enqueue_trial(params, skip_if_exists=True)
 
     def save_best(self, study: Any, row: dict[str, Any],
                   recipe: dict[str, Any] | None = None) -> None:
@@ -454,7 +462,8 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
     if search.confirmed:
         report.notes["search"].append(
             "re-timed side by side at the end (p50 ms at each trial's fastest thread count): "
-            + ", ".join(f"trial {n} {ms:.4g}" + (f" ({k} thread{'s' if k != 1 else ''})" if k else "")
+            + ", ".join(f"trial {n} {ms:.4g}"
+                        + (f" ({k} thread{'s' if k != 1 else ''})" if k else "")
                         for n, (ms, k) in sorted(search.confirmed.items(),
                                                  key=lambda kv: kv[1][0]))
             + f"; best: trial {best['trial']}")

@@ -25,6 +25,7 @@ __all__ = [
     "describe_recipe",
     "escalated_params",
     "merge_space",
+    "repaired_params",
     "sample_recipe",
     "starting_recipes",
     "target_spaces",
@@ -266,6 +267,25 @@ def escalated_params(params: dict[str, Any], space: dict[str, Any],
     else:
         nxt = None
     return None if nxt is None else {**params, key: nxt}
+
+
+def repaired_params(params: dict[str, Any], space: dict[str, Any],
+                    pm: Any) -> list[dict[str, Any]]:
+    """After a precision step alone missed the budget: the same recipe with one choice
+    option of the precision component changed at a time (e.g. openvino.quantize with
+    ``preset="mixed"``, then with ``fast_bias_correction=False``...), each a variant the
+    sampler might take long to reach. Empty when the recipe prunes (the pruning is the
+    likelier culprit) or has no precision step. ``space`` is the trial's target's."""
+    key = next((k for k in params if k == "precision" or k.startswith("precision.")), None)
+    name = params.get(key) if key else None
+    if params.get("prune", "none") != "none" or name in (None, "none"):
+        return []
+    out = []
+    for field, sp in _component_space(name, space, pm).items():
+        pkey = f"{name}.{field}"
+        if isinstance(sp, Choice) and pkey in params:
+            out += [{**params, pkey: v} for v in sp.values if v != params[pkey]]
+    return out
 
 
 def _inside(sp: Any, v: Any) -> bool:

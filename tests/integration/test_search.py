@@ -127,6 +127,29 @@ def test_a_feasible_pruned_recipe_is_followed_by_a_more_aggressive_one(digits, t
     assert ratios == [0.3, 0.4, 0.5]  # the ladder's 30%, then one step up while it holds
 
 
+def test_a_precision_step_that_misses_the_budget_is_retried_with_other_options(digits,
+                                                                               tmp_path):
+    m, d = digits
+    acc = accuracy_fn(d.test)
+
+    def strict(runner):  # every ONNX Runtime run "misses" the budget: the variants follow
+        return acc(runner) - (50.0 if type(runner).__name__ == "OrtRunner" else 0.0)
+
+    s = mo.Session(m, (d.example,), calibration_data=d.calibration[:4], eval_fn=strict,
+                   progress=False)
+    res = s.optimize(target="onnxruntime", budget_trials=4, out_dir=tmp_path, threads=1,
+                     space={"prune": ["none"], "precision": ["onnx.quantize_static"],
+                            "graph": ["none"], "fixed": FAST["fixed"]})
+    trials = res.study.trials[:4]
+    first = trials[0].params
+    assert first["onnx.quantize_static.calibrate_method"] == "minmax"  # the defaults
+    changed = [{k: v for k, v in t.params.items() if first[k] != v} for t in trials[1:]]
+    assert changed == [{"onnx.quantize_static.per_channel": False},
+                       {"onnx.quantize_static.calibrate_method": "entropy"},
+                       {"onnx.quantize_static.calibrate_method": "percentile"}]
+    assert res.best is None
+
+
 def test_a_recipe_drawn_again_reuses_its_measurement(digits, tmp_path):
     m, d = digits
     s = _session(m, d)

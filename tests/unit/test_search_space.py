@@ -13,6 +13,7 @@ from modelopt_search.space import (
     describe_recipe,
     escalated_params,
     merge_space,
+    repaired_params,
     sample_recipe,
     starting_recipes,
 )
@@ -149,3 +150,22 @@ def test_the_confirmation_tries_thread_counts_halving_down_to_one():
     assert _thread_counts(2) == [2, 1]
     assert _thread_counts(8) == [8, 4, 2, 1]
     assert _thread_counts(6) == [6, 3, 1]
+
+
+def test_a_precision_step_that_missed_the_budget_gets_one_option_changed_at_a_time():
+    pm = mo.get_plugin_manager()
+    space = default_space("openvino")
+    p = {"prune": "none", "precision": "openvino.quantize",
+         "openvino.quantize.preset": "performance", "openvino.quantize.subset_size": 300,
+         "openvino.quantize.fast_bias_correction": True,
+         "openvino.quantize.float_fallback": False, "runtime.inference_precision": "f32"}
+    variants = repaired_params(p, space, pm)
+    changed = [{k: v for k, v in q.items() if p[k] != v} for q in variants]
+    assert changed == [{"openvino.quantize.preset": "mixed"},
+                       {"openvino.quantize.subset_size": 32},
+                       {"openvino.quantize.fast_bias_correction": False}]
+    assert repaired_params({**p, "prune": "prune.structured"}, space, pm) == []  # pruned
+    assert repaired_params({"prune": "none", "precision": "none"}, space, pm) == []
+    multi = {**{k: v for k, v in p.items() if k != "precision"},
+             "precision.openvino": "openvino.quantize", "target": "openvino"}
+    assert len(repaired_params(multi, space, pm)) == 3
