@@ -140,7 +140,8 @@ def plan_recipe(path: str | Path, plugins: Any = None) -> list[str]:
     """Check a recipe without running anything heavy: the model and data callables import,
     every step's component exists and takes its config, the formats chain (exports have a
     path, optimizers accept the format they get), steps find the data they need, every
-    backend and profiler exists and each backend runs some artifact of the pipeline.
+    backend and profiler exists and each backend runs some artifact of the pipeline, and
+    every component is available here (its optional dependencies and hardware).
     Returns the plan as lines; raises :class:`ConfigError` naming the first problem."""
     from .plugins import get_plugin_manager
 
@@ -165,10 +166,12 @@ def plan_recipe(path: str | Path, plugins: Any = None) -> list[str]:
                 chain = pm.export_path(fmt, name)
                 for j, info in enumerate(chain):
                     info.cls(**(st if j == len(chain) - 1 else {}))
+                    _check_available("exporter", info.cls)
                 fmt = name
             else:
                 cls = pm.get("optimizer", name).cls
                 cls(**st)
+                _check_available("optimizer", cls)
                 if fmt not in cls.accepts:
                     raise ConfigError(f"{name!r} takes {list(cls.accepts)} artifacts but gets "
                                       f"{fmt!r} here; add an export step before it.")
@@ -182,9 +185,11 @@ def plan_recipe(path: str | Path, plugins: Any = None) -> list[str]:
     cmp = r.get("compare", {})
     for b in cmp.get("backends", ["torch"]):
         try:
-            accepts = pm.get("backend", b).cls.accepts
+            cls = pm.get("backend", b).cls
+            _check_available("backend", cls)
         except ModeloptError as e:
             raise ConfigError(f"recipe [compare] backends: {e}") from e
+        accepts = cls.accepts
         if not set(accepts) & set(formats):
             raise ConfigError(f"recipe [compare]: backend {b!r} runs {list(accepts)} artifacts, "
                               f"but the pipeline makes only {sorted(set(formats))}; drop it or "
@@ -199,6 +204,12 @@ def plan_recipe(path: str | Path, plugins: Any = None) -> list[str]:
     if r.get("output", {}).get("dir"):
         lines.append(f"write to {r['output']['dir']}")
     return lines
+
+
+def _check_available(kind: str, cls: Any) -> None:
+    ok, why = cls.availability()
+    if not ok:
+        raise ConfigError(f"{kind} {cls.name!r} is not available here: {why}")
 
 
 def run_recipe(path: str | Path, progress: bool = True, out_dir: str | Path | None = None,

@@ -14,7 +14,9 @@ trial's timing is taken alone, on a noisy machine) and the fastest of them becom
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -194,11 +196,17 @@ class _Search:
 
     # ---- after each trial ---------------------------------------------------------------
 
-    def after(self, study: Any, trial: Any) -> None:
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Workers on this host take turns writing ``out_dir``."""
         import fcntl
 
-        with open(self.out / ".search.lock", "a") as lock:  # workers on this host take turns
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with open(self.out / ".search.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def after(self, study: Any, trial: Any) -> None:
+        with self.lock():
             rows = trial_rows(study)
             top = ranked_rows(rows, "objective")[:CONFIRM_TOP]
             self.artifacts = {n: a for n, a in self.artifacts.items()
@@ -228,34 +236,39 @@ class _Search:
 
     # ---- at the end ---------------------------------------------------------------------
 
-    def load_saved_best(self, number: int) -> None:
-        """Put ``best/`` in memory as trial ``number``'s artifact when ``best.json`` says it
-        is that trial's (a resumed run's, or another worker's)."""
+    def load_saved_best(self, rows: list[dict[str, Any]]) -> int | None:
+        """Put ``best/`` in memory when ``best.json`` names a feasible trial whose artifact
+        is not (an earlier run's, or another worker's); returns that trial's number."""
         import json
 
         try:
             saved = json.loads((self.out / "best.json").read_text())["trial"]
         except (OSError, ValueError, KeyError, TypeError):
-            return
-        if saved == number and (self.out / "best").exists():
+            return None
+        if not any(r["trial"] == saved for r in ranked_rows(rows, "objective")):
+            return None
+        if saved not in self.artifacts and (self.out / "best").exists():
             orig = self.s.original
-            self.artifacts[number] = mo.load_artifact(
+            self.artifacts[saved] = mo.load_artifact(
                 self.out / "best", model=orig.model if orig.format == "torch" else None,
                 plugins=self.s.pm)
+        return saved
 
-    def confirm(self, study: Any, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    def confirm(self, study: Any, rows: list[dict[str, Any]],
+                saved: int | None = None) -> dict[str, Any] | None:
         """Re-time the fastest feasible candidates found here side by side (rotating
         interleaved blocks, :func:`.ab.interleaved_times`), each at every thread count up to
         ``threads`` (1, 2, 4 ... threads: a small model often runs fastest on one), and make
-        the fastest pair the best; returns its row (``best.json`` and ``best_recipe`` get its
+        the fastest pair the best (``saved``: the trial in ``best/``, which competes too);
+        returns its row (``best.json`` and ``best_recipe`` get its
         thread count), or ``None`` when fewer than two runs are to compare."""
-        import fcntl
         import statistics
 
         from .ab import interleaved_times
 
-        cands = [r for r in ranked_rows(rows, "objective")[:CONFIRM_TOP]
-                 if r["trial"] in self.artifacts]
+        ranked = ranked_rows(rows, "objective")
+        cands = [r for r in ranked[:CONFIRM_TOP] if r["trial"] in self.artifacts]
+        cands += [r for r in ranked[CONFIRM_TOP:] if r["trial"] == saved]  # best/ competes
         runs_of: list[tuple[dict[str, Any], dict[str, Any], int | None]] = []
         for r in cands:
             recipe = _recipe_of(study, r["trial"]) or {"backend": r["backend"],
@@ -293,8 +306,7 @@ class _Search:
         ms, best, recipe, n = min(timed, key=lambda x: (x[0], x[1]["trial"]))
         best.update(confirmed_p50_ms=ms, confirmed_threads=n)
         self.best_recipe = recipe
-        with open(self.out / ".search.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self.lock():
             self.save_best(study, best, recipe)
         return best
 
@@ -324,6 +336,25 @@ class _Search:
         except Exception as e:  # the HTML page is a view: never lose a trial over it
             (self.out / "report.html.error").write_text(f"{type(e).__name__}: {e}\n")
         return report
+
+
+class _Budget:
+    """Stops the study after ``trials`` trials of this process that ran a recipe (a recipe
+    drawn again costs nothing and does not count), or when the sampler has drawn only
+    recipes already measured ``max(10, trials)`` times in a row (the space is spent);
+    ``trials=None``: only the time budget stops it."""
+
+    def __init__(self, trials: int | None) -> None:
+        self.trials, self.ran, self.repeats = trials, 0, 0
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        if "duplicate_of" in (trial.user_attrs.get("row") or {}):
+            self.repeats += 1
+        else:
+            self.ran, self.repeats = self.ran + 1, 0
+        if self.trials is not None and (self.ran >= self.trials
+                                        or self.repeats >= max(10, self.trials)):
+            study.stop()
 
 
 def _thread_counts(threads: int | None) -> list[int | None]:
@@ -446,15 +477,19 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
                 study.enqueue_trial(params, skip_if_exists=True)
     search.baseline = dict(study.user_attrs["baseline"])
     t0 = time.perf_counter()
-    study.optimize(search, n_trials=budget_trials, timeout=time_budget_s,
-                   catch=(mo.ModeloptError,), callbacks=[search.after], gc_after_trial=True)
+    study.optimize(search, n_trials=None, timeout=time_budget_s, catch=(mo.ModeloptError,),
+                   callbacks=[search.after, _Budget(budget_trials)], gc_after_trial=True)
     rows = trial_rows(study)
     best = best_row(rows, "objective")
-    if best is not None and best["trial"] not in search.artifacts:
-        search.load_saved_best(best["trial"])  # another worker's (or an earlier run's)
-    if objective == "latency" and best is not None and best["trial"] in search.artifacts:
-        best = search.confirm(study, rows) or best
-    report = search.write(study, rows)
+    saved = search.load_saved_best(rows)  # an earlier run's or another worker's best/
+    winner = None
+    if objective == "latency" and best is not None:
+        winner = search.confirm(study, rows, saved)
+    with search.lock():  # the newest rows: other workers may have finished trials meanwhile
+        rows = trial_rows(study)
+        if best is not None:
+            best = next(r for r in rows if r["trial"] == (winner or best)["trial"])
+        report = search.write(study, rows)  # (the confirmed figures go on the rows here)
     keys = ("objective", "size_mb") if objective != "size" else ("objective",)
     art = search.artifacts.get(best["trial"]) if best is not None else None
     session_log = f"{len(rows)} trials in the study, {time.perf_counter() - t0:.0f} s here"

@@ -219,6 +219,7 @@ def starting_recipes(space: dict[str, Any], pm: Any,
         if p != "none":  # the component's own defaults first, then with float fallback
             out.append({"prune": "none", "precision": p, **_defaults(p, space, pm)})
             if FALLBACK_FIELD in mo.config_fields(pm.get("optimizer", p).cls.Config):
+                out[-1][f"{p}.float_fallback"] = False
                 out.append({**out[-1], f"{p}.float_fallback": True})
     if "prune.structured" in space["prune"]:
         rec = "distill.logits" if "distill.logits" in space["recovery"] else "none"

@@ -117,6 +117,18 @@ def test_dry_run_finds_problems_before_anything_runs(tmp_path, extra, match):
         mo.recipe.plan_recipe(path)
 
 
+def test_dry_run_names_a_component_this_machine_cannot_run(tmp_path):
+    pm = mo.get_plugin_manager()
+    ok, why = pm.get("backend", "tensorrt").cls.availability()
+    if ok:
+        pytest.skip("TensorRT runs on this machine")
+    path = _write(tmp_path, {**BASE, "steps": [{"export": "onnx"}],
+                             "compare": {"backends": ["torch", "tensorrt"]}})
+    with pytest.raises(mo.ConfigError, match="backend 'tensorrt' is not available here: ") as e:
+        mo.recipe.plan_recipe(path)
+    assert why in str(e.value)
+
+
 def test_recipe_folder_is_importable_for_the_model(tmp_path, capsys):
     (tmp_path / "my_models.py").write_text(
         "import torch\n\ndef tiny():\n    return torch.nn.Sequential(torch.nn.Flatten(), "

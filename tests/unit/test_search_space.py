@@ -123,6 +123,10 @@ def test_starting_ladder_starts_with_the_plain_export_then_adds_steps():
     assert [(p["precision"], p["recovery"], p["prune.structured.ratio"]) for p in pruned] == [
         ("none", "distill.logits", 0.3), ("onnx.quantize_static", "distill.logits", 0.3)]
     assert pruned[1]["graph"] == "onnx.optimize" and "graph" not in pruned[0]
+    # precision alone: defaults without, then with float fallback (where the component has it)
+    ov_ladder = starting_recipes(default_space("openvino"), pm)
+    assert [p.get("openvino.quantize.float_fallback") for p in ov_ladder
+            if p["prune"] == "none"] == [None, False, True]
     # a space without "none" precision has no plain rung
     ov = starting_recipes(merge_space("openvino", {"precision": ["openvino.quantize"]}), pm)
     assert all(p["precision"] == "openvino.quantize" for p in ov)
