@@ -22,6 +22,8 @@ pipelines, measured side by side in one run.
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -195,6 +197,23 @@ def resnet_part(args: argparse.Namespace, out_dir: Path) -> tuple[list, list, di
     return rows, notes + _confirmation(res, "resnet18"), bars
 
 
+PART_MARK = "PART-JSON "
+
+
+def _run_part(name: str, out_dir: Path) -> tuple[list, list, dict]:
+    """One part in a fresh process (this script, ``--part``) with this run's arguments: the
+    two parts share no runtime state (thread pools, loaded libraries, allocator)."""
+    argv = [a for a in sys.argv[1:] if a != "--skip-resnet"]
+    if "--out" not in argv:
+        argv += ["--out", str(out_dir)]
+    proc = subprocess.run([sys.executable, __file__, *argv, "--part", name],
+                          stdout=subprocess.PIPE, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(PART_MARK)), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"bench_search: part {name!r} failed (exit {proc.returncode})")
+    return tuple(json.loads(line[len(PART_MARK):]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -207,6 +226,9 @@ def main() -> None:
                     help="wall-clock bound of the ResNet search")
     ap.add_argument("--resnet-trials", type=int, default=200)
     ap.add_argument("--skip-resnet", action="store_true")
+    ap.add_argument("--part", choices=["digits", "resnet"],
+                    help="run one part here and print its rows as JSON (the full run starts "
+                         "each part in a process of its own this way)")
     ap.add_argument("--out", help="keep the studies here (default: a temp folder)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -217,10 +239,17 @@ def main() -> None:
     args.evals = 16
     tmp = tempfile.TemporaryDirectory()
     out_dir = Path(args.out or tmp.name)
-    model, data = train_demo_model(epochs=3 if args.quick else 8, progress=False)
-    rows, notes, bars = digits_part(args, args.targets, model, data, out_dir)
-    if not args.skip_resnet:
-        r, n, b = resnet_part(args, out_dir)
+    if args.part:  # one part, in this process
+        if args.part == "digits":
+            model, data = train_demo_model(epochs=3 if args.quick else 8, progress=False)
+            part = digits_part(args, args.targets, model, data, out_dir)
+        else:
+            part = resnet_part(args, out_dir)
+        print(PART_MARK + json.dumps(part, default=float))
+        return
+    rows, notes, bars = [], [], {}
+    for name in ["digits"] + ([] if args.skip_resnet else ["resnet"]):
+        r, n, b = _run_part(name, out_dir)
         rows, notes, bars = rows + r, notes + n, bars | b
     notes = [f"{args.threads} threads for every runtime; latencies: digits batch 1, "
              f"{20 * args.rounds} calls per candidate in interleaved blocks of 20, median of "

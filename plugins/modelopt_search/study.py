@@ -147,7 +147,10 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
 
 
 def _feasible(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """Complete, feasible rows with ``key`` and accuracy; a repeat of an earlier trial's
+    recipe (``duplicate_of``) is that trial's copy, not a candidate of its own."""
     return [r for r in rows if r.get("state") == "complete" and r.get("feasible")
+            and "duplicate_of" not in r
             and isinstance(r.get(key), (int, float)) and isinstance(r.get("accuracy"),
                                                                        (int, float))]
 

@@ -167,6 +167,7 @@ def test_a_recipe_drawn_again_reuses_its_measurement(digits, tmp_path):
         assert t.user_attrs["row"]["duplicate_of"] == 0
         assert t.values == first.values and t.user_attrs["recipe"] == first.user_attrs["recipe"]
     assert res.best_row["trial"] == 0  # the measured one, not its copies
+    assert [p["trial"] for p in res.pareto] == [0]  # copies are no candidates of their own
 
 
 def test_a_step_that_changes_nothing_is_rejected(digits, tmp_path):
