@@ -140,9 +140,10 @@ def plan_recipe(path: str | Path, plugins: Any = None) -> list[str]:
     """Check a recipe without running anything heavy: the model and data callables import,
     every step's component exists and takes its config, the formats chain (exports have a
     path, optimizers accept the format they get), steps find the data they need, every
-    backend and profiler exists and each backend runs some artifact of the pipeline, and
-    every component is available here (its optional dependencies and hardware).
-    Returns the plan as lines; raises :class:`ConfigError` naming the first problem."""
+    backend and profiler exists and each backend runs some artifact of the pipeline.
+    Returns the plan as lines, ending with one ``not available here: ...`` line per component
+    this machine lacks (its optional dependencies or hardware: the recipe is valid, but a run
+    here stops at it); raises :class:`ConfigError` naming the first problem."""
     from .plugins import get_plugin_manager
 
     p = Path(path)
@@ -156,6 +157,7 @@ def plan_recipe(path: str | Path, plugins: Any = None) -> list[str]:
     if "train" in r:
         lines.append(f"train {r['train']}")
     fmt, formats = "torch", ["torch"]
+    missing: list[str] = []
     for i, st in enumerate(r.get("steps", [])):
         st = dict(st)
         verb = "apply" if "apply" in st else "export"
@@ -166,12 +168,12 @@ def plan_recipe(path: str | Path, plugins: Any = None) -> list[str]:
                 chain = pm.export_path(fmt, name)
                 for j, info in enumerate(chain):
                     info.cls(**(st if j == len(chain) - 1 else {}))
-                    _check_available("exporter", info.cls)
+                    missing += _unavailable("exporter", info.cls)
                 fmt = name
             else:
                 cls = pm.get("optimizer", name).cls
                 cls(**st)
-                _check_available("optimizer", cls)
+                missing += _unavailable("optimizer", cls)
                 if fmt not in cls.accepts:
                     raise ConfigError(f"{name!r} takes {list(cls.accepts)} artifacts but gets "
                                       f"{fmt!r} here; add an export step before it.")
@@ -186,10 +188,10 @@ def plan_recipe(path: str | Path, plugins: Any = None) -> list[str]:
     for b in cmp.get("backends", ["torch"]):
         try:
             cls = pm.get("backend", b).cls
-            _check_available("backend", cls)
         except ModeloptError as e:
             raise ConfigError(f"recipe [compare] backends: {e}") from e
         accepts = cls.accepts
+        missing += _unavailable("backend", cls)
         if not set(accepts) & set(formats):
             raise ConfigError(f"recipe [compare]: backend {b!r} runs {list(accepts)} artifacts, "
                               f"but the pipeline makes only {sorted(set(formats))}; drop it or "
@@ -203,13 +205,12 @@ def plan_recipe(path: str | Path, plugins: Any = None) -> list[str]:
                  f"{cmp.get('profilers', list(DEFAULT_PROFILERS))}")
     if r.get("output", {}).get("dir"):
         lines.append(f"write to {r['output']['dir']}")
-    return lines
+    return lines + list(dict.fromkeys(missing))
 
 
-def _check_available(kind: str, cls: Any) -> None:
+def _unavailable(kind: str, cls: Any) -> list[str]:
     ok, why = cls.availability()
-    if not ok:
-        raise ConfigError(f"{kind} {cls.name!r} is not available here: {why}")
+    return [] if ok else [f"not available here: {kind} {cls.name!r} ({why})"]
 
 
 def run_recipe(path: str | Path, progress: bool = True, out_dir: str | Path | None = None,
