@@ -15,6 +15,7 @@ trial's timing is taken alone, on a noisy machine) and the fastest of them becom
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -257,8 +258,9 @@ class _Search:
     def confirm(self, study: Any, rows: list[dict[str, Any]],
                 saved: int | None = None) -> dict[str, Any] | None:
         """Re-time the fastest feasible candidates found here side by side (rotating
-        interleaved blocks, :func:`.ab.interleaved_times`), each at every thread count up to
-        ``threads`` (1, 2, 4 ... threads: a small model often runs fastest on one), and make
+        interleaved blocks, :func:`.ab.interleaved_times`), each at every thread count of
+        :func:`_thread_counts` (``threads`` halving down to 1, or the runtime's default and
+        half the cores down to 1: a small model often runs fastest on one), and make
         the fastest pair the best (``saved``: the trial in ``best/``, which competes too);
         returns its row (``best.json`` and ``best_recipe`` get its
         thread count), or ``None`` when fewer than two runs are to compare."""
@@ -310,7 +312,10 @@ class _Search:
             self.save_best(study, best, recipe)
         return best
 
-    def write(self, study: Any, rows: list[dict[str, Any]]) -> mo.Report:
+    def write(self, study: Any, rows: list[dict[str, Any]],
+              notes: list[str] | None = None) -> mo.Report:
+        """trials.json (every trial, repeats included) and report.md/.json/.html (the recipes
+        run: a repeat's row is its first draw's measurement again) with ``notes``."""
         keys = ("objective", "size_mb") if self.objective != "size" else ("objective",)
         front = {r["trial"] for r in pareto_rows(rows, keys)}
         for r in rows:
@@ -323,11 +328,17 @@ class _Search:
         write_json(self.out / "trials.json", {
             "study": study.study_name, "target": self.target, "objective": self.objective,
             "max_accuracy_drop": self.max_drop, "baseline": self.baseline, "trials": rows})
-        report = mo.Report([self.baseline] + rows,
+        listed = [r for r in rows if "duplicate_of" not in r]
+        notes = list(notes or [])
+        if len(listed) < len(rows):
+            notes.append(f"{len(rows) - len(listed)} later draws of recipes already measured "
+                         f"are not listed (trials.json has them, with duplicate_of)")
+        report = mo.Report([self.baseline] + listed,
                            title=f"modelopt optimize: {'/'.join(self.target)}, "
                                  f"{self.objective}, "
                                  f"accuracy drop <= {self.max_drop:g}",
-                           environment=self.environment)
+                           environment=self.environment,
+                           notes={"search": notes} if notes else None)
         cols = [c for c in REPORT_COLUMNS if c in report.all_columns]
         report.to_markdown(self.out / "report.md", columns=cols)
         report.to_json(self.out / "report.json")
@@ -357,11 +368,20 @@ class _Budget:
             study.stop()
 
 
-def _thread_counts(threads: int | None) -> list[int | None]:
-    """The thread counts the confirmation tries: ``threads``, then halving down to 1."""
+def _thread_counts(threads: int | None, cores: int | None = None) -> list[int | None]:
+    """The thread counts the confirmation tries: ``threads``, then halving down to 1; with no
+    ``threads``, the runtime's own default (``None``), then half of ``cores`` (default: the
+    cores this process may run on) halving down to 1."""
+    out: list[int | None]
     if threads is None:
-        return [None]
-    out, n = [], int(threads)
+        if cores is None:
+            try:
+                cores = len(os.sched_getaffinity(0))
+            except (AttributeError, OSError):
+                cores = os.cpu_count() or 1
+        out, n = [None], int(cores) // 2
+    else:
+        out, n = [], int(threads)
     while n >= 1:
         out.append(n)
         n //= 2
@@ -489,19 +509,19 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
         rows = trial_rows(study)
         if best is not None:
             best = next(r for r in rows if r["trial"] == (winner or best)["trial"])
-        report = search.write(study, rows)  # (the confirmed figures go on the rows here)
+        notes = [f"{len(rows)} trials in the study, {time.perf_counter() - t0:.0f} s here"]
+        if search.confirmed and best is not None:
+            notes.append(
+                "re-timed side by side at the end (p50 ms at each trial's fastest thread "
+                "count): " + ", ".join(f"trial {n} {ms:.4g}"
+                                       + (f" ({k} thread{'s' if k != 1 else ''})" if k else "")
+                                       for n, (ms, k) in sorted(search.confirmed.items(),
+                                                                key=lambda kv: kv[1][0]))
+                + f"; best: trial {best['trial']}")
+        # (the confirmed figures go on the rows here)
+        report = search.write(study, rows, notes)
     keys = ("objective", "size_mb") if objective != "size" else ("objective",)
     art = search.artifacts.get(best["trial"]) if best is not None else None
-    session_log = f"{len(rows)} trials in the study, {time.perf_counter() - t0:.0f} s here"
-    report.notes.setdefault("search", []).append(session_log)
-    if search.confirmed:
-        report.notes["search"].append(
-            "re-timed side by side at the end (p50 ms at each trial's fastest thread count): "
-            + ", ".join(f"trial {n} {ms:.4g}"
-                        + (f" ({k} thread{'s' if k != 1 else ''})" if k else "")
-                        for n, (ms, k) in sorted(search.confirmed.items(),
-                                                 key=lambda kv: kv[1][0]))
-            + f"; best: trial {best['trial']}")
     recipe = search.best_recipe or (_recipe_of(study, best["trial"]) if best else None)
     return SearchResult(best=art, best_recipe=recipe,
                         best_row=best, pareto=pareto_rows(rows, keys), report=report,

@@ -16,6 +16,7 @@ __all__ = [
     "BatcherClosedError",
     "DynamicBatcher",
     "QueueFullError",
+    "ReplicaCrashedError",
     "ReplicaPool",
     "RequestTimeoutError",
     "ResultCache",
@@ -32,7 +33,7 @@ __all__ = [
 _WHERE = {"DynamicBatcher": "batcher", "ReplicaPool": "replicas", "load_runner": "replicas",
           "ResultCache": "cache", "artifact_fingerprint": "fingerprint",
           "ServeError": "errors", "QueueFullError": "errors", "RequestTimeoutError": "errors",
-          "BatcherClosedError": "errors",
+          "BatcherClosedError": "errors", "ReplicaCrashedError": "errors",
           # the HTTP side (FastAPI app, server, load-test client)
           "create_app": "app", "ray_app": "ray_deploy", "serve": "server",
           "serve_in_thread": "server", "load_test": "client"}

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from modelopt_core.errors import InputSpecError, ModeloptError
 
 from . import codec
-from .errors import BatcherClosedError, QueueFullError, RequestTimeoutError
+from .errors import BatcherClosedError, QueueFullError, ReplicaCrashedError, RequestTimeoutError
 from .metrics import ServeMetrics
 
 __all__ = ["ServeState", "create_app", "error_status"]
@@ -39,7 +39,7 @@ def error_status(exc: BaseException) -> int:
         return exc.status
     if isinstance(exc, InputSpecError):
         return 422
-    if isinstance(exc, (QueueFullError, BatcherClosedError)):
+    if isinstance(exc, (QueueFullError, BatcherClosedError, ReplicaCrashedError)):
         return 503
     if isinstance(exc, RequestTimeoutError):
         return 504
@@ -69,7 +69,8 @@ class ServeState:
 
     @property
     def ready(self) -> bool:
-        return self.batcher is not None and not self.shutting_down
+        return (self.batcher is not None and not self.shutting_down
+                and self.pool.down is None)
 
     def stats(self) -> dict[str, Any] | None:
         return self.batcher.stats() if self.batcher is not None else None
@@ -84,7 +85,7 @@ class ServeState:
         try:
             self.pool = ReplicaPool(self.artifact, backend=self.backend, workers=o["workers"],
                                     options=o["backend_options"], mode=o["mode"],
-                                    cores=o["cores"])
+                                    cores=o["cores"], max_restarts=o["max_restarts"])
             if o["cache_size"] > 0:
                 self.cache = ResultCache(max_entries=o["cache_size"],
                                          max_bytes=int(o["cache_mb"] * 2**20),
@@ -126,7 +127,7 @@ class ServeState:
 
 
 DEFAULTS: dict[str, Any] = {
-    "workers": 1, "backend_options": None, "mode": "auto", "cores": None,
+    "workers": 1, "backend_options": None, "mode": "auto", "cores": None, "max_restarts": 5,
     "max_batch_size": 16, "max_delay_ms": 5.0, "preferred_batch_sizes": (), "max_queue": 1024,
     "timeout_s": None, "cache_size": 0, "cache_mb": 256.0, "cache_ttl_s": None,
     "max_body_mb": 16.0, "load_in_background": True,
@@ -138,7 +139,7 @@ def create_app(artifact: Any, backend: str = "onnxruntime", **options: Any) -> F
     ``backend`` through a :class:`~modelopt_serve.DynamicBatcher`.
 
     Options (defaults in ``DEFAULTS``): ``workers``, ``backend_options`` (dict for the backend's
-    config), ``mode``, ``cores`` (the replica pool); ``max_batch_size``, ``max_delay_ms``,
+    config), ``mode``, ``cores``, ``max_restarts`` (the replica pool); ``max_batch_size``, ``max_delay_ms``,
     ``preferred_batch_sizes``, ``max_queue``, ``timeout_s`` (the batcher); ``cache_size``
     (entries; 0 = no cache), ``cache_mb``, ``cache_ttl_s`` (the result cache); ``max_body_mb``
     (larger bodies get 413); ``load_in_background`` (False: startup waits for the replicas).
@@ -182,9 +183,11 @@ def _routes(app: FastAPI, state: ServeState) -> None:
     async def ready() -> Any:
         if state.ready:
             return {"status": "ready", "artifact": state.name, "backend": state.backend}
+        down = state.pool.down if state.pool is not None and state.batcher is not None else None
         status = ("shutting down" if state.shutting_down else
-                  "failed" if state.load_error else "loading")
-        return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
+                  "failed" if state.load_error or down else "loading")
+        return JSONResponse({"status": status, "detail": state.load_error or down},
+                            status_code=503)
 
     @app.get("/spec")
     async def spec() -> Any:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from modelopt_core.errors import ModeloptError
 
-__all__ = ["BatcherClosedError", "QueueFullError", "RequestTimeoutError", "ServeError"]
+__all__ = [
+    "BatcherClosedError", "QueueFullError", "ReplicaCrashedError", "RequestTimeoutError",
+    "ServeError",
+]
 
 
 class ServeError(ModeloptError):
@@ -29,3 +32,9 @@ class RequestTimeoutError(ServeError, TimeoutError):
 
 class BatcherClosedError(ServeError):
     """The batcher is closed (or was closed with ``drain=False`` while the request waited)."""
+
+
+class ReplicaCrashedError(ServeError):
+    """A replica worker process died while it ran the request (a native crash, the OOM killer,
+    a kill). The pool starts new workers for the next requests unless they keep crashing
+    (``max_restarts`` within a minute); the request itself was not answered: retry it."""

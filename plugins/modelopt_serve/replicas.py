@@ -5,6 +5,11 @@ get one runner per thread in this process; others (or ``mode="process"``) one ru
 worker process (spawned; tensors cross as numpy arrays). The cores are split between the
 replicas through each backend's own thread option so that they do not oversubscribe the
 machine: ``max(1, cores // workers)`` threads per replica.
+
+A worker process that dies (a native crash, the OOM killer, a kill) fails only the requests it
+was running, with :class:`ReplicaCrashedError`; the pool then starts fresh workers, up to
+``max_restarts`` times in any 60 s (a model that crashes on every call is not restarted
+forever: past that, every call fails with the same typed error until the pool is rebuilt).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import os
 import queue
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -20,7 +27,7 @@ from typing import Any, Self
 import modelopt_core as mo
 from modelopt_core.io import unflatten_outputs
 
-from .errors import ServeError
+from .errors import ReplicaCrashedError, ServeError
 
 __all__ = ["GIL_FREE_BACKENDS", "ReplicaPool", "load_runner", "thread_option"]
 
@@ -49,6 +56,21 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+class _Dead:
+    """Stands in for the process executor once the restart budget is spent."""
+
+    def __init__(self, max_restarts: int, window_s: float) -> None:
+        self.max_restarts, self.window_s = max_restarts, window_s
+
+    def submit(self, *_: Any) -> Any:
+        from concurrent.futures.process import BrokenProcessPool
+
+        raise BrokenProcessPool("the replica processes were not restarted")
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
 
 
 # ---- worker processes (module-level: spawned children import them) ---------------------------
@@ -91,12 +113,17 @@ class ReplicaPool:
     option is filled in per replica unless given. ``mode``: ``"auto"`` (threads for
     :data:`GIL_FREE_BACKENDS`, processes otherwise), ``"thread"`` or ``"process"``.
     ``cores``: the cores to split (default: those this process may run on).
+    ``max_restarts``: how many times in any 60 s the process workers are started again after
+    one died (process mode only).
     """
+
+    #: the window (s) over which ``max_restarts`` counts
+    RESTART_WINDOW_S = 60.0
 
     def __init__(self, artifact: mo.ModelArtifact | str | os.PathLike[str],
                  backend: str = "onnxruntime", workers: int = 1,
                  options: Mapping[str, Any] | None = None, mode: str = "auto",
-                 cores: int | None = None) -> None:
+                 cores: int | None = None, max_restarts: int = 5) -> None:
         if isinstance(artifact, (str, os.PathLike)):
             artifact = mo.load_artifact(artifact)
         if int(workers) < 1:
@@ -111,6 +138,10 @@ class ReplicaPool:
             if mode == "auto" else mode
         self.cores = int(cores) if cores else _cores()
         self.threads_per_replica = max(1, self.cores // self.workers)
+        self.max_restarts = int(max_restarts)
+        self.restarts = 0
+        self._restart_times: list[float] = []
+        self._restart_lock = threading.RLock()
         self.notes: list[str] = []
         self.options = dict(options or {})
         field = thread_option(backend)
@@ -156,6 +187,8 @@ class ReplicaPool:
         pool.artifact, pool.backend, pool.workers = runners[0].artifact, "", len(runners)
         pool.mode, pool.cores, pool.threads_per_replica = "thread", _cores(), 0
         pool.notes, pool.options, pool.thread_field = [], {}, None
+        pool.max_restarts, pool.restarts, pool._restart_times = 0, 0, []
+        pool._restart_lock = threading.RLock()
         pool._owned, pool._closed, pool._tmp, pool._executor = False, False, None, None
         pool._runners, pool._free = runners, queue.LifoQueue()
         for r in runners:
@@ -167,7 +200,9 @@ class ReplicaPool:
         from concurrent.futures import ProcessPoolExecutor
 
         path = self.artifact.path
-        if not (path and Path(path).is_dir()):
+        if self._tmp:
+            path = str(Path(self._tmp) / "artifact")
+        elif not (path and Path(path).is_dir()):
             self._tmp = tempfile.mkdtemp(prefix="modelopt-serve-")
             path = str(self.artifact.save(Path(self._tmp) / "artifact"))
         self._executor = ProcessPoolExecutor(
@@ -215,15 +250,55 @@ class ReplicaPool:
         if self._closed:
             raise ServeError(f"ReplicaPool for {self.artifact.name!r} is closed; build a new one.")
         if self._executor is not None:
-            import torch
-
-            arrays = [x.detach().cpu().numpy() for x in flat_inputs]
-            return [torch.from_numpy(a) for a in self._executor.submit(_proc_run, arrays).result()]
+            return self._run_in_process(flat_inputs)
         runner = self._free.get()
         try:
             return list(runner._run(flat_inputs))
         finally:
             self._free.put(runner)
+
+    def _run_in_process(self, flat_inputs: Sequence[Any]) -> list[Any]:
+        from concurrent.futures.process import BrokenProcessPool
+
+        import torch
+
+        arrays = [x.detach().cpu().numpy() for x in flat_inputs]
+        executor = self._executor
+        try:
+            out = executor.submit(_proc_run, arrays).result()
+        except BrokenProcessPool as e:
+            raise self._replace_broken(executor, e) from e
+        return [torch.from_numpy(a) for a in out]
+
+    def _replace_broken(self, executor: Any, cause: BaseException) -> ReplicaCrashedError:
+        """Start new workers in place of ``executor`` (once, whoever of the callers it failed
+        comes first) unless the restart budget is spent; the error for the failed caller."""
+        name = self.artifact.name
+        with self._restart_lock:
+            if self._closed:
+                return ReplicaCrashedError(f"ReplicaPool for {name!r}: a replica process died "
+                                           "and the pool is closed; build a new one.")
+            if self._executor is executor:  # not replaced yet by another failed caller
+                now = time.monotonic()
+                recent = [t for t in self._restart_times if now - t < self.RESTART_WINDOW_S]
+                executor.shutdown(wait=False, cancel_futures=True)
+                if len(recent) >= self.max_restarts:
+                    self._executor = _Dead(self.max_restarts, self.RESTART_WINDOW_S)
+                else:
+                    self._restart_times = [*recent, now]
+                    self.restarts += 1
+                    self._start_processes()
+            if isinstance(self._executor, _Dead):
+                return ReplicaCrashedError(
+                    f"ReplicaPool for {name!r} on {self.backend!r}: a replica process died while "
+                    f"running this request, and the workers crashed {self.max_restarts} times "
+                    f"within {self.RESTART_WINDOW_S:.0f} s, so they are not started again. Check "
+                    f"the model on this backend (run it directly), then rebuild the pool "
+                    f"(restart the server).")
+            return ReplicaCrashedError(
+                f"ReplicaPool for {name!r} on {self.backend!r}: a replica process died while "
+                f"running this request ({type(cause).__name__}); new workers were started "
+                f"(restart {self.restarts}); retry the request.")
 
     def __call__(self, *inputs: Any) -> Any:
         """Run one call like a runner would (structured outputs)."""
@@ -238,9 +313,19 @@ class ReplicaPool:
             for r in self._runners:
                 r.close()
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            with self._restart_lock:
+                self._executor.shutdown(wait=True, cancel_futures=True)
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+    @property
+    def down(self) -> str | None:
+        """Why the pool cannot run anything any more (its process workers kept crashing and
+        the restart budget is spent), or None while it can."""
+        if isinstance(self._executor, _Dead):
+            return (f"the replica processes crashed {self.max_restarts} times within "
+                    f"{self.RESTART_WINDOW_S:.0f} s and were not started again")
+        return None
 
     @property
     def closed(self) -> bool:

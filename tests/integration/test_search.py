@@ -88,6 +88,7 @@ def test_optimize_finds_a_feasible_faster_artifact_and_resumes(digits, tmp_path)
     assert len(confirmed) >= 2 and res.best_row["trial"] == min(confirmed, key=confirmed.get)
     assert res.best_row["confirmed_p50_ms"] == pytest.approx(confirmed[res.best_row["trial"]])
     assert any("re-timed side by side" in n for n in res.report.notes["search"])
+    assert "re-timed side by side" in (out / "report.md").read_text()  # on disk too
     assert res.best_row["confirmed_threads"] == 1  # threads=1: the only count tried
     assert json.loads((out / "best.json").read_text())["recipe"] == res.best_recipe
     assert res.best_recipe["backend_options"]["intra_op_num_threads"] == 1
@@ -168,6 +169,11 @@ def test_a_recipe_drawn_again_reuses_its_measurement(digits, tmp_path):
         assert t.values == first.values and t.user_attrs["recipe"] == first.user_attrs["recipe"]
     assert res.best_row["trial"] == 0  # the measured one, not its copies
     assert [p["trial"] for p in res.pareto] == [0]  # copies are no candidates of their own
+    # the report lists the recipe once and says how many repeats it left out
+    assert [r.get("trial") for r in res.report.rows] == [None, 0]
+    assert "10 later draws of recipes already measured are not listed" in \
+        (tmp_path / "report.md").read_text()
+    assert len(json.loads((tmp_path / "trials.json").read_text())["trials"]) == 11
 
 
 def test_a_step_that_changes_nothing_is_rejected(digits, tmp_path):

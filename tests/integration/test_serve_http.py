@@ -261,6 +261,44 @@ def test_ready_reports_a_failed_load_and_predict_gets_503(artifact_path):
         assert "not ready" in r.json()["detail"]
 
 
+def test_a_dead_process_replica_gets_503_then_the_server_recovers(artifact_path, direct):
+    """A process replica killed under the server: that request gets a retryable 503, the next
+    ones are answered right by the restarted workers; once the restart budget is spent /ready
+    says so (a load balancer stops sending traffic) and /predict keeps answering 503."""
+    from fastapi.testclient import TestClient
+    from modelopt_serve.app import create_app
+
+    art, runner = direct
+    inp = request_inputs(art, 7)
+    body, headers = codec.encode_inputs(inp), {"content-type": codec.TENSORS}
+    app = create_app(artifact_path, mode="process", max_restarts=1, max_batch_size=1,
+                     load_in_background=False)
+
+    def kill_worker() -> None:
+        executor = app.state.serve.pool._executor
+        os.kill(next(iter(executor._processes)), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not executor._broken:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    with TestClient(app) as c:
+        assert c.post("/predict", content=body, headers=headers).status_code == 200
+        kill_worker()
+        r = c.post("/predict", content=body, headers=headers)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"] == "ReplicaCrashedError"
+        r = c.post("/predict", content=body, headers=headers)
+        assert r.status_code == 200, r.text
+        torch.testing.assert_close(codec.decode_outputs(r.content, codec.TENSORS)["logits"],
+                                   runner(**inp)["logits"], rtol=1e-5, atol=1e-5)
+        assert c.get("/ready").status_code == 200
+        kill_worker()  # the second death in a minute: max_restarts=1 is spent
+        assert c.post("/predict", content=body, headers=headers).status_code == 503
+        r = c.get("/ready")
+        assert r.status_code == 503 and "not started again" in r.json()["detail"]
+
+
 @pytest.fixture(scope="module")
 def slow_path(tmp_path_factory) -> Path:
     """A conv stack slow enough (~10 ms a run on one thread) for a queue to fill."""

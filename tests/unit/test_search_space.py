@@ -149,7 +149,10 @@ def test_escalation_prunes_one_step_further_up_to_the_top_of_the_range():
 def test_the_confirmation_tries_thread_counts_halving_down_to_one():
     from modelopt_search.optimize import _thread_counts
 
-    assert _thread_counts(None) == [None]
+    # no thread count given: the runtime's default first, then half the cores down to 1
+    assert _thread_counts(None, cores=2) == [None, 1]
+    assert _thread_counts(None, cores=8) == [None, 4, 2, 1]
+    assert _thread_counts(None, cores=1) == [None]
     assert _thread_counts(1) == [1]
     assert _thread_counts(2) == [2, 1]
     assert _thread_counts(8) == [8, 4, 2, 1]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import tiny_mlp as _mlp
-from modelopt_serve import DynamicBatcher, ReplicaPool, ServeError
+from modelopt_serve import DynamicBatcher, ReplicaCrashedError, ReplicaPool, ServeError
 from modelopt_serve.replicas import thread_option
 
 import modelopt_core as mo
@@ -108,6 +108,47 @@ def test_process_replica_load_error_is_reported(onnx_art, tmp_path):
                     options={"providers": ("NoSuchExecutionProvider",)})
 
 
+def _kill_a_worker(pool: ReplicaPool) -> None:
+    """SIGKILL one of the pool's worker processes and wait until the executor knows."""
+    import signal
+    import time
+
+    executor = pool._executor
+    os.kill(next(iter(executor._processes)), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while not executor._broken and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert executor._broken
+
+
+def test_a_dead_process_replica_fails_its_request_then_the_pool_restarts(onnx_art, session):
+    direct = session.runner("onnxruntime", artifact=onnx_art)
+    x = torch.randn(3, 8)
+    with ReplicaPool(onnx_art, "onnxruntime", workers=2, mode="process", cores=2) as pool:
+        torch.testing.assert_close(pool.run([x])[0], direct(x))
+        _kill_a_worker(pool)
+        with pytest.raises(ReplicaCrashedError, match="died .*retry the request"):
+            pool.run([x])
+        assert pool.restarts == 1 and pool.down is None
+        for _ in range(3):  # the new workers answer, and answer right
+            torch.testing.assert_close(pool.run([x])[0], direct(x))
+
+
+def test_a_crash_loop_stops_restarting(onnx_art):
+    x = torch.randn(1, 8)
+    with ReplicaPool(onnx_art, "onnxruntime", workers=1, mode="process",
+                     max_restarts=1) as pool:
+        _kill_a_worker(pool)
+        with pytest.raises(ReplicaCrashedError, match="restart 1"):
+            pool.run([x])
+        _kill_a_worker(pool)
+        for _ in range(2):  # the budget is spent: typed errors, no new processes
+            with pytest.raises(ReplicaCrashedError, match="crashed 1 times within 60 s"):
+                pool.run([x])
+        assert pool.restarts == 1 and "not started again" in pool.down
+    assert pool.closed
+
+
 def test_pool_from_a_path_and_bad_arguments(onnx_art, tmp_path):
     onnx_art.save(tmp_path / "art")
     with ReplicaPool(tmp_path / "art", "onnxruntime") as pool:
@@ -123,3 +164,10 @@ def test_pool_from_a_path_and_bad_arguments(onnx_art, tmp_path):
         ReplicaPool(onnx_art, "onnxruntime", mode="fiber")
     with pytest.raises(mo.FormatError, match="runs"):
         ReplicaPool(onnx_art, "openvino")
+
+
+def test_a_crashed_replica_is_a_retryable_http_status():
+    pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
+    from modelopt_serve.app import error_status
+
+    assert error_status(ReplicaCrashedError("a replica process died")) == 503
