@@ -123,7 +123,7 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    _need("httpx", SERVE_HINT)
+    _need("aiohttp", SERVE_HINT)
     import json
 
     from modelopt_serve import codec
