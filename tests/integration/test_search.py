@@ -101,14 +101,18 @@ def test_optimize_finds_a_feasible_faster_artifact_and_resumes(digits, tmp_path)
         len(res2.study.trials)
 
 
+def _prune_only(params):
+    """A space of structured pruning alone (no recovery, no precision step) with these params."""
+    return {"prune": ["prune.structured"], "recovery": ["none"], "precision": ["none"],
+            "fixed": FAST["fixed"], "params": {"prune.structured": params}}
+
+
 def test_early_rejection_prunes_trials_that_miss_the_budget(digits, tmp_path):
     m, d = digits
     s = _session(m, d)
     res = s.optimize(target="onnxruntime", budget_trials=2, out_dir=tmp_path, threads=1,
                      max_accuracy_drop=0.0,
-                     space={"prune": ["prune.structured"], "recovery": ["none"],
-                            "precision": ["none"], "fixed": FAST["fixed"],
-                            "params": {"prune.structured": {"ratio": [0.6]}}})
+                     space=_prune_only({"ratio": [0.6]}))
     rows = json.loads((tmp_path / "trials.json").read_text())["trials"]
     assert [r["state"] for r in rows] == ["pruned", "pruned"]
     assert all(r["pruned_at"] == "prune.structured" for r in rows)  # before the export
@@ -121,10 +125,7 @@ def test_a_feasible_pruned_recipe_is_followed_by_a_more_aggressive_one(digits, t
     s = _session(m, d)
     res = s.optimize(target="onnxruntime", budget_trials=3, out_dir=tmp_path, threads=1,
                      max_accuracy_drop=100.0,
-                     space={"prune": ["prune.structured"], "recovery": ["none"],
-                            "precision": ["none"], "fixed": FAST["fixed"],
-                            "params": {"prune.structured": {
-                                "ratio": {"floats": [0.1, 0.5], "step": 0.1}}}})
+                     space=_prune_only({"ratio": {"floats": [0.1, 0.5], "step": 0.1}}))
     ratios = [t.params["prune.structured.ratio"] for t in res.study.trials
               if t.state.is_finished()]
     assert ratios == [0.3, 0.4, 0.5]  # the ladder's 30%, then one step up while it holds
