@@ -278,7 +278,8 @@ class ReplicaPool:
             if self._closed:
                 return ReplicaCrashedError(f"ReplicaPool for {name!r}: a replica process died "
                                            "and the pool is closed; build a new one.")
-            if self._executor is executor:  # not replaced yet by another failed caller
+            if self._executor is executor and not isinstance(executor, _Dead):
+                # not replaced yet by another failed caller; a spent pool stays down
                 now = time.monotonic()
                 recent = [t for t in self._restart_times if now - t < self.RESTART_WINDOW_S]
                 executor.shutdown(wait=False, cancel_futures=True)

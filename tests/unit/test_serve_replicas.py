@@ -146,6 +146,10 @@ def test_a_crash_loop_stops_restarting(onnx_art):
             with pytest.raises(ReplicaCrashedError, match="crashed 1 times within 60 s"):
                 pool.run([x])
         assert pool.restarts == 1 and "not started again" in pool.down
+        pool.RESTART_WINDOW_S = 0.0  # even once the window has passed, a spent pool stays down
+        with pytest.raises(ReplicaCrashedError, match="not started again"):
+            pool.run([x])
+        assert pool.restarts == 1 and pool.down
     assert pool.closed
 
 
