@@ -102,8 +102,38 @@ class ServeState:
             if self.on_load_failed is not None:
                 self.on_load_failed()
             raise
+        warm_ms = self.warm_up()
         log.info(json.dumps({"event": "ready", "artifact": self.name,
-                             "backend": self.backend, "workers": o["workers"]}))
+                             "backend": self.backend, "workers": o["workers"],
+                             "warmup_ms": warm_ms}))
+
+    def warm_up(self) -> float | None:
+        """Take a request's whole path once per replica before ``/ready``: each codec's
+        decode and encode and a run of the model on a spec-shaped input. Without it the first
+        client request pays the codecs' lazy imports (``safetensors.torch`` pulls in about a
+        second of torch modules) on the event loop, stalling every request in flight behind it,
+        plus the runtime's first-run allocations. Returns the milliseconds it took, or None
+        when it failed (logged; the server still serves: the model may refuse random inputs).
+        """
+        from .client import make_inputs
+
+        t0 = time.perf_counter()
+        specs = self.artifact.inputs
+        try:
+            named = make_inputs([s.to_data() for s in specs], seed=0)
+            bodies = {m: codec.encode_inputs(named, m) for m in codec.MEDIA_TYPES}
+            flat = [codec.decode_inputs(bodies[m], m, specs) for m in codec.MEDIA_TYPES][0]
+            # the model: every thread replica, or as many runs as there are worker processes
+            for r in self.pool.runners or [None] * self.pool.size:
+                out = list(r._run(list(flat))) if r is not None else self.pool.run(list(flat))
+            result = self.pool.unflatten(out)
+            for m in codec.MEDIA_TYPES:
+                codec.encode_outputs(result, m)
+        except Exception as e:  # noqa: BLE001 - reported, not fatal
+            log.warning(json.dumps({"event": "warmup_failed", "artifact": self.name,
+                                    "error": f"{type(e).__name__}: {e}"}))
+            return None
+        return round(1e3 * (time.perf_counter() - t0), 1)
 
     def close(self) -> None:
         """Drain the batcher, then free the replicas."""

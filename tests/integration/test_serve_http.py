@@ -356,3 +356,51 @@ def test_bench_serve_command_reports_what_the_server_counted(artifact_path, caps
     assert rc == 0 and res["requests"] == res["ok"] == 40 and res["throughput_rps"] > 0
     assert m[("modelopt_serve_requests_total", (("status", "200"),))] == 40
     assert m[("modelopt_serve_cache_hits_total", ())] > 0
+
+
+WARMUP_PROBE = """
+import json, sys
+from modelopt_serve.app import ServeState, DEFAULTS
+state = ServeState(sys.argv[1], "onnxruntime", dict(DEFAULTS))
+state.load()
+ran = state.batcher.stats()
+print(json.dumps({"safetensors": "safetensors.torch" in sys.modules, "ready": state.ready,
+                  "batches": ran.get("batches", 0)}))
+state.close()
+"""
+
+
+def test_the_server_warms_up_every_path_before_ready(artifact_path):
+    # in a fresh interpreter: once loaded, the codecs' lazy imports are done (the first client
+    # request used to pay ~1 s of them on the event loop) and the batcher counted nothing
+    out = subprocess.run([sys.executable, "-c", WARMUP_PROBE, str(artifact_path)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    assert probe == {"safetensors": True, "ready": True, "batches": 0}
+
+
+def test_a_failed_warmup_is_logged_and_the_server_still_serves(monkeypatch, caplog):
+    import modelopt_serve.client as client
+    from modelopt_serve.app import DEFAULTS, ServeState
+
+    torch.manual_seed(0)
+    s = mo.Session(torch.nn.Linear(4, 2).eval(), example_inputs=(torch.ones(1, 4),),
+                   progress=False)
+    s.export("onnx")
+
+    def refused(*_a, **_k):
+        raise mo.InputSpecError("warm-up input refused")
+
+    monkeypatch.setattr(client, "make_inputs", refused)
+    state = ServeState(s.current, "onnxruntime", dict(DEFAULTS))
+    with caplog.at_level("WARNING", logger="modelopt.serve"):
+        state.load()
+    try:
+        assert state.ready
+        assert any("warmup_failed" in r.getMessage() and "refused" in r.getMessage()
+                   for r in caplog.records)
+        x = torch.randn(1, 4)
+        with s.runner("onnxruntime") as direct_runner:
+            torch.testing.assert_close(state.batcher(x), direct_runner(x))
+    finally:
+        state.close()
