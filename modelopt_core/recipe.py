@@ -45,8 +45,8 @@ from .errors import ConfigError, ModeloptError, close_names
 
 DEFAULT_PROFILERS = ("accuracy", "latency", "size")
 
-__all__ = ["TOP_KEYS", "build_session", "check_keys", "load_recipe", "plan_recipe",
-           "run_recipe"]
+__all__ = ["TOP_KEYS", "build_session", "check_keys", "import_callable", "load_recipe",
+           "plan_recipe", "run_recipe"]
 
 #: the top-level keys of a recipe
 TOP_KEYS = {"model", "model_kwargs", "weights", "example_inputs", "data", "train", "steps",
@@ -116,10 +116,14 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _import(ref: str, field: str, folder: Path | None = None) -> Any:
-    mod, _, attr = ref.partition(":")
+def import_callable(ref: str, field: str, folder: Path | None = None,
+                    where: str = "recipe") -> Any:
+    """The callable named by ``ref`` (``"package.module:callable"``), importing its module
+    with ``folder`` and the working directory on ``sys.path``; a :class:`ConfigError` that
+    names ``where`` and ``field`` when it is malformed, missing or not callable."""
+    mod, _, attr = ref.partition(":") if isinstance(ref, str) else ("", "", "")
     if not mod or not attr:
-        raise ConfigError(f"recipe: {field} must look like 'package.module:callable', "
+        raise ConfigError(f"{where}: {field} must look like 'package.module:callable', "
                           f"got {ref!r}.")
     extra = [str(x) for x in (folder, Path.cwd()) if x is not None
              and str(x) not in sys.path]
@@ -127,12 +131,12 @@ def _import(ref: str, field: str, folder: Path | None = None) -> Any:
     try:
         obj = getattr(importlib.import_module(mod), attr)
     except (ImportError, AttributeError) as e:
-        raise ConfigError(f"recipe: cannot import {field} {ref!r}: {e}") from e
+        raise ConfigError(f"{where}: cannot import {field} {ref!r}: {e}") from e
     finally:
         for x in extra:
             sys.path.remove(x)
     if not callable(obj):
-        raise ConfigError(f"recipe: {field} {ref!r} is not callable.")
+        raise ConfigError(f"{where}: {field} {ref!r} is not callable.")
     return obj
 
 
@@ -149,10 +153,10 @@ def plan_recipe(path: str | Path, plugins: Any = None) -> list[str]:
     p = Path(path)
     r = load_recipe(p)
     pm = plugins or get_plugin_manager()
-    _import(r["model"], "model", p.parent)
+    import_callable(r["model"], "model", p.parent)
     lines = [f"model {r['model']} on inputs {r['example_inputs']}"]
     if "data" in r:
-        _import(r["data"], "data", p.parent)
+        import_callable(r["data"], "data", p.parent)
         lines.append(f"data from {r['data']}")
     if "train" in r:
         lines.append(f"train {r['train']}")
@@ -260,11 +264,11 @@ def build_session(path: str | Path, r: dict[str, Any], progress: bool = True,
     from .session import Session
 
     p = Path(path)
-    model = _import(r["model"], "model", p.parent)(**r.get("model_kwargs", {}))
+    model = import_callable(r["model"], "model", p.parent)(**r.get("model_kwargs", {}))
     if "weights" in r:
         model = load_artifact(p.parent / r["weights"], model=model).model
     inputs = tuple(torch.randn(*s) for s in r["example_inputs"])
-    data = _import(r["data"], "data", p.parent)() if "data" in r else {}
+    data = import_callable(r["data"], "data", p.parent)() if "data" in r else {}
     if not isinstance(data, dict) or set(data) - _DATA_KEYS:
         got = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ConfigError(f"recipe {p}: the data callable must return a dict with any of "

@@ -52,10 +52,12 @@ class ServeState:
     def __init__(self, artifact: Any, backend: str, options: dict[str, Any]) -> None:
         import modelopt_core as mo
 
+        self.model = architecture(options.get("model"), options.get("model_kwargs"))
         if isinstance(artifact, mo.ModelArtifact):
             self.artifact, self.name = artifact, artifact.name
         else:  # a loaded artifact's own name is its last step's; the folder says more
-            self.artifact, self.name = mo.load_artifact(Path(artifact)), Path(artifact).name
+            self.artifact = load_served(Path(artifact), self.model)
+            self.name = Path(artifact).name
         self.backend = backend
         self.options = dict(options)
         self.pool: Any = None
@@ -85,7 +87,8 @@ class ServeState:
         try:
             self.pool = ReplicaPool(self.artifact, backend=self.backend, workers=o["workers"],
                                     options=o["backend_options"], mode=o["mode"],
-                                    cores=o["cores"], max_restarts=o["max_restarts"])
+                                    cores=o["cores"], max_restarts=o["max_restarts"],
+                                    model=self.model)
             if o["cache_size"] > 0:
                 self.cache = ResultCache(max_entries=o["cache_size"],
                                          max_bytes=int(o["cache_mb"] * 2**20),
@@ -160,8 +163,46 @@ DEFAULTS: dict[str, Any] = {
     "workers": 1, "backend_options": None, "mode": "auto", "cores": None, "max_restarts": 5,
     "max_batch_size": 16, "max_delay_ms": 5.0, "preferred_batch_sizes": (), "max_queue": 1024,
     "timeout_s": None, "cache_size": 0, "cache_mb": 256.0, "cache_ttl_s": None,
-    "max_body_mb": 16.0, "load_in_background": True,
+    "max_body_mb": 16.0, "load_in_background": True, "model": None, "model_kwargs": None,
 }
+
+
+def architecture(model: Any, kwargs: Any = None) -> Any:
+    """The architecture a torch-format artifact's weights load into: ``model`` itself (an
+    ``nn.Module``), or built by calling what ``"package.module:callable"`` names with
+    ``kwargs``; None for none."""
+    if model is None or not isinstance(model, str):
+        if kwargs:
+            raise ModeloptError("serve: model_kwargs go with model='package.module:callable'; "
+                                "pass a built model without them.")
+        return model
+    from modelopt_core.recipe import import_callable
+
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ModeloptError(f"serve: model_kwargs must be a mapping of keyword arguments, got "
+                            f"{type(kwargs).__name__}.")
+    return import_callable(model, "model", where="serve")(**(kwargs or {}))
+
+
+def load_served(path: Path, model: Any = None) -> Any:
+    """``load_artifact(path, model=model)``, telling how to serve a torch-format artifact (its
+    architecture is code, not in the folder) when ``model`` is missing."""
+    import modelopt_core as mo
+
+    try:
+        return mo.load_artifact(path, model=model)
+    except mo.ArtifactError as e:
+        if model is None and "weights only" in str(e):
+            import re
+
+            named = re.search(r"model=([\w.]+)\.(\w+)\(", str(e))  # the class it recorded
+            ref = f"{named[1]}:{named[2]}" if named else "package.module:Class"
+            raise mo.ArtifactError(
+                f"serve: {e} To serve it, name the architecture: `modelopt serve {path} "
+                f"--model {ref} [--model-kwargs JSON]`, or create_app(..., "
+                f"model=...) / ReplicaPool(..., model=...) from Python; or serve an exported "
+                f"artifact (ONNX, OpenVINO) instead.") from None
+        raise
 
 
 def create_app(artifact: Any, backend: str = "onnxruntime", **options: Any) -> FastAPI:
@@ -172,7 +213,9 @@ def create_app(artifact: Any, backend: str = "onnxruntime", **options: Any) -> F
     config), ``mode``, ``cores``, ``max_restarts`` (the replica pool); ``max_batch_size``, ``max_delay_ms``,
     ``preferred_batch_sizes``, ``max_queue``, ``timeout_s`` (the batcher); ``cache_size``
     (entries; 0 = no cache), ``cache_mb``, ``cache_ttl_s`` (the result cache); ``max_body_mb``
-    (larger bodies get 413); ``load_in_background`` (False: startup waits for the replicas).
+    (larger bodies get 413); ``load_in_background`` (False: startup waits for the replicas);
+    ``model`` (the architecture of a torch-format artifact: an ``nn.Module`` or
+    ``"package.module:callable"``) and ``model_kwargs`` (arguments of that callable).
     """
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:

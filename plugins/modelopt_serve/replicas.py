@@ -78,12 +78,13 @@ class _Dead:
 _WORKER: dict[str, Any] = {}
 
 
-def _proc_init(path: str, backend: str, options: dict[str, Any], threads: int) -> None:
+def _proc_init(path: str, backend: str, options: dict[str, Any], threads: int,
+               model: Any = None) -> None:
     try:
         import torch
 
         torch.set_num_threads(threads)
-        _WORKER["runner"] = load_runner(mo.load_artifact(path), backend, options)
+        _WORKER["runner"] = load_runner(mo.load_artifact(path, model=model), backend, options)
     except Exception as e:  # noqa: BLE001 - reported by the first call (a failing initializer
         # would break the pool without saying why)
         _WORKER["error"] = ServeError(f"replica process {os.getpid()}: cannot load {path} on "
@@ -114,7 +115,9 @@ class ReplicaPool:
     :data:`GIL_FREE_BACKENDS`, processes otherwise), ``"thread"`` or ``"process"``.
     ``cores``: the cores to split (default: those this process may run on).
     ``max_restarts``: how many times in any 60 s the process workers are started again after
-    one died (process mode only).
+    one died (process mode only). ``model``: the architecture of a torch-format artifact (as
+    ``load_artifact``'s ``model=``), for a path and for worker processes, which load the
+    artifact themselves (it must pickle: a class importable by its module's name).
     """
 
     #: the window (s) over which ``max_restarts`` counts
@@ -123,9 +126,9 @@ class ReplicaPool:
     def __init__(self, artifact: mo.ModelArtifact | str | os.PathLike[str],
                  backend: str = "onnxruntime", workers: int = 1,
                  options: Mapping[str, Any] | None = None, mode: str = "auto",
-                 cores: int | None = None, max_restarts: int = 5) -> None:
+                 cores: int | None = None, max_restarts: int = 5, model: Any = None) -> None:
         if isinstance(artifact, (str, os.PathLike)):
-            artifact = mo.load_artifact(artifact)
+            artifact = mo.load_artifact(artifact, model=model)
         if int(workers) < 1:
             raise ServeError(f"ReplicaPool: workers must be >= 1, got {workers}.")
         if mode not in ("auto", "thread", "process"):
@@ -139,6 +142,12 @@ class ReplicaPool:
         self.cores = int(cores) if cores else _cores()
         self.threads_per_replica = max(1, self.cores // self.workers)
         self.max_restarts = int(max_restarts)
+        self.model = model
+        if self.mode == "process" and artifact.format == "torch" and model is None:
+            raise ServeError(f"ReplicaPool: process replicas load the artifact themselves, and "
+                             f"{artifact.name!r} is a torch-format artifact (weights only): pass "
+                             f"model= (its architecture, as for load_artifact), or use "
+                             f"mode='thread'.")
         self.restarts = 0
         self._restart_times: list[float] = []
         self._restart_lock = threading.RLock()
@@ -187,7 +196,7 @@ class ReplicaPool:
         pool.artifact, pool.backend, pool.workers = runners[0].artifact, "", len(runners)
         pool.mode, pool.cores, pool.threads_per_replica = "thread", _cores(), 0
         pool.notes, pool.options, pool.thread_field = [], {}, None
-        pool.max_restarts, pool.restarts, pool._restart_times = 0, 0, []
+        pool.max_restarts, pool.restarts, pool._restart_times, pool.model = 0, 0, [], None
         pool._restart_lock = threading.RLock()
         pool._owned, pool._closed, pool._tmp, pool._executor = False, False, None, None
         pool._runners, pool._free = runners, queue.LifoQueue()
@@ -208,7 +217,7 @@ class ReplicaPool:
         self._executor = ProcessPoolExecutor(
             self.workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=_proc_init,
-            initargs=(path, self.backend, self.options, self.threads_per_replica))
+            initargs=(path, self.backend, self.options, self.threads_per_replica, self.model))
         try:
             self._executor.submit(_proc_ping).result()  # surfaces load errors now
         except BaseException:
