@@ -103,7 +103,8 @@ def pad_rows(inputs: Sequence[Any], target: int) -> list[Any]:
     return [torch.cat([x, x[-1:].expand(target - n, *x.shape[1:])]) for x in inputs]
 
 
-def split_rows(outputs: Sequence[Any], counts: Sequence[int], padded: int) -> list[list[Any]] | None:
+def split_rows(outputs: Sequence[Any], counts: Sequence[int], padded: int
+               ) -> list[list[Any]] | None:
     """Per-request flat outputs (row slices) of a batch's outputs, or None when an output has
     no batch dim of ``padded`` rows (the model mixes rows: run the requests one by one)."""
     if len(counts) == 1 and sum(counts) == padded:

@@ -7,8 +7,8 @@ cache) and keeps ``concurrency`` requests in flight with aiohttp over asyncio un
 ``requests`` were sent or ``duration_s`` passed. aiohttp, not httpx: on loopback the client
 shares the server's cores, and httpx's async client spent about 2.5 ms of CPU per request
 here against aiohttp's 0.23 ms (a small model's server needs 0.7 ms), so with httpx the
-load generator, not the server, set the measured throughput. Loopback only unless ``allow_remote``: it is a
-load generator, not a tool to point at other people's servers.
+load generator, not the server, set the measured throughput. Loopback only unless
+``allow_remote``: it is a load generator, not a tool to point at other people's servers.
 """
 
 from __future__ import annotations

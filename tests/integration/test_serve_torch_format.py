@@ -8,11 +8,11 @@ import pytest
 import torch
 
 pytest.importorskip("fastapi")
-from modelopt_demo.models import SmallCNN
 from modelopt_serve import ReplicaPool, ServeError, codec
 from modelopt_serve.app import create_app
 
 import modelopt_core as mo
+from modelopt_demo.models import SmallCNN
 
 SPEC = "modelopt_demo.models:SmallCNN"
 
