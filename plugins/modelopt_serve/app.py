@@ -211,8 +211,8 @@ def create_app(artifact: Any, backend: str = "onnxruntime", **options: Any) -> F
 
     Options (defaults in ``DEFAULTS``): ``workers``, ``backend_options`` (dict for the backend's
     config), ``mode``, ``cores``, ``max_restarts`` (the replica pool); ``max_batch_size``,
-    ``max_delay_ms``, ``preferred_batch_sizes``, ``max_queue``, ``timeout_s`` (the batcher); ``cache_size``
-    (entries; 0 = no cache), ``cache_mb``, ``cache_ttl_s`` (the result cache); ``max_body_mb``
+    ``max_delay_ms``, ``preferred_batch_sizes``, ``max_queue``, ``timeout_s`` (the batcher);
+    ``cache_size`` (entries; 0 = no cache), ``cache_mb``, ``cache_ttl_s`` (the result cache); ``max_body_mb``
     (larger bodies get 413); ``load_in_background`` (False: startup waits for the replicas);
     ``model`` (the architecture of a torch-format artifact: an ``nn.Module`` or
     ``"package.module:callable"``) and ``model_kwargs`` (arguments of that callable).
