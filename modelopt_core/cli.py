@@ -37,6 +37,36 @@ _EXAMPLES = {
 }
 
 
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--model MODULE:CALLABLE`` and ``--model-kwargs JSON``: the architecture of a
+    torch-format artifact (weights and lineage only), for commands that load one."""
+    parser.add_argument("--model", default=None, metavar="MODULE:CALLABLE",
+                        help="the architecture of a torch-format artifact (its weights load "
+                             "into what this returns), e.g. modelopt_demo.models:SmallCNN")
+    parser.add_argument("--model-kwargs", default=None, metavar="JSON",
+                        help='keyword arguments of --model, e.g. \'{"width": 16}\'')
+
+
+def model_options(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | None]:
+    """``(--model, --model-kwargs parsed)`` of :func:`add_model_options`, checked."""
+    from .errors import ConfigError
+
+    text = getattr(args, "model_kwargs", None)
+    if text is None:
+        return args.model, None
+    if args.model is None:
+        raise ConfigError("--model-kwargs goes with --model MODULE:CALLABLE.")
+    try:
+        kwargs = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"--model-kwargs {text!r}: not JSON ({e}); give an object like "
+                          '\'{"width": 16}\'.') from None
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"--model-kwargs {text!r}: expected a JSON object of keyword "
+                          "arguments.")
+    return args.model, kwargs
+
+
 def _plugins(args: argparse.Namespace) -> int:
     from .plugins import get_plugin_manager
 

@@ -45,8 +45,8 @@ from .errors import ConfigError, ModeloptError, close_names
 
 DEFAULT_PROFILERS = ("accuracy", "latency", "size")
 
-__all__ = ["TOP_KEYS", "build_session", "check_keys", "import_callable", "load_recipe",
-           "plan_recipe", "run_recipe"]
+__all__ = ["TOP_KEYS", "build_model", "build_session", "check_keys", "import_callable",
+           "load_recipe", "plan_recipe", "run_recipe"]
 
 #: the top-level keys of a recipe
 TOP_KEYS = {"model", "model_kwargs", "weights", "example_inputs", "data", "train", "steps",
@@ -138,6 +138,24 @@ def import_callable(ref: str, field: str, folder: Path | None = None,
     if not callable(obj):
         raise ConfigError(f"{where}: {field} {ref!r} is not callable.")
     return obj
+
+
+def build_model(model: Any, kwargs: Any = None, where: str = "recipe") -> Any:
+    """An architecture to load a torch-format artifact's weights into: ``model`` itself (an
+    ``nn.Module``, or None), or what the ``"package.module:callable"`` it names returns when
+    called with ``kwargs`` (a mapping)."""
+    if not isinstance(model, str):
+        if kwargs:
+            raise ConfigError(f"{where}: model_kwargs go with model='package.module:callable'; "
+                              f"pass a built model without them.")
+        return model
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ConfigError(f"{where}: model_kwargs must be a mapping of keyword arguments, got "
+                          f"{type(kwargs).__name__}.")
+    try:
+        return import_callable(model, "model", where=where)(**(kwargs or {}))
+    except TypeError as e:
+        raise ConfigError(f"{where}: model {model!r} with {kwargs or {}}: {e}") from e
 
 
 def plan_recipe(path: str | Path, plugins: Any = None) -> list[str]:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import modelopt_core as mo
+from modelopt_core.cli import add_model_options, model_options
+from modelopt_core.recipe import build_model
 
 __all__ = ["bootstrap_ratio_ci", "compare_artifacts", "interleaved_times", "run_compare",
            "setup_compare"]
@@ -57,8 +59,9 @@ def _load(path: str | Path, which: str, pm: Any, model: Any = None) -> mo.ModelA
     except mo.ArtifactError as e:
         msg = str(e) if str(p) in str(e) else f"{p}: {e}"
         if model is None and "weights only" in msg:
-            msg += (" From the command line compare self-contained artifacts (ONNX, OpenVINO, "
-                    "TFLite...); from Python pass model_a=/model_b= to compare_artifacts.")
+            msg += (" From the command line name the architecture with --model "
+                    "package.module:Class [--model-kwargs JSON]; from Python pass "
+                    "model_a=/model_b= to compare_artifacts.")
         raise type(e)(f"compare: artifact {which}: {msg}") from None
 
 
@@ -218,12 +221,15 @@ def setup_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=20, help="untimed calls per artifact")
     parser.add_argument("--seed", type=int, default=0, help="seed of inputs and bootstrap")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_model_options(parser)  # for torch-format A and/or B
 
 
 def run_compare(args: argparse.Namespace) -> int:
     """Run ``modelopt compare``; prints a table and a verdict line (or JSON)."""
+    model = build_model(*model_options(args), where="compare")
     res = compare_artifacts(args.a, args.b, backend_a=args.backend, backend_b=args.backend_b,
-                            runs=args.runs, warmup=args.warmup, seed=args.seed)
+                            runs=args.runs, warmup=args.warmup, seed=args.seed,
+                            model_a=model, model_b=model)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0

@@ -25,7 +25,12 @@ from fastapi.responses import JSONResponse, Response
 from modelopt_core.errors import InputSpecError, ModeloptError
 
 from . import codec
-from .errors import BatcherClosedError, QueueFullError, ReplicaCrashedError, RequestTimeoutError
+from .errors import (
+    BatcherClosedError,
+    QueueFullError,
+    ReplicaCrashedError,
+    RequestTimeoutError,
+)
 from .metrics import ServeMetrics
 
 __all__ = ["ServeState", "create_app", "error_status"]
@@ -51,8 +56,9 @@ class ServeState:
 
     def __init__(self, artifact: Any, backend: str, options: dict[str, Any]) -> None:
         import modelopt_core as mo
+        from modelopt_core.recipe import build_model
 
-        self.model = architecture(options.get("model"), options.get("model_kwargs"))
+        self.model = build_model(options.get("model"), options.get("model_kwargs"), "serve")
         if isinstance(artifact, mo.ModelArtifact):
             self.artifact, self.name = artifact, artifact.name
         else:  # a loaded artifact's own name is its last step's; the folder says more
@@ -167,23 +173,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def architecture(model: Any, kwargs: Any = None) -> Any:
-    """The architecture a torch-format artifact's weights load into: ``model`` itself (an
-    ``nn.Module``), or built by calling what ``"package.module:callable"`` names with
-    ``kwargs``; None for none."""
-    if model is None or not isinstance(model, str):
-        if kwargs:
-            raise ModeloptError("serve: model_kwargs go with model='package.module:callable'; "
-                                "pass a built model without them.")
-        return model
-    from modelopt_core.recipe import import_callable
-
-    if kwargs is not None and not isinstance(kwargs, dict):
-        raise ModeloptError(f"serve: model_kwargs must be a mapping of keyword arguments, got "
-                            f"{type(kwargs).__name__}.")
-    return import_callable(model, "model", where="serve")(**(kwargs or {}))
-
-
 def load_served(path: Path, model: Any = None) -> Any:
     """``load_artifact(path, model=model)``, telling how to serve a torch-format artifact (its
     architecture is code, not in the folder) when ``model`` is missing."""
@@ -212,9 +201,9 @@ def create_app(artifact: Any, backend: str = "onnxruntime", **options: Any) -> F
     Options (defaults in ``DEFAULTS``): ``workers``, ``backend_options`` (dict for the backend's
     config), ``mode``, ``cores``, ``max_restarts`` (the replica pool); ``max_batch_size``,
     ``max_delay_ms``, ``preferred_batch_sizes``, ``max_queue``, ``timeout_s`` (the batcher);
-    ``cache_size`` (entries; 0 = no cache), ``cache_mb``, ``cache_ttl_s`` (the result cache); ``max_body_mb``
-    (larger bodies get 413); ``load_in_background`` (False: startup waits for the replicas);
-    ``model`` (the architecture of a torch-format artifact: an ``nn.Module`` or
+    ``cache_size`` (entries; 0 = no cache), ``cache_mb``, ``cache_ttl_s`` (the result cache);
+    ``max_body_mb`` (larger bodies get 413); ``load_in_background`` (False: startup waits for
+    the replicas); ``model`` (the architecture of a torch-format artifact: an ``nn.Module`` or
     ``"package.module:callable"``) and ``model_kwargs`` (arguments of that callable).
     """
     unknown = sorted(set(options) - set(DEFAULTS))

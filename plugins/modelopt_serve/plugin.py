@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import modelopt_core as mo
+from modelopt_core.cli import add_model_options, model_options
 
 SERVE_HINT = 'pip install -e ".[serve]"'
 
@@ -62,11 +63,7 @@ def _setup_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-body-mb", type=float, default=16.0,
                    help="larger request bodies get 413 (default 16)")
-    p.add_argument("--model", default=None, metavar="MODULE:CALLABLE",
-                   help="the architecture of a torch-format artifact (its weights load into "
-                        "what this returns), e.g. modelopt_demo.models:SmallCNN")
-    p.add_argument("--model-kwargs", default=None, metavar="JSON",
-                   help='keyword arguments of --model, e.g. \'{"num_classes": 10}\'')
+    add_model_options(p)
     p.add_argument("--ray", action="store_true",
                    help="serve on Ray Serve (RAY_ADDRESS, else a local Ray) with --workers "
                         "replicas; needs the [serve-ray] extra")
@@ -89,20 +86,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError:
         raise mo.ConfigError(f"--preferred-batch-sizes {args.preferred_batch_sizes!r}: expected "
                              "comma-separated integers like 1,4,8,16.") from None
-    model_kwargs = None
-    if args.model_kwargs is not None:
-        if args.model is None:
-            raise mo.ConfigError("--model-kwargs goes with --model MODULE:CALLABLE.")
-        try:
-            model_kwargs = json.loads(args.model_kwargs)
-        except ValueError as e:
-            raise mo.ConfigError(f"--model-kwargs {args.model_kwargs!r}: not JSON ({e}); give "
-                                 'an object like \'{"num_classes": 10}\'.') from None
-        if not isinstance(model_kwargs, dict):
-            raise mo.ConfigError(f"--model-kwargs {args.model_kwargs!r}: expected a JSON "
-                                 "object of keyword arguments.")
+    model, model_kwargs = model_options(args)
     return {"backend_options": backend_options or None,
-            "model": args.model, "model_kwargs": model_kwargs,
+            "model": model, "model_kwargs": model_kwargs,
             "max_batch_size": args.max_batch_size, "max_delay_ms": args.max_delay_ms,
             "preferred_batch_sizes": preferred, "max_queue": args.max_queue,
             "timeout_s": args.timeout_s, "cache_size": args.cache_size,

@@ -12,10 +12,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from modelopt_search.ab import (
+    bootstrap_ratio_ci,
+    compare_artifacts,
+    run_compare,
+    setup_compare,
+)
 
 import modelopt_core as mo
-from modelopt_search.ab import (bootstrap_ratio_ci, compare_artifacts, run_compare,
-                                setup_compare)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +83,26 @@ def test_torch_artifacts_need_their_skeleton(artifacts):
     assert res["a"]["backend"] == "torch" and res["b"]["backend"] == "onnxruntime"
 
 
+def test_cli_compares_torch_artifacts_with_the_architecture_named(tmp_path, capsys):
+    from modelopt_demo.models import SmallCNN
+
+    torch.manual_seed(0)
+    s = mo.Session(SmallCNN(width=16).eval(), (torch.randn(1, 1, 8, 8),), progress=False)
+    a = s.original.save(tmp_path / "orig")
+    s.apply("prune.structured", ratio=0.5, round_to=4)  # B's lineage reshapes the skeleton
+    b = s.current.save(tmp_path / "pruned")
+    argv = [str(a), str(b), "--runs", "20", "--warmup", "2", "--json",
+            "--model", "modelopt_demo.models:SmallCNN"]
+    assert run_compare(_args(*argv, "--model-kwargs", '{"width": 16}')) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["a"]["backend"] == res["b"]["backend"] == "torch"
+    assert res["size"]["ratio_b_over_a"] < 0.5  # the pruned weights, loaded into their shape
+    with pytest.raises(mo.ArtifactError, match="--model package.module:Class"):
+        run_compare(_args(str(a), str(b)))
+    with pytest.raises(mo.ConfigError, match="unexpected keyword argument 'widht'"):
+        run_compare(_args(*argv, "--model-kwargs", '{"widht": 16}'))
+
+
 def test_bad_inputs_name_the_file(artifacts, tmp_path):
     missing = tmp_path / "no-such-artifact"
     with pytest.raises(mo.ArtifactError, match="artifact B.*no-such-artifact"):
@@ -108,8 +132,6 @@ def test_cli_table_and_verdict(artifacts, capsys):
 def test_modelopt_compare_command(artifacts, capsys):
     from modelopt_core.cli import main
 
-    if "compare" not in [c.name for c in mo.get_plugin_manager().commands()]:
-        pytest.skip("the modelopt_search plugin does not register `modelopt compare` yet")
     assert main(["compare", str(artifacts["narrow"]), str(artifacts["wide"]), "--runs", "20",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["latency"]["verdict"] == "B slower"
