@@ -124,5 +124,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"best: trial {res.best_row['trial']}: {res.best_row['recipe']}")
         else:
             print("no trial met the accuracy budget yet; see the report")
-        print(f"wrote {out}/ (study.db, trials.json, report.md/json, best/)")
+        names = ("study.db", "trials.json", "report.md", "report.json", "report.html",
+                 "report.html.error", "best")
+        wrote = [n + ("/" if n == "best" else "") for n in names
+                 if (res.out_dir / n).exists()]
+        print(f"wrote {res.out_dir}/: {', '.join(wrote)}")
     return 0

@@ -242,6 +242,12 @@ def test_cli_optimize(digits, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["best"]["feasible"] and out["best_recipe"]["backend"] == "torch"
     assert mo.load_artifact(tmp_path / "o" / "best", model=SmallCNN(width=8)).format == "torch"
+    # the readable form: the report table, the best recipe, and the files that were written
+    assert main(["optimize", str(recipe), "--out", str(tmp_path / "o"), "--trials", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "| trial 0 |" in text and "\nbest: trial " in text
+    assert text.rstrip().endswith(f"wrote {tmp_path / 'o'}/: study.db, trials.json, report.md, "
+                                  "report.json, report.html, best/")
     assert main(["optimize", str(tmp_path / "missing.toml")]) == 1
     assert "no such file" in capsys.readouterr().err
 
