@@ -5,12 +5,14 @@ ResNet-18-shaped model (``modelopt_demo.models.ResNet18``, BatchNorm fitted to i
 as in ``bench_core.calibrated_resnet``), ONNX Runtime INT8 from the Session
 (``onnx`` -> ``onnx.optimize`` -> ``onnx.quantize_static``), saved and served by three
 ``modelopt serve`` processes started side by side: no batching (``--max-batch-size 1``),
-dynamic batching (``--max-batch-size 16``) and dynamic batching with the result cache. The
+dynamic batching (``--max-batch-size 16``), the same with 2 replicas of half the threads
+(``--workers 2``) and dynamic batching with the result cache. The
 load client (``modelopt_serve.client``, the engine of ``modelopt bench-serve``) keeps 32
 single-image requests in flight (safetensors bodies) and the servers are measured round-robin
 (``--repeats`` rounds; ratios are taken inside a round, the median and range reported):
 
 - batching vs none: throughput ratio (bar >= 3x) and p99 ratio (bar <= 2x);
+- two replicas of half the threads each (batching as above) vs none: parallel inference;
 - cache vs none, both batched, 50% of requests repeating one of 8 earlier inputs: throughput
   ratio (bar: > 1, it "rises accordingly") and the cache-hit counter read from ``/metrics``
   (bar: the repeats are hits, >= 40% of requests);
@@ -52,6 +54,7 @@ BACKEND = "onnxruntime"
 THREADS = {"onnxruntime": "intra_op_num_threads", "openvino": "inference_num_threads"}
 NONE, BATCH, CACHE = "no batching (max batch 1)", "dynamic batching (max batch 16)", \
     "batching + cache"
+REPL = "dynamic batching, 2 replicas"
 
 
 def build_artifact(args: argparse.Namespace, folder: Path) -> tuple[Path, torch.Tensor, str]:
@@ -133,20 +136,22 @@ def metric(url: str, name: str) -> float:
 def http_part(args: argparse.Namespace, path: Path) -> tuple[list[dict[str, Any]], dict]:
     from modelopt_serve.client import load_test
 
-    flags = {NONE: ("--max-batch-size", "1"),
-             BATCH: ("--max-batch-size", "16", "--max-delay-ms", str(args.delay_ms)),
-             CACHE: ("--max-batch-size", "16", "--max-delay-ms", str(args.delay_ms),
-                     "--cache-size", "1024")}
-    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in (NONE, BATCH, CACHE, "batch50")}
+    batching = ("--max-batch-size", "16", "--max-delay-ms", str(args.delay_ms))
+    flags = {NONE: ("--max-batch-size", "1"), BATCH: batching,
+             CACHE: (*batching, "--cache-size", "1024"),
+             REPL: (*batching, "--workers", "2")}
+    threads = {k: args.threads for k in flags} | {REPL: max(1, args.threads // 2)}
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in (*flags, "batch50")}
     hits: list[float] = []
     with contextlib.ExitStack() as stack:
-        urls = {k: stack.enter_context(server(path, args.threads, *f)) for k, f in flags.items()}
+        urls = {k: stack.enter_context(server(path, threads[k], *f)) for k, f in flags.items()}
         kw = {"concurrency": args.concurrency, "requests": args.requests, "duration_s": 300.0}
         for url in urls.values():  # warm-up: sessions, connections, allocator
             load_test(url, concurrency=args.concurrency, requests=2 * args.concurrency)
         for r in range(args.repeats):
             runs[NONE].append(load_test(urls[NONE], seed=10 * r, **kw))
             runs[BATCH].append(load_test(urls[BATCH], seed=10 * r, **kw))
+            runs[REPL].append(load_test(urls[REPL], seed=10 * r, **kw))
             runs["batch50"].append(load_test(urls[BATCH], seed=10 * r + 5, repeat_fraction=0.5,
                                              **kw))
             before = metric(urls[CACHE], "modelopt_serve_cache_hits_total")
@@ -155,12 +160,16 @@ def http_part(args: argparse.Namespace, path: Path) -> tuple[list[dict[str, Any]
             hits.append(metric(urls[CACHE], "modelopt_serve_cache_hits_total") - before)
     thr = sorted(b["throughput_rps"] / n["throughput_rps"] for b, n in zip(runs[BATCH], runs[NONE]))
     p99 = sorted(b["p99_ms"] / n["p99_ms"] for b, n in zip(runs[BATCH], runs[NONE]))
+    repl = sorted(p["throughput_rps"] / n["throughput_rps"] for p, n in zip(runs[REPL],
+                                                                            runs[NONE]))
     cache = sorted(c["throughput_rps"] / b["throughput_rps"]
                    for c, b in zip(runs[CACHE], runs["batch50"]))
     hit_share = sorted(h / args.requests for h in hits)
     rows = []
-    for k, label in [(NONE, NONE), (BATCH, BATCH), ("batch50", BATCH + ", 50% repeats"),
-                     (CACHE, CACHE + ", 50% repeats")]:
+    half = max(1, args.threads // 2)
+    for k, label in [(NONE, NONE), (BATCH, BATCH),
+                     (REPL, f"{REPL} x {half} thread{'s' if half > 1 else ''}"),
+                     ("batch50", BATCH + ", 50% repeats"), (CACHE, CACHE + ", 50% repeats")]:
         rs = runs[k]
         med = lambda key, rs=rs: sorted(x[key] for x in rs)[len(rs) // 2]
         rows.append({"config": label, "throughput_rps": med("throughput_rps"),
@@ -168,7 +177,10 @@ def http_part(args: argparse.Namespace, path: Path) -> tuple[list[dict[str, Any]
                      "errors": sum(x["errors"] for x in rs)})
     rows[1].update(throughput_vs_none=thr[len(thr) // 2], range=span(thr),
                    p99_vs_none=p99[len(p99) // 2])
-    rows[3].update(throughput_vs_none=cache[len(cache) // 2], range=span(cache),
+    rows[2].update(throughput_vs_none=repl[len(repl) // 2], range=span(repl),
+                   p99_vs_none=sorted(p["p99_ms"] / n["p99_ms"] for p, n in zip(
+                       runs[REPL], runs[NONE]))[len(repl) // 2])
+    rows[4].update(throughput_vs_none=cache[len(cache) // 2], range=span(cache),
                    cache_hit_share=hit_share[len(hit_share) // 2])
     bars = {"batching throughput >= 3x no batching": thr[len(thr) // 2] >= 3,
             "batching p99 <= 2x no batching p99": p99[len(p99) // 2] <= 2,
@@ -232,17 +244,21 @@ def main() -> None:
     notes = [f"{desc}; built in {build_s:.1f} s",
              (f"{args.concurrency} concurrent clients of single-image safetensors requests over "
              f"loopback HTTP, {args.requests} requests per run, {args.repeats} rounds "
-             f"round-robin; each server: 1 replica, {args.threads} intra-op threads, max delay "
-             f"{args.delay_ms} ms; the client runs in this process, the servers in their own"),
+             f"round-robin; each server: 1 replica of {args.threads} intra-op threads (the "
+             f"2-replica one: {max(1, args.threads // 2)} each), max delay {args.delay_ms} ms; "
+             f"the client runs in this process, the servers in their own"),
+             ("the cache row's ratio is against dynamic batching with the same 50% repeats "
+              "(the row above it), the others' against no batching"),
              ("ratios: median over rounds, range in the range column; cache_hit_share: hits "
              "counted by the server's /metrics over the run's requests"),
              ("batch16_gain_per_image: the model alone in process, per-image time at batch 1 / "
               "(time at batch 16 / 16): the ceiling of what batching can add on this machine "
               "(HTTP, decoding and the client share the same 2 cores on top)")]
     notes += [f"bar: {k} -> {'MET' if ok else 'NOT MET'}" for k, ok in bars.items()]
-    write_results("serve" if BACKEND == "onnxruntime" else f"serve-{BACKEND}", {"benchmark": "serve", "backend": BACKEND, "quick": args.quick, "threads": args.threads,
-                            "concurrency": args.concurrency, "requests": args.requests,
-                            "bars": bars}, rows,
+    write_results("serve" if BACKEND == "onnxruntime" else f"serve-{BACKEND}",
+                  {"benchmark": "serve", "backend": BACKEND, "quick": args.quick,
+                   "threads": args.threads, "concurrency": args.concurrency,
+                   "requests": args.requests, "bars": bars}, rows,
                   ["config", "throughput_rps", "p50_ms", "p95_ms", "p99_ms", "errors",
                    "throughput_vs_none", "p99_vs_none", "range", "cache_hit_share",
                    "overhead_ms", "batch16_gain_per_image"],

@@ -79,16 +79,19 @@ def machine() -> dict[str, Any]:
 
 def write_results(name: str, payload: dict[str, Any], table: list[dict[str, Any]],
                   columns: list[str], title: str, notes: list[str] = ()) -> None:
-    """Write ``results/<name>.json`` and ``results/<name>.md``."""
-    RESULTS.mkdir(exist_ok=True)
+    """Write ``results/<name>.json`` and ``results/<name>.md``; a ``--quick`` smoke run
+    (``payload["quick"]``) writes under ``results/quick/`` (not kept in git), so it never
+    replaces the figures of a full run."""
+    folder = RESULTS / "quick" if payload.get("quick") else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
     payload = dict(payload, rows=table, machine=machine())
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
+    (folder / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
     lines = [f"# {title}", "", "| " + " | ".join(columns) + " |",
              "|" + "---|" * len(columns)]
     for row in table:
         lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
     lines += [""] + [f"- {n}" for n in notes]
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (folder / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
