@@ -112,6 +112,14 @@ class ServeState:
                 self.on_load_failed()
             raise
         warm_ms = self.warm_up()
+        if o["freeze_gc"]:
+            # a server process's startup objects (torch, the runtime, FastAPI: ~200k) live as
+            # long as it does; frozen, the collector stops rescanning them, and its full
+            # collections stop stalling every request in flight (~65-90 ms each, measured)
+            import gc
+
+            gc.collect()
+            gc.freeze()
         log.info(json.dumps({"event": "ready", "artifact": self.name,
                              "backend": self.backend, "workers": o["workers"],
                              "warmup_ms": warm_ms}))
@@ -170,6 +178,7 @@ DEFAULTS: dict[str, Any] = {
     "max_batch_size": 16, "max_delay_ms": 5.0, "preferred_batch_sizes": (), "max_queue": 1024,
     "timeout_s": None, "cache_size": 0, "cache_mb": 256.0, "cache_ttl_s": None,
     "max_body_mb": 16.0, "load_in_background": True, "model": None, "model_kwargs": None,
+    "freeze_gc": False,
 }
 
 
@@ -204,7 +213,10 @@ def create_app(artifact: Any, backend: str = "onnxruntime", **options: Any) -> F
     ``cache_size`` (entries; 0 = no cache), ``cache_mb``, ``cache_ttl_s`` (the result cache);
     ``max_body_mb`` (larger bodies get 413); ``load_in_background`` (False: startup waits for
     the replicas); ``model`` (the architecture of a torch-format artifact: an ``nn.Module`` or
-    ``"package.module:callable"``) and ``model_kwargs`` (arguments of that callable).
+    ``"package.module:callable"``) and ``model_kwargs`` (arguments of that callable);
+    ``freeze_gc`` (``gc.freeze()`` once loaded: for a process that only serves, as
+    ``modelopt serve`` and Ray replicas do; it keeps the objects alive at that point out of
+    every later collection).
     """
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:

@@ -37,7 +37,7 @@ def ray_app(artifact_path: str | Path, *, num_replicas: int = 2,
         import modelopt_core as mo
 
         mo.load_artifact(path)  # raises the artifact error naming the folder
-    options = {**options, "load_in_background": False}
+    options = {"freeze_gc": True, **options, "load_in_background": False}
     actor = {"num_cpus": num_cpus, **(ray_actor_options or {})}
 
     @serve.deployment(name="modelopt", num_replicas=num_replicas, ray_actor_options=actor)

@@ -29,7 +29,7 @@ def serve(artifact: str | Path | Any, *, backend: str = "onnxruntime", host: str
     from .app import create_app
 
     _log_setup(log_level)
-    app = create_app(artifact, backend=backend, **options)
+    app = create_app(artifact, backend=backend, **{"freeze_gc": True, **options})
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             lifespan="on", timeout_graceful_shutdown=graceful_s,
                             log_config=None)

@@ -359,24 +359,44 @@ def test_bench_serve_command_reports_what_the_server_counted(artifact_path, caps
 
 
 WARMUP_PROBE = """
-import json, sys
+import gc, json, sys
 from modelopt_serve.app import ServeState, DEFAULTS
-state = ServeState(sys.argv[1], "onnxruntime", dict(DEFAULTS))
+state = ServeState(sys.argv[1], "onnxruntime", {**DEFAULTS, "freeze_gc": sys.argv[2] == "1"})
 state.load()
 ran = state.batcher.stats()
 print(json.dumps({"safetensors": "safetensors.torch" in sys.modules, "ready": state.ready,
-                  "batches": ran.get("batches", 0)}))
+                  "batches": ran.get("batches", 0), "frozen": gc.get_freeze_count() > 0}))
 state.close()
 """
 
 
-def test_the_server_warms_up_every_path_before_ready(artifact_path):
+@pytest.mark.parametrize("freeze", [False, True])
+def test_the_server_warms_up_every_path_before_ready(artifact_path, freeze):
     # in a fresh interpreter: once loaded, the codecs' lazy imports are done (the first client
-    # request used to pay ~1 s of them on the event loop) and the batcher counted nothing
-    out = subprocess.run([sys.executable, "-c", WARMUP_PROBE, str(artifact_path)],
+    # request used to pay ~1 s of them on the event loop) and the batcher counted nothing;
+    # freeze_gc (on in `modelopt serve` and Ray replicas) takes the startup objects out of
+    # the collector's full scans (~65-90 ms stalls of every request in flight)
+    out = subprocess.run([sys.executable, "-c", WARMUP_PROBE, str(artifact_path),
+                          str(int(freeze))],
                          capture_output=True, text=True, timeout=120, check=True)
     probe = json.loads(out.stdout.strip().splitlines()[-1])
-    assert probe == {"safetensors": True, "ready": True, "batches": 0}
+    assert probe == {"safetensors": True, "ready": True, "batches": 0, "frozen": freeze}
+
+
+def test_modelopt_serve_freezes_the_collector(monkeypatch):
+    import modelopt_serve.app as app_mod
+    import modelopt_serve.server as server_mod
+
+    seen = {}
+
+    def fake_create_app(artifact, backend, **options):
+        seen.update(options)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(app_mod, "create_app", fake_create_app)
+    with pytest.raises(RuntimeError, match="stop here"):
+        server_mod.serve("x", backend="onnxruntime")
+    assert seen["freeze_gc"] is True
 
 
 def test_a_failed_warmup_is_logged_and_the_server_still_serves(monkeypatch, caplog):
