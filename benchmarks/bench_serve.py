@@ -136,7 +136,8 @@ def metric(url: str, name: str) -> float:
 def http_part(args: argparse.Namespace, path: Path) -> tuple[list[dict[str, Any]], dict]:
     from modelopt_serve.client import load_test
 
-    batching = ("--max-batch-size", "16", "--max-delay-ms", str(args.delay_ms))
+    batching = ("--max-batch-size", "16", "--max-delay-ms", str(args.delay_ms),
+                "--max-idle-ms", str(args.delay_ms if args.idle_ms is None else args.idle_ms))
     flags = {NONE: ("--max-batch-size", "1"), BATCH: batching,
              CACHE: (*batching, "--cache-size", "1024"),
              REPL: (*batching, "--workers", "2")}
@@ -224,9 +225,13 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1000, help="requests per measured run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--delay-ms", type=float, default=5.0, help="--max-delay-ms of batching")
+    ap.add_argument("--idle-ms", type=float, default=1.0, help="--max-idle-ms of batching "
+                    "(default 1, the server's; a negative value: no idle window)")
     ap.add_argument("--backend", choices=sorted(THREADS), default="onnxruntime",
                     help="runtime of the served INT8 model")
     args = ap.parse_args()
+    if args.idle_ms is not None and args.idle_ms < 0:
+        args.idle_ms = None
     global BACKEND
     BACKEND = args.backend
     if args.quick:
@@ -245,8 +250,10 @@ def main() -> None:
              (f"{args.concurrency} concurrent clients of single-image safetensors requests over "
              f"loopback HTTP, {args.requests} requests per run, {args.repeats} rounds "
              f"round-robin; each server: 1 replica of {args.threads} intra-op threads (the "
-             f"2-replica one: {max(1, args.threads // 2)} each), max delay {args.delay_ms} ms; "
-             f"the client runs in this process, the servers in their own"),
+             f"2-replica one: {max(1, args.threads // 2)} each), max delay {args.delay_ms} ms"
+             + (f", max idle {args.idle_ms} ms" if args.idle_ms is not None else
+                ", no idle window") + "; the client runs in this process, the servers in "
+             "their own"),
              ("the cache row's ratio is against dynamic batching with the same 50% repeats "
               "(the row above it), the others' against no batching"),
              ("ratios: median over rounds, range in the range column; cache_hit_share: hits "

@@ -101,6 +101,7 @@ class ServeState:
                                          ttl_s=o["cache_ttl_s"])
             self.batcher = DynamicBatcher(
                 self.pool, max_batch_size=o["max_batch_size"], max_delay_ms=o["max_delay_ms"],
+                max_idle_ms=o["max_idle_ms"],
                 preferred_batch_sizes=tuple(o["preferred_batch_sizes"]),
                 max_queue=o["max_queue"], timeout_s=o["timeout_s"], cache=self.cache)
         except Exception as e:
@@ -175,7 +176,8 @@ class ServeState:
 
 DEFAULTS: dict[str, Any] = {
     "workers": 1, "backend_options": None, "mode": "auto", "cores": None, "max_restarts": 5,
-    "max_batch_size": 16, "max_delay_ms": 5.0, "preferred_batch_sizes": (), "max_queue": 1024,
+    "max_batch_size": 16, "max_delay_ms": 5.0, "max_idle_ms": 1.0,
+    "preferred_batch_sizes": (), "max_queue": 1024,
     "timeout_s": None, "cache_size": 0, "cache_mb": 256.0, "cache_ttl_s": None,
     "max_body_mb": 16.0, "load_in_background": True, "model": None, "model_kwargs": None,
     "freeze_gc": False,
@@ -209,7 +211,8 @@ def create_app(artifact: Any, backend: str = "onnxruntime", **options: Any) -> F
 
     Options (defaults in ``DEFAULTS``): ``workers``, ``backend_options`` (dict for the backend's
     config), ``mode``, ``cores``, ``max_restarts`` (the replica pool); ``max_batch_size``,
-    ``max_delay_ms``, ``preferred_batch_sizes``, ``max_queue``, ``timeout_s`` (the batcher);
+    ``max_delay_ms``, ``max_idle_ms``, ``preferred_batch_sizes``, ``max_queue``, ``timeout_s``
+    (the batcher);
     ``cache_size`` (entries; 0 = no cache), ``cache_mb``, ``cache_ttl_s`` (the result cache);
     ``max_body_mb`` (larger bodies get 413); ``load_in_background`` (False: startup waits for
     the replicas); ``model`` (the architecture of a torch-format artifact: an ``nn.Module`` or

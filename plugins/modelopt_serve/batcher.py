@@ -39,7 +39,10 @@ class DynamicBatcher:
     """Groups single requests into batches for a :class:`ReplicaPool` (or one runner).
 
     ``max_batch_size``: rows per run; ``max_delay_ms``: how long the oldest queued request
-    waits for others; ``preferred_batch_sizes``: batches are padded up to the next one;
+    waits for others; ``max_idle_ms``: a batch also leaves once no request arrived for this
+    long (None: off), so at low load a request does not wait the whole ``max_delay_ms`` for
+    company that is not coming (under load the queue fills while the replicas are busy and
+    batches leave full); ``preferred_batch_sizes``: batches are padded up to the next one;
     ``max_queue``: queued requests before :class:`QueueFullError`; ``timeout_s``: a request
     not started within it fails with :class:`RequestTimeoutError`; ``cache``: a
     :class:`ResultCache` checked before queuing; ``on_batch(rows, seconds)``: called after
@@ -48,7 +51,8 @@ class DynamicBatcher:
     """
 
     def __init__(self, pool_or_runner: ReplicaPool | mo.Runner, *, max_batch_size: int = 16,
-                 max_delay_ms: float = 5.0, preferred_batch_sizes: Sequence[int] = (),
+                 max_delay_ms: float = 5.0, max_idle_ms: float | None = 1.0,
+                 preferred_batch_sizes: Sequence[int] = (),
                  max_queue: int = 1024, timeout_s: float | None = None,
                  cache: ResultCache | None = None,
                  on_batch: Callable[[int, float], None] | None = None,
@@ -58,6 +62,9 @@ class DynamicBatcher:
         if not isinstance(pool_or_runner, ReplicaPool):
             raise ServeError(f"DynamicBatcher: expected a ReplicaPool or a modelopt Runner, got "
                              f"{type(pool_or_runner).__name__}.")
+        if max_idle_ms is not None and not max_idle_ms >= 0:
+            raise ServeError(f"DynamicBatcher: max_idle_ms must be >= 0 or None, got "
+                             f"{max_idle_ms!r}.")
         if int(max_batch_size) < 1 or int(max_queue) < 1 or max_delay_ms < 0:
             raise ServeError(f"DynamicBatcher: max_batch_size ({max_batch_size}) and max_queue "
                              f"({max_queue}) must be >= 1 and max_delay_ms ({max_delay_ms}) >= 0.")
@@ -71,6 +78,7 @@ class DynamicBatcher:
         self.max_batch_size = int(max_batch_size)
         self._cap = min(self.max_batch_size, self.checker.fixed or self.max_batch_size)
         self.max_delay_ms = float(max_delay_ms)
+        self.max_idle_ms = None if max_idle_ms is None else float(max_idle_ms)
         self.preferred_batch_sizes = tuple(sorted({int(p) for p in preferred_batch_sizes}))
         self.max_queue = int(max_queue)
         self.timeout_s = timeout_s
@@ -87,7 +95,8 @@ class DynamicBatcher:
         self._owns_pool = False
         self._queue = PendingQueue(self.max_queue, self._cap, self.max_delay_ms / 1000.0,
                                    timeout_s, lambda reqs: self._fail(reqs, self._timeout_error),
-                                   self.checker.name)
+                                   self.checker.name,
+                                   None if max_idle_ms is None else max_idle_ms / 1000.0)
         self._lock = threading.Lock()  # the counters
         self._closed = False
         self._stats: dict[str, Any] = {"requests": 0, "rows": 0, "batches": 0, "padded_rows": 0,

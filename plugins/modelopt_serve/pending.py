@@ -31,12 +31,16 @@ class Request:
 class PendingQueue:
     """FIFO of :class:`Request` with at most ``max_queue`` entries. :meth:`take` forms the
     next batch: the oldest request's bucket, up to ``cap`` rows, waiting at most ``delay_s``
-    after the oldest arrived; one caller forms at a time (the others wait their turn).
-    Requests older than ``timeout_s`` are handed to ``expired`` instead of being run."""
+    after the oldest arrived, and (``idle_s``) no longer than ``idle_s`` after the newest
+    arrived: a quiet queue means no more requests are coming soon; one caller forms at a time
+    (the others wait their turn). Requests older than ``timeout_s`` are handed to ``expired``
+    instead of being run."""
 
     def __init__(self, max_queue: int, cap: int, delay_s: float, timeout_s: float | None,
-                 expired: Callable[[list[Request]], None], name: str) -> None:
+                 expired: Callable[[list[Request]], None], name: str,
+                 idle_s: float | None = None) -> None:
         self.max_queue, self.cap, self.delay_s, self.timeout_s = max_queue, cap, delay_s, timeout_s
+        self.idle_s = idle_s
         self._expired, self._name = expired, name
         self._q: collections.deque[Request] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
@@ -70,7 +74,10 @@ class PendingQueue:
                             return []  # fail the expired ones now (finally), not at the next take
                     if self._q:
                         chosen, rows = self._gather(self._q[0].bucket)
-                        wait = self._q[0].t + self.delay_s - time.monotonic()
+                        now = time.monotonic()
+                        wait = self._q[0].t + self.delay_s - now
+                        if self.idle_s is not None:
+                            wait = min(wait, self._q[-1].t + self.idle_s - now)
                         if rows >= self.cap or wait <= 0 or self.closed:
                             self._remove(chosen)
                             return chosen

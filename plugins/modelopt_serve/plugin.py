@@ -45,6 +45,10 @@ def _setup_serve(p: argparse.ArgumentParser) -> None:
                    help="most rows per model run; 1 turns batching off (default 32)")
     p.add_argument("--max-delay-ms", type=float, default=5.0,
                    help="longest wait for a batch to fill (default 5)")
+    p.add_argument("--max-idle-ms", type=float, default=1.0,
+                   help="a batch also leaves once no request arrived for this long, so a lone "
+                        "request does not wait --max-delay-ms (default 1; >= --max-delay-ms "
+                        "turns it off)")
     p.add_argument("--preferred-batch-sizes", default="",
                    help="comma-separated batch sizes to pad to, e.g. 1,4,8,16")
     p.add_argument("--max-queue", type=int, default=1024,
@@ -90,6 +94,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {"backend_options": backend_options or None,
             "model": model, "model_kwargs": model_kwargs,
             "max_batch_size": args.max_batch_size, "max_delay_ms": args.max_delay_ms,
+            "max_idle_ms": args.max_idle_ms,
             "preferred_batch_sizes": preferred, "max_queue": args.max_queue,
             "timeout_s": args.timeout_s, "cache_size": args.cache_size,
             "cache_mb": args.cache_mb, "cache_ttl_s": args.cache_ttl_s,

@@ -134,7 +134,8 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(artifact_p
                                        headers={"content-type": codec.TENSORS})
             return await asyncio.gather(*(one(i) for i in range(n)))
 
-    with serve_in_thread(artifact_path, max_batch_size=16, max_delay_ms=50) as url:
+    with serve_in_thread(artifact_path, max_batch_size=16, max_delay_ms=50,
+                         max_idle_ms=None) as url:
         answers = asyncio.run(go(url))
         metrics = metric_values(httpx.get(f"{url}/metrics").text)
     for i, r in answers:

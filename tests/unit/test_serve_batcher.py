@@ -101,7 +101,7 @@ def test_results_match_direct_runner_row_by_row(backend):
     direct = s.runner(backend, artifact=art)
     xs = _inputs(40) + _inputs(4, rows=3, seed=2)  # mostly single rows, a few of 3
     with DynamicBatcher.from_artifact(art, backend, workers=2, max_batch_size=8,
-                                      max_delay_ms=20) as b:
+                                      max_delay_ms=20, max_idle_ms=None) as b:
         got = _burst(b, xs)
         stats = b.stats()
     for x, y in zip(xs, got):
@@ -121,7 +121,7 @@ def test_structured_outputs_and_named_inputs(backend):
     g = torch.Generator().manual_seed(3)
     reqs = [(torch.randn(1, 6, generator=g), (torch.rand(1, 6, generator=g) > 0.3).float())
             for _ in range(12)]
-    with DynamicBatcher(direct, max_batch_size=4, max_delay_ms=50) as b:
+    with DynamicBatcher(direct, max_batch_size=4, max_delay_ms=50, max_idle_ms=None) as b:
         futs = [b.submit(x=x, mask=m) for x, m in reqs[:6]] + [b.submit({"x": x, "mask": m})
                                                               for x, m in reqs[6:]]
         got = [f.result(timeout=30) for f in futs]
@@ -134,7 +134,7 @@ def test_structured_outputs_and_named_inputs(backend):
 def test_preferred_batch_sizes_pad_by_repeating_rows(ort):
     rec = Recording(ort)
     xs = _inputs(3)
-    with DynamicBatcher(rec, max_batch_size=8, max_delay_ms=500,
+    with DynamicBatcher(rec, max_batch_size=8, max_delay_ms=500, max_idle_ms=None,
                         preferred_batch_sizes=(4, 8)) as b:
         futs = [b.submit(x) for x in xs]
         got = [f.result(timeout=30) for f in futs]
@@ -328,11 +328,46 @@ def test_dynamic_axes_beyond_batch_are_bucketed():
     rec = Recording(direct)
     g = torch.Generator().manual_seed(4)
     xs = [torch.randn(1, 3 + i % 3, 4, generator=g) for i in range(12)]  # seq 3, 4 and 5
-    with DynamicBatcher(rec, max_batch_size=16, max_delay_ms=500) as b:
+    with DynamicBatcher(rec, max_batch_size=16, max_delay_ms=500, max_idle_ms=None) as b:
         got = [f.result(timeout=30) for f in [b.submit(x) for x in xs]]
     assert sorted(rec.calls) == [(4, 3, 4), (4, 4, 4), (4, 5, 4)]  # one batch per length
     for x, y in zip(xs, got):
         _close(y, direct(x))
+
+
+def test_a_lone_request_leaves_after_the_idle_window_not_the_delay(ort):
+    x = _inputs(1)[0]
+    with DynamicBatcher(ort, max_batch_size=8, max_delay_ms=3000, max_idle_ms=20) as b:
+        t0 = time.monotonic()
+        _close(b.submit(x).result(timeout=30), ort(x))
+        lone = time.monotonic() - t0
+    # the idle window (20 ms) sends it, long before the 3 s delay would
+    assert lone < 1.5, lone
+    with DynamicBatcher(ort, max_batch_size=8, max_delay_ms=300, max_idle_ms=None) as b:
+        t0 = time.monotonic()
+        b.submit(x).result(timeout=30)
+        assert time.monotonic() - t0 >= 0.29  # off: it waits the whole delay for company
+
+
+def test_requests_arriving_within_the_idle_window_share_a_batch(ort):
+    rec = Recording(ort)
+    xs = _inputs(6)
+    with DynamicBatcher(rec, max_batch_size=8, max_delay_ms=3000, max_idle_ms=400) as b:
+        futs = []
+        for x in xs:  # 50 ms apart: each arrival restarts the 400 ms quiet window
+            futs.append(b.submit(x))
+            time.sleep(0.05)
+        got = [f.result(timeout=30) for f in futs]
+    assert rec.calls == [(6, 8)]
+    for x, y in zip(xs, got):
+        _close(y, ort(x))
+
+
+def test_bad_idle_window_is_refused(ort):
+    from modelopt_serve import ServeError
+
+    with pytest.raises(ServeError, match="max_idle_ms"):
+        DynamicBatcher(ort, max_idle_ms=-1)
 
 
 def test_several_replicas_run_batches_at_once(ort):
