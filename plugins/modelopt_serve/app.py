@@ -73,12 +73,18 @@ class ServeState:
         self.shutting_down = False
         #: called (from the loading thread) when the replicas fail to load; the CLI stops
         self.on_load_failed: Any = None
-        self.metrics = ServeMetrics(self.stats)
+        self.metrics = ServeMetrics(self.stats, self.health)
 
     @property
     def ready(self) -> bool:
         return (self.batcher is not None and not self.shutting_down
                 and self.pool.down is None)
+
+    def health(self) -> dict[str, Any]:
+        """What the alerting rules watch besides the batcher: readiness, queue capacity and
+        replica restarts."""
+        return {"ready": self.ready, "queue_capacity": self.options["max_queue"],
+                "replica_restarts": self.pool.restarts if self.pool is not None else 0}
 
     def stats(self) -> dict[str, Any] | None:
         return self.batcher.stats() if self.batcher is not None else None

@@ -15,6 +15,11 @@ Names (all prefixed ``modelopt_serve_``):
 | ``queue_depth`` | gauge | requests waiting in the batcher's queue |
 | ``cache_hits_total``, ``cache_misses_total`` | counter | result-cache lookups |
 | ``cache_entries``, ``cache_bytes`` | gauge | result-cache size |
+| ``ready`` | gauge | 1 while ``/ready`` answers 200, else 0 |
+| ``queue_capacity`` | gauge | the most requests the queue holds (``max_queue``) |
+| ``replica_restarts_total`` | counter | times crashed worker processes were replaced |
+
+Ready-made Prometheus alerting rules over these are in ``docs/serving-alerts.yml``.
 
 plus prometheus_client's ``process_*`` metrics (``process_resident_memory_bytes``,
 ``process_cpu_seconds_total``...) on Linux.
@@ -35,9 +40,11 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 class ServeMetrics:
     """The registry and instruments of one app. ``stats`` returns the batcher's
-    ``stats()`` (or None before it exists); it is read at every scrape."""
+    ``stats()`` (or None before it exists) and ``health`` ``{"ready", "queue_capacity",
+    "replica_restarts"}``; both are read at every scrape."""
 
-    def __init__(self, stats: Callable[[], dict[str, Any] | None]) -> None:
+    def __init__(self, stats: Callable[[], dict[str, Any] | None],
+                 health: Callable[[], dict[str, Any]] | None = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         from prometheus_client.process_collector import ProcessCollector
 
@@ -51,7 +58,7 @@ class ServeMetrics:
                                  "the server", buckets=LATENCY_BUCKETS, registry=self.registry)
         self.in_flight = Gauge(f"{PREFIX}_in_flight", "/predict requests being handled now",
                                registry=self.registry)
-        self.registry.register(_BatcherCollector(stats))
+        self.registry.register(_BatcherCollector(stats, health or dict))
 
     def observe(self, status: int, seconds: float, error: str | None = None) -> None:
         """Count one answered ``/predict`` request."""
@@ -71,8 +78,9 @@ class _BatcherCollector:
     """Batcher and cache figures read from ``stats()`` at scrape time (no bookkeeping on the
     request path)."""
 
-    def __init__(self, stats: Callable[[], dict[str, Any] | None]) -> None:
-        self.stats = stats
+    def __init__(self, stats: Callable[[], dict[str, Any] | None],
+                 health: Callable[[], dict[str, Any]]) -> None:
+        self.stats, self.health = stats, health
 
     def describe(self) -> list[Any]:
         return []  # names appear once the batcher exists
@@ -84,6 +92,17 @@ class _BatcherCollector:
             HistogramMetricFamily,
         )
 
+        health = self.health()
+        if "ready" in health:
+            yield GaugeMetricFamily(f"{PREFIX}_ready", "1 while /ready answers 200, else 0",
+                                    value=1 if health["ready"] else 0)
+        if "queue_capacity" in health:
+            yield GaugeMetricFamily(f"{PREFIX}_queue_capacity", "the most requests the "
+                                    "batcher's queue holds", value=health["queue_capacity"])
+        if "replica_restarts" in health:
+            yield CounterMetricFamily(f"{PREFIX}_replica_restarts", "times crashed replica "
+                                      "worker processes were replaced",
+                                      value=health["replica_restarts"])
         st = self.stats()
         if not st:
             return

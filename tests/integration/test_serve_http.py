@@ -260,6 +260,7 @@ def test_ready_reports_a_failed_load_and_predict_gets_503(artifact_path):
         r = c.post("/predict", json={"inputs": []})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert "not ready" in r.json()["detail"]
+        assert "modelopt_serve_ready 0.0" in c.get("/metrics").text  # what alerts watch
 
 
 def test_a_dead_process_replica_gets_503_then_the_server_recovers(artifact_path, direct):
