@@ -186,8 +186,35 @@ DEFAULTS: dict[str, Any] = {
     "preferred_batch_sizes": (), "max_queue": 1024,
     "timeout_s": None, "cache_size": 0, "cache_mb": 256.0, "cache_ttl_s": None,
     "max_body_mb": 16.0, "load_in_background": True, "model": None, "model_kwargs": None,
-    "freeze_gc": False,
+    "freeze_gc": False, "stats_interval_s": 60.0, "p99_alert_ms": 500.0,
 }
+
+
+async def _watch(state: ServeState, loading: Any) -> None:
+    """Log a ``stats`` line every ``stats_interval_s`` and an ``anomaly`` warning for each
+    condition of :func:`modelopt_serve.watch.assess` that holds (see that module)."""
+    from .watch import assess, rss_bytes
+
+    with contextlib.suppress(Exception):  # a failed load was logged already
+        await asyncio.shield(loading)
+    if state.batcher is None:
+        return
+    interval = float(state.options["stats_interval_s"])
+    baseline, before = rss_bytes(), state.stats()
+    restarts, t0 = state.pool.restarts, time.monotonic()  # (the first window also holds the
+    # requests refused while loading)
+    while not state.shutting_down:
+        await asyncio.sleep(interval)
+        now, t1 = state.stats(), time.monotonic()
+        health = {**state.health(), "restarts_before": restarts}
+        line, anomalies = assess(state.metrics.window.take(), t1 - t0, before, now, health,
+                                 rss_bytes(), baseline, state.options["p99_alert_ms"])
+        if state.shutting_down:
+            return
+        log.info(json.dumps({**line, "artifact": state.name}))
+        for a in anomalies:
+            log.warning(json.dumps({**a, "artifact": state.name}))
+        before, restarts, t0 = now, health["replica_restarts"], t1
 
 
 def load_served(path: Path, model: Any = None) -> Any:
@@ -225,7 +252,9 @@ def create_app(artifact: Any, backend: str = "onnxruntime", **options: Any) -> F
     ``"package.module:callable"``) and ``model_kwargs`` (arguments of that callable);
     ``freeze_gc`` (``gc.freeze()`` once loaded: for a process that only serves, as
     ``modelopt serve`` and Ray replicas do; it keeps the objects alive at that point out of
-    every later collection).
+    every later collection); ``stats_interval_s`` (a ``stats`` log line and ``anomaly``
+    warnings every so often, :mod:`modelopt_serve.watch`; 0 or None: off) and
+    ``p99_alert_ms`` (the p99 above which a window is an anomaly).
     """
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
@@ -238,10 +267,14 @@ def create_app(artifact: Any, backend: str = "onnxruntime", **options: Any) -> F
         loading = asyncio.create_task(asyncio.to_thread(state.load))
         if not state.options["load_in_background"]:
             await loading
+        watching = asyncio.create_task(_watch(state, loading)) \
+            if state.options["stats_interval_s"] else None
         try:
             yield
         finally:
             state.shutting_down = True
+            if watching is not None:
+                watching.cancel()
             with contextlib.suppress(Exception):  # a failed load was logged already
                 await loading
             await asyncio.to_thread(state.close)

@@ -67,6 +67,12 @@ def _setup_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-body-mb", type=float, default=16.0,
                    help="larger request bodies get 413 (default 16)")
+    p.add_argument("--stats-interval-s", type=float, default=60.0,
+                   help="log a stats line (rps, p50/p99, errors, batches, cache, memory) and "
+                        "anomaly warnings every so many seconds (default 60; 0: off)")
+    p.add_argument("--p99-alert-ms", type=float, default=500.0,
+                   help="a stats window whose p99 latency is above this is logged as an "
+                        "anomaly (default 500)")
     add_model_options(p)
     p.add_argument("--ray", action="store_true",
                    help="serve on Ray Serve (RAY_ADDRESS, else a local Ray) with --workers "
@@ -94,7 +100,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {"backend_options": backend_options or None,
             "model": model, "model_kwargs": model_kwargs,
             "max_batch_size": args.max_batch_size, "max_delay_ms": args.max_delay_ms,
-            "max_idle_ms": args.max_idle_ms,
+            "max_idle_ms": args.max_idle_ms, "stats_interval_s": args.stats_interval_s,
+            "p99_alert_ms": args.p99_alert_ms,
             "preferred_batch_sizes": preferred, "max_queue": args.max_queue,
             "timeout_s": args.timeout_s, "cache_size": args.cache_size,
             "cache_mb": args.cache_mb, "cache_ttl_s": args.cache_ttl_s,
