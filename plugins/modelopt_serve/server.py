@@ -98,23 +98,25 @@ def serve_ray(artifact: str | Path, *, backend: str = "onnxruntime", host: str =
 
     _log_setup(log_level)
     stop = threading.Event()
-    ray.init(ignore_reinit_error=True, include_dashboard=False)
-    # after ray.init: Ray's core installs a SIGTERM handler that aborts the process
-    with _handlers(lambda *_: stop.set()):
-        try:
-            rserve.start(http_options={"host": host, "port": port})
-            # a local Ray has this machine's cores: fit every replica on them
-            cpus = 1.0 if os.environ.get("RAY_ADDRESS") else \
-                min(1.0, (os.cpu_count() or 1) / num_replicas)
-            rserve.run(ray_app(artifact, num_replicas=num_replicas, backend=backend,
-                               num_cpus=cpus, **options), route_prefix="/")
-            logging.getLogger("modelopt.serve").info(
-                f'{{"event": "ray serve ready", "url": "http://{host}:{port}"}}')
-            while not stop.wait(0.5):
-                pass
-        finally:
-            rserve.shutdown()
-            ray.shutdown()
+    with _handlers(lambda *_: stop.set()):  # a SIGTERM while Ray starts: stop once it has
+        ray.init(ignore_reinit_error=True, include_dashboard=False)
+        # after ray.init: Ray's core installs a SIGTERM handler that aborts the process
+        with _handlers(lambda *_: stop.set()):
+            try:
+                if not stop.is_set():
+                    rserve.start(http_options={"host": host, "port": port})
+                    # a local Ray has this machine's cores: fit every replica on them
+                    cpus = 1.0 if os.environ.get("RAY_ADDRESS") else \
+                        min(1.0, (os.cpu_count() or 1) / num_replicas)
+                    rserve.run(ray_app(artifact, num_replicas=num_replicas, backend=backend,
+                                       num_cpus=cpus, **options), route_prefix="/")
+                    logging.getLogger("modelopt.serve").info(
+                        f'{{"event": "ray serve ready", "url": "http://{host}:{port}"}}')
+                while not stop.wait(0.5):
+                    pass
+            finally:
+                rserve.shutdown()
+                ray.shutdown()
     return 0
 
 

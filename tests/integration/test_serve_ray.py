@@ -85,3 +85,49 @@ def test_ray_serve_two_replicas_answer_like_the_runner(artifact_path, ray_url):
         assert bad.status_code == 422 and bad.json()["error"] == "InputSpecError"
         assert "modelopt_serve_requests_total" in c.get("/metrics").text
     runner.close()
+
+
+def test_modelopt_serve_ray_command_answers_then_stops_on_sigterm(artifact_path):
+    """The CLI path (`modelopt serve --ray`): its own local Ray, Serve's HTTP proxy on the
+    port given, the same answers, and SIGTERM shuts Serve and Ray down with exit status 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    art = mo.load_artifact(artifact_path)
+    runner = load_runner(art, "onnxruntime")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "modelopt_core", "serve", str(artifact_path),
+                             "--ray", "--workers", "1", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            try:
+                if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "modelopt serve --ray not ready in 180 s"
+            time.sleep(0.5)
+        x = torch.randn(2, 16, generator=torch.Generator().manual_seed(7))
+        r = httpx.post(f"{url}/predict", content=codec.encode_inputs({art.inputs[0].name: x}),
+                       headers={"content-type": codec.TENSORS}, timeout=30)
+        assert r.status_code == 200, r.text
+        torch.testing.assert_close(codec.decode_outputs(r.content, codec.TENSORS)["output"],
+                                   runner(x), rtol=1e-5, atol=1e-5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        err = proc.stderr.read()
+    assert rc == 0, err[-3000:]
+    assert '"event": "ray serve ready"' in err
