@@ -45,6 +45,13 @@ RUNTIME = {"openvino": ("openvino", "inference_num_threads"),
            "onnxruntime": ("onnxruntime", "intra_op_num_threads")}
 
 
+def _recipe_text(res: Any) -> str:
+    """The found recipe in one line (options at their defaults left out)."""
+    if not res.best_recipe:
+        return "nothing within budget"
+    return describe_recipe(res.best_recipe, mo.get_plugin_manager())
+
+
 def _finished(res: Any) -> int:
     return sum(t.state.is_finished() for t in res.study.trials)
 
@@ -142,8 +149,7 @@ def digits_part(args: argparse.Namespace, targets: list[str], model: Any, data: 
             (f"digits: found <= best hand-written/single technique "
              f"({best_other['candidate']})"): bool(found and found["p50_ms"]
                                                  <= best_other["p50_ms"])}
-    found_recipe = describe_recipe(res.best_recipe) if res.best_recipe else \
-        "nothing within budget"
+    found_recipe = _recipe_text(res)
     notes = [f"digits ({'/'.join(targets)}): {_finished(res)} trials in {search_s:.0f} s; "
              f"found: {found_recipe}"] + _confirmation(res, "digits")
     return rows, notes, bars
@@ -193,7 +199,7 @@ def resnet_part(args: argparse.Namespace, out_dir: Path) -> tuple[list, list, di
         found and found["within_budget"] and found["speedup_vs_eager"] >= 10)
     notes = [f"resnet18: {_finished(res)} trials in {search_s:.0f} s (budget "
              f"{args.time_budget_s:.0f} s); found: "
-             f"{describe_recipe(res.best_recipe) if res.best_recipe else 'nothing within budget'}"]
+             f"{_recipe_text(res)}"]
     return rows, notes + _confirmation(res, "resnet18"), bars
 
 

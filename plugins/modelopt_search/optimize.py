@@ -142,8 +142,8 @@ class _Search:
                                self.runtime_options, max_drop=self.max_drop)
         trial.set_user_attr("recipe", recipe)
         base_acc = self.baseline["accuracy"]
-        row: dict[str, Any] = {"step": f"trial {trial.number}", "recipe": describe_recipe(recipe),
-                               "backend": recipe["backend"]}
+        row: dict[str, Any] = {"step": f"trial {trial.number}", "backend": recipe["backend"],
+                               "recipe": describe_recipe(recipe, self.s.pm)}
         trial.set_user_attr("row", row)  # a trial that fails still shows its recipe
         earlier = _same_recipe(trial, recipe)
         if earlier is not None:  # the sampler drew a recipe already measured: reuse it

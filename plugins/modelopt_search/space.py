@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import attrs
+
 import modelopt_core as mo
 from modelopt_core.config import Choice
 
@@ -297,8 +299,6 @@ def _inside(sp: Any, v: Any) -> bool:
 
 def _defaults(name: str, space: dict[str, Any], pm: Any) -> dict[str, Any]:
     """Optuna params holding a component's config defaults (where its space has them)."""
-    import attrs
-
     fields = mo.config_fields(pm.get("optimizer", name).cls.Config)
     out = {}
     for field, sp in _component_space(name, space, pm).items():
@@ -325,16 +325,50 @@ def target_spaces(targets: list[str], override: dict[str, Any] | None, pm: Any,
     return out
 
 
-def describe_recipe(recipe: dict[str, Any]) -> str:
+def describe_recipe(recipe: dict[str, Any], pm: Any = None) -> str:
     """One line: ``prune.structured(ratio=0.3) > export openvino > openvino.quantize() @
-    openvino{...}``."""
+    openvino(...)``. With the plugin manager ``pm``, options equal to the component's default
+    are left out (the recipe itself, in trials.json and best.json, has them all)."""
+    def shown(kind: str, name: str, opts: dict[str, Any]) -> str:
+        defaults = _config_defaults(pm, kind, name)
+        return ", ".join(f"{k}={v}" for k, v in opts.items()
+                         if k not in defaults or not _same(defaults[k], v))
+
     parts = []
     for st in recipe["steps"]:
         if "export" in st:
             parts.append(f"export {st['export']}")
         else:
-            opts = ", ".join(f"{k}={v}" for k, v in st.items() if k != "apply")
+            opts = shown("optimizer", st["apply"], {k: v for k, v in st.items() if k != "apply"})
             parts.append(f"{st['apply']}({opts})")
-    opts = ", ".join(f"{k}={v}" for k, v in recipe["backend_options"].items())
+    opts = shown("backend", recipe["backend"], dict(recipe["backend_options"]))
     return " > ".join(parts or ["fp32"]) + f" @ {recipe['backend']}" + \
         (f"({opts})" if opts else "")
+
+
+def _config_defaults(pm: Any, kind: str, name: str) -> dict[str, Any]:
+    """The config defaults of a registered component (empty without ``pm`` or a Config)."""
+    if pm is None:
+        return {}
+    try:
+        cls = pm.get(kind, name).cls
+    except mo.ModeloptError:
+        return {}
+    cfg = getattr(cls, "Config", None)
+    if cfg is None:
+        return {}
+    out = {}
+    for field_name, a in mo.config_fields(cfg).items():
+        d = a.default
+        if isinstance(d, attrs.Factory):  # type: ignore[arg-type]
+            d = d.factory() if not d.takes_self else attrs.NOTHING
+        if d is not attrs.NOTHING:
+            out[field_name] = d
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as data (a tuple default and the list a study stored are the same)."""
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return list(a) == list(b)
+    return a == b and isinstance(a, bool) == isinstance(b, bool)

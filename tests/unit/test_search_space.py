@@ -176,3 +176,18 @@ def test_a_precision_step_that_missed_the_budget_gets_one_option_changed_at_a_ti
     multi = {**{k: v for k, v in p.items() if k != "precision"},
              "precision.openvino": "openvino.quantize", "target": "openvino"}
     assert len(repaired_params(multi, space, pm)) == 3
+
+
+def test_described_recipes_leave_out_defaults_with_the_plugin_manager():
+    pm = mo.get_plugin_manager()
+    recipe = {"steps": [{"apply": "prune.structured", "ratio": 0.3, "importance": "l1"},
+                        {"export": "onnx"}, {"apply": "onnx.optimize"}],
+              "backend": "onnxruntime",
+              "backend_options": {"intra_op_num_threads": 1, "graph_optimization_level": "all"}}
+    full = describe_recipe(recipe)
+    assert "importance=l1" in full and "graph_optimization_level=all" in full
+    short = describe_recipe(recipe, pm)
+    defaults = mo.config_fields(pm.get("optimizer", "prune.structured").cls.Config)
+    assert defaults["importance"].default == "l1" and defaults["ratio"].default != 0.3
+    assert short.startswith("prune.structured(ratio=0.3) > export onnx > onnx.optimize() @ ")
+    assert "importance" not in short and "intra_op_num_threads=1" in short
