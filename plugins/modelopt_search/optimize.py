@@ -353,19 +353,38 @@ class _Budget:
     """Stops the study after ``trials`` trials of this process that ran a recipe (a recipe
     drawn again costs nothing and does not count), or when the sampler has drawn only
     recipes already measured ``max(10, trials)`` times in a row (the space is spent);
-    ``trials=None``: only the time budget stops it."""
+    ``trials=None``: only the time budget stops it. With ``time_s``, it also stops before a
+    trial that would likely overrun: when the time left (of ``time_s`` from ``t0``, less
+    ``reserve_s`` for the end's confirmation) is under the median duration of the recipes run
+    so far (Optuna's own timeout only stops *starting* trials once the time is spent)."""
 
-    def __init__(self, trials: int | None) -> None:
+    def __init__(self, trials: int | None, time_s: float | None = None,
+                 t0: float | None = None, reserve_s: float = 0.0) -> None:
         self.trials, self.ran, self.repeats = trials, 0, 0
+        self.time_s, self.t0, self.reserve_s = time_s, t0, reserve_s
+        self.durations: list[float] = []
+        self.stopped_early: str | None = None
 
     def __call__(self, study: Any, trial: Any) -> None:
+        import statistics
+
         if "duplicate_of" in (trial.user_attrs.get("row") or {}):
             self.repeats += 1
         else:
             self.ran, self.repeats = self.ran + 1, 0
+            if trial.datetime_start and trial.datetime_complete:
+                self.durations.append(
+                    (trial.datetime_complete - trial.datetime_start).total_seconds())
         if self.trials is not None and (self.ran >= self.trials
                                         or self.repeats >= max(10, self.trials)):
             study.stop()
+        if self.time_s is not None and self.durations:
+            left = self.time_s - (time.perf_counter() - self.t0) - self.reserve_s
+            typical = statistics.median(self.durations)
+            if left < typical:
+                self.stopped_early = (f"stopped {max(left, 0):.0f} s before the time budget: "
+                                      f"a recipe takes {typical:.0f} s (median here)")
+                study.stop()
 
 
 def _thread_counts(threads: int | None, cores: int | None = None) -> list[int | None]:
@@ -497,8 +516,10 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
                 study.enqueue_trial(params, skip_if_exists=True)
     search.baseline = dict(study.user_attrs["baseline"])
     t0 = time.perf_counter()
+    budget = _Budget(budget_trials, time_budget_s, t0,
+                     reserve_s=2 * CONFIRM_S if objective == "latency" else 0.0)
     study.optimize(search, n_trials=None, timeout=time_budget_s, catch=(mo.ModeloptError,),
-                   callbacks=[search.after, _Budget(budget_trials)], gc_after_trial=True)
+                   callbacks=[search.after, budget], gc_after_trial=True)
     rows = trial_rows(study)
     best = best_row(rows, "objective")
     saved = search.load_saved_best(rows)  # an earlier run's or another worker's best/
@@ -510,6 +531,8 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
         if best is not None:
             best = next(r for r in rows if r["trial"] == (winner or best)["trial"])
         notes = [f"{len(rows)} trials in the study, {time.perf_counter() - t0:.0f} s here"]
+        if budget.stopped_early:
+            notes.append(budget.stopped_early)
         if search.confirmed and best is not None:
             notes.append(
                 "re-timed side by side at the end (p50 ms at each trial's fastest thread "
