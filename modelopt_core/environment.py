@@ -28,7 +28,18 @@ def _cpu_model() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return os.uname().machine if hasattr(os, "uname") else platform.machine()
+
+
+def _platform() -> str:
+    """Like ``platform.platform()`` ("Linux-6.1.0-x86_64-with-glibc2.36"), without the
+    ``uname -p`` child process it forks: a fork inside a process whose runtime threads are
+    busy loading libraries has crashed that child here (ld.so assertion)."""
+    if not hasattr(os, "uname"):
+        return platform.platform()
+    u = os.uname()
+    lib, version = platform.libc_ver()
+    return f"{u.sysname}-{u.release}-{u.machine}" + (f"-with-{lib}{version}" if lib else "")
 
 
 def _cpu_flags() -> list[str]:
@@ -49,7 +60,7 @@ def describe_environment() -> dict[str, Any]:
     (when torch is loaded), 1-minute load average, library versions."""
     env: dict[str, Any] = {
         "python": sys.version.split()[0],
-        "platform": platform.platform(),
+        "platform": _platform(),
         "cpu": _cpu_model(),
         "cpu_flags": _cpu_flags(),
         "cores": os.cpu_count(),
