@@ -303,10 +303,12 @@ def test_a_dead_process_replica_gets_503_then_the_server_recovers(artifact_path,
 
 @pytest.fixture(scope="module")
 def slow_path(tmp_path_factory) -> Path:
-    """A conv stack slow enough (~10 ms a run on one thread) for a queue to fill."""
+    """A conv stack slow enough for a queue to fill and requests to wait past 20 ms (~1.4
+    GFLOP a run: ~15 ms on one thread here; since the warm-up before /ready, no first-run
+    stall makes requests wait)."""
     torch.manual_seed(0)
-    m = torch.nn.Sequential(*[torch.nn.Conv2d(8, 8, 3, padding=1) for _ in range(4)]).eval()
-    s = mo.Session(m, example_inputs=(torch.randn(1, 8, 96, 96),), progress=False)
+    m = torch.nn.Sequential(*[torch.nn.Conv2d(32, 32, 3, padding=1) for _ in range(8)]).eval()
+    s = mo.Session(m, example_inputs=(torch.randn(1, 32, 96, 96),), progress=False)
     s.export("onnx")
     path = tmp_path_factory.mktemp("slow") / "convs"
     s.current.save(path)
@@ -314,7 +316,7 @@ def slow_path(tmp_path_factory) -> Path:
 
 
 def _burst(url: str, name: str, n: int) -> list[httpx.Response]:
-    body = codec.encode_inputs({name: torch.randn(1, 8, 96, 96)})
+    body = codec.encode_inputs({name: torch.randn(1, 32, 96, 96)})
 
     async def go() -> list[httpx.Response]:  # every request must be answered, soon
         async with httpx.AsyncClient(base_url=url, timeout=20) as c:
@@ -339,7 +341,7 @@ def test_full_queue_gets_503_with_retry_after_and_timeouts_get_504(slow_path):
                          backend_options=one_thread) as url:
         answers = _burst(url, name, 16)
         ok = httpx.post(f"{url}/predict", content=codec.encode_inputs(
-            {name: torch.randn(1, 8, 96, 96)}), headers={"content-type": codec.TENSORS})
+            {name: torch.randn(1, 32, 96, 96)}), headers={"content-type": codec.TENSORS})
     codes = Counter(r.status_code for r in answers)
     assert set(codes) <= {200, 504} and codes[504] >= 1, codes
     assert next(r for r in answers if r.status_code == 504).json()["error"] == \
