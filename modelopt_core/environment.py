@@ -28,7 +28,7 @@ def _cpu_model() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return os.uname().machine if hasattr(os, "uname") else platform.machine()
+    return platform.machine()  # (not platform.processor(): it forks `uname -p`)
 
 
 def _platform() -> str:

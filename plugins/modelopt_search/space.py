@@ -299,10 +299,10 @@ def _inside(sp: Any, v: Any) -> bool:
 
 def _defaults(name: str, space: dict[str, Any], pm: Any) -> dict[str, Any]:
     """Optuna params holding a component's config defaults (where its space has them)."""
-    fields = mo.config_fields(pm.get("optimizer", name).cls.Config)
+    defaults = _config_defaults(pm, "optimizer", name)
     out = {}
     for field, sp in _component_space(name, space, pm).items():
-        default = fields[field].default if field in fields else attrs.NOTHING
+        default = defaults.get(field, attrs.NOTHING)
         if field not in space["fixed"].get(name, {}) and _inside(sp, default):
             out[f"{name}.{field}"] = default
     return out

@@ -105,7 +105,7 @@ class ServeState:
                 self.cache = ResultCache(max_entries=o["cache_size"],
                                          max_bytes=int(o["cache_mb"] * 2**20),
                                          ttl_s=o["cache_ttl_s"])
-            self.batcher = DynamicBatcher(
+            batcher = DynamicBatcher(
                 self.pool, max_batch_size=o["max_batch_size"], max_delay_ms=o["max_delay_ms"],
                 max_idle_ms=o["max_idle_ms"],
                 preferred_batch_sizes=tuple(o["preferred_batch_sizes"]),
@@ -127,6 +127,7 @@ class ServeState:
 
             gc.collect()
             gc.freeze()
+        self.batcher = batcher  # ready (and /ready says so) once warmed up
         log.info(json.dumps({"event": "ready", "artifact": self.name,
                              "backend": self.backend, "workers": o["workers"],
                              "warmup_ms": warm_ms}))
@@ -201,8 +202,7 @@ async def _watch(state: ServeState, loading: Any) -> None:
         return
     interval = float(state.options["stats_interval_s"])
     baseline, before = rss_bytes(), state.stats()
-    restarts, t0 = state.pool.restarts, time.monotonic()  # (the first window also holds the
-    # requests refused while loading)
+    restarts, t0 = state.pool.restarts, time.monotonic()
     while not state.shutting_down:
         await asyncio.sleep(interval)
         now, t1 = state.stats(), time.monotonic()
@@ -267,8 +267,12 @@ def create_app(artifact: Any, backend: str = "onnxruntime", **options: Any) -> F
         loading = asyncio.create_task(asyncio.to_thread(state.load))
         if not state.options["load_in_background"]:
             await loading
-        watching = asyncio.create_task(_watch(state, loading)) \
-            if state.options["stats_interval_s"] else None
+        watching = None
+        if state.options["stats_interval_s"]:
+            from .watch import RequestWindow
+
+            state.metrics.window = RequestWindow()  # the first window: from startup on
+            watching = asyncio.create_task(_watch(state, loading))
         try:
             yield
         finally:

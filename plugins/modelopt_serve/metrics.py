@@ -59,13 +59,13 @@ class ServeMetrics:
         self.in_flight = Gauge(f"{PREFIX}_in_flight", "/predict requests being handled now",
                                registry=self.registry)
         self.registry.register(_BatcherCollector(stats, health or dict))
-        from .watch import RequestWindow
-
-        self.window = RequestWindow()  # for the logged stats (modelopt_serve.watch)
+        #: a ``modelopt_serve.watch.RequestWindow`` while the logged stats run, else None
+        self.window: Any = None
 
     def observe(self, status: int, seconds: float, error: str | None = None) -> None:
         """Count one answered ``/predict`` request."""
-        self.window.add(seconds, status)
+        if self.window is not None:
+            self.window.add(seconds, status)
         self.requests.labels(str(status)).inc()
         self.latency.observe(seconds)
         if error is not None:
