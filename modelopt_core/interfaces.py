@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import threading
 import time
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -175,26 +176,66 @@ class Runner:
     structured like the original model's outputs (a tensor, a tuple, a dict or a
     ``ModelOutput``). Inputs go positionally, by name (``runner(input_ids=...)``) or as one
     dict, whatever the model's own convention. Subclasses implement :meth:`_run`, which takes
-    the flat inputs in the artifact's input order and returns the flat output tensors."""
+    the flat inputs in the artifact's input order and returns the flat output tensors.
+
+    Every runner may be shared between threads (``ThreadPoolExecutor(4).map(runner, xs)``):
+    each call's answer is the one that input gets alone. A runner class whose :meth:`_run` is
+    safe to call from several threads at once (the runtime call is re-entrant, or it keeps a
+    pool of per-call states such as infer requests or interpreters) sets ``thread_safe =
+    True``; for every other class (the default, so a new plugin is never wrong by omission)
+    the base class runs one :meth:`_run` at a time under a lock. :meth:`close` waits for the
+    calls in flight before it releases the runtime; a call that starts after it raises
+    :class:`RunnerClosedError`.
+    """
+
+    #: True when ``_run`` may run in several threads at once (else the base class serializes)
+    thread_safe: ClassVar[bool] = False
 
     def __init__(self, artifact: ModelArtifact, device: str = "cpu") -> None:
         self.artifact = artifact
         self.device = device
         self.closed = False
+        self._calls = threading.Condition()  # guards closed / the count of calls in flight
+        self._in_flight = 0
+        self._serial = None if self.thread_safe else threading.Lock()
 
     def __call__(self, *inputs: Any, **named: Any) -> Any:
-        if self.closed:
-            raise RunnerClosedError(f"runner for {self.artifact.name!r} was closed; load a new "
-                                    "one with session.runner(...).")
         if named or (len(inputs) == 1 and isinstance(inputs[0], Mapping)):  # by name
             inputs = order_inputs(inputs, named, [s.name for s in self.artifact.inputs],
                                   f"runner for {self.artifact.name!r}")
-        self.check_inputs(inputs)
-        outs = self._run(inputs)
+        outs = self.run_flat(inputs)
         tree = self.artifact.io.get("outputs")
         if tree is None and self.artifact.metadata.get("output_kind") == "tuple":
             return tuple(outs)  # artifacts saved before the io record
         return unflatten_outputs(outs, tree)
+
+    def run_flat(self, inputs: Sequence[Any]) -> list[Any]:
+        """Run flat inputs (torch tensors in the artifact's input order; checked against its
+        input specs) and return the flat output tensors. Safe from several threads (see the
+        class docstring); what serving and profilers call instead of :meth:`_run`."""
+        self._enter()
+        try:
+            self.check_inputs(inputs)
+            if self._serial is None:
+                return list(self._run(inputs))
+            with self._serial:
+                return list(self._run(inputs))
+        finally:
+            self._leave()
+
+    def _enter(self) -> None:
+        """Count a call in flight (RunnerClosedError once closed)."""
+        with self._calls:
+            if self.closed:
+                raise RunnerClosedError(f"runner for {self.artifact.name!r} was closed; load a "
+                                        "new one with session.runner(...).")
+            self._in_flight += 1
+
+    def _leave(self) -> None:
+        with self._calls:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._calls.notify_all()
 
     def check_inputs(self, inputs: Sequence[Any]) -> None:
         """Raise :class:`InputSpecError` if inputs do not match the artifact's input specs."""
@@ -235,10 +276,14 @@ class Runner:
 
     def close(self) -> None:
         """Free resources held by the runner (idempotent); calling it afterwards raises
-        :class:`RunnerClosedError`. Subclasses free their resources in :meth:`_release`."""
-        if not self.closed:
+        :class:`RunnerClosedError`. Calls already running in other threads finish first.
+        Subclasses free their resources in :meth:`_release`."""
+        with self._calls:
+            if self.closed:
+                return
             self.closed = True
-            self._release()
+            self._calls.wait_for(lambda: not self._in_flight)
+        self._release()
 
     def _release(self) -> None:
         """Free the runtime's resources (sessions, engines, module copies)."""

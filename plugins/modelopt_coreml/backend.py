@@ -40,7 +40,9 @@ def predict(ml: Any, input_names: Sequence[str], output_names: Sequence[str],
 
 
 class CoremlRunner(mo.Runner):
-    """An MLModel behind the Runner interface (macOS)."""
+    """An MLModel behind the Runner interface (macOS). Shared between threads, it runs one
+    prediction at a time (the base class's lock: MLModel.predict through coremltools is not
+    documented as re-entrant)."""
 
     def __init__(self, artifact: mo.ModelArtifact, model: Any, input_names: list[str],
                  output_names: list[str]) -> None:

@@ -11,7 +11,10 @@ using ``"f16"`` with INT8 graphs: on this project's AVX-512 FP16 test CPU the Re
 graph of ``onnx.quantize_static`` kept only 52% top-1 agreement in f16 (99% in f32 and bf16).
 
 The runner keeps the torch-in / torch-out contract (inputs are converted to numpy, outputs
-copied back to torch, in the artifact's output order). For throughput, ``run_async`` runs a
+copied back to torch, in the artifact's output order). The runner may be shared between
+threads: each call takes an idle infer request from a pool (a new one when all are busy; an
+``InferRequest`` runs one inference at a time and reuses its output buffers), so concurrent
+calls run in parallel and each gets its own input's answer. For throughput, ``run_async`` runs a
 list of input tuples through an ``openvino.AsyncInferQueue`` (several infer requests in
 flight, one per stream) and returns the outputs in input order.
 """
@@ -19,6 +22,8 @@ flight, one per stream) and returns the outputs in input order.
 from __future__ import annotations
 
 import re
+import threading
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -91,7 +96,10 @@ def check_device(device: str) -> None:
 
 
 class OpenVinoRunner(mo.Runner):
-    """An ``openvino.CompiledModel`` behind the Runner interface (torch in, torch out)."""
+    """An ``openvino.CompiledModel`` behind the Runner interface (torch in, torch out); safe
+    to share between threads (a pool of infer requests, one per concurrent call)."""
+
+    thread_safe = True
 
     def __init__(self, artifact: mo.ModelArtifact, compiled: Any, device: str = "cpu",
                  async_jobs: int | None = None) -> None:
@@ -99,7 +107,9 @@ class OpenVinoRunner(mo.Runner):
         from .common import output_indices
 
         self.compiled = compiled
-        self.request = compiled.create_infer_request()
+        #: idle infer requests (deque pops/appends are atomic); a busy pool grows by one
+        self._requests: deque[Any] = deque([compiled.create_infer_request()])
+        self._async_lock = threading.Lock()  # one run_async at a time (one queue, one callback)
         self.output_index = output_indices(compiled.outputs,
                                            [s.name for s in artifact.outputs])
         self.async_jobs = async_jobs
@@ -113,10 +123,18 @@ class OpenVinoRunner(mo.Runner):
     def _run(self, inputs: Sequence[Any]) -> Sequence[Any]:
         import torch
 
-        self.request.infer(self._feeds(inputs))
-        # copies: the request reuses its output buffers on the next call
-        return [torch.from_numpy(self.request.get_output_tensor(i).data.copy())
-                for i in self.output_index]
+        feeds = self._feeds(inputs)
+        try:
+            request = self._requests.pop()
+        except IndexError:  # every request is busy in another thread
+            request = self.compiled.create_infer_request()
+        try:
+            request.infer(feeds)
+            # copies: the request reuses its output buffers on the next call
+            return [torch.from_numpy(request.get_output_tensor(i).data.copy())
+                    for i in self.output_index]
+        finally:
+            self._requests.append(request)
 
     def run_async(self, batches: Sequence[Any]) -> list[Any]:
         """Run every item of ``batches`` (each an input tuple, a single tensor, or a dict of
@@ -124,15 +142,19 @@ class OpenVinoRunner(mo.Runner):
         (``openvino.AsyncInferQueue``); returns the outputs in the order of ``batches``,
         each structured like ``runner(item)``'s. Throughput rises with the number of
         streams (``performance_hint="THROUGHPUT"`` or ``num_streams``)."""
+        self._enter()  # RunnerClosedError once closed; close() waits for this call
+        try:
+            with self._async_lock:
+                return self._run_async(batches)
+        finally:
+            self._leave()
+
+    def _run_async(self, batches: Sequence[Any]) -> list[Any]:
         import openvino as ov
         import torch
 
-        from modelopt_core.errors import RunnerClosedError
         from modelopt_core.io import order_inputs, unflatten_outputs
 
-        if self.closed:
-            raise RunnerClosedError(f"runner for {self.artifact.name!r} was closed; load a new "
-                                    "one with session.runner(...).")
         names = [s.name for s in self.artifact.inputs]
         prepared = []
         for item in batches:
@@ -162,7 +184,7 @@ class OpenVinoRunner(mo.Runner):
         if self._queue is not None:
             self._queue.wait_all()
         self._queue = None
-        self.request = None
+        self._requests.clear()
         self.compiled = None
 
 

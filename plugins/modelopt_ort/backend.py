@@ -35,7 +35,11 @@ class OrtConfig:
 
 
 class OrtRunner(mo.Runner):
-    """An ``onnxruntime.InferenceSession`` behind the Runner interface."""
+    """An ``onnxruntime.InferenceSession`` behind the Runner interface. Safe to share
+    between threads: ``InferenceSession.run`` may be called concurrently (ORT's documented
+    contract), so calls run in parallel."""
+
+    thread_safe = True
 
     def __init__(self, artifact: mo.ModelArtifact, session: Any, device: str) -> None:
         super().__init__(artifact, device)

@@ -382,7 +382,9 @@ class TrtExporter(mo.Exporter):
 
 
 class TrtRunner(mo.Runner):
-    """Runs a deserialized engine with torch CUDA tensors as I/O buffers."""
+    """Runs a deserialized engine with torch CUDA tensors as I/O buffers. Shared between
+    threads, it runs one call at a time (the base class's lock): an execution context holds
+    the call's shapes and buffer addresses and is not thread-safe (TensorRT's docs)."""
 
     def __init__(self, artifact: mo.ModelArtifact, engine: Any,
                  profile: dict[str, dict[str, list[int]]] | None = None) -> None:

@@ -8,12 +8,17 @@ point, so a full-integer model is called like the float one. A model with a symb
 is resized to each call's batch; a fixed-batch model (what litert-torch 0.10 produces for most
 models) runs any other batch as chunks of its own batch, the last one padded, unless
 ``split_batch=False``, where such a call raises :class:`~modelopt_core.InputSpecError`.
+
+A LiteRT ``Interpreter`` is not thread-safe (its tensors are the call's state), so a runner
+shared between threads keeps a pool of interpreters of the one flatbuffer: each call takes an
+idle one (a new one when all are busy) and gives it back.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,6 +68,7 @@ class TfliteProgram:
 
         self.where = where
         self.split_batch = split_batch
+        self._args = (model, num_threads, xnnpack)
         kwargs: dict[str, Any] = {}
         if not xnnpack:
             kwargs["experimental_op_resolver_type"] = (
@@ -154,6 +160,12 @@ class TfliteProgram:
         it.invoke()
         return [_from_model(it.get_tensor(t["index"]), t) for t in self.outputs]
 
+    def clone(self) -> TfliteProgram:
+        """Another program (its own Interpreter) of the same flatbuffer and options."""
+        model, num_threads, xnnpack = self._args
+        return TfliteProgram(model, num_threads=num_threads, xnnpack=xnnpack,
+                             split_batch=self.split_batch, where=self.where)
+
     def close(self) -> None:
         self.interpreter = None
 
@@ -193,18 +205,30 @@ def _from_model(a: Any, t: dict[str, Any]) -> Any:
 
 
 class TfliteRunner(mo.Runner):
-    """A :class:`TfliteProgram` behind the Runner interface."""
+    """A :class:`TfliteProgram` behind the Runner interface; safe to share between threads
+    (a pool of programs, one Interpreter per concurrent call)."""
+
+    thread_safe = True
 
     def __init__(self, artifact: mo.ModelArtifact, program: TfliteProgram) -> None:
         super().__init__(artifact, "cpu")
         self.program = program
+        #: idle programs (deque pops/appends are atomic); a busy pool grows by a clone
+        self._idle: deque[TfliteProgram] = deque([program])
 
     def _run(self, inputs: Sequence[Any]) -> Sequence[Any]:
         import torch
 
         arrays = [x.detach().cpu().float().numpy() if x.is_floating_point()
                   else x.detach().cpu().numpy() for x in inputs]
-        outs = self.program.run(arrays)
+        try:
+            program = self._idle.pop()
+        except IndexError:  # every interpreter is busy in another thread
+            program = self.program.clone()
+        try:
+            outs = program.run(arrays)
+        finally:
+            self._idle.append(program)
         specs = self.artifact.outputs
         res = []
         for i, o in enumerate(outs):
@@ -215,6 +239,9 @@ class TfliteRunner(mo.Runner):
         return res
 
     def _release(self) -> None:
+        for program in self._idle:
+            program.close()
+        self._idle.clear()
         self.program.close()
         self.program = None
 

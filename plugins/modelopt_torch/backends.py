@@ -9,13 +9,21 @@ The device is checked when the runner is loaded: a malformed string is a ``Confi
 device this machine lacks (``"cuda"`` on a CPU-only torch) a ``BackendUnavailableError``.
 ``num_threads``, ``cudnn_benchmark`` and ``deterministic`` are torch settings that are
 process-wide: the runner sets them only while a call runs and restores the previous values
-afterwards, so while a call runs they apply to every thread of the process.
+afterwards, so while a call runs they apply to every thread of the process (with several
+runners in several threads, the values of the first call in are kept until the last call out
+restores the process's own).
+
+A runner shared between threads runs one call at a time: a model's ``forward`` may keep
+Python state between calls (Ultralytics' Detect head caches anchors per input shape), which
+concurrent calls would corrupt. For parallel torch inference load one runner per thread (what
+``modelopt serve --workers`` does); each holds its own copy of the model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -41,16 +49,23 @@ class TorchConfig:
                     "results; some CUDA kernels are slower or refuse); restored after it")
 
 
+#: guards the process-wide settings below: how many calls are inside a _Settings, and the
+#: values the first of them found (restored when the last one leaves)
+_SETTINGS_LOCK = threading.Lock()
+_SETTINGS_ACTIVE: list[dict[str, Any]] = []
+
+
 class _Settings:
     """Reusable context manager for torch's process-wide settings: inside, the intra-op thread
     count, ``cudnn.benchmark`` and deterministic algorithms are as asked (None: untouched);
-    the previous values are restored on exit, also when the call raises."""
+    the previous values are restored on exit, also when the call raises. Safe across threads:
+    the first call in saves the process's values, the last call out restores them (calls from
+    several threads at once would otherwise save each other's values and leave them set)."""
 
     def __init__(self, num_threads: int | None = None, cudnn_benchmark: bool | None = None,
                  deterministic: bool | None = None) -> None:
         self.wanted = {"threads": num_threads, "benchmark": cudnn_benchmark,
                        "deterministic": deterministic}
-        self._saved: list[dict[str, Any]] = []
 
     @staticmethod
     def _get() -> dict[str, Any]:
@@ -74,11 +89,17 @@ class _Settings:
             torch.use_deterministic_algorithms(values["deterministic"])
 
     def __enter__(self) -> None:
-        self._saved.append(self._get())
-        self._set(self.wanted)
+        with _SETTINGS_LOCK:
+            if not _SETTINGS_ACTIVE:
+                _SETTINGS_ACTIVE.append(self._get())
+                self._set(self.wanted)
+            _SETTINGS_ACTIVE.append(self.wanted)
 
     def __exit__(self, *exc: object) -> None:
-        self._set(self._saved.pop())
+        with _SETTINGS_LOCK:
+            _SETTINGS_ACTIVE.pop()
+            if len(_SETTINGS_ACTIVE) == 1:
+                self._set(_SETTINGS_ACTIVE.pop())
 
 
 def check_device(device: str, who: str) -> str:

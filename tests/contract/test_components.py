@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -283,3 +284,49 @@ def test_contract_checks_catch_violations():
     assert fingerprint(src) != before
     with pytest.raises(AssertionError):
         check_new_artifact(src, out, "bad.inplace", inst)
+
+
+#: the thread-safety contract: threads x calls each, on distinct inputs (batches 1..8)
+THREADS, CALLS = 4, 12
+
+
+def _artifact_for(world, fmt: str) -> tuple[mo.Session, mo.ModelArtifact]:
+    """A session and its artifact in ``fmt``, exported once per test process."""
+    made = world.setdefault("made", {})
+    if fmt not in made:
+        made[fmt] = source_session(world, fmt).current
+    s = mo.Session(world["model"], (world["example"],), **world["kw"])
+    if fmt != "torch":
+        s._history.append(made[fmt])
+    return s, made[fmt]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_backend_is_thread_safe(name, world):
+    """One runner shared by THREADS threads (released together by a barrier), THREADS x CALLS
+    calls on distinct inputs of varying batch: each answer equals the sequential answer for its
+    input, and nothing raises (a runtime's 'request is busy' is a contract violation)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cls = PM.get("backend", name).cls
+    _skip_unavailable(cls)
+    fmt = next((f for f in ("torch", "onnx") if f in cls.accepts), cls.accepts[0])
+    s, art = _artifact_for(world, fmt)
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(1 + i % 8, *world["example"].shape[1:], generator=g)
+          for i in range(THREADS * CALLS)]
+    with s.runner(name, art) as r:
+        expected = [r(x) for x in xs]  # sequential: one call at a time
+        barrier = threading.Barrier(THREADS)
+
+        def worker(k: int) -> list[tuple[int, torch.Tensor]]:
+            barrier.wait()
+            return [(i, r(xs[i])) for i in range(k, len(xs), THREADS)]
+
+        with ThreadPoolExecutor(THREADS) as pool:
+            results = [p for part in pool.map(worker, range(THREADS)) for p in part]
+    assert sorted(i for i, _ in results) == list(range(len(xs)))
+    for i, got in results:
+        torch.testing.assert_close(got, expected[i], rtol=1e-5, atol=1e-5,
+                                   msg=lambda m, i=i: f"{name}: call {i} (batch "
+                                                      f"{xs[i].shape[0]}) under threads: {m}")
