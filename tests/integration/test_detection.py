@@ -50,6 +50,20 @@ def _heads_close(runner, model, x, atol):
         torch.testing.assert_close(torch.as_tensor(g), r, rtol=1e-3, atol=atol)
 
 
+def _threads_match_sequential(runner, xs):
+    """The seed's multi-threaded pattern, ThreadPoolExecutor(4).map(runner, images): every
+    head of every answer equals the sequential answer for that image."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = [runner(x) for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(runner, xs))
+    for i, (g, e) in enumerate(zip(got, expected)):
+        for h, (gh, eh) in enumerate(zip(g, e)):
+            torch.testing.assert_close(gh, eh, rtol=1e-5, atol=1e-5,
+                                       msg=lambda m, i=i, h=h: f"image {i} head {h}: {m}")
+
+
 @pytest.mark.parametrize("variant,target,backend", [
     (YoloDetector, "onnx", "onnxruntime"), (YoloDetector, "openvino", "openvino"),
     (YoloDetector, "tflite", "tflite"), (MobileDetector, "tflite", "tflite")])
@@ -65,6 +79,9 @@ def test_exports_keep_all_three_heads(variant, target, backend, data):
     s.export(target)
     with s.runner(backend) as r:
         _heads_close(r, model, data.example, atol=1e-4)
+        g = torch.Generator().manual_seed(0)
+        _threads_match_sequential(r, [torch.rand(data.example.shape, generator=g)
+                                      for _ in range(16)])
     assert state_hash(model) == before
 
 
