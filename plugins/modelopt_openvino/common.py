@@ -114,27 +114,12 @@ def compile_f32(model: Any) -> Any:
 
 def check_numerics(who: str, ref: Sequence[Any], model: Any, inputs: Sequence[Any],
                    out_names: Sequence[str], rtol: float, atol: float) -> dict[str, float]:
-    """Run ``model`` (f32, CPU) on ``inputs`` and compare with ``ref`` (numpy); ExportError
-    when off by more than rtol/atol, with the max errors in the message."""
-    import numpy as np
-
-    from modelopt_onnx.common import max_errors
-
+    """Run ``model`` (f32, CPU) on ``inputs`` and compare with ``ref`` (numpy) by the one
+    verification rule (:func:`modelopt_core.check_outputs`); ExportError naming the output
+    and the figure when off."""
     got = run_compiled(compile_f32(model), inputs, out_names)
-    abs_err, rel_err = max_errors(ref, got)
-    for i, (r, g) in enumerate(zip(ref, got)):
-        r = np.asarray(r, dtype=np.float64)
-        g = np.asarray(g, dtype=np.float64)
-        if r.shape == g.shape and np.isfinite(r).all() and not np.isfinite(g).all():
-            raise mo.ExportError(f"{who}: OpenVINO output {i} holds NaN/Inf where the reference "
-                                 "is finite; the converted model is numerically broken.")
-        if r.shape != g.shape or not np.allclose(g, r, rtol=rtol, atol=atol):
-            raise mo.ExportError(
-                f"{who}: OpenVINO output {i} differs from the reference (shapes {r.shape} vs "
-                f"{g.shape}; max abs error {abs_err:.3g}, relative {rel_err:.3g}; tolerance "
-                f"rtol={rtol}, atol={atol}). Raise rtol/atol if this is expected, or report "
-                "the model.")
-    return {"max_abs_error": abs_err, "max_rel_error": rel_err}
+    return mo.check_outputs(who, ref, got, rtol=rtol, atol=atol, names=out_names,
+                            runtime="OpenVINO model")
 
 
 def op_counts(model: Any) -> dict[str, int]:

@@ -159,41 +159,20 @@ class TfliteExporter(mo.Exporter):
         atol = cfg.atol if cfg.atol is not None else atol
         xs = _check_inputs(artifact, ctx, self.name)
         ref = _reference(artifact, xs)
-        for i, r in enumerate(ref):
-            if not np.isfinite(r).all():
-                raise mo.NumericalError(
-                    f"tflite: the torch model itself produces NaN/Inf (output {i}) on the check "
-                    "inputs, so its conversion cannot be verified; fix the model or its inputs "
-                    "(check_numerics=False skips the check).")
         prog = TfliteProgram(flat, where="tflite numerics check")
         try:
             got = prog.run([x.float().numpy() if x.is_floating_point() else x.numpy()
                             for x in xs])
         finally:
             prog.close()
-        worst_abs = worst_rel = 0.0
-        agree = []
-        for i, (r, g) in enumerate(zip(ref, got)):
-            g = np.asarray(g, dtype=np.float64)
-            r = np.asarray(r, dtype=np.float64)
-            if r.shape != g.shape or not np.isfinite(g).all():
-                raise mo.ExportError(
-                    f"tflite: output {i} of the converted model is "
-                    f"{'of shape ' + str(g.shape) if r.shape != g.shape else 'NaN/Inf'} where "
-                    f"torch gives {r.shape} finite values; the conversion is broken. Report "
-                    "the model, or try another quantization.")
-            err = float(np.max(np.abs(r - g))) if r.size else 0.0
-            scale = float(np.max(np.abs(r))) if r.size else 0.0
-            worst_abs, worst_rel = max(worst_abs, err), max(worst_rel, err / max(scale, 1e-12))
-            if err > atol + rtol * scale:
-                raise mo.ExportError(
-                    f"tflite ({cfg.quantization}): output {i} differs from torch by up to "
-                    f"{err:.3g} ({err / max(scale, 1e-12):.3g} of its largest magnitude "
-                    f"{scale:.3g}); allowed atol + rtol * max|torch| = {atol} + {rtol} * "
-                    f"{scale:.3g}. Raise rtol/atol if this is expected for the model, try "
-                    "int8_method='ai_edge_quantizer' / more calibration_batches, or report it.")
-            if r.ndim == 2 and r.shape[1] > 1:
-                agree.append(float(np.mean(r.argmax(1) == g.argmax(1))))
+        errs = mo.check_outputs(
+            f"tflite ({cfg.quantization})", ref, got, rtol=rtol, atol=atol, scale_floor=1.0,
+            runtime="TFLite model", hint="Raise rtol/atol if this is expected for the "
+            "model, try int8_method='ai_edge_quantizer' / more calibration_batches, or report "
+            "it (check_numerics=False skips the check).")
+        worst_abs, worst_rel = errs["max_abs_error"], errs["max_rel_error"]
+        agree = [float(np.mean(np.asarray(r).argmax(1) == np.asarray(g).argmax(1)))
+                 for r, g in zip(ref, got) if np.ndim(r) == 2 and np.shape(r)[1] > 1]
         note = (f"numerics vs torch: max abs error {worst_abs:.3g} ({worst_rel:.3g} of the "
                 f"output range; tolerance rtol={rtol}, atol={atol})")
         if agree:

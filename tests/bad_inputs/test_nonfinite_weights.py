@@ -128,8 +128,8 @@ def test_check_against_names_the_source_layer_when_given_a_torch_model():
 def test_check_against_refuses_nan_in_the_onnx_output_only():
     x = torch.tensor([[1.0, float("nan"), 2.0]])
     ref = [np.array([[1.0, 5.0, 2.0]], dtype=np.float32)]
-    with pytest.raises(mo.ExportError, match=r"ONNX output 0 holds NaN/Inf \(1 of 3 values\) "
-                                             r"where the reference is finite"):
+    with pytest.raises(mo.ExportError, match=r"output 0 of the ONNX model holds NaN/Inf "
+                                             r"\(1 of 3 values\) where the reference is finite"):
         check_against("onnx", ref, _identity_graph(), [x], 1e-3, 1e-4)
 
 
