@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from modelopt_onnx.common import check_against
 
 import modelopt_core as mo
-from modelopt_onnx.common import check_against
 
 
 def _detector_output(seed: int = 0) -> np.ndarray:
