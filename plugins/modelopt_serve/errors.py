@@ -5,8 +5,8 @@ from __future__ import annotations
 from modelopt_core.errors import ModeloptError
 
 __all__ = [
-    "BatcherClosedError", "QueueFullError", "ReplicaCrashedError", "RequestTimeoutError",
-    "ServeError",
+    "BatcherClosedError", "ClientDisconnectedError", "NonFiniteOutputError", "QueueFullError",
+    "ReadTimeoutError", "ReplicaCrashedError", "RequestTimeoutError", "ServeError",
 ]
 
 
@@ -38,3 +38,19 @@ class ReplicaCrashedError(ServeError):
     """A replica worker process died while it ran the request (a native crash, the OOM killer,
     a kill). The pool starts new workers for the next requests unless they keep crashing
     (``max_restarts`` within a minute); the request itself was not answered: retry it."""
+
+
+class ReadTimeoutError(ServeError, TimeoutError):
+    """A request's headers and body did not arrive within the server's ``read_timeout_s``
+    (HTTP 408; the connection is closed)."""
+
+
+class ClientDisconnectedError(ServeError):
+    """The client closed the connection before its request was read in full: counted with
+    status 499 (nginx's "client closed request"), neither a server error nor logged with a
+    traceback."""
+
+
+class NonFiniteOutputError(ServeError):
+    """The model's output holds NaN or infinite values, which a JSON answer cannot carry
+    (HTTP 500 naming the outputs; the binary formats carry them as they are)."""
