@@ -4,8 +4,10 @@ Routes: ``POST /predict`` (JSON or binary tensors, see :mod:`modelopt_serve.code
 ``GET /health`` (liveness), ``GET /ready`` (503 until the replicas are loaded and while
 shutting down), ``GET /spec`` (input specs, for clients), ``GET /metrics`` (Prometheus, see
 :mod:`modelopt_serve.metrics`). The replicas load in FastAPI's lifespan (in a worker thread, so
-``/health`` answers at once) and the batcher drains on shutdown. Every request is logged as one
-JSON line at INFO on the ``modelopt.serve`` logger.
+``/health`` answers at once) and the batcher drains on shutdown. Every failed request (status
+400 and up) is logged as one JSON line on the ``modelopt.serve`` logger (5xx at WARNING, the
+others at INFO); with ``access_log=True`` every request is. Every error answer, unknown routes
+and methods included, is ``{"error": TYPE, "detail": MESSAGE}``.
 """
 
 from __future__ import annotations
@@ -21,13 +23,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from modelopt_core.errors import InputSpecError, ModeloptError
 
 from . import codec
 from .errors import (
     BatcherClosedError,
+    ClientDisconnectedError,
     QueueFullError,
+    ReadTimeoutError,
     ReplicaCrashedError,
     RequestTimeoutError,
 )
@@ -48,7 +54,22 @@ def error_status(exc: BaseException) -> int:
         return 503
     if isinstance(exc, RequestTimeoutError):
         return 504
+    if isinstance(exc, ReadTimeoutError):
+        return 408
+    if isinstance(exc, ClientDisconnectedError):
+        return 499
     return 500
+
+
+#: the scope key the server's protocol sets when it closed a connection whose request did not
+#: arrive within the read timeout (see :mod:`modelopt_serve.server`)
+READ_TIMEOUT_KEY = "modelopt.read_timeout"
+
+
+def read_timeout_message(seconds: float) -> str:
+    return (f"the request (headers and body) did not arrive within {seconds:g} s "
+            "(--read-timeout-s); send it whole without pausing, or raise --read-timeout-s for "
+            "slow links.")
 
 
 class ServeState:
@@ -188,6 +209,7 @@ DEFAULTS: dict[str, Any] = {
     "timeout_s": None, "cache_size": 0, "cache_mb": 256.0, "cache_ttl_s": None,
     "max_body_mb": 16.0, "load_in_background": True, "model": None, "model_kwargs": None,
     "freeze_gc": False, "stats_interval_s": 60.0, "p99_alert_ms": 500.0,
+    "access_log": False, "read_timeout_s": 30.0,
 }
 
 
@@ -254,12 +276,19 @@ def create_app(artifact: Any, backend: str = "onnxruntime", **options: Any) -> F
     ``modelopt serve`` and Ray replicas do; it keeps the objects alive at that point out of
     every later collection); ``stats_interval_s`` (a ``stats`` log line and ``anomaly``
     warnings every so often, :mod:`modelopt_serve.watch`; 0 or None: off) and
-    ``p99_alert_ms`` (the p99 above which a window is an anomaly).
+    ``p99_alert_ms`` (the p99 above which a window is an anomaly); ``access_log`` (a log line
+    for every request, not only the failed ones); ``read_timeout_s`` (a request body must arrive
+    within it, else 408 and the connection is closed; :func:`modelopt_serve.server.serve` also
+    bounds the headers with it, at the protocol level).
     """
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
         raise ModeloptError(f"create_app: unknown option(s) {unknown}; valid: "
                             f"{sorted(DEFAULTS)}.")
+    timeout = options.get("read_timeout_s", DEFAULTS["read_timeout_s"])
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ModeloptError(f"create_app: read_timeout_s={timeout!r}; expected seconds > 0 "
+                            "(or None: no read timeout).")
     state = ServeState(artifact, backend, {**DEFAULTS, **options})
 
     @contextlib.asynccontextmanager
@@ -287,13 +316,36 @@ def create_app(artifact: Any, backend: str = "onnxruntime", **options: Any) -> F
     app = FastAPI(title=f"modelopt serve: {state.name}", lifespan=lifespan,
                   docs_url=None, redoc_url=None)
     app.state.serve = state
-    app.add_middleware(_AccessLog)
+    app.add_middleware(_AccessLog, every=bool(state.options["access_log"]))
+    app.add_exception_handler(HTTPException, _http_error)
     _routes(app, state)
     return app
 
 
+#: error types of Starlette's own answers (unknown route, wrong method...)
+_HTTP_ERRORS = {404: "NotFoundError", 405: "MethodNotAllowedError"}
+
+
+async def _http_error(request: Request, exc: Any) -> JSONResponse:
+    """Starlette's 404/405 (and other HTTP errors) in the ``{"error", "detail"}`` shape."""
+    status = exc.status_code
+    if status == 404:
+        detail = (f"no route {request.method} {request.url.path}; the routes are POST /predict, "
+                  "GET /health, /ready, /spec and /metrics.")
+    elif status == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        detail = (f"{request.method} is not allowed on {request.url.path}"
+                  + (f"; use {allowed}" if allowed else "") + ".")
+    else:
+        detail = str(exc.detail)
+    return JSONResponse({"error": _HTTP_ERRORS.get(status, "HTTPError"), "detail": detail},
+                        status_code=status, headers=exc.headers)
+
+
 def _routes(app: FastAPI, state: ServeState) -> None:
     limit = int(state.options["max_body_mb"] * 2**20)
+    inflated = limit * codec.NPZ_INFLATE_FACTOR
+    read_timeout = state.options["read_timeout_s"]
 
     @app.get("/health")
     async def health() -> Any:
@@ -323,6 +375,7 @@ def _routes(app: FastAPI, state: ServeState) -> None:
         t0 = time.perf_counter()
         m = state.metrics
         m.in_flight.inc()
+        read = False  # the whole body was read (else an error answer closes the connection)
         try:
             out_type = codec.response_type(request.headers.get("accept"),
                                            request.headers.get("content-type"))
@@ -331,9 +384,18 @@ def _routes(app: FastAPI, state: ServeState) -> None:
                     "shutting down" if state.shutting_down else "not ready (loading replicas"
                     + (f" failed: {state.load_error}" if state.load_error else "") + ")"
                 ) + "; retry, or check GET /ready.")
-            body = await _read_body(request, limit)
+            try:
+                body = await _read_body(request, limit, read_timeout)
+            except ClientDisconnect:
+                if request.scope.get(READ_TIMEOUT_KEY):  # the server closed it: too slow
+                    raise ReadTimeoutError(read_timeout_message(read_timeout)) from None
+                raise ClientDisconnectedError(
+                    "the client closed the connection before its request was read in full."
+                ) from None
+            read = True
             inputs = await _off_loop(len(body), codec.decode_inputs, body,
-                                     request.headers.get("content-type"), state.artifact.inputs)
+                                     request.headers.get("content-type"), state.artifact.inputs,
+                                     inflated)
             result = await state.batcher.submit_async(*inputs)
             request.scope["modelopt.rows"] = int(inputs[0].shape[0]) if inputs else 0
             payload = await _off_loop(_nbytes(result), codec.encode_outputs, result, out_type)
@@ -341,10 +403,13 @@ def _routes(app: FastAPI, state: ServeState) -> None:
             status = error_status(e)
             if status >= 500 and not isinstance(e, ModeloptError):
                 log.exception("predict failed")
-            headers = {"Retry-After": "1"} if status == 503 else None
+            headers = {"Retry-After": "1"} if status == 503 else {}
+            if not read:  # the rest of the body would be read for nothing: close instead
+                headers["Connection"] = "close"
             m.observe(status, time.perf_counter() - t0, type(e).__name__)
+            request.scope["modelopt.error"] = type(e).__name__
             return JSONResponse({"error": type(e).__name__, "detail": str(e)},
-                                status_code=status, headers=headers)
+                                status_code=status, headers=headers or None)
         finally:
             m.in_flight.dec()
         m.observe(200, time.perf_counter() - t0)
@@ -373,13 +438,35 @@ def _nbytes(out: Any) -> int:
     return 0
 
 
-async def _read_body(request: Any, limit: int) -> bytes:
-    """The body, refusing (413) one over ``limit`` bytes without reading all of it."""
+_timeout_at = getattr(asyncio, "timeout_at", None)
+
+
+async def _read_body(request: Any, limit: int, timeout_s: float | None = None) -> bytes:
+    """The body, refusing (413) one over ``limit`` bytes without reading all of it, and (408)
+    one that does not arrive within ``timeout_s`` (any ASGI server; under ``modelopt serve`` the
+    protocol's own deadline, which also covers the headers, closes such a connection first)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise codec.BadRequestError(_too_large(int(declared), limit), status=413)
     chunks, size = [], 0
-    async for chunk in request.stream():
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout_s is None else loop.time() + timeout_s
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            if deadline is None:
+                chunk = await stream.__anext__()
+            elif _timeout_at is not None:  # Python 3.11+: no task per chunk
+                async with _timeout_at(deadline):
+                    chunk = await stream.__anext__()
+            else:
+                chunk = await asyncio.wait_for(stream.__anext__(), deadline - loop.time())
+        except StopAsyncIteration:
+            break
+        except (TimeoutError, asyncio.TimeoutError):
+            if not request.scope.get(READ_TIMEOUT_KEY):  # else the protocol counted it
+                request.app.state.serve.metrics.read_timeouts.inc()
+            raise ReadTimeoutError(read_timeout_message(timeout_s)) from None
         size += len(chunk)
         if size > limit:
             raise codec.BadRequestError(_too_large(size, limit), status=413)
@@ -393,11 +480,13 @@ def _too_large(size: int, limit: int) -> str:
 
 
 class _AccessLog:
-    """Pure ASGI middleware logging one JSON line per HTTP request (method, path, status, ms,
-    and rows for ``/predict``)."""
+    """Pure ASGI middleware logging one JSON line per failed HTTP request (method, path,
+    status, ms, error type; 5xx at WARNING, others at INFO; ``/ready``'s 503 is no failure), or
+    per request with ``every`` (and rows for ``/predict``)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, every: bool = False) -> None:
         self.app = app
+        self.every = every
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -414,9 +503,15 @@ class _AccessLog:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            if log.isEnabledFor(logging.INFO):
-                rec = {"method": scope["method"], "path": scope["path"], "status": status[0],
+            code = status[0]
+            level = logging.WARNING if code >= 500 else logging.INFO
+            # (a 503 of /ready while loading or stopping is its answer, not a failure)
+            failed = code >= 400 and scope["path"] != "/ready"
+            if (self.every or failed) and log.isEnabledFor(level):
+                rec = {"method": scope["method"], "path": scope["path"], "status": code,
                        "ms": round(1e3 * (time.perf_counter() - t0), 3)}
                 if "modelopt.rows" in scope:
                     rec["rows"] = scope["modelopt.rows"]
-                log.info(json.dumps(rec))
+                if "modelopt.error" in scope:
+                    rec["error"] = scope["modelopt.error"]
+                log.log(level, json.dumps(rec))

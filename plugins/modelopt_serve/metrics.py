@@ -8,6 +8,7 @@ Names (all prefixed ``modelopt_serve_``):
 | ``errors_total{type}`` | counter | failed ``/predict`` requests, by error type |
 | ``request_latency_seconds`` | histogram | ``/predict`` wall time in the server |
 | ``in_flight`` | gauge | ``/predict`` requests being handled now |
+| ``read_timeouts_total`` | counter | connections closed: a request not read in time |
 | ``batch_size`` | histogram | rows per model run (from the batcher) |
 | ``batches_total`` | counter | model runs |
 | ``rows_total`` | counter | rows requested (cache hits included) |
@@ -18,6 +19,10 @@ Names (all prefixed ``modelopt_serve_``):
 | ``ready`` | gauge | 1 while ``/ready`` answers 200, else 0 |
 | ``queue_capacity`` | gauge | the most requests the queue holds (``max_queue``) |
 | ``replica_restarts_total`` | counter | times crashed worker processes were replaced |
+
+``requests_total`` counts status 499 for clients that hung up before their request was read
+(ordinary client behaviour: not a 5xx) and 408 for bodies that did not arrive within the read
+timeout; ``read_timeouts_total`` also counts connections closed with their headers unfinished.
 
 Ready-made Prometheus alerting rules over these are in ``docs/serving-alerts.yml``.
 
@@ -58,6 +63,9 @@ class ServeMetrics:
                                  "the server", buckets=LATENCY_BUCKETS, registry=self.registry)
         self.in_flight = Gauge(f"{PREFIX}_in_flight", "/predict requests being handled now",
                                registry=self.registry)
+        self.read_timeouts = Counter(f"{PREFIX}_read_timeouts", "connections closed because a "
+                                     "request's headers or body did not arrive within the read "
+                                     "timeout", registry=self.registry)
         self.registry.register(_BatcherCollector(stats, health or dict))
         #: a ``modelopt_serve.watch.RequestWindow`` while the logged stats run, else None
         self.window: Any = None

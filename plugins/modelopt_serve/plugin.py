@@ -67,6 +67,12 @@ def _setup_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-body-mb", type=float, default=16.0,
                    help="larger request bodies get 413 (default 16)")
+    p.add_argument("--read-timeout-s", type=float, default=30.0,
+                   help="a request's headers and body must arrive within this many seconds of "
+                        "its first byte, else 408 and the connection is closed (default 30)")
+    p.add_argument("--access-log", action="store_true",
+                   help="log a JSON line for every request (default: only failed ones, status "
+                        "400 and up)")
     p.add_argument("--stats-interval-s", type=float, default=60.0,
                    help="log a stats line (rps, p50/p99, errors, batches, cache, memory) and "
                         "anomaly warnings every so many seconds (default 60; 0: off)")
@@ -105,7 +111,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
             "preferred_batch_sizes": preferred, "max_queue": args.max_queue,
             "timeout_s": args.timeout_s, "cache_size": args.cache_size,
             "cache_mb": args.cache_mb, "cache_ttl_s": args.cache_ttl_s,
-            "max_body_mb": args.max_body_mb}
+            "max_body_mb": args.max_body_mb, "read_timeout_s": args.read_timeout_s,
+            "access_log": args.access_log}
 
 
 def _run_serve(args: argparse.Namespace) -> int:

@@ -2,11 +2,18 @@
 
 SIGTERM or Ctrl-C stops accepting connections, lets in-flight requests finish (up to
 ``graceful_s``), drains the batcher, frees the replicas and returns 0.
+
+uvicorn bounds idle keep-alive connections only; :func:`protocol_class` adds a read deadline:
+a request's headers and body must arrive within the app's ``read_timeout_s`` of its first
+byte, else the server answers 408 (when it still can) and closes the connection, counting it in
+``modelopt_serve_read_timeouts_total``; and request headers over :data:`MAX_HEADER_BYTES` get
+431 (h11 refuses them with 400 itself).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -16,7 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["serve", "serve_in_thread", "serve_ray"]
+__all__ = ["MAX_HEADER_BYTES", "protocol_class", "serve", "serve_in_thread", "serve_ray",
+           "uvicorn_config"]
+
+#: the most bytes of request line and headers one request may send
+MAX_HEADER_BYTES = 64 * 1024
 
 
 def serve(artifact: str | Path | Any, *, backend: str = "onnxruntime", host: str = "127.0.0.1",
@@ -30,10 +41,8 @@ def serve(artifact: str | Path | Any, *, backend: str = "onnxruntime", host: str
 
     _log_setup(log_level)
     app = create_app(artifact, backend=backend, **{"freeze_gc": True, **options})
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            lifespan="on", timeout_graceful_shutdown=graceful_s,
-                            log_config=None)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level,
+                                           timeout_graceful_shutdown=graceful_s))
     state = app.state.serve
     state.on_load_failed = lambda: setattr(server, "should_exit", True)
     with _quiet_reraise():
@@ -59,10 +68,11 @@ def serve_in_thread(artifact: Any, *, backend: str = "onnxruntime", host: str = 
     from .app import create_app
     from .errors import ServeError
 
+    http = options.pop("http", "auto")
     app = artifact if callable(artifact) and hasattr(artifact, "routes") else \
         create_app(artifact, backend=backend, **options)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                           access_log=False, lifespan="on", log_config=None))
+    server = uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level="warning",
+                                           http=http))
     thread = threading.Thread(target=server.run, name="modelopt-serve", daemon=True)
     thread.start()
     try:
@@ -152,3 +162,152 @@ def _quiet_reraise() -> _handlers:
     handlers that kills the process (SIGTERM) or raises KeyboardInterrupt (SIGINT) after a clean
     stop. A no-op handler while it runs makes the clean stop exit 0."""
     return _handlers(lambda *_: None)
+
+
+def uvicorn_config(app: Any, http: str = "auto", **kwargs: Any) -> Any:
+    """``uvicorn.Config`` for an app of :func:`~modelopt_serve.app.create_app`: its own logs
+    (no uvicorn access log), the lifespan on, and the read deadline of :func:`protocol_class`
+    (``http``: ``"auto"``, ``"httptools"`` or ``"h11"``, the parser it extends)."""
+    import uvicorn
+
+    return uvicorn.Config(app, access_log=False, lifespan="on", log_config=None,
+                          http=protocol_class(app, http),
+                          h11_max_incomplete_event_size=MAX_HEADER_BYTES, **kwargs)
+
+
+def protocol_class(app: Any, http: str = "auto") -> Any:
+    """uvicorn's HTTP protocol (``http``: ``"auto"``, ``"httptools"``, ``"h11"``) with the read
+    deadline of the app's ``read_timeout_s`` (None: uvicorn's own, no deadline) and the header
+    size bound; see the module's docstring."""
+    state = getattr(getattr(app, "state", None), "serve", None)
+    timeout = state.options.get("read_timeout_s") if state is not None else None
+    if http == "auto":
+        from uvicorn.protocols.http.auto import AutoHTTPProtocol as base
+    elif http == "httptools":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    elif http == "h11":
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    else:
+        from .errors import ServeError
+
+        raise ServeError(f"protocol_class: http={http!r}; expected 'auto', 'httptools' or "
+                         "'h11'.")
+    if timeout is None:
+        return base
+    return _deadline_protocol(base, float(timeout), state.metrics.read_timeouts.inc)
+
+
+def _raw_response(status: int, reason: str, error: str, detail: str) -> bytes:
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+
+
+def _deadline_protocol(base: Any, timeout_s: float, on_timeout: Any) -> Any:
+    """``base`` (uvicorn's h11 or httptools protocol) with a per-request read deadline: a timer
+    armed by a request's first byte (on a new connection, or after the previous answer on a
+    kept-alive one) and cancelled once the request is read in full. When it fires, the request
+    still unread, the connection gets a 408 ``ReadTimeoutError`` answer (unless the app already
+    answered) and is closed; an app still reading the body sees the client gone, with the scope
+    marked so that it counts a 408, not a 499."""
+    from .app import READ_TIMEOUT_KEY, read_timeout_message
+
+    timed_out = _raw_response(408, "Request Timeout", "ReadTimeoutError",
+                              read_timeout_message(timeout_s))
+    too_large = _raw_response(431, "Request Header Fields Too Large", "BadRequestError",
+                              f"the request line and headers are over {MAX_HEADER_BYTES} bytes; "
+                              "send fewer or shorter headers.")
+    try:
+        import h11
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        is_h11 = issubclass(base, H11Protocol)
+    except ImportError:  # no h11: httptools it is
+        is_h11 = False
+
+    class DeadlineProtocol(base):  # type: ignore[misc, valid-type]
+        read_timeout_s = timeout_s
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._mo_timer: Any = None
+            self._mo_message = False  # httptools: between a message's begin and its end
+            self._mo_headers = False  # httptools: that message's headers are complete
+            self._mo_header_bytes = 0
+
+        # -- where the request stands
+        def _mo_pending(self) -> bool:
+            """A request began arriving and is not read in full yet."""
+            if is_h11:
+                st = self.conn.their_state
+                return st is h11.SEND_BODY or (st is h11.IDLE and
+                                               bool(self.conn.trailing_data[0]))
+            return self._mo_message
+
+        def _mo_in_body(self) -> bool:
+            """Its headers are in (``self.cycle`` is its request/response cycle)."""
+            return self.conn.their_state is h11.SEND_BODY if is_h11 else self._mo_headers
+
+        # -- the timer
+        def _mo_settle(self) -> None:
+            if self.transport is None or self.transport.is_closing():
+                return
+            if not self._mo_pending():
+                self._mo_cancel()
+            elif self._mo_timer is None:
+                self._mo_timer = self.loop.call_later(timeout_s, self._mo_expired)
+
+        def _mo_cancel(self) -> None:
+            if self._mo_timer is not None:
+                self._mo_timer.cancel()
+                self._mo_timer = None
+
+        def _mo_expired(self) -> None:
+            self._mo_timer = None
+            if self.transport.is_closing() or not self._mo_pending():
+                return
+            on_timeout()
+            cycle = self.cycle if self._mo_in_body() else None
+            if cycle is not None:
+                cycle.scope[READ_TIMEOUT_KEY] = True  # type: ignore[index]
+            if cycle is None or not cycle.response_started:
+                self.transport.write(timed_out)
+            self.transport.close()
+
+        # -- uvicorn's hooks
+        def data_received(self, data: bytes) -> None:
+            if data and self._mo_timer is None and not self.transport.is_closing():
+                self._mo_timer = self.loop.call_later(timeout_s, self._mo_expired)
+            heading = not is_h11 and not self._mo_headers
+            super().data_received(data)
+            if heading and self._mo_message and not self._mo_headers:
+                self._mo_header_bytes += len(data)
+                if self._mo_header_bytes > MAX_HEADER_BYTES and \
+                        not self.transport.is_closing():
+                    self.transport.write(too_large)
+                    self.transport.close()
+            self._mo_settle()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._mo_settle()  # a pipelined next request may be waiting, half read
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._mo_cancel()
+            super().connection_lost(exc)
+
+        # httptools' parser callbacks (h11 has none: its state machine says where it is)
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._mo_message, self._mo_headers, self._mo_header_bytes = True, False, 0
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            self._mo_headers = True
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._mo_message = False
+
+    DeadlineProtocol.__name__ = DeadlineProtocol.__qualname__ = f"Deadline{base.__name__}"
+    return DeadlineProtocol

@@ -213,7 +213,8 @@ def test_cli_serve_answers_then_exits_cleanly_on_sigterm(artifact_path, direct):
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "modelopt_core", "serve", str(artifact_path),
-                             "--port", str(port), "--max-batch-size", "4", "--cache-size", "8"],
+                             "--port", str(port), "--max-batch-size", "4", "--cache-size", "8",
+                             "--access-log"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
