@@ -37,11 +37,13 @@ from .space import (
 )
 from .study import (
     best_row,
+    claim_trial,
     open_study,
     pareto_rows,
     ranked_rows,
+    storage_error,
+    storage_errors,
     trial_rows,
-    worker_id,
     write_json,
 )
 
@@ -95,6 +97,7 @@ class _Search:
         self.artifacts: dict[int, mo.ModelArtifact] = {}  # the top CONFIRM_TOP found here
         self.confirmed: dict[int, tuple[float, int | None]] = {}  # the end: trial ->
         # (side-by-side p50 ms, at its fastest thread count)
+        self.lost: list[str] = []  # trials of this process another worker finished
 
     # ---- one trial -------------------------------------------------------------------
 
@@ -137,7 +140,7 @@ class _Search:
     def __call__(self, trial: Any) -> tuple[float, float]:
         import optuna
 
-        trial.set_user_attr("worker", worker_id())
+        claim_trial(trial)  # first: from now on no other worker takes it for a dead one's
         recipe = sample_recipe(trial, self.target, self.space, self.s.pm,
                                self.runtime_options, max_drop=self.max_drop)
         trial.set_user_attr("recipe", recipe)
@@ -239,7 +242,12 @@ class _Search:
 
     def load_saved_best(self, rows: list[dict[str, Any]]) -> int | None:
         """Put ``best/`` in memory when ``best.json`` names a feasible trial whose artifact
-        is not (an earlier run's, or another worker's); returns that trial's number."""
+        is not (an earlier run's, or another worker's); returns that trial's number. Both are
+        read under the lock: another worker replaces them together under it."""
+        with self.lock():
+            return self._load_saved_best(rows)
+
+    def _load_saved_best(self, rows: list[dict[str, Any]]) -> int | None:
         import json
 
         try:
@@ -344,7 +352,7 @@ class _Search:
         report.to_json(self.out / "report.json")
         try:
             report.to_html(self.out / "report.html", title=report.title)
-        except Exception as e:  # the HTML page is a view: never lose a trial over it
+        except Exception as e:  # noqa: BLE001 (the HTML page is a view: never lose a trial over it)
             (self.out / "report.html.error").write_text(f"{type(e).__name__}: {e}\n")
         return report
 
@@ -385,6 +393,39 @@ class _Budget:
                 self.stopped_early = (f"stopped {max(left, 0):.0f} s before the time budget: "
                                       f"a recipe takes {typical:.0f} s (median here)")
                 study.stop()
+
+
+#: a worker gives up after this many of its trials were finished by another worker
+MAX_LOST_TRIALS = 3
+
+
+def _run_trials(study: Any, search: _Search, budget: _Budget, time_budget_s: float | None,
+                t0: float) -> None:
+    """``study.optimize`` until the budget stops it. When another worker finished a trial this
+    process was running (it judged it stale: Optuna's heartbeat on another machine), that trial
+    is lost and noted in the report, and the search goes on; repeatedly: SearchError."""
+    import logging
+
+    import optuna
+
+    while True:
+        left = None if time_budget_s is None else time_budget_s - (time.perf_counter() - t0)
+        if left is not None and left <= 0:
+            return
+        try:
+            study.optimize(search, n_trials=None, timeout=left, catch=(mo.ModeloptError,),
+                           callbacks=[search.after, budget], gc_after_trial=True)
+            return
+        except optuna.exceptions.UpdateFinishedTrialError as e:
+            search.lost.append(f"a trial of worker {os.getpid()} was finished by another "
+                               f"worker while it ran ({e}); it was not counted")
+            logging.getLogger(__name__).warning("optimize: %s", search.lost[-1])
+            if len(search.lost) >= MAX_LOST_TRIALS:
+                raise SearchError(
+                    f"optimize: other workers finished {len(search.lost)} trials of this "
+                    f"worker (pid {os.getpid()}) while they ran, judging them stale; check "
+                    "that every worker's clock is right and that none is suspended for "
+                    "minutes, then run again.") from e
 
 
 def _thread_counts(threads: int | None, cores: int | None = None) -> list[int | None]:
@@ -505,6 +546,18 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
     search = _Search(session, targets, objective, float(max_accuracy_drop), full, out, rt,
                      popts, threads)
     study = open_study(storage, name, seed, ["maximize", "minimize"])
+    try:
+        return _search(session, search, study, full, targets, objective, budget_trials,
+                       time_budget_s, threads)
+    except storage_errors() as e:  # the storage failed mid-search (a damaged file...)
+        raise storage_error(storage, e) from e
+
+
+def _search(session: mo.Session, search: _Search, study: Any, full: dict[str, Any],
+            targets: list[str], objective: str, budget_trials: int | None,
+            time_budget_s: float | None, threads: int | None) -> SearchResult:
+    """The search itself, on the opened study (see :func:`optimize`)."""
+    out = search.out
     if "baseline" not in study.user_attrs:
         base = search.measure(session, session.original, "torch",
                               {TARGETS["torch"][2]: threads} if threads else {})
@@ -518,8 +571,7 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
     t0 = time.perf_counter()
     budget = _Budget(budget_trials, time_budget_s, t0,
                      reserve_s=2 * CONFIRM_S if objective == "latency" else 0.0)
-    study.optimize(search, n_trials=None, timeout=time_budget_s, catch=(mo.ModeloptError,),
-                   callbacks=[search.after, budget], gc_after_trial=True)
+    _run_trials(study, search, budget, time_budget_s, t0)
     rows = trial_rows(study)
     best = best_row(rows, "objective")
     saved = search.load_saved_best(rows)  # an earlier run's or another worker's best/
@@ -533,6 +585,7 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
         notes = [f"{len(rows)} trials in the study, {time.perf_counter() - t0:.0f} s here"]
         if budget.stopped_early:
             notes.append(budget.stopped_early)
+        notes += search.lost
         if search.confirmed and best is not None:
             notes.append(
                 "re-timed side by side at the end (p50 ms at each trial's fastest thread "

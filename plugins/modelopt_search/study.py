@@ -8,10 +8,13 @@ report from the storage alone.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +22,14 @@ from .errors import SearchError
 
 __all__ = [
     "best_row",
+    "claim_trial",
     "open_study",
+    "owner_is_dead",
     "pareto_rows",
     "ranked_rows",
     "recover_stale",
+    "storage_error",
+    "storage_errors",
     "trial_rows",
     "write_json",
 ]
@@ -45,20 +52,179 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+#: user attribute naming the process that runs a trial (see :func:`claim_trial`)
+OWNER = "owner"
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str:
+    """The start time of process ``pid`` (clock ticks since boot; "" where unknown): with the
+    pid, it tells the process apart from a later one that reuses the pid."""
+    stat = _read(f"/proc/{pid}/stat")
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def owner_record(trial_id: int) -> dict[str, Any]:
+    """Who runs trial ``trial_id``: this host, boot, pid namespace, pid and its start time. The
+    record names the trial it was written for, so a copy of it (Optuna's retry of a stale
+    trial copies the user attributes) never makes another trial look owned."""
+    return {"host": socket.gethostname(), "boot": _read("/proc/sys/kernel/random/boot_id"),
+            "pidns": _pid_namespace(), "pid": os.getpid(), "start": _start_time(os.getpid()),
+            "trial_id": int(trial_id)}
+
+
+def claim_trial(trial: Any) -> None:
+    """Record this process as the one running ``trial`` (the first thing a trial does)."""
+    trial.set_user_attr(OWNER, owner_record(trial._trial_id))
+    trial.set_user_attr("worker", worker_id())
+
+
+def owner_is_dead(owner: Any, trial_id: int) -> bool:
+    """True only when ``owner`` (a trial's :func:`owner_record`) was written for ``trial_id``
+    by a process of this host, boot and pid namespace that is gone (or whose pid now belongs
+    to a later process). Anything else (no record yet, a copied record, another machine or
+    container) is not judged here: Optuna's heartbeat fails such a trial once it is stale."""
+    if not isinstance(owner, dict) or owner.get("trial_id") != trial_id:
+        return False
+    pid = owner.get("pid")
+    if (owner.get("host") != socket.gethostname() or not isinstance(pid, int)
+            or isinstance(pid, bool) or pid <= 0
+            or owner.get("boot") != _read("/proc/sys/kernel/random/boot_id")
+            or owner.get("pidns") != _pid_namespace()):
+        return False
+    if pid == os.getpid():
+        return False
+    if not _alive(pid):
+        return True
+    start = owner.get("start")
+    now = _start_time(pid)
+    return bool(start and now and start != now)  # the pid was reused: its owner is gone
+
+
+def _sqlite_file(storage: str) -> Path | None:
+    """The database file of a ``sqlite:///`` storage URL (None for other storages)."""
+    if not storage.startswith("sqlite:"):
+        return None
+    try:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+    except ImportError:
+        return None
+    try:
+        db = make_url(storage).database
+    except (ArgumentError, ValueError):
+        return None
+    return Path(db).resolve() if db and db != ":memory:" else None
+
+
+def _sqlite_problem(path: Path) -> str | None:
+    """Why the SQLite file ``path`` is unusable (``PRAGMA quick_check``), or None when it is
+    fine, missing (a new study) or cannot be checked now (locked by a writer)."""
+    import sqlite3
+
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return None
+    except OSError:
+        return None
+    con = None
+    try:
+        con = sqlite3.connect(str(path), timeout=60)
+        rows = con.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.OperationalError:  # locked, unreadable: Optuna reports what it finds
+        return None
+    except sqlite3.DatabaseError as e:  # not a database, malformed
+        return str(e)
+    finally:
+        if con is not None:
+            con.close()
+    if rows == [("ok",)]:
+        return None
+    return "; ".join(str(r[0]) for r in rows[:3]) or "PRAGMA quick_check failed"
+
+
+def _corrupt(path: Path, why: str) -> SearchError:
+    return SearchError(
+        f"optimize: the study file {path} is corrupt ({why[:300]}); it cannot be resumed. "
+        f"Start a new study in a new folder (--out NEW_FOLDER), or move {path.name} out of "
+        "the way to start over in this one.")
+
+
+def storage_error(storage: str, e: BaseException) -> SearchError:
+    """A :class:`SearchError` for an error of the study's storage: a corrupt SQLite file is
+    named as such; anything else names the storage and the cause."""
+    path = _sqlite_file(storage)
+    if path is not None:
+        why = _sqlite_problem(path)
+        if why is not None:
+            return _corrupt(path, why)
+    cause = e.__cause__ or e
+    return SearchError(f"optimize: the study storage {storage!r} failed ({type(cause).__name__}: "
+                       f"{str(cause)[:300]}). Check that it is reachable and intact; a "
+                       "damaged study cannot be resumed: start a new one with a new --out "
+                       "folder (or --storage).")
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    optuna = _optuna()
+    errs: list[type[BaseException]] = [optuna.exceptions.StorageInternalError]
+    try:
+        from sqlalchemy.exc import DatabaseError
+
+        errs.append(DatabaseError)
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+def _retry_callback(optuna: Any) -> dict[str, Any]:
+    """Optuna's heartbeat retry of a stale trial, less the dead process's owner record: the
+    copy must not look owned by anyone until the worker that runs it claims it."""
+    base = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    if base is None:  # old Optuna
+        return {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
+
+    class Retry(base):  # type: ignore[misc,valid-type]
+        def __call__(self, study: Any, trial: Any) -> None:
+            trial = copy.deepcopy(trial)
+            trial.user_attrs = {k: v for k, v in trial.user_attrs.items()
+                                if k not in (OWNER, "worker")}
+            super().__call__(study, trial)
+
+    return {"heartbeat_stale_trial_callback": Retry(max_retry=1)}
+
+
 def open_study(storage: str, study_name: str, seed: int, directions: list[str]) -> Any:
     """Create or load (resume) the study; multi-objective TPE with the accuracy-budget
-    constraint. Trials of dead workers on this host are failed and re-queued first."""
+    constraint. Trials of dead workers on this host are failed and re-queued first. A corrupt
+    SQLite study file, or a storage that fails, is a :class:`SearchError` naming it."""
     optuna = _optuna()
     kwargs: dict[str, Any] = {}
-    if storage.startswith("sqlite:"):
+    db = _sqlite_file(storage)
+    if db is not None:
         # two local workers on one file: wait for the lock instead of failing at once
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+        why = _sqlite_problem(db)
+        if why is not None:
+            raise _corrupt(db, why)
     # multi-objective TPE; the accuracy budget is each trial's constraint
     # (trial.set_constraint), which the sampler reads
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=6)
-    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-    cb = ({"heartbeat_stale_trial_callback": retry(max_retry=1)} if retry else
-          {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)})
+    cb = _retry_callback(optuna)
     for attempt in range(6):  # workers starting together race to create the tables
         try:
             rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120,
@@ -70,45 +236,94 @@ def open_study(storage: str, study_name: str, seed: int, directions: list[str]) 
                                                          "database is locked")):
                 time.sleep(0.5 + attempt)
                 continue
+            if db is not None and _sqlite_problem(db) is not None:
+                raise _corrupt(db, _sqlite_problem(db) or "") from e
             raise SearchError(f"optimize: cannot open storage {storage!r}: {e}. Give an "
                               "Optuna RDB URL such as sqlite:///out/study.db or "
                               "postgresql://user:pass@host/db.") from e
-    for attempt in range(6):
-        try:
-            study = optuna.create_study(storage=rdb, study_name=study_name, sampler=sampler,
-                                        directions=directions, load_if_exists=True)
-            break
-        except optuna.exceptions.DuplicatedStudyError:  # created meanwhile: load it
-            time.sleep(0.2)
-    if list(study.directions) != [getattr(optuna.study.StudyDirection, d.upper())
-                                  for d in directions]:
-        raise SearchError(f"optimize: study {study_name!r} in {storage} optimizes "
-                          f"{[d.name.lower() for d in study.directions]}, not {directions}; "
-                          "use another study_name or out_dir.")
-    recover_stale(study)
+    try:
+        study = None
+        for _ in range(6):
+            try:
+                study = optuna.create_study(storage=rdb, study_name=study_name,
+                                            sampler=sampler, directions=directions,
+                                            load_if_exists=True)
+                break
+            except optuna.exceptions.DuplicatedStudyError:  # created meanwhile: load it
+                time.sleep(0.2)
+        if study is None:
+            raise SearchError(f"optimize: study {study_name!r} in {storage} could not be "
+                              "created or loaded (another worker kept creating it); run "
+                              "again.")
+        if list(study.directions) != [getattr(optuna.study.StudyDirection, d.upper())
+                                      for d in directions]:
+            raise SearchError(f"optimize: study {study_name!r} in {storage} optimizes "
+                              f"{[d.name.lower() for d in study.directions]}, not "
+                              f"{directions}; use another study_name or out_dir.")
+        recover_stale(study, lock=_recovery_lock_path(storage, study_name))
+    except storage_errors() as e:
+        raise storage_error(storage, e) from e
     return study
 
 
-def recover_stale(study: Any) -> list[int]:
-    """Trials left RUNNING by a killed process on this host (its pid is gone) are marked
-    failed and their recipe re-queued; returns their numbers. Trials of other hosts are left
-    to Optuna's heartbeat (failed after its grace period)."""
+def _recovery_lock_path(storage: str, study_name: str) -> Path:
+    """The file whose lock the workers of one host take turns under to recover a study:
+    beside a SQLite study file, else in the temp folder (keyed by storage and study)."""
+    import hashlib
+    import tempfile
+
+    db = _sqlite_file(storage)
+    if db is not None:
+        return db.parent / f".{db.name}.recover.lock"
+    key = hashlib.sha256(f"{storage}\0{study_name}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"modelopt-study-{key}.recover.lock"
+
+
+@contextlib.contextmanager
+def _host_lock(path: Path | None) -> Iterator[None]:
+    """Hold ``path``'s exclusive flock (best effort: without flock or a writable folder, the
+    recovery still only touches trials of dead owners; it may then re-queue one twice)."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None  # type: ignore[assignment]
+    with contextlib.ExitStack() as stack:
+        if path is not None and fcntl is not None:
+            try:
+                f = stack.enter_context(open(path, "a"))
+                fcntl.flock(f, fcntl.LOCK_EX)
+            except OSError:
+                pass
+        yield
+
+
+def recover_stale(study: Any, lock: Path | None = None) -> list[int]:
+    """Trials left RUNNING by a killed process of this host are marked failed and their recipe
+    re-queued; returns their numbers. A trial counts as a dead worker's only when its owner
+    record (:func:`claim_trial`) was written for that very trial by a process of this host
+    that is gone: a live worker's trial, one not claimed yet, or one of another machine is
+    never touched (Optuna's heartbeat fails those once stale). Workers of one host recover
+    one at a time (under ``lock``), and a trial another worker finished meanwhile is left as
+    it is, so each dead trial is re-queued once."""
     optuna = _optuna()
-    host = socket.gethostname()
     stale = []
-    waiting = [t.params for t in study.get_trials(
-        deepcopy=False, states=(optuna.trial.TrialState.WAITING,))]
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        who = str(t.user_attrs.get("worker", ""))
-        h, _, pid = who.rpartition(":")
-        if h != host or not pid.isdigit() or _alive(int(pid)):
-            continue
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-        if t.params and dict(t.params) not in waiting:  # (its own failed copy must not
-            study.enqueue_trial(dict(t.params),             # count as "exists")
-                                user_attrs={"requeued_from": t.number})
-            waiting.append(dict(t.params))
-        stale.append(t.number)
+    with _host_lock(lock):
+        waiting = [dict(t.params) for t in study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.WAITING,))]
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if not owner_is_dead(t.user_attrs.get(OWNER), t._trial_id):
+                continue
+            try:
+                if not study._storage.set_trial_state_values(
+                        t._trial_id, optuna.trial.TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # finished meanwhile (its heartbeat check, another worker)
+            if t.params and dict(t.params) not in waiting:  # (its own failed copy must not
+                study.enqueue_trial(dict(t.params),             # count as "exists")
+                                    user_attrs={"requeued_from": t.number})
+                waiting.append(dict(t.params))
+            stale.append(t.number)
     return stale
 
 
@@ -121,6 +336,8 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    except (OverflowError, ValueError, OSError):
+        return True  # cannot tell: not judged dead
     try:  # a zombie (killed child not yet reaped) is dead too
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
     except OSError:
