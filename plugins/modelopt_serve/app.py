@@ -318,8 +318,16 @@ def create_app(artifact: Any, backend: str = "onnxruntime", **options: Any) -> F
     app.state.serve = state
     app.add_middleware(_AccessLog, every=bool(state.options["access_log"]))
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _server_error)
     _routes(app, state)
     return app
+
+
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    """An unexpected failure outside ``/predict`` (which answers its own) in the typed shape;
+    Starlette still logs its traceback."""
+    return JSONResponse({"error": type(exc).__name__, "detail": f"{exc} (see the server log)."},
+                        status_code=500)
 
 
 #: error types of Starlette's own answers (unknown route, wrong method...)

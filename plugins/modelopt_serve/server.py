@@ -61,7 +61,8 @@ def serve_in_thread(artifact: Any, *, backend: str = "onnxruntime", host: str = 
     """Serve in a background thread of this process (notebooks, tests): yields the base URL
     (``http://127.0.0.1:PORT``; port 0 picks a free one) once ``/ready`` answers 200, and
     shuts the server down (draining the batcher) on exit. ``artifact`` is an artifact, its
-    folder, or an app made by :func:`~modelopt_serve.app.create_app`."""
+    folder, or an app made by :func:`~modelopt_serve.app.create_app`; ``http`` (an option:
+    ``"auto"``, ``"httptools"``, ``"h11"``) picks uvicorn's parser (see :func:`protocol_class`)."""
     import httpx
     import uvicorn
 
