@@ -16,6 +16,7 @@ their tensors in one external data file inside the folder, listed and hashed lik
 from __future__ import annotations
 
 import contextlib
+import errno as errno_mod
 import hashlib
 import json
 import os
@@ -27,10 +28,23 @@ import attrs
 
 from . import persist
 from .errors import ArtifactError, ModeloptError, UnsafeArtifactError
-from .manifest import MANIFEST_VERSION, check_manifest, read_json, spec_fields, step_fields
+from .manifest import (
+    MANIFEST_VERSION,
+    check_manifest,
+    read_json,
+    spec_fields,
+    step_fields,
+)
 
-__all__ = ["TensorSpec", "Step", "ModelArtifact", "ArtifactProps", "load_artifact", "sha256_file",
-           "format_for"]
+__all__ = [
+    "ArtifactProps",
+    "ModelArtifact",
+    "Step",
+    "TensorSpec",
+    "format_for",
+    "load_artifact",
+    "sha256_file",
+]
 
 MANIFEST = "manifest.json"
 
@@ -407,13 +421,16 @@ def load_artifact(path: str | os.PathLike[str], model: Any = None,
 
     pm = plugins or get_plugin_manager()
     p = Path(path)
-    if not p.exists():
+    exists, is_file = _probe(p)
+    if not exists:
         _recover_for_load(p)
-    if p.is_file():
+        exists, is_file = _probe(p)
+    if is_file:
         return _load_bare_file(p, model, pm)
     mpath = p / MANIFEST
-    if not mpath.is_file():
+    if not _probe(mpath)[1]:
         raise ArtifactError(f"{p}: no {MANIFEST}; save artifacts with ModelArtifact.save().")
+    _clean_crashed_saves(p)
     manifest = _verify_folder(p)
     files, fmt = manifest["files"], manifest["format"]
     handler = format_for(fmt, pm)
@@ -452,6 +469,17 @@ def load_artifact(path: str | os.PathLike[str], model: Any = None,
         Step("load", "load", config={"path": str(p)}, notes=notes),))
 
 
+def _clean_crashed_saves(p: Path) -> None:
+    """Remove what saves of ``p`` killed mid-way left beside it (``.NAME.tmp-*`` /
+    ``.NAME.old-*``), but only while no save of ``p`` runs: a live save holds the path's lock
+    from before it creates its temp folder until after the swap, so with the lock free every
+    such folder is a dead writer's. Never waits for the lock, never fails a load."""
+    try:
+        persist.clean_stale(p.resolve())
+    except (ArtifactError, OSError):
+        pass
+
+
 def _recover_for_load(p: Path) -> None:
     """``p`` is missing: wait for a save of it in progress, or restore the artifact a crashed
     save left beside it; ArtifactError when there is nothing."""
@@ -480,18 +508,53 @@ def _verify_folder(p: Path) -> dict[str, Any]:
             "cannot be verified; refused (nothing unverified is loaded). Remove what you added "
             "to the folder, or re-save the artifact.")
     for name, info in files.items():
-        fp = _inside(p, name)
-        if not fp.is_file():
-            raise ArtifactError(f"{fp}: listed in the manifest but missing.")
         try:
+            fp = _inside(p, name)
+            if not fp.is_file():
+                raise ArtifactError(f"{fp}: listed in the manifest but missing.")
             digest = sha256_file(fp)
-        except OSError as e:
-            raise ArtifactError(f"{fp}: cannot be read ({e}).") from e
+        except OSError as e:  # a name too long, a loop, no permission...
+            raise _entry_error(mpath, name, e) from e
         if digest != info["sha256"]:
             raise ArtifactError(
                 f"{fp}: SHA-256 mismatch (manifest {info['sha256'][:12]}..., file "
                 f"{digest[:12]}...): the file was changed or truncated; re-save the artifact.")
     return manifest
+
+
+def _short_name(name: str) -> str:
+    """``name`` for a message: a very long one shortened, with its length."""
+    if len(name) <= 120:
+        return repr(name)
+    return f"{name[:60]!r}...{name[-20:]!r} ({len(name)} characters)"
+
+
+def _errno_text(e: OSError) -> str:
+    code = e.errno if isinstance(e.errno, int) else None
+    name = errno_mod.errorcode.get(code, "") if code is not None else ""
+    return f"{name or type(e).__name__}: {e.strerror or e}"
+
+
+def _entry_error(mpath: Path, name: str, e: OSError) -> ArtifactError:
+    """ArtifactError for a manifest file entry the file system refuses to access."""
+    hint = {errno_mod.ENAMETOOLONG: "the name is longer than this file system allows",
+            errno_mod.ELOOP: "it goes through a symbolic link loop",
+            errno_mod.EACCES: "permission denied", errno_mod.EPERM: "permission denied"}.get(
+        e.errno if isinstance(e.errno, int) else -1, "the file system refused it")
+    return ArtifactError(
+        f"{mpath}: file entry {_short_name(name)} cannot be accessed: {hint} "
+        f"({_errno_text(e)}). The manifest does not describe files modelopt wrote here; "
+        "re-save the artifact (or fix the folder's permissions).")
+
+
+def _probe(p: Path) -> tuple[bool, bool]:
+    """(exists, is a file) of the path given to :func:`load_artifact`; an OS error (name too
+    long, a symlink loop...) is an ArtifactError naming the path."""
+    try:
+        return p.exists(), p.is_file()
+    except OSError as e:
+        raise ArtifactError(f"{_short_name(str(p))}: cannot be accessed ({_errno_text(e)}); "
+                            "give the path of an artifact folder.") from e
 
 
 def _load_bare_file(p: Path, model: Any, plugins: Any) -> ModelArtifact:

@@ -11,9 +11,11 @@ The swap is ``rename(NAME -> .old)`` then ``rename(.tmp -> NAME)``. A crash betw
 NAME missing with a complete ``.old`` (and ``.tmp``); the next save or load of NAME, holding the
 lock, renames the verified ``.old`` back (or, with none, a verified ``.tmp``). Every later save
 deletes the stale ``.tmp-*``/``.old-*`` of its own NAME: none can belong to a live save, since a
-live save holds the lock. ``renameat2(RENAME_EXCHANGE)`` would close the window entirely but is
-Linux-only; with the lock and the recovery the window is harmless on every POSIX system, so one
-portable code path is used.
+live save holds the lock. A load does the same when it can take the lock at once
+(:func:`clean_stale`), and leaves them alone while a save holds it.
+``renameat2(RENAME_EXCHANGE)`` would close the window entirely but is Linux-only; with the lock
+and the recovery the window is harmless on every POSIX system, so one portable code path is
+used.
 """
 
 from __future__ import annotations
@@ -35,9 +37,21 @@ try:
 except ImportError:  # Windows: no advisory locks; saves of one path are not serialized there
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["ArtifactWriteError", "locked", "leftovers", "recover", "clean_leftovers",
-           "new_temp", "swap_in", "file_mode", "fsync_files", "fsync_dir", "write_error",
-           "write_text_atomic"]
+__all__ = [
+    "ArtifactWriteError",
+    "clean_leftovers",
+    "clean_stale",
+    "file_mode",
+    "fsync_dir",
+    "fsync_files",
+    "leftovers",
+    "locked",
+    "new_temp",
+    "recover",
+    "swap_in",
+    "write_error",
+    "write_text_atomic",
+]
 
 #: seconds a save waits for another save of the same path before giving up
 LOCK_TIMEOUT_S = 600.0
@@ -162,6 +176,25 @@ def clean_leftovers(target: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(p / "manifest.json")  # never again a recovery candidate, even if cut short
         shutil.rmtree(p, ignore_errors=True)
+
+
+def clean_stale(target: Path) -> list[Path]:
+    """Delete the ``.NAME.tmp-*`` / ``.NAME.old-*`` folders that saves of ``target`` killed
+    mid-way left, when ``target`` exists and no save of it is running: its lock is taken
+    without waiting (a live save holds it the whole time its temp folder exists, and the
+    kernel drops a killed holder's lock). Does nothing when the lock is held or cannot be taken
+    (a read-only folder; no ``flock`` on this system). Returns the folders deleted."""
+    if fcntl is None or not leftovers(target):
+        return []
+    try:
+        with locked(target, timeout=0):
+            if not target.is_dir():  # missing: a load restores it from these (recover)
+                return []
+            found = leftovers(target)
+            clean_leftovers(target)
+    except ArtifactError:  # a save of it is running (or the folder is read-only)
+        return []
+    return found
 
 
 def new_temp(target: Path, kind: str = "tmp") -> Path:
