@@ -5,9 +5,11 @@ artifact's manifest and hashed by the core.
 
 Loading checks that the package manifest and the spec's weight references stay inside the
 package (path traversal is refused), then reads it with ``MLModel(path,
-skip_model_load=True)``: nothing is compiled or run (prediction is macOS-only; the ``coreml``
-backend loads it for prediction there). The package is copied to a private temporary folder
-first, so the loaded model never depends on an artifact folder that a later save may replace.
+skip_model_load=True)`` and runs the exporter's validation (every weight blob whole in its
+file, the MIL program loading with its weights): nothing is compiled or run (prediction is
+macOS-only; the ``coreml`` backend loads it for prediction there). The package is copied to a
+private temporary folder first, so the loaded model never depends on an artifact folder that a
+later save may replace.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from typing import Any
 
 import modelopt_core as mo
 
-from .package import PACKAGE, check_blob_references, check_package_paths, package_files
+from .package import (
+    PACKAGE,
+    check_blob_files,
+    check_blob_references,
+    check_package_paths,
+    package_files,
+    validate_package,
+)
 
 
 class CoremlFormat(mo.Format):
@@ -48,7 +57,7 @@ class CoremlFormat(mo.Format):
         import coremltools as ct
 
         pkg = folder / PACKAGE
-        check_package_paths(pkg)
+        root = check_package_paths(pkg)
         private = Path(tempfile.mkdtemp(prefix="modelopt-coreml-", suffix=".mlpackage"))
         shutil.copytree(pkg, private, dirs_exist_ok=True)
         try:  # is_temp_package: coremltools removes the private copy at exit
@@ -58,9 +67,15 @@ class CoremlFormat(mo.Format):
             shutil.rmtree(private, ignore_errors=True)
             raise mo.ArtifactError(f"{pkg}: not a loadable Core ML package "
                                    f"({type(e).__name__}: {str(e)[:300]}).") from e
-        spec = loaded.get_spec()
-        if spec.WhichOneof("Type") != "mlProgram":
-            raise mo.ArtifactError(f"{pkg}: a {spec.WhichOneof('Type')!r} model; only ML "
-                                   "Programs are supported.")
-        check_blob_references(spec, str(pkg))
+        try:
+            spec = loaded.get_spec()
+            if spec.WhichOneof("Type") != "mlProgram":
+                raise mo.ArtifactError(f"{pkg}: a {spec.WhichOneof('Type')!r} model; only ML "
+                                       "Programs are supported.")
+            check_blob_references(spec, str(pkg))
+            check_blob_files(spec, root.parent)  # names the artifact's own file
+            validate_package(loaded, where=str(pkg))  # the MIL program loads its weights
+        except BaseException:
+            shutil.rmtree(private, ignore_errors=True)
+            raise
         return loaded

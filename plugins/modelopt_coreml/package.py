@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,11 @@ def package_files(root: Path) -> list[str]:
     return sorted(p.relative_to(base).as_posix() for p in root.rglob("*") if p.is_file())
 
 
-def check_package_paths(pkg: Path) -> None:
+def check_package_paths(pkg: Path) -> Path:
     """:class:`~modelopt_core.UnsafeArtifactError` when the package's ``Manifest.json`` names
     an item outside its ``Data`` folder; :class:`~modelopt_core.ArtifactError` when it is
-    missing or malformed."""
+    missing or malformed. Returns the root model's spec file (its folder is the
+    ``@model_path`` that weight blobs are named from)."""
     manifest = pkg / "Manifest.json"
     try:
         data = json.loads(manifest.read_text())
@@ -50,6 +52,7 @@ def check_package_paths(pkg: Path) -> None:
                                          "package; refused (path traversal).")
     if not (data_dir / str(root["path"])).is_file():
         raise mo.ArtifactError(f"{manifest}: the root model {root['path']!r} is missing.")
+    return pkg / "Data" / str(root["path"])
 
 
 def check_blob_references(spec: Any, where: str) -> None:
@@ -66,6 +69,72 @@ def check_blob_references(spec: Any, where: str) -> None:
                             raise mo.UnsafeArtifactError(
                                 f"{where}: op {op.type!r} reads weights from {name!r}, outside "
                                 "the package's weights folder; refused.")
+
+
+#: weight.bin (blob storage version 2): a 64-byte file header (blob count, version), then per
+#: blob a 64-byte record at the offset the spec names: sentinel, data type, size, data offset
+_BLOB_HEADER = 64
+_BLOB_SENTINEL = 0xDEADBEEF
+
+
+def _blob_refs(spec: Any) -> Any:
+    """(op type, blob file name, offset) of every weight blob an ML Program spec reads."""
+    if spec.WhichOneof("Type") != "mlProgram":
+        return
+    for fn in spec.mlProgram.functions.values():
+        for block in fn.block_specializations.values():
+            for op in _spec_ops(block):
+                for value in list(op.attributes.values()):
+                    if value.WhichOneof("value") == "blobFileValue":
+                        yield op.type, value.blobFileValue.fileName, \
+                            int(value.blobFileValue.offset)
+
+
+def check_blob_files(spec: Any, model_dir: Path) -> None:
+    """Every weight blob the spec reads lies whole inside its file under ``model_dir`` (the
+    ``@model_path``): :class:`~modelopt_core.ArtifactError` naming the file when it is missing,
+    truncated or has no blob where the spec says (a hash in the artifact manifest only says the
+    file is the one saved, not that it is whole). Files of another blob storage version are
+    left to :func:`validate_package`."""
+    import contextlib
+    import struct
+
+    with contextlib.ExitStack() as stack:
+        opened: dict[Path, tuple[Any, int] | None] = {}
+        for op_type, name, offset in _blob_refs(spec):
+            path = model_dir / name.replace("@model_path/", "", 1)
+            if path not in opened:
+                try:
+                    f = stack.enter_context(open(path, "rb"))
+                    size = os.fstat(f.fileno()).st_size
+                    head = f.read(8)
+                except OSError as e:
+                    raise mo.ArtifactError(
+                        f"{path}: the weights of op {op_type!r} cannot be read "
+                        f"({type(e).__name__}: {e}); re-export the model.") from e
+                known = len(head) == 8 and struct.unpack("<II", head)[1] == 2
+                opened[path] = (f, size) if known else None
+                if len(head) < 8:
+                    raise _truncated(path, size, f"it has no blob header ({size} bytes)")
+            if opened[path] is None:
+                continue
+            f, size = opened[path]  # type: ignore[misc]
+            if offset < _BLOB_HEADER or offset + _BLOB_HEADER > size:
+                raise _truncated(path, size, f"op {op_type!r} reads a blob at byte {offset}")
+            f.seek(offset)
+            sentinel, _, nbytes, start = struct.unpack("<IIQQ", f.read(24))
+            if sentinel != _BLOB_SENTINEL:
+                raise mo.ArtifactError(
+                    f"{path}: corrupt: op {op_type!r} reads a blob at byte {offset}, where the "
+                    "file holds none; re-export the model.")
+            if start + nbytes > size:
+                raise _truncated(path, size, f"op {op_type!r} reads {nbytes} bytes of weights "
+                                             f"from byte {start}")
+
+
+def _truncated(path: Path, size: int, what: str) -> mo.ArtifactError:
+    return mo.ArtifactError(f"{path}: truncated or corrupt: {what}, past the end of the file "
+                            f"({size} bytes); re-export the model.")
 
 
 def _spec_ops(block: Any) -> Any:
@@ -95,9 +164,11 @@ def _features(features: Any) -> list[dict[str, Any]]:
     return out
 
 
-def validate_package(model: Any) -> dict[str, Any]:
+def validate_package(model: Any, where: str | None = None) -> dict[str, Any]:
     """Check a Core ML model (an ``MLModel`` or the path of an ``.mlpackage``) without
-    running it; :class:`~modelopt_core.ArtifactError` when it is not a loadable ML Program.
+    running it; :class:`~modelopt_core.ArtifactError` when it is not a loadable ML Program
+    (every weight blob whole in its file, the MIL program loading with them). ``where`` names
+    the model in messages (default: its package path).
 
     Returns ``spec_version``, ``opset``, ``inputs`` / ``outputs`` (name, dtype, shape; a
     flexible dim as ``[lo, hi]``, unbounded with Core ML's ``hi`` of 2**31 - 1), ``ops``
@@ -111,11 +182,13 @@ def validate_package(model: Any) -> dict[str, Any]:
         check_package_paths(Path(model))
         model = ct.models.MLModel(str(model), skip_model_load=True)
     spec = model.get_spec()
-    where = getattr(model, "package_path", None) or "Core ML model"
+    where = where or getattr(model, "package_path", None) or "Core ML model"
     if spec.WhichOneof("Type") != "mlProgram":
         raise mo.ArtifactError(f"{where}: a {spec.WhichOneof('Type')!r} Core ML model; only ML "
                                "Programs (.mlpackage) are supported.")
     check_blob_references(spec, str(where))
+    if getattr(model, "weights_dir", None):
+        check_blob_files(spec, Path(model.weights_dir).parent)
     try:
         prog = mil_load(spec, spec.specificationVersion, model.weights_dir)
     except Exception as e:
