@@ -264,10 +264,11 @@ def test_ready_reports_a_failed_load_and_predict_gets_503(artifact_path):
         assert "modelopt_serve_ready 0.0" in c.get("/metrics").text  # what alerts watch
 
 
-def test_a_dead_process_replica_gets_503_then_the_server_recovers(artifact_path, direct):
-    """A process replica killed under the server: that request gets a retryable 503, the next
-    ones are answered right by the restarted workers; once the restart budget is spent /ready
-    says so (a load balancer stops sending traffic) and /predict keeps answering 503."""
+def test_a_dead_process_replica_is_replaced_then_the_budget_stops_it(artifact_path, direct):
+    """A process replica killed idle under the server: no request fails, the next ones are
+    answered right by the new worker; once the restart budget is spent /ready says so (a load
+    balancer stops sending traffic) and /predict answers 503. (A worker killed mid-request:
+    tests/integration/test_serve_replica_crash.py.)"""
     from fastapi.testclient import TestClient
     from modelopt_serve.app import create_app
 
@@ -278,26 +279,29 @@ def test_a_dead_process_replica_gets_503_then_the_server_recovers(artifact_path,
                      load_in_background=False)
 
     def kill_worker() -> None:
-        executor = app.state.serve.pool._executor
-        os.kill(next(iter(executor._processes)), signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while not executor._broken:
+        pool = app.state.serve.pool
+        deadline = time.monotonic() + 60
+        while not pool.worker_pids:  # the replacement is still loading
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        pid = pool.worker_pids[0]
+        os.kill(pid, signal.SIGKILL)
+        while pid in pool.worker_pids:
             assert time.monotonic() < deadline
             time.sleep(0.05)
 
     with TestClient(app) as c:
         assert c.post("/predict", content=body, headers=headers).status_code == 200
         kill_worker()
-        r = c.post("/predict", content=body, headers=headers)
-        assert r.status_code == 503 and r.headers["retry-after"] == "1"
-        assert r.json()["error"] == "ReplicaCrashedError"
-        r = c.post("/predict", content=body, headers=headers)
+        r = c.post("/predict", content=body, headers=headers)  # waits for the new worker
         assert r.status_code == 200, r.text
         torch.testing.assert_close(codec.decode_outputs(r.content, codec.TENSORS)["logits"],
                                    runner(**inp)["logits"], rtol=1e-5, atol=1e-5)
         assert c.get("/ready").status_code == 200
+        assert app.state.serve.pool.restarts == 1
         kill_worker()  # the second death in a minute: max_restarts=1 is spent
-        assert c.post("/predict", content=body, headers=headers).status_code == 503
+        r = c.post("/predict", content=body, headers=headers)  # the pool is down: not ready
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
         r = c.get("/ready")
         assert r.status_code == 503 and "not started again" in r.json()["detail"]
 
