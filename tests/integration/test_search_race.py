@@ -103,10 +103,11 @@ class Setup:
         return optuna.load_study(study_name=NAME, storage=self.url)
 
     def running_of(self, procs: list[subprocess.Popen],
-                   timeout: float = 90.0) -> dict[int, optuna.Trial]:
+                   timeout: float = 150.0) -> dict[int, optuna.Trial]:
         """Wait until each worker in ``procs`` waits inside a trial (its eval_fn holds it
         there until it is killed); pid -> that trial."""
         pids = {p.pid for p in procs}
+        got: dict[int, optuna.Trial] = {}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             time.sleep(0.2)
@@ -128,7 +129,9 @@ class Setup:
                     got[int(who.rpartition(":")[2])] = t
             if set(got) == pids:
                 return got
-        raise AssertionError(f"workers {pids} never held a trial")
+        held = sorted(p.name for p in self.tmp.glob("held-*"))
+        raise AssertionError(f"workers {pids} were not all inside a trial within {timeout} s "
+                             f"(waiting in a trial: {held}; RUNNING trials found: {got})")
 
 
 def _kill(procs: list[subprocess.Popen]) -> None:
