@@ -171,7 +171,7 @@ class ServeState:
             flat = [codec.decode_inputs(bodies[m], m, specs) for m in codec.MEDIA_TYPES][0]
             # the model: every thread replica, or as many runs as there are worker processes
             for r in self.pool.runners or [None] * self.pool.size:
-                out = list(r._run(list(flat))) if r is not None else self.pool.run(list(flat))
+                out = r.run_flat(list(flat)) if r is not None else self.pool.run(list(flat))
             result = self.pool.unflatten(out)
             for m in codec.MEDIA_TYPES:
                 codec.encode_outputs(result, m)

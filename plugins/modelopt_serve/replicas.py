@@ -84,7 +84,7 @@ def _proc_run(arrays: list[Any]) -> list[Any]:
         raise _WORKER["error"]
     import torch
 
-    outs = _WORKER["runner"]._run([torch.from_numpy(a) for a in arrays])
+    outs = _WORKER["runner"].run_flat([torch.from_numpy(a) for a in arrays])
     return [o.detach().cpu().numpy() for o in outs]
 
 
@@ -519,7 +519,7 @@ class ReplicaPool:
             return self._run_in_process(flat_inputs)
         runner = self._free.get()
         try:
-            return list(runner._run(flat_inputs))
+            return runner.run_flat(flat_inputs)
         finally:
             self._free.put(runner)
 
