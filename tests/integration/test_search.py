@@ -296,10 +296,20 @@ def test_kill_9_mid_search_then_resume(digits, tmp_path):
     def states():
         return [t.state.name for t in trials()]
 
-    while time.monotonic() < deadline and not any(
-            t.state.name == "RUNNING" and "worker" in t.user_attrs and t.params
-            for t in trials()):
-        time.sleep(0.05)  # the next trial has drawn its recipe: kill it mid-trial
+    def mid_trial():
+        try:
+            return any(t.state.name == "RUNNING" and "worker" in t.user_attrs and t.params
+                       for t in trials())
+        except Exception:  # noqa: BLE001 - the study is locked by a write the stop froze
+            return False
+
+    while time.monotonic() < deadline:  # the next trial has drawn its recipe: kill it mid-trial
+        if mid_trial():
+            os.kill(p.pid, signal.SIGSTOP)  # frozen: the trial cannot finish between the
+            if mid_trial():                 # look and the kill (a fast trial used to)
+                break
+            os.kill(p.pid, signal.SIGCONT)
+        time.sleep(0.05)
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     running = states().count("RUNNING")  # the trial the kill interrupted
