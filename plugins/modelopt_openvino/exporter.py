@@ -114,6 +114,10 @@ class TorchToOpenVino(mo.Exporter):
         try:
             with quiet(), warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
+                # warm-up on the private copy: modules that cache per-shape state on their
+                # first call (Ultralytics' Detect head builds its anchors then) would make the
+                # trace's two sanity-check invocations differ ("Graphs differed")
+                model(*xs)
                 ov_model = ov.convert_model(model, example_input=xs,
                                             input=inputs or None)
         except Exception as e:

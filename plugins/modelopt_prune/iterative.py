@@ -22,7 +22,9 @@ import modelopt_core as mo
 from .common import (amount_in_range, check_same_outputs, copy_model, count_macs_params,
                      format_delta, noop, run_outputs)
 from .finetune import finetune, last_loss
-from .structured import Importance, has_candidates, kept_layers, structured_prune
+from .structured import (UNTIED_NOTE, Importance, has_candidates, kept_layers,
+                         structured_prune)
+from .untie import untie_splits
 from .unstructured import magnitude_mask_
 
 
@@ -69,6 +71,7 @@ class IterativePrune(mo.Optimizer):
         if cfg.method == "unstructured":
             return self._unstructured(artifact, model, ctx, sorted(earlier.masks))
         xs = tuple(ctx.example_inputs)
+        untied = untie_splits(model)
         keep_names, heads = kept_layers(model, xs, cfg.ignored_layers, self.name)
         if not has_candidates(model, keep_names):
             return noop(self, artifact, ctx, "no prunable Conv/Linear layers besides the "
@@ -79,6 +82,8 @@ class IterativePrune(mo.Optimizer):
         per_round = 1.0 - (1.0 - cfg.ratio) ** (1.0 / cfg.rounds)
         notes = [f"{cfg.rounds} round(s) of {per_round:.3f} each; fine-tuning by "
                  f"{'distillation from the original' if cfg.distill else 'training'}"]
+        if untied:
+            notes.append(UNTIED_NOTE.format(n=untied))
         history: list[dict[str, Any]] = []
         for r in range(cfg.rounds):
             before = params_of(model)

@@ -11,7 +11,8 @@ import modelopt_core as mo
 from .common import (amount_in_range, check_same_outputs, copy_model, count_macs_params,
                      format_delta, noop, run_outputs)
 from .finetune import finetune, last_loss
-from .structured import has_candidates, kept_layers, structured_prune
+from .structured import UNTIED_NOTE, has_candidates, kept_layers, structured_prune
+from .untie import untie_splits
 
 
 @mo.config
@@ -58,6 +59,7 @@ class Slimming(mo.Optimizer):
         model = copy_model(artifact)
         mo.check_finite_weights(model, self.name, "pruning")
         xs = tuple(ctx.example_inputs)
+        untied = untie_splits(model)
         bns = bn_layers(model)
         keep_names, heads = kept_layers(model, xs, cfg.ignored_layers, self.name)
         if not bns or not has_candidates(model, keep_names):
@@ -73,6 +75,8 @@ class Slimming(mo.Optimizer):
         total = sum(bn.weight.numel() for bn in bns)
         notes = [f"sparsity training: {cfg.epochs} epoch(s), L1 {cfg.sparsity}, "
                  f"{last_loss(res)}; {small}/{total} gammas below 1e-2"]
+        if untied:
+            notes.append(UNTIED_NOTE.format(n=untied))
         mods = dict(model.named_modules())
         structured_prune(model, xs, cfg.ratio, importance="bn_gamma", scope=cfg.scope,
                          max_layer_ratio=cfg.max_layer_ratio,

@@ -19,8 +19,12 @@ import modelopt_core as mo
 from .common import (amount_in_range, check_same_outputs, copy_model, count_macs_params,
                      format_delta, noop, output_layer_names, prunable_layers, resolve_names,
                      run_outputs)
+from .untie import fixed_heads, untie_splits
 
 Importance = Literal["l1", "l2", "bn_gamma", "taylor"]
+#: the note of a step that untied split convolutions (see :mod:`.untie`)
+UNTIED_NOTE = ("{n} C2f/C3k2/C2PSA block(s): split conv untied into two convs before pruning "
+               "(same outputs; Torch-Pruning cannot prune through the split)")
 
 
 @mo.config
@@ -154,7 +158,7 @@ def kept_layers(model: Any, example_inputs: Sequence[Any], ignored: Sequence[str
     """(names of layers to keep whole: ignored + output layers, the output layer names)."""
     resolve_names(model, ignored, who, "ignored_layers")
     heads = output_layer_names(model, example_inputs)
-    return list(dict.fromkeys(list(ignored) + heads)), heads
+    return list(dict.fromkeys(list(ignored) + heads + fixed_heads(model))), heads
 
 
 def has_candidates(model: Any, keep_names: Sequence[str]) -> bool:
@@ -197,6 +201,7 @@ class StructuredPrune(mo.Optimizer):
         base = copy_model(artifact)
         mo.check_finite_weights(base, self.name, "pruning")
         xs = tuple(ctx.example_inputs)
+        untied = untie_splits(base)
         keep_names, heads = kept_layers(base, xs, cfg.ignored_layers, self.name)
         if not has_candidates(base, keep_names):
             return noop(self, artifact, ctx, "no prunable Conv/Linear layers besides the "
@@ -205,6 +210,8 @@ class StructuredPrune(mo.Optimizer):
         ref = run_outputs(base, xs)
         macs0, params0 = count_macs_params(base, xs)
         notes: list[str] = [f"kept output layers: {', '.join(heads)}"]
+        if untied:
+            notes.append(UNTIED_NOTE.format(n=untied))
         meta: dict[str, Any] = {}
 
         def prune_at(ratio: float) -> Any:
