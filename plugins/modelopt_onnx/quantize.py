@@ -76,6 +76,12 @@ class StaticConfig:
     reduce_range: bool = mo.field(False, help="7-bit weights (for CPUs without VNNI)")
     op_types: tuple[str, ...] | None = mo.field(None, help="op types to quantize (default all)")
     nodes_to_exclude: tuple[str, ...] = mo.field((), help="node names kept in float")
+    float_tail: bool = mo.field(
+        True, help="keep the output tail in float: the ops after the last weighted layer "
+                   "(Conv/Gemm/MatMul with constant weights) on every path to an output, "
+                   "e.g. a detector's box decoding and its concat of boxes in pixels with "
+                   "scores in 0..1, which one INT8 scale cannot hold",
+        search=mo.choice(True, False))
     calibration_batches: int = mo.field(32, validator=mo.positive,
                                         help="at most this many calibration batches")
     preprocess: bool = mo.field(True, help="run ORT's quant_pre_process first")
@@ -131,6 +137,13 @@ class OnnxQuantizeStatic(mo.Optimizer):
         with workdir() as d:
             src = _source_path(artifact.model, d, ctx, self.name, cfg.preprocess)
             dst = d / "q.onnx"
+            exclude = list(cfg.nodes_to_exclude)
+            if cfg.float_tail:
+                tail = output_tail(onnx.load_model(str(src), load_external_data=False))
+                exclude += [n for n in tail if n not in exclude]
+                if tail:
+                    notes.append(f"output tail kept in float: {len(tail)} node(s) after the "
+                                 "last weighted layer (float_tail=False quantizes them)")
             with quiet():
                 q.quantize_static(
                     str(src), str(dst), reader,
@@ -140,7 +153,7 @@ class OnnxQuantizeStatic(mo.Optimizer):
                     per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
                     activation_type=getattr(q.QuantType, _QTYPES[cfg.activation_type]),
                     weight_type=getattr(q.QuantType, _QTYPES[cfg.weight_type]),
-                    nodes_to_exclude=list(cfg.nodes_to_exclude) or None,
+                    nodes_to_exclude=exclude or None,
                     calibrate_method=getattr(q.CalibrationMethod, _CALIB[cfg.calibrate_method]),
                     extra_options=extra)
             out = onnx.load_model(str(dst))
@@ -151,6 +164,36 @@ class OnnxQuantizeStatic(mo.Optimizer):
         return artifact.evolve(step=self.step(notes=notes), model=out,
                                metadata={"quantized": "int8-static",
                                          "quant_max_rel_error": rel_err})
+
+
+#: ops that carry the model's learned weights: where the quantized body ends
+WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv",
+                      "QLinearMatMul", "MatMulInteger", "ConvInteger"})
+
+
+def output_tail(model: Any) -> list[str]:
+    """Names of the nodes from which no weighted node (:data:`WEIGHTED`, with a constant
+    weight) is reachable: the post-processing between the last layers and the outputs (a
+    detector's box decoding, DFL, sigmoid and concat; a classifier's softmax). Nodes without
+    a name are left out (ORT's exclusion goes by name)."""
+    graph = model.graph
+    consts = {t.name for t in graph.initializer}
+    consts |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+
+    def weighted(node: Any) -> bool:
+        return node.op_type in WEIGHTED and any(i in consts for i in node.input[1:])
+
+    feeds_weight: dict[int, bool] = {}  # id(node) -> a weighted node is reachable from it
+    for node in reversed(graph.node):  # topological order: consumers come later
+        feeds_weight[id(node)] = any(
+            weighted(c) or feeds_weight.get(id(c), False)
+            for o in node.output for c in consumers.get(o, ()))
+    return [n.name for n in graph.node
+            if n.name and not weighted(n) and not feeds_weight[id(n)]]
 
 
 def _even_batches(feeds: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -123,11 +123,11 @@ ATTENTION = ("Attention", "AAttn", "PSABlock", "ABlock")
 
 
 def fixed_heads(model: Any) -> list[str]:
-    """Qualified names of every layer with weights inside Ultralytics-style detection heads (a class or
-    base class named ``Detect``, as Segment / Pose / OBB are, with ``reg_max`` and ``nc``):
-    the head splits its concatenated outputs into box-distribution and class channels whose
-    counts its decoding fixes, so it is kept whole, as in Torch-Pruning's YOLOv8 example; and
-    inside the attention blocks named in :data:`ATTENTION`."""
+    """Qualified names of every layer with weights inside Ultralytics-style detection heads (a
+    class or base class named ``Detect``, as Segment / Pose / OBB are, with ``reg_max`` and
+    ``nc``): the head splits its concatenated outputs into box-distribution and class channels
+    whose counts its decoding fixes, so it is kept whole, as in Torch-Pruning's YOLOv8
+    example; and inside the attention blocks named in :data:`ATTENTION`."""
     names: list[str] = []
     for name, block in model.named_modules():
         head = _is(block, ("Detect",)) and hasattr(block, "reg_max") and hasattr(block, "nc")

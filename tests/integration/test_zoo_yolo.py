@@ -1,8 +1,9 @@
-"""Model zoo: Ultralytics YOLOv8n and YOLO11n built from their yamls (real architecture, untrained weights; the
-models users bring), through the Session as a user would: every exporter passes its own
-default numerics check, structured pruning removes channels from the C2f / C3k2 / C2PSA blocks
-and keeps the Detect head's outputs (and YOLO11's attention) whole, the pruned model exports, and the user's model is never touched.
-Input 160x160 keeps each cell to seconds."""
+"""Model zoo: Ultralytics YOLOv8n and YOLO11n built from their yamls (real architectures,
+untrained weights: the models users bring), through the Session as a user would: every exporter
+passes its own default numerics check; structured pruning removes channels from the C2f / C3k2
+/ C2PSA blocks and keeps the Detect head (and YOLO11's attention) whole; the pruned model
+exports; INT8 keeps the decoded output in float; the user's model is never touched. Input
+160x160 keeps each cell to seconds."""
 
 from __future__ import annotations
 
@@ -101,3 +102,44 @@ def test_untied_blocks_compute_the_same_function(zoo_yolo):
         got = m(x)[0]
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
     assert not any(type(b).__name__ in ("C2f", "C3k2", "C2PSA") for b in m.modules())
+
+
+def _mid_range_head(model):
+    """A copy whose class scores sit mid-range (an untrained head's bias prior puts them all
+    near 5e-5, where any error is invisible) and whose box distributions are peaked: the
+    output ranges of a trained detector (boxes in pixels beside scores in 0..1)."""
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        head = m.model[-1]
+        for seq in head.cv3:
+            seq[-1].bias.zero_()
+        for seq in head.cv2:
+            seq[-1].weight.mul_(20)
+    return m
+
+
+@pytest.mark.parametrize("float_tail", [True, False])
+def test_yolo_int8_default_keeps_the_decoded_output_in_float(zoo_yolo, float_tail):
+    """onnx.quantize_static used to quantize the head's final concat of boxes (0..SIZE px) and
+    class scores (0..1) with one uint8 scale: every score collapsed to 0 or 1 (error 0.5).
+    The default keeps the output tail (ops after the last weighted layer) in float."""
+    if zoo_yolo.zoo_cfg != "yolov8n.yaml":
+        pytest.skip("one model is enough for the quantization default")
+    m = _mid_range_head(zoo_yolo)
+    g = torch.Generator().manual_seed(2)
+    calib = [torch.rand(2, 3, SIZE, SIZE, generator=g) for _ in range(4)]
+    x = torch.rand(2, 3, SIZE, SIZE, generator=g)
+    s = mo.Session(m, (x[:1],), calibration_data=calib, progress=False)
+    s.export("onnx")
+    with s.runner("onnxruntime") as r:
+        ref = r(x)[0]
+    art = s.apply("onnx.quantize_static", float_tail=float_tail)
+    with s.runner("onnxruntime") as r:
+        got = r(x)[0]
+    score_err = float((got[:, 4:] - ref[:, 4:]).abs().max())
+    box_err = float((got[:, :4] - ref[:, :4]).abs().max())
+    if float_tail:
+        assert "output tail kept in float" in " ".join(art.lineage[-1].notes)
+        assert score_err < 0.02 and box_err < 2.0, (score_err, box_err)
+    else:  # what the default used to do
+        assert score_err > 0.2, score_err
