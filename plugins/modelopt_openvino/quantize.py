@@ -33,6 +33,48 @@ def _ignored_scope(names: Sequence[str], types: Sequence[str], patterns: Sequenc
                              validate=True)
 
 
+#: OpenVINO ops that carry the model's learned weights: where the quantized body ends
+WEIGHTED = frozenset({"Convolution", "GroupConvolution", "ConvolutionBackpropData",
+                      "GroupConvolutionBackpropData", "MatMul"})
+#: ops a constant weight may pass through on its way to a weighted op (decompression, FQ)
+_WEIGHT_PATH = frozenset({"Convert", "Reshape", "Multiply", "Subtract", "FakeQuantize",
+                          "Unsqueeze", "Transpose"})
+
+
+def _const_weight(op: Any, depth: int = 4) -> bool:
+    """Whether input 1 of ``op`` comes from a Constant (through decompression ops)."""
+    if op.get_input_size() < 2:
+        return False
+    src = op.input_value(1).get_node()
+    for _ in range(depth):
+        t = src.get_type_name()
+        if t == "Constant":
+            return True
+        if t not in _WEIGHT_PATH:
+            return False
+        src = src.input_value(0).get_node()
+    return False
+
+
+def output_tail(model: Any) -> list[str]:
+    """Friendly names of the ops of an ``openvino.Model`` from which no weighted op
+    (:data:`WEIGHTED` with a constant weight) is reachable: the post-processing between the
+    last layers and the outputs (a detector's box decoding, DFL, sigmoid and concat)."""
+    ops = list(model.get_ordered_ops())
+    feeds: dict[str, bool] = {}
+    weighted = {o.get_friendly_name() for o in ops
+                if o.get_type_name() in WEIGHTED and _const_weight(o)}
+    for op in reversed(ops):
+        name = op.get_friendly_name()
+        feeds[name] = any(t.get_node().get_friendly_name() in weighted
+                          or feeds.get(t.get_node().get_friendly_name(), False)
+                          for out in op.outputs() for t in out.get_target_inputs())
+    skip = {"Parameter", "Result", "Constant"}
+    return [o.get_friendly_name() for o in ops
+            if o.get_type_name() not in skip and o.get_friendly_name() not in weighted
+            and not feeds[o.get_friendly_name()]]
+
+
 def _nncf_call(who: str, fn: Any, *args: Any, log: list[str] | None = None,
                **kwargs: Any) -> Any:
     """Call an NNCF entry point quietly (its INFO messages appended to ``log`` when given);
@@ -75,6 +117,11 @@ class QuantizeConfig:
                                           help="fast bias correction (off: the slower, "
                                           "more accurate one)")
     ignored_names: tuple[str, ...] = mo.field((), help="OpenVINO op names kept in float")
+    float_tail: bool = mo.field(
+        True, help="keep the output tail in float: the ops after the last weighted layer "
+                   "(Convolution/MatMul with constant weights) on every path to an output, "
+                   "e.g. a detector's box decoding (as Ultralytics' own INT8 export does)",
+        search=mo.choice(True, False))
     ignored_types: tuple[str, ...] = mo.field((), help="op types kept in float "
                                               "(e.g. 'Multiply', 'MatMul')")
     ignored_patterns: tuple[str, ...] = mo.field((), help="regular expressions over op names "
@@ -121,9 +168,14 @@ class OpenVinoQuantize(mo.Optimizer):
             target_device=getattr(nncf.TargetDevice, cfg.target_device),
             subset_size=len(batches), fast_bias_correction=cfg.fast_bias_correction,
             model_type=nncf.ModelType.TRANSFORMER if cfg.model_type else None,
-            ignored_scope=_ignored_scope(cfg.ignored_names, cfg.ignored_types,
-                                         cfg.ignored_patterns))
+            ignored_scope=None)
         notes: list[str] = []
+        tail = output_tail(model) if cfg.float_tail else []
+        names = list(cfg.ignored_names) + [n for n in tail if n not in cfg.ignored_names]
+        kwargs["ignored_scope"] = _ignored_scope(names, cfg.ignored_types, cfg.ignored_patterns)
+        if tail:
+            notes.append(f"output tail kept in float: {len(tail)} op(s) after the last "
+                         "weighted layer (float_tail=False quantizes them)")
         meta: dict[str, Any] = {}
         if cfg.max_accuracy_drop is not None:
             if ctx.eval_fn is None:
