@@ -118,28 +118,34 @@ def _mid_range_head(model):
     return m
 
 
+def _int8_errors(zoo_yolo, target, backend, step, seed, **options):
+    """(max score error, max box error in px, the step's notes) of ``step`` on the mid-range
+    head copy of YOLOv8n exported to ``target``, vs that export, on two random images."""
+    if zoo_yolo.zoo_cfg != "yolov8n.yaml":
+        pytest.skip("one model is enough for the quantization default")
+    g = torch.Generator().manual_seed(seed)
+    calib = [torch.rand(2, 3, SIZE, SIZE, generator=g) for _ in range(4)]
+    x = torch.rand(2, 3, SIZE, SIZE, generator=g)
+    s = mo.Session(_mid_range_head(zoo_yolo), (x[:1],), calibration_data=calib, progress=False)
+    s.export(target)
+    with s.runner(backend) as r:
+        ref = r(x)[0]
+    art = s.apply(step, **options)
+    with s.runner(backend) as r:
+        got = r(x)[0]
+    return (float((got[:, 4:] - ref[:, 4:]).abs().max()),
+            float((got[:, :4] - ref[:, :4]).abs().max()), " ".join(art.lineage[-1].notes))
+
+
 @pytest.mark.parametrize("float_tail", [True, False])
 def test_yolo_int8_default_keeps_the_decoded_output_in_float(zoo_yolo, float_tail):
     """onnx.quantize_static used to quantize the head's final concat of boxes (0..SIZE px) and
     class scores (0..1) with one uint8 scale: every score collapsed to 0 or 1 (error 0.5).
     The default keeps the output tail (ops after the last weighted layer) in float."""
-    if zoo_yolo.zoo_cfg != "yolov8n.yaml":
-        pytest.skip("one model is enough for the quantization default")
-    m = _mid_range_head(zoo_yolo)
-    g = torch.Generator().manual_seed(2)
-    calib = [torch.rand(2, 3, SIZE, SIZE, generator=g) for _ in range(4)]
-    x = torch.rand(2, 3, SIZE, SIZE, generator=g)
-    s = mo.Session(m, (x[:1],), calibration_data=calib, progress=False)
-    s.export("onnx")
-    with s.runner("onnxruntime") as r:
-        ref = r(x)[0]
-    art = s.apply("onnx.quantize_static", float_tail=float_tail)
-    with s.runner("onnxruntime") as r:
-        got = r(x)[0]
-    score_err = float((got[:, 4:] - ref[:, 4:]).abs().max())
-    box_err = float((got[:, :4] - ref[:, :4]).abs().max())
+    score_err, box_err, notes = _int8_errors(zoo_yolo, "onnx", "onnxruntime",
+                                             "onnx.quantize_static", 2, float_tail=float_tail)
     if float_tail:
-        assert "output tail kept in float" in " ".join(art.lineage[-1].notes)
+        assert "output tail kept in float" in notes
         assert score_err < 0.02 and box_err < 2.0, (score_err, box_err)
     else:  # what the default used to do
         assert score_err > 0.2, score_err
@@ -150,19 +156,7 @@ def test_yolo_openvino_int8_keeps_the_box_decoding_in_float(zoo_yolo):
     default, as Ultralytics' own INT8 export does: boxes stay within a pixel of FP32 (320 px,
     the NNCF default put 2.8 px of error on them)."""
     pytest.importorskip("nncf")
-    if zoo_yolo.zoo_cfg != "yolov8n.yaml":
-        pytest.skip("one model is enough for the quantization default")
-    m = _mid_range_head(zoo_yolo)
-    g = torch.Generator().manual_seed(3)
-    calib = [torch.rand(2, 3, SIZE, SIZE, generator=g) for _ in range(4)]
-    x = torch.rand(2, 3, SIZE, SIZE, generator=g)
-    s = mo.Session(m, (x[:1],), calibration_data=calib, progress=False)
-    s.export("openvino")
-    with s.runner("openvino") as r:
-        ref = r(x)[0]
-    art = s.apply("openvino.quantize")
-    assert "output tail kept in float" in " ".join(art.lineage[-1].notes)
-    with s.runner("openvino") as r:
-        got = r(x)[0]
-    assert float((got[:, :4] - ref[:, :4]).abs().max()) < 1.0
-    assert float((got[:, 4:] - ref[:, 4:]).abs().max()) < 0.05
+    score_err, box_err, notes = _int8_errors(zoo_yolo, "openvino", "openvino",
+                                             "openvino.quantize", 3)
+    assert "output tail kept in float" in notes
+    assert box_err < 1.0 and score_err < 0.05, (score_err, box_err)
