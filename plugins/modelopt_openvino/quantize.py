@@ -69,10 +69,53 @@ def output_tail(model: Any) -> list[str]:
         feeds[name] = any(t.get_node().get_friendly_name() in weighted
                           or feeds.get(t.get_node().get_friendly_name(), False)
                           for out in op.outputs() for t in out.get_target_inputs())
+    def bias(op: Any) -> bool:  # a weighted op's bias Add belongs to it (NNCF fuses it)
+        srcs = [op.input_value(i).get_node() for i in range(op.get_input_size())]
+        return op.get_type_name() == "Add" and any(
+            x.get_friendly_name() in weighted for x in srcs) and any(
+            x.get_type_name() == "Constant" for x in srcs)
+
     skip = {"Parameter", "Result", "Constant"}
     return [o.get_friendly_name() for o in ops
             if o.get_type_name() not in skip and o.get_friendly_name() not in weighted
-            and not feeds[o.get_friendly_name()]]
+            and not feeds[o.get_friendly_name()] and not bias(o)]
+
+
+def _fit_batches(model: Any, batches: list[Any], who: str, notes: list[str]) -> list[Any]:
+    """Calibration batches regrouped into the batch size of a fixed-batch model (an IR
+    exported with ``dynamic_batch=False``), whatever size they came in: the rows of all
+    batches, in order, in chunks of that size (the last chunk padded with rows from the
+    start). Other fixed dims that do not fit are a DataError naming the input and shape."""
+    import torch
+
+    shapes = [p.get_partial_shape() for p in model.inputs]
+    if not shapes or not all(ps.rank.is_static and ps.rank.get_length() > 0 for ps in shapes):
+        return batches
+    fixed = [ps[0].get_length() if ps[0].is_static else None for ps in shapes]
+    for i, b in enumerate(batches):
+        for j, (x, ps) in enumerate(zip(b, shapes)):
+            want = [d.get_length() if d.is_static else None for d in ps]
+            got = list(x.shape)
+            if len(got) != len(want) or any(w is not None and w != g
+                                            for w, g in zip(want[1:], got[1:])):
+                raise mo.DataError(
+                    f"{who}: calibration batch {i}, input {j} has shape {got}; the model takes "
+                    f"{['?' if w is None else w for w in want]} ('?' is free). Pass calibration "
+                    "data of that shape, or export with dynamic shapes.")
+    size = fixed[0]
+    if size is None or any(f != size for f in fixed) or \
+            all(all(x.shape[0] == size for x in b[:len(shapes)]) for b in batches):
+        return batches
+    n_in = len(shapes)
+    rows = [torch.cat([b[j] for b in batches]) for j in range(n_in)]
+    total = rows[0].shape[0]
+    pad = -total % size
+    if pad:
+        rows = [torch.cat([r, r[torch.arange(pad) % total]]) for r in rows]
+    out = [tuple(r[k:k + size] for r in rows) for k in range(0, total + pad, size)]
+    notes.append(f"the model's batch is fixed at {size}: {total} calibration rows regrouped "
+                 f"into {len(out)} batch(es) of {size}" + (f" ({pad} padded)" if pad else ""))
+    return out
 
 
 def _nncf_call(who: str, fn: Any, *args: Any, log: list[str] | None = None,
@@ -161,6 +204,8 @@ class OpenVinoQuantize(mo.Optimizer):
             if len(b) < n_in:
                 raise mo.DataError(f"{self.name}: calibration batch {i} has {len(b)} tensor(s) "
                                    f"but the model takes {n_in}.")
+        notes: list[str] = []
+        batches = _fit_batches(artifact.model, batches, self.name, notes)
         dataset = nncf.Dataset(batches, _transform(n_in))
         model = artifact.model.clone()  # NNCF works on its input; the artifact stays as is
         kwargs: dict[str, Any] = dict(
@@ -169,7 +214,6 @@ class OpenVinoQuantize(mo.Optimizer):
             subset_size=len(batches), fast_bias_correction=cfg.fast_bias_correction,
             model_type=nncf.ModelType.TRANSFORMER if cfg.model_type else None,
             ignored_scope=None)
-        notes: list[str] = []
         tail = output_tail(model) if cfg.float_tail else []
         names = list(cfg.ignored_names) + [n for n in tail if n not in cfg.ignored_names]
         kwargs["ignored_scope"] = _ignored_scope(names, cfg.ignored_types, cfg.ignored_patterns)

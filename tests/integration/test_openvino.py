@@ -95,6 +95,27 @@ def test_fixed_batch_export(trained):
             r(data.test[0][0][: n + 1])
 
 
+def test_fixed_batch_ir_calibrates_with_batches_of_any_size(trained):
+    """A fixed-batch IR quantized with calibration batches of another size: the rows are
+    regrouped into the IR's batch (it used to fail with an opaque infer_request.cpp:104);
+    a calibration shape that cannot fit names the input and the shape the model takes."""
+    model, data = trained
+    s = mo.Session(model, (data.example,), progress=False,
+                   calibration_data=[data.test[i][0][:5] for i in range(3)])
+    s.export("openvino", dynamic_batch=False)
+    n = data.example.shape[0]
+    assert n != 5
+    art = s.apply("openvino.quantize")
+    assert f"the model's batch is fixed at {n}" in " ".join(art.lineage[-1].notes)
+    with s.runner("openvino") as r:
+        assert r(data.test[0][0][:n]).shape == (n, 10)
+    bad = mo.Session(model, (data.example,), progress=False,
+                     calibration_data=[torch.rand(4, 1, 9, 9)])
+    bad._history.append(s.history[1])
+    with pytest.raises(mo.DataError, match=r"shape \(4, 1, 9, 9\) does not match"):
+        bad.apply("openvino.quantize")
+
+
 def test_save_and_load_round_trip(ov_session, trained, tmp_path):
     _, data = trained
     art = ov_session.current
