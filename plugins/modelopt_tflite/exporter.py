@@ -53,9 +53,11 @@ class TfliteExportConfig:
         "none", help="'none': float32; 'fp16': float16 weights; 'int8': full-integer INT8 "
                      "calibrated on the session's calibration data; 'int8_dynamic': INT8 "
                      "weights, dynamic-range activations (no calibration)")
-    int8_method: Literal["pt2e", "ai_edge_quantizer"] = mo.field(
-        "pt2e", help="how 'int8' is calibrated: 'pt2e': litert-torch's PT2E quantizer in torch; "
-                     "'ai_edge_quantizer': static_wi8_ai8 on the float flatbuffer")
+    int8_method: Literal["auto", "pt2e", "ai_edge_quantizer"] = mo.field(
+        "auto", help="how 'int8' is calibrated: 'pt2e': litert-torch's PT2E quantizer in "
+                     "torch; 'ai_edge_quantizer': static_wi8_ai8 on the float flatbuffer; "
+                     "'auto': pt2e, and when its model fails the numerics check, "
+                     "ai_edge_quantizer (noted)")
     per_channel: bool = mo.field(True, help="int8: per-output-channel weight scales "
                                  "('pt2e'; ai_edge_quantizer is always per channel)")
     calibration_batches: int = mo.field(16, validator=mo.positive,
@@ -106,13 +108,43 @@ class TfliteExporter(mo.Exporter):
             calib = [tuple(x.float() if x.is_floating_point() else x for x in xs)
                      for xs in ctx.calibration_batches(self.name, cfg.calibration_batches)]
         dyn = _dynamic_shapes(model, artifact.inputs) if cfg.dynamic_batch else None
+        method = "pt2e" if cfg.int8_method == "auto" else cfg.int8_method
+        before = list(notes)
+        fresh = copy.deepcopy(model) if cfg.int8_method == "auto" else None  # PT2E rewrites it
+        flat, meta = self._build(model, artifact.inputs, args, calib, dyn, batch, method, ctx,
+                                 notes)
+        if cfg.check_numerics:
+            ctx.status("tflite: checking numerics against torch...")
+            try:
+                meta.update(self._check(artifact, ctx, flat, notes, method))
+            except mo.ExportError as e:
+                if not (cfg.quantization == "int8" and cfg.int8_method == "auto"):
+                    raise
+                ctx.warn(f"tflite: int8_method='auto': the PT2E INT8 model failed its numerics "
+                         f"check, so it was converted again with ai_edge_quantizer "
+                         f"({str(e)[:300]})")  # (a warning lands in the step's notes too)
+                method = "ai_edge_quantizer"
+                notes = list(before)
+                flat, meta = self._build(fresh, artifact.inputs, args, calib, dyn, batch,
+                                         method, ctx, notes)
+                meta.update(self._check(artifact, ctx, flat, notes, method))
+        if cfg.quantization == "int8":
+            meta["tflite_int8_method"] = method
+        return artifact.evolve(step=self.step(notes=notes), format="tflite", model=flat,
+                               metadata=meta)
+
+    def _build(self, model: Any, inputs: Sequence[mo.TensorSpec], args: tuple[Any, ...],
+               calib: list[tuple[Any, ...]], dyn: Any, batch: int, method: str,
+               ctx: mo.Context, notes: list[str]) -> tuple[bytes, dict[str, Any]]:
+        """The flatbuffer (quantized with ``method`` when int8) and its metadata."""
+        cfg = self.config
         quant_config = None
-        if cfg.quantization == "int8" and cfg.int8_method == "pt2e":
+        if cfg.quantization == "int8" and method == "pt2e":
             ctx.status(f"tflite: calibrating PT2E INT8 observers on {len(calib)} batch(es)...")
             model, quant_config, how = _pt2e_quantize(model, args, calib, cfg.per_channel,
-                                                      artifact.inputs)
+                                                      inputs)
             notes.append(how)
-        ctx.status(f"tflite: converting {artifact.name!r} with litert-torch...")
+        ctx.status("tflite: converting with litert-torch...")
         flat, fixed = _convert(model, args, dyn, quant_config)
         dynamic = dyn is not None and not fixed
         if fixed:
@@ -129,28 +161,23 @@ class TfliteExporter(mo.Exporter):
         elif cfg.quantization == "int8_dynamic":
             flat = _aeq_recipe(flat, "dynamic_wi8_afp32")
             notes.append("dynamic-range INT8 (ai-edge-quantizer dynamic_wi8_afp32)")
-        elif cfg.quantization == "int8" and cfg.int8_method == "ai_edge_quantizer":
+        elif cfg.quantization == "int8" and method == "ai_edge_quantizer":
             ctx.status(f"tflite: calibrating static INT8 on {len(calib)} batch(es)...")
             flat = _aeq_static(flat, calib)
             notes.append(f"full-integer INT8 (ai-edge-quantizer static_wi8_ai8, calibrated "
                          f"on {len(calib)} batch(es) in the LiteRT interpreter)")
         flat = check_flatbuffer(bytes(flat), "tflite: converted model")
-        meta: dict[str, Any] = {"tflite_quantization": cfg.quantization,
-                                "tflite_batch": "dynamic" if dynamic else batch}
-        if cfg.check_numerics:
-            ctx.status("tflite: checking numerics against torch...")
-            meta.update(self._check(artifact, ctx, flat, notes))
-        return artifact.evolve(step=self.step(notes=notes), format="tflite", model=flat,
-                               metadata=meta)
+        return flat, {"tflite_quantization": cfg.quantization,
+                      "tflite_batch": "dynamic" if dynamic else batch}
 
     def _check(self, artifact: mo.ModelArtifact, ctx: mo.Context, flat: bytes,
-               notes: list[str]) -> dict[str, Any]:
+               notes: list[str], method: str) -> dict[str, Any]:
         import numpy as np
 
         from .backend import TfliteProgram
 
         cfg = self.config
-        rtol, atol = DEFAULT_TOLERANCES.get(f"{cfg.quantization}/{cfg.int8_method}",
+        rtol, atol = DEFAULT_TOLERANCES.get(f"{cfg.quantization}/{method}",
                                             DEFAULT_TOLERANCES[cfg.quantization])
         if cfg.quantization == "none":  # a fake-quant torch model states its own slack
             rtol = max(rtol, artifact.props.check_rtol or 0.0)
