@@ -39,6 +39,16 @@ class OpenVinoExportConfig:
                                   "props.check_atol, else 1e-4; 0.1 x output range for QDQ)")
 
 
+@mo.config
+class TorchOpenVinoConfig(OpenVinoExportConfig):
+    """Options of the ``openvino`` exporter (from torch)."""
+
+    onnx_fallback: bool = mo.field(
+        True, help="when openvino.convert_model cannot convert the torch model (its tracing "
+                   "fails), export through ONNX (the onnx exporter, then openvino.from_onnx, "
+                   "each checked), with a warning; off: the failure is an ExportError")
+
+
 def _tolerances(cfg: OpenVinoExportConfig, art: mo.ModelArtifact, ref: Any,
                 qdq: bool) -> tuple[float, float]:
     """rtol/atol: the config's, else the artifact's props, else defaults (looser for QDQ
@@ -83,7 +93,7 @@ class TorchToOpenVino(mo.Exporter):
     name = "openvino"
     source = "torch"
     target = "openvino"
-    Config = OpenVinoExportConfig
+    Config = TorchOpenVinoConfig
     requires = ("openvino",)
     install_hint = _HINT
 
@@ -121,9 +131,12 @@ class TorchToOpenVino(mo.Exporter):
                 ov_model = ov.convert_model(model, example_input=xs,
                                             input=inputs or None)
         except Exception as e:
-            raise mo.ExportError(f"openvino: openvino.convert_model failed on "
-                                 f"{artifact.name!r}: {type(e).__name__}: "
-                                 f"{str(e).strip()[:400]}") from e
+            why = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
+            if not cfg.onnx_fallback:
+                raise mo.ExportError(f"openvino: openvino.convert_model failed on "
+                                     f"{artifact.name!r}: {why} (onnx_fallback=True exports "
+                                     "through ONNX instead)") from e
+            return self._through_onnx(artifact, ctx, notes, why)
         name_ports(ov_model, in_specs, out_specs)
         if not cfg.dynamic_batch:
             out_specs = _out_fixed(out_specs, ov_model)
@@ -150,6 +163,27 @@ class TorchToOpenVino(mo.Exporter):
                          f"{errs['max_abs_error']:.3g}")
         return artifact.evolve(step=self.step(notes=notes), format="openvino", model=ov_model,
                                inputs=in_specs, outputs=out_specs, metadata=meta)
+
+
+    def _through_onnx(self, artifact: mo.ModelArtifact, ctx: mo.Context, notes: list[str],
+                      why: str) -> mo.ModelArtifact:
+        """The OpenVINO model made through ONNX (the session's ``onnx`` exporter, then
+        ``openvino.from_onnx``, each with its own numerics check), as this exporter's one
+        step; the failure and both steps' notes are in its notes."""
+        ctx.warn(f"openvino: openvino.convert_model could not convert {artifact.name!r} "
+                 f"({why.splitlines()[0][:200]}); exported through ONNX instead")
+        cfg = self.config
+        onnx_art = ctx.export(artifact, "onnx")
+        options = {k: v for k, v in mo.config_to_data(cfg).items() if k != "onnx_fallback"}
+        ov_art = ctx.export(onnx_art, "openvino", **options)
+        notes = notes + [f"through ONNX: {n}" for s in (onnx_art, ov_art)
+                         for n in s.lineage[-1].notes]
+        added = {k: v for k, v in ov_art.metadata.items()
+                 if k not in artifact.metadata or artifact.metadata[k] != v}
+        added["openvino_route"] = "onnx"
+        return artifact.evolve(step=self.step(notes=notes), format="openvino",
+                               model=ov_art.model, inputs=ov_art.inputs,
+                               outputs=ov_art.outputs, metadata=added)
 
 
 class OnnxToOpenVino(mo.Exporter):

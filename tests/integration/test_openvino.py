@@ -377,3 +377,37 @@ def test_missing_openvino_makes_components_unavailable(trained, monkeypatch):
     model, data = trained
     with pytest.raises(mo.BackendUnavailableError, match="openvino"):
         session(model, data).export("openvino")
+
+
+class _RetracedDifferently(torch.nn.Module):
+    """Computes 2 * lin(x) with a graph that alternates between calls: TorchScript tracing's
+    sanity check (openvino.convert_model) refuses it, torch.export traces it once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(4, 3)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        y = self.lin(x)
+        return y * 2 if self.calls % 2 else y + y
+
+
+def test_convert_model_failure_falls_back_through_onnx_and_says_so():
+    m = _RetracedDifferently().eval()
+    before = state_hash(m)
+    s = mo.Session(m, (torch.rand(2, 4),), progress=False)
+    art = s.export("openvino")
+    notes = " ".join(art.lineage[-1].notes)
+    assert len(art.lineage) == 2 and art.metadata["openvino_route"] == "onnx"
+    assert "could not convert" in notes and "exported through ONNX instead" in notes
+    assert "through ONNX: numerics vs torch" in notes
+    x = torch.randn(5, 4)
+    with s.runner("openvino") as r:
+        torch.testing.assert_close(r(x), 2 * m.lin(x).detach(), rtol=1e-4, atol=1e-5)
+    assert m.calls == 0 and state_hash(m) == before  # the user's model never ran
+    s.discard()
+    with pytest.raises(mo.ExportError, match=r"convert_model failed .*onnx_fallback=True"):
+        s.export("openvino", onnx_fallback=False)
