@@ -258,20 +258,14 @@ class CoremlExporter(mo.Exporter):
         ref = [out] if isinstance(out, torch.Tensor) else list(out)
         got = predict(ml, [s.name for s in in_specs], [s.name for s in out_specs],
                       [x.numpy() for x in xs])
-        worst = 0.0
-        for i, (r, g) in enumerate(zip(ref, got)):
-            r = r.float().numpy().astype(np.float64)
-            g = np.asarray(g, dtype=np.float64).reshape(r.shape)
-            err = float(np.max(np.abs(r - g))) if r.size else 0.0
-            scale = float(np.max(np.abs(r))) if r.size else 0.0
-            worst = max(worst, err)
-            if not np.isfinite(g).all() or err > atol + rtol * scale:
-                raise mo.ExportError(
-                    f"coreml: output {i} differs from torch by up to {err:.3g} (largest torch "
-                    f"magnitude {scale:.3g}; allowed {atol} + {rtol} * {scale:.3g}). Try "
-                    "compute_precision='fp32', less compression, or raise rtol/atol.")
-        notes.append(f"numerics vs torch (Core ML on macOS): max abs error {worst:.3g}")
-        return {"max_abs_error": worst}
+        errs = mo.check_outputs(
+            "coreml", [r.float().numpy() for r in ref], [np.asarray(g) for g in got],
+            rtol=rtol, atol=atol, scale_floor=1.0, names=[s.name for s in out_specs],
+            runtime="Core ML model", hint="Try compute_precision='fp32', less compression, "
+            "or raise rtol/atol.")
+        notes.append(f"numerics vs torch (Core ML on macOS): max abs error "
+                     f"{errs['max_abs_error']:.3g}")
+        return {"max_abs_error": errs["max_abs_error"]}
 
 
 # ---- helpers ------------------------------------------------------------------------------
