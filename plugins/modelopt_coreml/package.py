@@ -57,18 +57,11 @@ def check_package_paths(pkg: Path) -> Path:
 
 def check_blob_references(spec: Any, where: str) -> None:
     """Weight blobs of an ML Program spec must live in the package's weights folder."""
-    if spec.WhichOneof("Type") != "mlProgram":
-        return
-    for fn in spec.mlProgram.functions.values():
-        for block in fn.block_specializations.values():
-            for op in _spec_ops(block):
-                for value in list(op.attributes.values()):
-                    if value.WhichOneof("value") == "blobFileValue":
-                        name = value.blobFileValue.fileName
-                        if not name.startswith("@model_path/weights/") or ".." in name:
-                            raise mo.UnsafeArtifactError(
-                                f"{where}: op {op.type!r} reads weights from {name!r}, outside "
-                                "the package's weights folder; refused.")
+    for op_type, name, _ in _blob_refs(spec):
+        if not name.startswith("@model_path/weights/") or ".." in name:
+            raise mo.UnsafeArtifactError(
+                f"{where}: op {op_type!r} reads weights from {name!r}, outside the package's "
+                "weights folder; refused.")
 
 
 #: weight.bin (blob storage version 2): a 64-byte file header (blob count, version), then per
