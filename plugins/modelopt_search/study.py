@@ -241,6 +241,8 @@ def open_study(storage: str, study_name: str, seed: int, directions: list[str]) 
             raise SearchError(f"optimize: cannot open storage {storage!r}: {e}. Give an "
                               "Optuna RDB URL such as sqlite:///out/study.db or "
                               "postgresql://user:pass@host/db.") from e
+    if db is not None:
+        _serialize_claims(rdb, db.parent / f".{db.name}.claim.lock")
     try:
         study = None
         for _ in range(6):
@@ -264,6 +266,25 @@ def open_study(storage: str, study_name: str, seed: int, directions: list[str]) 
     except storage_errors() as e:
         raise storage_error(storage, e) from e
     return study
+
+
+def _serialize_claims(rdb: Any, lock: Path) -> None:
+    """Make the WAITING -> RUNNING step of a trial atomic across the local workers of one
+    SQLite study. SQLite has no row locks, so Optuna's pop of a queued trial (read WAITING,
+    then write RUNNING) handed one trial to two workers at once (7-10 of 40 queued trials in
+    a two-thread test); both ran it and the second died on "Cannot tell a COMPLETE trial".
+    Under this per-file flock the second worker reads RUNNING and takes another trial."""
+    optuna = _optuna()
+    running = optuna.trial.TrialState.RUNNING
+    set_state = rdb.set_trial_state_values
+
+    def set_trial_state_values(trial_id: int, state: Any, values: Any = None) -> bool:
+        if state == running:
+            with _host_lock(lock):
+                return set_state(trial_id, state, values)
+        return set_state(trial_id, state, values)
+
+    rdb.set_trial_state_values = set_trial_state_values
 
 
 def _recovery_lock_path(storage: str, study_name: str) -> Path:

@@ -241,3 +241,36 @@ def test_two_workers_killed_and_resumed_together(tmp_path):
     # each resumed worker ran its 2 recipes (a repeat of a measured recipe costs nothing)
     for w in ws:
         assert sum(t.user_attrs.get("worker", "").endswith(f":{w.pid}") for t in ran) == 2
+
+
+def test_two_workers_never_take_the_same_queued_trial(tmp_path):
+    """Two workers' studies on one SQLite file pop 40 queued trials at once (threads released
+    by a barrier, each with its own storage connection): every trial goes to exactly one
+    worker. SQLite has no row locks, so Optuna's read-WAITING-then-write-RUNNING handed 7-10
+    of them to both; the second worker's tell then failed ("Cannot tell a COMPLETE trial",
+    seen once in CI on test_two_workers_share_one_study)."""
+    import collections
+    import threading
+
+    from modelopt_search.study import open_study
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    first = open_study(url, "s", 0, ["maximize", "minimize"])
+    for i in range(40):
+        first.enqueue_trial({"i": i})
+    popped: collections.Counter = collections.Counter()
+    barrier = threading.Barrier(2)
+
+    def worker() -> None:
+        study = open_study(url, "s", 0, ["maximize", "minimize"])
+        barrier.wait()
+        while (tid := study._pop_waiting_trial_id()) is not None:
+            popped[tid] += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(popped) == 40
+    assert [t for t, n in popped.items() if n > 1] == []
