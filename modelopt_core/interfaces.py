@@ -171,6 +171,10 @@ class Exporter(Component):
         raise NotImplementedError
 
 
+#: serializes the lazy creation of a runner's call gate (see ``Runner._gate``)
+_GATE_INIT = threading.Lock()
+
+
 class Runner:
     """A loaded model: ``runner(*inputs)`` takes torch tensors and returns torch tensors
     structured like the original model's outputs (a tensor, a tuple, a dict or a
@@ -190,14 +194,29 @@ class Runner:
 
     #: True when ``_run`` may run in several threads at once (else the base class serializes)
     thread_safe: ClassVar[bool] = False
+    closed: bool = False
 
     def __init__(self, artifact: ModelArtifact, device: str = "cpu") -> None:
         self.artifact = artifact
         self.device = device
         self.closed = False
+        self._init_gate()
+
+    def _init_gate(self) -> None:
         self._calls = threading.Condition()  # guards closed / the count of calls in flight
         self._in_flight = 0
         self._serial = None if self.thread_safe else threading.Lock()
+
+    def _gate(self) -> threading.Condition:
+        """The calls' condition (made here for a subclass whose ``__init__`` skipped the
+        base class's)."""
+        try:
+            return self._calls
+        except AttributeError:
+            with _GATE_INIT:
+                if "_calls" not in vars(self):
+                    self._init_gate()
+            return self._calls
 
     def __call__(self, *inputs: Any, **named: Any) -> Any:
         if named or (len(inputs) == 1 and isinstance(inputs[0], Mapping)):  # by name
@@ -225,7 +244,7 @@ class Runner:
 
     def _enter(self) -> None:
         """Count a call in flight (RunnerClosedError once closed)."""
-        with self._calls:
+        with self._gate():
             if self.closed:
                 raise RunnerClosedError(f"runner for {self.artifact.name!r} was closed; load a "
                                         "new one with session.runner(...).")
@@ -278,7 +297,7 @@ class Runner:
         """Free resources held by the runner (idempotent); calling it afterwards raises
         :class:`RunnerClosedError`. Calls already running in other threads finish first.
         Subclasses free their resources in :meth:`_release`."""
-        with self._calls:
+        with self._gate():
             if self.closed:
                 return
             self.closed = True

@@ -118,3 +118,22 @@ def test_torch_settings_restored_after_concurrent_runners():
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+class NoSuperInit(mo.Runner):
+    """A plugin runner whose __init__ skips the base class's (written before thread safety)."""
+
+    def __init__(self, artifact):
+        self.artifact, self.device = artifact, "cpu"
+
+    def _run(self, inputs):
+        return [inputs[0] + 1]
+
+
+def test_a_runner_that_skips_the_base_init_still_works_and_is_serialized(artifact):
+    r = NoSuperInit(artifact)
+    assert torch.equal(r(torch.zeros(1, 3)), torch.ones(1, 3))
+    assert r._serial is not None
+    r.close()
+    with pytest.raises(mo.RunnerClosedError):
+        r(torch.zeros(1, 3))
