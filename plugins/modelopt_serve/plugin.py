@@ -57,6 +57,12 @@ def _setup_serve(p: argparse.ArgumentParser) -> None:
                    help="a request not started within this gets 504 (default: none)")
     p.add_argument("--workers", type=int, default=1,
                    help="model replicas (Ray Serve replicas with --ray) (default 1)")
+    p.add_argument("--replica-mode", choices=("auto", "thread", "process"), default="auto",
+                   help="how --workers replicas run: threads (runtimes that release the GIL), "
+                        "worker processes (a crash takes only its own requests; the worker "
+                        "is replaced), or auto: threads for ONNX Runtime / OpenVINO / torch / "
+                        "TensorRT, processes otherwise (default auto; not with --ray, whose "
+                        "replicas are processes)")
     p.add_argument("--cache-size", type=int, default=0,
                    help="result-cache entries; 0 turns the cache off (default 0)")
     p.add_argument("--cache-mb", type=float, default=256.0,
@@ -120,6 +126,10 @@ def _run_serve(args: argparse.Namespace) -> int:
     _need("uvicorn", SERVE_HINT)
     level = "warning" if args.quiet else "info"
     if args.ray:
+        if args.replica_mode != "auto":
+            raise mo.ConfigError("--replica-mode applies to modelopt serve's own replicas; "
+                                 "with --ray every replica is a Ray actor process already: "
+                                 "leave it out.")
         _need("ray", 'pip install -e ".[serve-ray]"')
         from modelopt_serve.server import serve_ray
 
@@ -128,7 +138,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     from modelopt_serve.server import serve
 
     return serve(args.artifact, backend=args.backend, host=args.host, port=args.port,
-                 workers=args.workers, log_level=level, **_options(args))
+                 workers=args.workers, mode=args.replica_mode, log_level=level,
+                 **_options(args))
 
 
 def _setup_bench(p: argparse.ArgumentParser) -> None:

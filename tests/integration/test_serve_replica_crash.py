@@ -29,13 +29,11 @@ import modelopt_core as mo
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(),
                                 reason="finds the worker processes through /proc")
 
-SERVER = """
-import sys
-from modelopt_serve.server import serve
-path, port, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-sys.exit(serve(path, port=port, workers=2, mode="process", max_batch_size=rows,
-               max_delay_ms=1, stats_interval_s=0, log_level="warning"))
-"""
+def _server_cmd(path: Path, port: int, rows: int) -> list[str]:
+    """``modelopt serve`` with two worker processes, as an operator starts it."""
+    return [sys.executable, "-m", "modelopt_core", "-q", "serve", str(path), "--port",
+            str(port), "--workers", "2", "--replica-mode", "process", "--max-batch-size",
+            str(rows), "--max-delay-ms", "1", "--stats-interval-s", "0"]
 
 
 class SlowRows(torch.nn.Module):
@@ -136,8 +134,8 @@ def test_a_killed_worker_fails_only_its_request_under_modelopt_serve(slow_path, 
     port, seen = _free_port(), set()
     log = (tmp_path / "server.log").open("w")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(slow_path), str(port), str(rows)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(_server_cmd(slow_path, port, rows), stdout=log,
+                            stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -196,3 +194,13 @@ def test_a_killed_worker_fails_only_its_request_under_modelopt_serve(slow_path, 
             direct.close()
     assert proc.returncode == 0, (tmp_path / "server.log").read_text()
     _until(lambda: all(_gone(p) for p in seen), 10, "worker processes outlived the server")
+
+
+def test_replica_mode_is_refused_with_ray(capsys):
+    """--replica-mode is for modelopt serve's own replicas; with --ray it is a typed refusal
+    before Ray is touched."""
+    from modelopt_core import cli
+
+    rc = cli.main(["serve", "nowhere", "--ray", "--replica-mode", "process"])
+    assert rc != 0
+    assert "--replica-mode applies to modelopt serve's own replicas" in capsys.readouterr().err
