@@ -19,7 +19,8 @@ __all__ = ["Report", "pareto_indices"]
 #: preferred column order; other metrics follow alphabetically
 COLUMNS = ("step", "format", "backend", "accuracy", "accuracy_delta", "latency_p50_ms",
            "latency_p95_ms", "speedup", "throughput_per_s", "size_mb", "size_ratio",
-           "params", "sparsity", "peak_memory_mb", "joules_per_inference", "avg_watts", "note")
+           "params", "sparsity", "peak_memory_mb", "peak_rss_mb", "rss_growth_mb",
+           "joules_per_inference", "avg_watts", "note")
 
 #: column -> (header with unit, formatter) for the human-readable table; JSON keeps the keys
 _FORMAT: dict[str, tuple[str, Callable[[Any], str]]] = {
@@ -37,6 +38,7 @@ _FORMAT: dict[str, tuple[str, Callable[[Any], str]]] = {
     "sparsity": ("sparsity", lambda v: f"{100 * v:.1f}%"),
     "peak_memory_mb": ("peak MB", lambda v: f"{v:.1f}"),
     "peak_rss_mb": ("RSS MB", lambda v: f"{v:.0f}"),
+    "rss_growth_mb": ("RSS +MB", lambda v: f"{v:.1f}"),
     "joules_per_inference": ("mJ/inference", lambda v: f"{1e3 * v:.3f}"),
     "avg_watts": ("avg W", lambda v: f"{v:.1f}"),
 }
@@ -44,7 +46,8 @@ _FORMAT: dict[str, tuple[str, Callable[[Any], str]]] = {
 
 _TEXT = ("step", "format", "backend", "error", "note")
 #: columns a narrow terminal drops first (the Markdown and JSON reports keep them all)
-_DROP_ORDER = ("format", "avg_watts", "latency_p95_ms", "params", "sparsity", "peak_memory_mb",
+_DROP_ORDER = ("format", "peak_rss_mb", "rss_growth_mb", "avg_watts", "latency_p95_ms", "params",
+               "sparsity", "peak_memory_mb",
                "throughput_per_s", "size_ratio", "note", "accuracy_delta", "size_mb")
 
 

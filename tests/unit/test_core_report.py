@@ -116,3 +116,17 @@ def test_json_keeps_every_metric(report, tmp_path):
 def test_empty_report():
     r = mo.Report([])
     assert r.to_dict()["rows"] == [] and "### modelopt comparison" in r.to_markdown()
+
+
+def test_cpu_memory_is_in_the_tables():
+    """The memory profiler's CPU figures (peak RSS, growth while the model ran) are headline
+    columns of the Markdown and HTML tables, not only of the JSON (issue 26, item 4)."""
+    rows = [{"step": "original", "backend": "torch", "latency_p50_ms": 1.0, "peak_rss_mb": 812.4,
+             "rss_growth_mb": 3.25},
+            {"step": "1:onnx", "backend": "onnxruntime", "latency_p50_ms": 0.5,
+             "peak_rss_mb": 845.0, "rss_growth_mb": 12.5}]
+    rep = mo.Report(rows)
+    assert {"peak_rss_mb", "rss_growth_mb"} <= set(rep.columns)
+    md = rep.to_markdown()
+    assert "RSS MB" in md and "RSS +MB" in md and "812" in md and "12.5" in md
+    assert "RSS +MB" in rep.to_html()
