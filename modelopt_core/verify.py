@@ -26,26 +26,28 @@ from typing import Any
 
 from .errors import ExportError, NumericalError
 
-__all__ = ["DEFAULT_SCALE_FLOOR", "check_outputs", "output_errors"]
+__all__ = ["DEFAULT_SCALE_FLOOR", "check_outputs", "check_reference"]
 
 #: share of an output's largest magnitude below which the relative allowance never falls
 DEFAULT_SCALE_FLOOR = 0.1
 
 
-def output_errors(ref: Any, got: Any) -> dict[str, float]:
-    """``max_abs_error``, ``scale`` (the reference's largest magnitude) and
-    ``max_rel_error`` (the error over that scale) of one output pair (finite elements)."""
+def check_reference(who: str, ref: Sequence[Any], *, names: Sequence[str] = (),
+                    source: Any = None) -> None:
+    """:class:`NumericalError` when a reference output holds NaN/Inf: the source model itself
+    produces them, so no conversion of it can be verified (call it before running the
+    converted model; :func:`check_outputs` calls it too). ``source``, the torch module the
+    reference came from, lets the message name its first layer with non-finite weights."""
     import numpy as np
 
-    r = np.asarray(ref, dtype=np.float64)
-    g = np.asarray(got, dtype=np.float64)
-    if r.shape != g.shape:
-        return {"max_abs_error": float("inf"), "scale": float("nan"),
-                "max_rel_error": float("inf")}
-    fin = np.isfinite(r) & np.isfinite(g)
-    err = float(np.max(np.abs(r[fin] - g[fin]))) if fin.any() else 0.0
-    scale = float(np.max(np.abs(r[np.isfinite(r)]))) if np.isfinite(r).any() else 0.0
-    return {"max_abs_error": err, "scale": scale, "max_rel_error": err / max(scale, 1e-12)}
+    for i, r in enumerate(ref):
+        fr = np.isfinite(_array(r))
+        if not fr.all():
+            raise NumericalError(
+                f"{who}: the source model itself produces NaN/Inf ({_label(i, names)}, "
+                f"{int((~fr).sum())} of {fr.size} values) on the check inputs, so its "
+                f"conversion cannot be verified.{_nonfinite_layer(source)} Fix or retrain the "
+                "model, or check the inputs for NaN/Inf.")
 
 
 def _label(i: int, names: Sequence[str]) -> str:
@@ -65,6 +67,7 @@ def check_outputs(who: str, ref: Sequence[Any], got: Sequence[Any], *, rtol: flo
     NaN/Inf reference name its first layer with non-finite weights."""
     import numpy as np
 
+    check_reference(who, ref, names=names, source=source)
     if len(ref) != len(got):
         raise ExportError(f"{who}: the {runtime} returns {len(got)} output(s), the reference "
                           f"{len(ref)}; the conversion lost or added outputs. Report the model.")
@@ -73,13 +76,6 @@ def check_outputs(who: str, ref: Sequence[Any], got: Sequence[Any], *, rtol: flo
         r = _array(r)
         g = _array(g)
         label = _label(i, names)
-        fr = np.isfinite(r)
-        if not fr.all():
-            raise NumericalError(
-                f"{who}: the source model itself produces NaN/Inf ({label}, "
-                f"{int((~fr).sum())} of {r.size} values) on the check inputs, so its "
-                f"conversion cannot be verified.{_nonfinite_layer(source)} Fix or retrain the "
-                "model, or check the inputs for NaN/Inf.")
         if r.shape != g.shape:
             if r.size == g.size:  # a flattened / reshaped output (Core ML) holds the same data
                 g = g.reshape(r.shape)

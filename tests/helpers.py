@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-__all__ = ["state_hash", "onnx_bytes"]
+__all__ = ["onnx_bytes", "slow_rows", "state_hash", "tiny_mlp"]
 
 
 def state_hash(model: Any) -> str:
@@ -41,3 +41,25 @@ def tiny_mlp(seed: int = 0) -> Any:
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
                                torch.nn.Linear(16, 4)).eval()
+
+
+def slow_rows() -> Any:
+    """A model whose call time is set by its rows while its inputs stay small (the serving
+    crash tests' model): each (256,) input row is spread over 64 rows pushed through 32
+    tanh(Linear(256)) layers, ~270 MFLOP a row. Seeded, eval mode."""
+    import torch
+
+    class SlowRows(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = torch.nn.Linear(256, 256)
+            self.register_buffer("spread", torch.randn(64, 256) * 0.1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = x.unsqueeze(1) + self.spread
+            for _ in range(32):
+                h = torch.tanh(self.fc(h))
+            return h.mean(1)
+
+    return SlowRows().eval()

@@ -14,7 +14,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServeProcess", "free_port", "metric_values", "raw_exchange"]
+__all__ = ["ServeProcess", "free_port", "metric_values", "onnx_mlp", "raw_exchange"]
+
+
+def onnx_mlp(folder: Path) -> Path:
+    """The serving tests' tiny MLP (``helpers.tiny_mlp``) exported to ONNX and saved as
+    ``folder/mlp``; returns the artifact's path."""
+    import torch
+    from helpers import tiny_mlp
+
+    import modelopt_core as mo
+
+    s = mo.Session(tiny_mlp(), (torch.randn(1, 8),), progress=False)
+    s.export("onnx")
+    return s.current.save(folder / "mlp")
 
 
 def free_port() -> int:

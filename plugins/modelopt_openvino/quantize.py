@@ -81,32 +81,23 @@ def output_tail(model: Any) -> list[str]:
             and not feeds[o.get_friendly_name()] and not bias(o)]
 
 
-def _fit_batches(model: Any, batches: list[Any], who: str, notes: list[str]) -> list[Any]:
+def _fit_batches(model: Any, batches: list[Any], notes: list[str]) -> list[Any]:
     """Calibration batches regrouped into the batch size of a fixed-batch model (an IR
     exported with ``dynamic_batch=False``), whatever size they came in: the rows of all
     batches, in order, in chunks of that size (the last chunk padded with rows from the
-    start). Other fixed dims that do not fit are a DataError naming the input and shape."""
+    start). The other dims were checked against the model's inputs when the session handed
+    the batches out (``ctx.calibration_batches``)."""
     import torch
 
     shapes = [p.get_partial_shape() for p in model.inputs]
-    if not shapes or not all(ps.rank.is_static and ps.rank.get_length() > 0 for ps in shapes):
+    if not shapes or not all(ps.rank.is_static and ps.rank.get_length() > 0 and ps[0].is_static
+                             for ps in shapes):
         return batches
-    fixed = [ps[0].get_length() if ps[0].is_static else None for ps in shapes]
-    for i, b in enumerate(batches):
-        for j, (x, ps) in enumerate(zip(b, shapes)):
-            want = [d.get_length() if d.is_static else None for d in ps]
-            got = list(x.shape)
-            if len(got) != len(want) or any(w is not None and w != g
-                                            for w, g in zip(want[1:], got[1:])):
-                raise mo.DataError(
-                    f"{who}: calibration batch {i}, input {j} has shape {got}; the model takes "
-                    f"{['?' if w is None else w for w in want]} ('?' is free). Pass calibration "
-                    "data of that shape, or export with dynamic shapes.")
-    size = fixed[0]
-    if size is None or any(f != size for f in fixed) or \
-            all(all(x.shape[0] == size for x in b[:len(shapes)]) for b in batches):
-        return batches
+    size = shapes[0][0].get_length()
     n_in = len(shapes)
+    if any(ps[0].get_length() != size for ps in shapes) or \
+            all(x.shape[0] == size for b in batches for x in b[:n_in]):
+        return batches
     rows = [torch.cat([b[j] for b in batches]) for j in range(n_in)]
     total = rows[0].shape[0]
     pad = -total % size
@@ -205,7 +196,7 @@ class OpenVinoQuantize(mo.Optimizer):
                 raise mo.DataError(f"{self.name}: calibration batch {i} has {len(b)} tensor(s) "
                                    f"but the model takes {n_in}.")
         notes: list[str] = []
-        batches = _fit_batches(artifact.model, batches, self.name, notes)
+        batches = _fit_batches(artifact.model, batches, notes)
         dataset = nncf.Dataset(batches, _transform(n_in))
         model = artifact.model.clone()  # NNCF works on its input; the artifact stays as is
         kwargs: dict[str, Any] = dict(

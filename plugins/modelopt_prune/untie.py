@@ -14,6 +14,7 @@ block's other attributes (Ultralytics' ``f`` / ``i`` / ``type`` routing) are kep
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 __all__ = ["fixed_heads", "untie_splits"]
@@ -60,7 +61,9 @@ def _layout_ok(block: Any) -> bool:
             and conv.groups == 1)
 
 
-def _make_untied(kind: str) -> type:
+@functools.cache
+def _untied_classes() -> dict[str, type]:
+    """The untied block classes by kind (made once, on first use: torch is imported then)."""
     import torch
 
     class UntiedC2f(torch.nn.Module):
@@ -77,16 +80,11 @@ def _make_untied(kind: str) -> type:
         def forward(self, x: Any) -> Any:
             return self.cv2(torch.cat((self.cv0(x), self.m(self.cv1(x))), 1))
 
-    return {"c2f": UntiedC2f, "c2psa": UntiedC2PSA}[kind]
-
-
-_CLASSES: dict[str, type] = {}
+    return {"c2f": UntiedC2f, "c2psa": UntiedC2PSA}
 
 
 def _untied(block: Any, kind: str) -> Any:
-    if kind not in _CLASSES:
-        _CLASSES[kind] = _make_untied(kind)
-    new = _CLASSES[kind]()
+    new = _untied_classes()[kind]()
     for k, v in vars(block).items():  # Ultralytics routing (f, i, type, np), c, flags
         if not k.startswith("_") and k != "training":
             setattr(new, k, v)

@@ -110,7 +110,9 @@ class TfliteExporter(mo.Exporter):
         dyn = _dynamic_shapes(model, artifact.inputs) if cfg.dynamic_batch else None
         method = "pt2e" if cfg.int8_method == "auto" else cfg.int8_method
         before = list(notes)
-        fresh = copy.deepcopy(model) if cfg.int8_method == "auto" else None  # PT2E rewrites it
+        fallback = cfg.quantization == "int8" and cfg.int8_method == "auto" and \
+            cfg.check_numerics
+        fresh = copy.deepcopy(model) if fallback else None  # PT2E rewrites the model it gets
         flat, meta = self._build(model, artifact.inputs, args, calib, dyn, batch, method, ctx,
                                  notes)
         if cfg.check_numerics:
@@ -118,7 +120,7 @@ class TfliteExporter(mo.Exporter):
             try:
                 meta.update(self._check(artifact, ctx, flat, notes, method))
             except mo.ExportError as e:
-                if not (cfg.quantization == "int8" and cfg.int8_method == "auto"):
+                if not fallback:
                     raise
                 ctx.warn(f"tflite: int8_method='auto': the PT2E INT8 model failed its numerics "
                          f"check, so it was converted again with ai_edge_quantizer "
@@ -186,6 +188,7 @@ class TfliteExporter(mo.Exporter):
         atol = cfg.atol if cfg.atol is not None else atol
         xs = _check_inputs(artifact, ctx, self.name)
         ref = _reference(artifact, xs)
+        mo.check_reference(f"tflite ({cfg.quantization})", ref)  # before running the model
         prog = TfliteProgram(flat, where="tflite numerics check")
         try:
             got = prog.run([x.float().numpy() if x.is_floating_point() else x.numpy()

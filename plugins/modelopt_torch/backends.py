@@ -49,10 +49,10 @@ class TorchConfig:
                     "results; some CUDA kernels are slower or refuse); restored after it")
 
 
-#: guards the process-wide settings below: how many calls are inside a _Settings, and the
-#: values the first of them found (restored when the last one leaves)
+#: guards the process-wide settings: how many calls are inside a _Settings, and the values
+#: the first of them found (restored when the last one leaves)
 _SETTINGS_LOCK = threading.Lock()
-_SETTINGS_ACTIVE: list[dict[str, Any]] = []
+_SETTINGS_SHARED: dict[str, Any] = {"inside": 0, "saved": None}
 
 
 class _Settings:
@@ -90,16 +90,16 @@ class _Settings:
 
     def __enter__(self) -> None:
         with _SETTINGS_LOCK:
-            if not _SETTINGS_ACTIVE:
-                _SETTINGS_ACTIVE.append(self._get())
+            if not _SETTINGS_SHARED["inside"]:
+                _SETTINGS_SHARED["saved"] = self._get()
                 self._set(self.wanted)
-            _SETTINGS_ACTIVE.append(self.wanted)
+            _SETTINGS_SHARED["inside"] += 1
 
     def __exit__(self, *exc: object) -> None:
         with _SETTINGS_LOCK:
-            _SETTINGS_ACTIVE.pop()
-            if len(_SETTINGS_ACTIVE) == 1:
-                self._set(_SETTINGS_ACTIVE.pop())
+            _SETTINGS_SHARED["inside"] -= 1
+            if not _SETTINGS_SHARED["inside"]:
+                self._set(_SETTINGS_SHARED["saved"])
 
 
 def check_device(device: str, who: str) -> str:

@@ -14,8 +14,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_mlp
-from serve_helpers import ServeProcess
+from serve_helpers import ServeProcess, onnx_mlp
 
 import modelopt_core as mo
 
@@ -31,9 +30,7 @@ SLACK_MB = 48
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    s = mo.Session(tiny_mlp(), (torch.randn(1, 8),), progress=False)
-    s.export("onnx")
-    return s.current.save(tmp_path_factory.mktemp("hostile") / "mlp")
+    return onnx_mlp(tmp_path_factory.mktemp("hostile"))
 
 
 @pytest.fixture(scope="module")

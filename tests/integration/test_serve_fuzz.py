@@ -21,9 +21,8 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_mlp
 from hypothesis import HealthCheck, given, settings
-from serve_helpers import ServeProcess, read_until_closed
+from serve_helpers import ServeProcess, onnx_mlp, read_until_closed
 
 import modelopt_core as mo
 
@@ -41,9 +40,7 @@ CLIENT_ERRORS = {400, 413, 415, 422}
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    s = mo.Session(tiny_mlp(), (torch.randn(1, 8),), progress=False)
-    s.export("onnx")
-    return s.current.save(tmp_path_factory.mktemp("fuzz") / "mlp")
+    return onnx_mlp(tmp_path_factory.mktemp("fuzz"))
 
 
 # -- bodies ----------------------------------------------------------------------------------

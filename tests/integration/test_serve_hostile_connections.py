@@ -16,8 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from helpers import tiny_mlp
-from serve_helpers import ServeProcess, metric_values, read_until_closed
+from serve_helpers import ServeProcess, metric_values, onnx_mlp, read_until_closed
 
 import modelopt_core as mo
 
@@ -33,9 +32,7 @@ TIMEOUT_S = 1.0
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    s = mo.Session(tiny_mlp(), (torch.randn(1, 8),), progress=False)
-    s.export("onnx")
-    return s.current.save(tmp_path_factory.mktemp("hostile") / "mlp")
+    return onnx_mlp(tmp_path_factory.mktemp("hostile"))
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import slow_rows
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -36,26 +37,9 @@ def _server_cmd(path: Path, port: int, rows: int) -> list[str]:
             str(rows), "--max-delay-ms", "1", "--stats-interval-s", "0"]
 
 
-class SlowRows(torch.nn.Module):
-    """Each input row is spread over 64 rows pushed through 32 tanh(Linear(256)) layers:
-    ~270 MFLOP a row, so a request's duration is set by its rows (its body stays small)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc = torch.nn.Linear(256, 256)
-        self.register_buffer("spread", torch.randn(64, 256) * 0.1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.unsqueeze(1) + self.spread
-        for _ in range(32):
-            h = torch.tanh(self.fc(h))
-        return h.mean(1)
-
-
 @pytest.fixture(scope="module")
 def slow_path(tmp_path_factory) -> Path:
-    s = mo.Session(SlowRows().eval(), (torch.randn(1, 256),), progress=False)
+    s = mo.Session(slow_rows(), (torch.randn(1, 256),), progress=False)
     s.export("onnx", exporter="torchscript")
     path = tmp_path_factory.mktemp("crash") / "slowrows"
     s.current.save(path)

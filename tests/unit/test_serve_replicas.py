@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import slow_rows
 from helpers import tiny_mlp as _mlp
 from modelopt_serve import DynamicBatcher, ReplicaCrashedError, ReplicaPool, ServeError
 from modelopt_serve.replicas import load_runner, thread_option
@@ -110,31 +111,14 @@ def test_process_replica_load_error_is_reported(onnx_art, tmp_path):
                     options={"providers": ("NoSuchExecutionProvider",)})
 
 
-class SlowRows(torch.nn.Module):
-    """Each input row is spread over 64 rows pushed through 32 tanh(Linear(256)) layers:
-    ~270 MFLOP a row, so a call's duration is set by its rows (and its inputs stay small)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc = torch.nn.Linear(256, 256)
-        self.register_buffer("spread", torch.randn(64, 256) * 0.1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.unsqueeze(1) + self.spread
-        for _ in range(32):
-            h = torch.tanh(self.fc(h))
-        return h.mean(1)
-
-
 @pytest.fixture(scope="module")
 def slow_art():
-    return mo.Session(SlowRows().eval(), (torch.randn(1, 256),), progress=False).export(
+    return mo.Session(slow_rows(), (torch.randn(1, 256),), progress=False).export(
         "onnx", exporter="torchscript")
 
 
 def _rows_for(runner: mo.Runner, seconds: float) -> int:
-    """Rows of a SlowRows call that take about ``seconds`` on one thread here."""
+    """Rows of a slow_rows() call that take about ``seconds`` on one thread here."""
     runner(torch.randn(16, 256))  # first-run allocations
     t0 = time.perf_counter()
     runner(torch.randn(64, 256))
