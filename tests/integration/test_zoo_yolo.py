@@ -118,15 +118,19 @@ def _mid_range_head(model):
     return m
 
 
-def _int8_errors(zoo_yolo, target, backend, step, seed, **options):
+@pytest.fixture(scope="module")
+def yolov8n():
+    """YOLOv8n alone: one model is enough for the quantization defaults."""
+    return yolo("yolov8n.yaml")
+
+
+def _int8_errors(model, target, backend, step, seed, **options):
     """(max score error, max box error in px, the step's notes) of ``step`` on the mid-range
-    head copy of YOLOv8n exported to ``target``, vs that export, on two random images."""
-    if zoo_yolo.zoo_cfg != "yolov8n.yaml":
-        pytest.skip("one model is enough for the quantization default")
+    head copy of ``model`` exported to ``target``, vs that export, on two random images."""
     g = torch.Generator().manual_seed(seed)
     calib = [torch.rand(2, 3, SIZE, SIZE, generator=g) for _ in range(4)]
     x = torch.rand(2, 3, SIZE, SIZE, generator=g)
-    s = mo.Session(_mid_range_head(zoo_yolo), (x[:1],), calibration_data=calib, progress=False)
+    s = mo.Session(_mid_range_head(model), (x[:1],), calibration_data=calib, progress=False)
     s.export(target)
     with s.runner(backend) as r:
         ref = r(x)[0]
@@ -138,11 +142,11 @@ def _int8_errors(zoo_yolo, target, backend, step, seed, **options):
 
 
 @pytest.mark.parametrize("float_tail", [True, False])
-def test_yolo_int8_default_keeps_the_decoded_output_in_float(zoo_yolo, float_tail):
+def test_yolo_int8_default_keeps_the_decoded_output_in_float(yolov8n, float_tail):
     """onnx.quantize_static used to quantize the head's final concat of boxes (0..SIZE px) and
     class scores (0..1) with one uint8 scale: every score collapsed to 0 or 1 (error 0.5).
     The default keeps the output tail (ops after the last weighted layer) in float."""
-    score_err, box_err, notes = _int8_errors(zoo_yolo, "onnx", "onnxruntime",
+    score_err, box_err, notes = _int8_errors(yolov8n, "onnx", "onnxruntime",
                                              "onnx.quantize_static", 2, float_tail=float_tail)
     if float_tail:
         assert "output tail kept in float" in notes
@@ -151,12 +155,12 @@ def test_yolo_int8_default_keeps_the_decoded_output_in_float(zoo_yolo, float_tai
         assert score_err > 0.2, score_err
 
 
-def test_yolo_openvino_int8_keeps_the_box_decoding_in_float(zoo_yolo):
+def test_yolo_openvino_int8_keeps_the_box_decoding_in_float(yolov8n):
     """openvino.quantize (NNCF) keeps the ops after the last weighted layer in float by
     default, as Ultralytics' own INT8 export does: boxes stay within a pixel of FP32 (320 px,
     the NNCF default put 2.8 px of error on them)."""
     pytest.importorskip("nncf")
-    score_err, box_err, notes = _int8_errors(zoo_yolo, "openvino", "openvino",
+    score_err, box_err, notes = _int8_errors(yolov8n, "openvino", "openvino",
                                              "openvino.quantize", 3)
     assert "output tail kept in float" in notes
     assert box_err < 1.0 and score_err < 0.05, (score_err, box_err)
