@@ -25,6 +25,7 @@ from .plugins import PluginManager, get_plugin_manager, load_runner
 from .quiet import quiet
 from .report import Report
 from .session import Session
+from .environment import cpu_flags
 from .verify import check_outputs, check_reference
 
 #: raw-bytes format (engine blobs); subclass it with a ``name`` to register such a format
@@ -45,5 +46,5 @@ __all__ = [
     "BackendUnavailableError", "NumericalError", "ExportError",
     "TrainingError", "__version__", "recipe", "training",
     "quiet", "data", "check_batch", "first_nonfinite", "check_finite_weights",
-    "check_outputs", "check_reference",
+    "check_outputs", "check_reference", "cpu_flags",
 ]

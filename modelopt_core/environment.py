@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["describe_environment"]
+__all__ = ["cpu_flags", "describe_environment"]
 
 #: distributions whose versions every report records (absent ones are left out)
 LIBRARIES = ("modelopt-core", "torch", "onnx", "onnxruntime", "onnxscript", "openvino",
@@ -42,13 +42,13 @@ def _platform() -> str:
     return f"{u.sysname}-{u.release}-{u.machine}" + (f"-with-{lib}{version}" if lib else "")
 
 
-def _cpu_flags() -> list[str]:
+def cpu_flags() -> list[str]:
     """The CPU features that decide which INT8/BF16 kernels run (x86 Linux only)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
-                return sorted(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16",
+                return sorted(f for f in ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16",
                                           "amx_tile", "amx_int8", "amx_bf16") if f in flags)
     except OSError:
         pass
@@ -62,7 +62,7 @@ def describe_environment() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": _platform(),
         "cpu": _cpu_model(),
-        "cpu_flags": _cpu_flags(),
+        "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
     }
     if hasattr(os, "sched_getaffinity"):

@@ -7,10 +7,24 @@ more than the budget stays in the history for inspection, marked rejected (its l
 says so, ``metadata["accuracy_gate"]`` holds the figures) and, with ``on_budget="raise"``
 (the default), raises :class:`AccuracyBudgetError`; ``Session.discard()`` drops it. With
 ``on_budget="warn"`` the step is kept and the drop recorded as a warning.
+
+Without ``eval_fn`` (no labels), ``Session(max_accuracy_drop=..., calibration_data=...)``
+measures :class:`Agreement` instead: how far the step's outputs agree with the float
+model's on calibration batches held back from calibration (a quarter of them, at least
+one): top-1 agreement for a classifier's ``[N, classes]`` output, else the mean cosine
+similarity of each row's outputs. The original scores 1.0; ``max_accuracy_drop=0.1`` then
+means "at least 90% top-1 agreement" (or cosine 0.9).
+
+When an optimizer's result misses the budget, :meth:`Session.apply` says so and tries the
+optimizer's own recoveries (:meth:`~modelopt_core.interfaces.Optimizer.recoveries`: better
+calibration, layers kept in float, accuracy control...), cheapest first, and keeps the first
+that meets the budget; ``metadata["accuracy_recovery"]`` and the step's notes say what was
+tried and what was chosen.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -18,7 +32,7 @@ import attrs
 from .artifact import ModelArtifact
 from .errors import AccuracyBudgetError, ConfigError, DataError
 
-__all__ = ["AccuracyGate", "PREFERRED_BACKEND"]
+__all__ = ["AccuracyGate", "Agreement", "PREFERRED_BACKEND"]
 
 #: the backend the gate measures a format on, when registered and available
 PREFERRED_BACKEND = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino",
@@ -32,6 +46,10 @@ class AccuracyGate:
     max_drop: float
     on_budget: str = "raise"
     baseline: float | None = None
+    #: what measures a step: ``callable(runner) -> float`` (None: the session's ``eval_fn``)
+    eval_fn: Callable[[Any], float] | None = None
+    #: what the figures are, for messages and reports
+    metric: str = "eval_fn"
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) \
@@ -47,13 +65,17 @@ class AccuracyGate:
         the budget is missed and ``on_budget='raise'``, after which this raises)."""
         if self.baseline is None:
             self.baseline = self._evaluate(session, session.original)
+            if isinstance(self.eval_fn, Agreement):
+                self.metric = (f"{self.eval_fn.kind} with the float model "
+                               f"({self.eval_fn.rows} held-back calibration rows)")
         value = self._evaluate(session, art)
         drop = self.baseline - value
-        figures = {"baseline": self.baseline, "value": value, "drop": drop,
-                   "budget": self.max_drop, "rejected": False}
+        figures = {"metric": self.metric, "baseline": self.baseline, "value": value,
+                   "drop": drop, "budget": self.max_drop, "met": drop <= self.max_drop,
+                   "rejected": False}
         if drop <= self.max_drop:
             return attrs.evolve(art, metadata={**art.metadata, "accuracy_gate": figures})
-        msg = (f"accuracy gate: step {art.name!r} drops eval_fn by {drop:.3g} points "
+        msg = (f"accuracy gate: step {art.name!r} drops {self.metric} by {drop:.3g} points "
                f"({self.baseline:.4g} -> {value:.4g}), over the budget of {self.max_drop:g}")
         step = art.lineage[-1]
         if self.on_budget == "warn":
@@ -69,17 +91,21 @@ class AccuracyGate:
         """Raise :class:`AccuracyBudgetError` when ``art`` was rejected."""
         g = art.metadata.get("accuracy_gate") or {}
         if g.get("rejected"):
+            tried = (art.metadata.get("accuracy_recovery") or {}).get("tried") or []
+            also = (f" Recoveries tried, none within the budget: "
+                    f"{[t['recovery'] for t in tried[1:]]}." if len(tried) > 1 else "")
             raise AccuracyBudgetError(
-                f"accuracy gate: step {art.name!r} drops eval_fn by {g['drop']:.3g} points "
-                f"({g['baseline']:.4g} -> {g['value']:.4g}), over max_accuracy_drop="
-                f"{g['budget']:g}. The step stays in session.history for inspection, marked "
-                "rejected; call session.discard() to drop it, or raise the budget.")
+                f"accuracy gate: step {art.name!r} drops {g.get('metric', 'eval_fn')} by "
+                f"{g['drop']:.3g} points ({g['baseline']:.4g} -> {g['value']:.4g}), over "
+                f"max_accuracy_drop={g['budget']:g}.{also} The step stays in session.history "
+                "for inspection, marked rejected; call session.discard() to drop it, or raise "
+                "the budget.")
 
-    @staticmethod
-    def _evaluate(session: Any, art: ModelArtifact) -> float:
+    def _evaluate(self, session: Any, art: ModelArtifact) -> float:
         backend = _backend_for(session, art)
+        fn = self.eval_fn or session.eval_fn
         with session._make_runner(art, backend) as runner:
-            value = session.eval_fn(runner)
+            value = fn(runner)
         try:
             return float(value)
         except (TypeError, ValueError) as e:
@@ -101,3 +127,70 @@ def _backend_for(session: Any, art: ModelArtifact) -> str:
     raise DataError(f"accuracy gate: no available backend runs {art.format!r} artifacts, so "
                     f"step {art.name!r} cannot be evaluated; drop max_accuracy_drop or install "
                     "a runtime for that format.")
+
+
+class Agreement:
+    """``eval_fn`` without labels: agreement of a model's outputs with the reference (float)
+    model's on fixed batches, in [0, 1] (the reference scores 1.0).
+
+    Top-1 agreement when the reference's first output is ``[N, classes]`` (classes > 1), else
+    the mean over rows of the cosine similarity of the row's outputs (every floating output
+    with the batch's rows, flattened). Called with a runner (``run_flat``) or a torch module.
+    """
+
+    def __init__(self, batches: Sequence[tuple[Any, ...]],
+                 reference: Callable[[], Any]) -> None:
+        self.batches = [tuple(b) for b in batches]
+        self._reference = reference  # () -> runner of the reference model
+        self._ref: list[list[Any]] | None = None
+        self.kind = "agreement"
+
+    @property
+    def rows(self) -> int:
+        return sum(int(b[0].shape[0]) for b in self.batches)
+
+    def _outputs(self, model: Any) -> list[list[Any]]:
+        import torch
+
+        from .io import flatten_outputs
+
+        out = []
+        with torch.no_grad():
+            for b in self.batches:
+                if hasattr(model, "run_flat"):
+                    out.append([t.detach().float() for t in model.run_flat(list(b))])
+                else:
+                    out.append([t.detach().float() for t in flatten_outputs(model(*b))[0]])
+        return out
+
+    def reference_outputs(self) -> list[list[Any]]:
+        if self._ref is None:
+            runner = self._reference()
+            try:
+                self._ref = self._outputs(runner)
+            finally:
+                close = getattr(runner, "close", None)
+                if close is not None:
+                    close()
+            first = self._ref[0][0] if self._ref and self._ref[0] else None
+            self.kind = ("top-1 agreement" if first is not None and first.dim() == 2
+                         and first.shape[1] > 1 else "cosine similarity")
+        return self._ref
+
+    def __call__(self, model: Any) -> float:
+        import torch
+
+        ref = self.reference_outputs()
+        got = self._outputs(model)
+        if self.kind == "top-1 agreement":
+            same = torch.cat([(g[0].argmax(1) == r[0].argmax(1)) for g, r in zip(got, ref)])
+            return float(same.float().mean())
+        sims = []
+        for g, r in zip(got, ref):
+            n = r[0].shape[0]
+            pairs = [(a, b) for a, b in zip(g, r) if b.dim() and b.shape[0] == n
+                     and a.shape == b.shape]
+            a = torch.cat([x.reshape(n, -1) for x, _ in pairs], 1)
+            b = torch.cat([y.reshape(n, -1) for _, y in pairs], 1)
+            sims.append(torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12))
+        return float(torch.cat(sims).mean())

@@ -134,6 +134,14 @@ class Optimizer(Component):
         """Return a new artifact (never mutate ``artifact`` or its model)."""
         raise NotImplementedError
 
+    def recoveries(self, budget: float | None) -> Sequence[tuple[str, Mapping[str, Any]]]:
+        """What to try, cheapest first, when this step's result misses the session's
+        accuracy budget (``budget``: ``max_accuracy_drop`` in the gate's units): pairs of
+        (what it does, config changes applied over this step's config). The session runs
+        each in turn on the same input and keeps the first within the budget (see
+        :mod:`modelopt_core.gate`). Default: none (a lossless step, or nothing to try)."""
+        return ()
+
     def rebuild(self, model: Any, example_inputs: tuple[Any, ...],
                 metadata: Mapping[str, Any], restore: Mapping[str, Any] | None = None) -> Any:
         """Re-create, without data, the module structure :meth:`apply` produced, starting from

@@ -48,8 +48,15 @@ class Session:
         max_accuracy_drop: with ``eval_fn``, the accuracy gate: after every step the new
             artifact is evaluated and a drop of more than this many points (vs the original)
             rejects the step (see :mod:`modelopt_core.gate`).
+            Without ``eval_fn``, the gate measures agreement with the float model on a
+            quarter of the calibration batches (at least one), held back from calibration:
+            top-1 agreement for a classifier, else cosine similarity (``0.1`` = at least 90%
+            agreement). See :mod:`modelopt_core.gate`.
         on_budget: ``"raise"`` (default: :class:`AccuracyBudgetError`, the step kept in the
             history marked rejected) or ``"warn"`` (the step kept, the drop noted).
+        recover: when an optimizer's result misses the accuracy budget, try the optimizer's
+            recoveries (better calibration, layers in float, accuracy control...) cheapest
+            first and keep the first within the budget (default True).
         dynamic_axes: more symbolic dims per input, ``{"input_ids": {1: "sequence"}}`` or
             ``{"input": {2: "height", 3: "width"}}``: carried into ONNX export and input checks.
 
@@ -70,7 +77,8 @@ class Session:
                  plugins: PluginManager | None = None, progress: bool = True,
                  dynamic_batch: bool = True,
                  dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
-                 max_accuracy_drop: float | None = None, on_budget: str = "raise") -> None:
+                 max_accuracy_drop: float | None = None, on_budget: str = "raise",
+                 recover: bool = True) -> None:
         import torch
 
         keyword = isinstance(example_inputs, Mapping)
@@ -99,14 +107,19 @@ class Session:
         self.task_loss = task_loss
         self.device = device
         self.progress = progress
+        self.recover = bool(recover)
+        self.holdout_batches: list[tuple[Any, ...]] = []
         self.gate: AccuracyGate | None = None
         if max_accuracy_drop is not None:
-            if eval_fn is None:
+            if eval_fn is None and calibration_data is None:
                 raise DataError("Session: max_accuracy_drop needs eval_fn (callable(runner) -> "
-                                "float, higher is better) to measure the drop.")
+                                "float, higher is better) to measure the drop, or "
+                                "calibration_data, part of which is held back to measure "
+                                "agreement with the float model.")
             self.gate = AccuracyGate(max_accuracy_drop, on_budget)
         if isinstance(model, ModelArtifact):
             self._history = [model]
+            self._hold_back()
             return
         if not isinstance(model, torch.nn.Module):
             raise FormatError(f"Session: model must be a torch.nn.Module or ModelArtifact, got "
@@ -119,6 +132,30 @@ class Session:
         self._history = [ModelArtifact(
             "torch", structured_view(model, io, names), inputs, outputs,
             (Step("original", "source", config={"class": type(model).__qualname__}),), io=io)]
+        self._hold_back()
+
+    def _hold_back(self) -> None:
+        """With an accuracy gate and no eval_fn: hold back the last quarter of the
+        calibration batches (at least one) to measure agreement with the float model."""
+        if self.gate is None or self.eval_fn is not None:
+            return
+        from .gate import Agreement, _backend_for
+
+        who = "Session(max_accuracy_drop, no eval_fn)"
+        batches = self.context().calibration_batches(who)
+        if len(batches) < 2:
+            raise DataError(f"{who}: the gate holds back a quarter of calibration_data (at "
+                            "least one batch) to measure agreement with the float model, "
+                            f"and {len(batches)} batch was given: pass at least 2 batches "
+                            "(better 8 or more), or an eval_fn.")
+        k = max(1, len(batches) // 4)
+        self.holdout_batches = batches[-k:]
+        self.calibration_data = batches[:-k]
+        original = self.original
+        self.gate.eval_fn = Agreement(
+            self.holdout_batches,
+            lambda: self._make_runner(original, _backend_for(self, original)))
+        self.gate.metric = "agreement with the float model"
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -161,7 +198,78 @@ class Session:
         for need in cls.needs:
             if getattr(self, need, None) is None:
                 raise DataError(f"optimizer {name!r} needs Session({need}=...); none was given.")
-        return self._run(inst, art, lambda ctx: inst.apply(art, ctx))
+        out = self._run(inst, art, lambda ctx: inst.apply(art, ctx), raise_budget=False)
+        g = out.metadata.get("accuracy_gate") or {}
+        if g and not g.get("met", True) and self.recover:
+            out = self._recover(cls, inst, config, art)
+        if self.gate is not None:
+            self.gate.raise_for(out)
+        return out
+
+    def _recover(self, cls: Any, inst: Component, config: Mapping[str, Any],
+                 art: ModelArtifact) -> ModelArtifact:
+        """The newest artifact missed the accuracy budget: try ``inst``'s recoveries on
+        ``art`` (cheapest first); keep the first within the budget, else the best tried."""
+        assert self.gate is not None
+        first = self._history.pop()
+        g = first.metadata["accuracy_gate"]
+        options = [(label, dict(over)) for label, over in
+                   inst.recoveries(self.gate.max_drop)  # type: ignore[attr-defined]
+                   if any(getattr(inst.config, k, object()) != v for k, v in over.items())]
+        tried: list[dict[str, Any]] = [
+            {"recovery": "as configured", "config": {}, "value": g["value"],
+             "drop": g["drop"], "seconds": first.lineage[-1].duration_s}]
+        if not options:
+            self._history.append(first)
+            return first
+        log.warning(f"{inst.name}: {g['metric']} dropped by {g['drop']:.3g} ({g['baseline']:.4g}"
+                    f" -> {g['value']:.4g}), over the budget of {g['budget']:g}; trying "
+                    f"{len(options)} recover(ies): {[o[0] for o in options]}")
+        best, chosen = first, None
+        for label, over in options:
+            try:
+                cand = cls(**{**config, **over})
+            except ModeloptError as e:
+                tried.append({"recovery": label, "config": over, "error": str(e)[:300]})
+                continue
+            self._progress_note(f"{inst.name}: recovery {label!r}...")
+            try:
+                out = self._run(cand, art, lambda ctx, c=cand: c.apply(art, ctx),
+                                raise_budget=False, eval_fn=self.gate.eval_fn)
+            except ModeloptError as e:
+                tried.append({"recovery": label, "config": over,
+                              "error": f"{type(e).__name__}: {str(e)[:300]}"})
+                continue
+            self._history.pop()
+            go = out.metadata["accuracy_gate"]
+            tried.append({"recovery": label, "config": over, "value": go["value"],
+                          "drop": go["drop"], "seconds": out.lineage[-1].duration_s})
+            if go["met"]:
+                best, chosen = out, label
+                break
+            if go["value"] > best.metadata["accuracy_gate"]["value"]:
+                best = out
+        gb = best.metadata["accuracy_gate"]
+        msg = (f"accuracy recovery: as configured, {g['metric']} dropped {g['drop']:.3g} "
+               f"(budget {g['budget']:g}); " + (
+                   f"chose {chosen!r} (drop {gb['drop']:.3g})" if chosen else
+                   f"no recovery met the budget (best: drop {gb['drop']:.3g}); tried "
+                   f"{[t['recovery'] for t in tried[1:]]}"))
+        log.warning(f"{inst.name}: {msg}")
+        step = best.lineage[-1]
+        best = attrs.evolve(
+            best, lineage=best.lineage[:-1] + (attrs.evolve(step, notes=step.notes + (msg,)),),
+            metadata={**best.metadata, "accuracy_recovery": {
+                "chosen": chosen, "tried": tried, "budget_met": chosen is not None}})
+        self._history.append(best)
+        return best
+
+    def _progress_note(self, message: str) -> None:
+        log.info(message)
+        if self.progress:
+            import sys
+
+            print(message, file=sys.stderr, flush=True)
 
     def export(self, target: str = "onnx", **config: Any) -> ModelArtifact:
         """Export the current artifact to format ``target`` through the registered exporters.
@@ -189,12 +297,15 @@ class Session:
         return self.current
 
     def _run(self, inst: Component, art: ModelArtifact,
-             fn: Callable[[Context], ModelArtifact]) -> ModelArtifact:
+             fn: Callable[[Context], ModelArtifact], raise_budget: bool = True,
+             eval_fn: Callable[[Any], float] | None = None) -> ModelArtifact:
         if (art.metadata.get("accuracy_gate") or {}).get("rejected"):
             raise AccuracyBudgetError(
                 f"{inst.kind} {inst.name!r}: the current artifact ({art.name}) was rejected by "
                 "the accuracy gate; call session.discard() first, then try another step.")
         ctx = self.context()
+        if eval_fn is not None and ctx.eval_fn is None:  # a recovery measuring agreement
+            ctx = attrs.evolve(ctx, eval_fn=eval_fn)
         elapsed = timed()
         try:
             out = fn(ctx)
@@ -218,7 +329,7 @@ class Session:
         if self.gate is not None:
             out = self.gate.check(self, out)
         self._history.append(out)
-        if self.gate is not None:
+        if self.gate is not None and raise_budget:
             self.gate.raise_for(out)
         return out
 

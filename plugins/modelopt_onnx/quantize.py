@@ -82,6 +82,10 @@ class StaticConfig:
                    "e.g. a detector's box decoding and its concat of boxes in pixels with "
                    "scores in 0..1, which one INT8 scale cannot hold",
         search=mo.choice(True, False))
+    float_ends: bool = mo.field(
+        False, help="keep the first and the last weighted layer (Conv/Gemm/MatMul with "
+                    "constant weights) in float: the layers INT8 hurts most in many CNNs",
+        search=mo.choice(False, True))
     calibration_batches: int = mo.field(32, validator=mo.positive,
                                         help="at most this many calibration batches")
     preprocess: bool = mo.field(True, help="run ORT's quant_pre_process first")
@@ -96,6 +100,15 @@ class OnnxQuantizeStatic(mo.Optimizer):
     Config = StaticConfig
     requires = ("onnx", "onnxruntime")
     install_hint = "pip install onnxruntime"
+
+    def recoveries(self, budget: float | None) -> list[tuple[str, dict[str, Any]]]:
+        """Cheapest first: percentile calibration (clips outliers), then also the first and
+        last weighted layers in float, then entropy calibration with them."""
+        return [("percentile calibration (99.999th)", {"calibrate_method": "percentile"}),
+                ("percentile calibration, first and last layers in float",
+                 {"calibrate_method": "percentile", "float_ends": True}),
+                ("entropy calibration, first and last layers in float",
+                 {"calibrate_method": "entropy", "float_ends": True})]
 
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
         import numpy as np
@@ -144,6 +157,11 @@ class OnnxQuantizeStatic(mo.Optimizer):
                 if tail:
                     notes.append(f"output tail kept in float: {len(tail)} node(s) after the "
                                  "last weighted layer (float_tail=False quantizes them)")
+            if cfg.float_ends:
+                ends = weighted_ends(onnx.load_model(str(src), load_external_data=False))
+                exclude += [n for n in ends if n not in exclude]
+                notes.append(f"first and last weighted layers kept in float (float_ends): "
+                             f"{ends}")
             with quiet():
                 q.quantize_static(
                     str(src), str(dst), reader,
@@ -194,6 +212,17 @@ def output_tail(model: Any) -> list[str]:
             for o in node.output for c in consumers.get(o, ()))
     return [n.name for n in graph.node
             if n.name and not weighted(n) and not feeds_weight[id(n)]]
+
+
+def weighted_ends(model: Any) -> list[str]:
+    """Names of the first and the last weighted node (:data:`WEIGHTED` with a constant
+    weight) of an ONNX graph in topological order."""
+    graph = model.graph
+    consts = {t.name for t in graph.initializer}
+    consts |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    names = [n.name for n in graph.node if n.name and n.op_type in WEIGHTED
+             and any(i in consts for i in n.input[1:])]
+    return list(dict.fromkeys(names[:1] + names[-1:]))
 
 
 def _even_batches(feeds: list[dict[str, Any]]) -> list[dict[str, Any]]:

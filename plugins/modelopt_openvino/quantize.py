@@ -81,6 +81,14 @@ def output_tail(model: Any) -> list[str]:
             and not feeds[o.get_friendly_name()] and not bias(o)]
 
 
+def weighted_ends(model: Any) -> list[str]:
+    """Friendly names of the first and the last weighted op (:data:`WEIGHTED` with a constant
+    weight) of an ``openvino.Model`` in topological order (one name when there is one)."""
+    names = [o.get_friendly_name() for o in model.get_ordered_ops()
+             if o.get_type_name() in WEIGHTED and _const_weight(o)]
+    return list(dict.fromkeys(names[:1] + names[-1:]))
+
+
 def _fit_batches(model: Any, batches: list[Any], notes: list[str]) -> list[Any]:
     """Calibration batches regrouped into the batch size of a fixed-batch model (an IR
     exported with ``dynamic_batch=False``), whatever size they came in: the rows of all
@@ -156,6 +164,15 @@ class QuantizeConfig:
                    "(Convolution/MatMul with constant weights) on every path to an output, "
                    "e.g. a detector's box decoding (as Ultralytics' own INT8 export does)",
         search=mo.choice(True, False))
+    float_ends: bool = mo.field(
+        False, help="keep the first and the last weighted layer (Convolution/MatMul with "
+                    "constant weights) in float: the layers INT8 hurts most in many CNNs",
+        search=mo.choice(False, True))
+    overflow_fix: Literal["first_layer", "enable", "disable"] = mo.field(
+        "first_layer", help="NNCF's fix for INT8 saturation on CPUs without VNNI (halves the "
+                            "weight range of the first layer ('first_layer', NNCF's default) "
+                            "or of all layers); 'disable' keeps full 8-bit weights: right for "
+                            "CPUs with AVX-512 VNNI or AMX, which do not saturate")
     ignored_types: tuple[str, ...] = mo.field((), help="op types kept in float "
                                               "(e.g. 'Multiply', 'MatMul')")
     ignored_patterns: tuple[str, ...] = mo.field((), help="regular expressions over op names "
@@ -183,6 +200,25 @@ class OpenVinoQuantize(mo.Optimizer):
     requires = ("openvino", "nncf")
     install_hint = _HINT
 
+    def recoveries(self, budget: float | None) -> list[tuple[str, dict[str, Any]]]:
+        """Cheapest first: better calibration (the full bias correction, full 8-bit weights
+        where the CPU does not saturate), then also the first and last layers in float, then
+        asymmetric activations, then NNCF's accuracy control against the budget (minutes:
+        it measures the model once per reverted layer group)."""
+        flags = set(mo.cpu_flags())
+        better: dict[str, Any] = {"fast_bias_correction": False}
+        label = "full bias correction"
+        if flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+            better["overflow_fix"] = "disable"
+            label += ", full 8-bit weights (this CPU has VNNI)"
+        out = [(label, better),
+               (label + ", first and last layers in float", {**better, "float_ends": True}),
+               (label + ", asymmetric activations", {**better, "preset": "mixed"})]
+        if budget is not None and self.config.max_accuracy_drop is None:
+            out.append(("NNCF accuracy control (reverts the most harmful layers to float)",
+                        {**better, "max_accuracy_drop": budget}))
+        return out
+
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
         import nncf
 
@@ -206,13 +242,28 @@ class OpenVinoQuantize(mo.Optimizer):
             model_type=nncf.ModelType.TRANSFORMER if cfg.model_type else None,
             ignored_scope=None)
         tail = output_tail(model) if cfg.float_tail else []
-        names = list(cfg.ignored_names) + [n for n in tail if n not in cfg.ignored_names]
+        ends = weighted_ends(model) if cfg.float_ends else []
+        names = list(dict.fromkeys([*cfg.ignored_names, *tail, *ends]))
         kwargs["ignored_scope"] = _ignored_scope(names, cfg.ignored_types, cfg.ignored_patterns)
         if tail:
             notes.append(f"output tail kept in float: {len(tail)} op(s) after the last "
                          "weighted layer (float_tail=False quantizes them)")
+        if ends:
+            notes.append(f"first and last weighted layers kept in float (float_ends): {ends}")
+        advanced = None
+        if cfg.overflow_fix != "first_layer":
+            from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
+                                                               OverflowFix)
+
+            advanced = AdvancedQuantizationParameters(
+                overflow_fix=getattr(OverflowFix, cfg.overflow_fix.upper()))
+            notes.append(f"overflow fix {cfg.overflow_fix!r}" + (
+                " (full 8-bit weights: for CPUs with VNNI/AMX; older CPUs may saturate)"
+                if cfg.overflow_fix == "disable" else ""))
         meta: dict[str, Any] = {}
         if cfg.max_accuracy_drop is not None:
+            if advanced is not None:
+                kwargs["advanced_quantization_parameters"] = advanced
             if ctx.eval_fn is None:
                 raise mo.DataError(f"{self.name}: max_accuracy_drop needs the session's eval_fn "
                                    "(Session(..., eval_fn=...)); none was given.")
@@ -248,7 +299,8 @@ class OpenVinoQuantize(mo.Optimizer):
                 "reverted": reverted, "budget_met": met}
         else:
             ctx.status(f"{self.name}: calibrating on {len(batches)} batch(es) with NNCF...")
-            out = _nncf_call(self.name, nncf.quantize, model, dataset, **kwargs)
+            out = _nncf_call(self.name, nncf.quantize, model, dataset,
+                             advanced_parameters=advanced, **kwargs)
         before, after = op_counts(artifact.model), op_counts(out)
         fq = after.get("FakeQuantize", 0) - before.get("FakeQuantize", 0)
         quantized = _quantized_ops(out)
