@@ -30,6 +30,7 @@ from .space import (
     TARGETS,
     describe_recipe,
     escalated_params,
+    recipe_costs,
     repaired_params,
     sample_recipe,
     starting_recipes,
@@ -57,7 +58,7 @@ OBJECTIVES = {"latency": ("latency", ("latency_p50_ms",)),
 REPORT_COLUMNS = ["step", "state", "backend", "accuracy", "accuracy_delta", "latency_p50_ms",
                   "confirmed_p50_ms", "confirmed_threads", "speedup", "size_mb", "size_ratio",
                   "objective", "feasible", "pareto",
-                  "recipe"]
+                  "recipe", "skipped"]
 
 #: a latency search re-times this many of its fastest feasible candidates side by side at
 #: the end, and keeps their artifacts in memory until then
@@ -66,6 +67,23 @@ CONFIRM_TOP = 4
 CONFIRM_S = 6.0
 #: pause before each timed block of the confirmation (spinning runtime threads go idle)
 CONFIRM_PAUSE_S = 0.02
+#: with a time budget: the share of ``time_budget_s`` that expensive trials (accuracy
+#: control, training; see :func:`.space.recipe_costs`) may use together
+EXPENSIVE_SHARE = 0.4
+#: with a time budget: the share of it kept for the end's confirmation (at most 2 *
+#: CONFIRM_S) and the final report
+END_SHARE = 0.2
+#: seconds kept for writing the final report (after the confirmation)
+WRITE_S = 0.5
+#: a step never run here yet is estimated as this many times the longest measurement so far
+#: (the baseline's at first: an export or a post-training quantization costs about one)
+UNSEEN_STEP = 2.0
+#: an accuracy-controlled precision step never run here yet: the same step without accuracy
+#: control (or UNSEEN_STEP) plus this many measurements (NNCF evaluates the original, the
+#: quantized model, ranks layers on a subset and re-evaluates after each revert)
+ACCURACY_CONTROL_EVALS = 10
+#: a training step never run here yet: this many measurements per epoch
+TRAIN_EPOCH = 3.0
 
 
 @attrs.define
@@ -98,6 +116,64 @@ class _Search:
         self.confirmed: dict[int, tuple[float, int | None]] = {}  # the end: trial ->
         # (side-by-side p50 ms, at its fastest thread count)
         self.lost: list[str] = []  # trials of this process another worker finished
+        # the time budget (see set_budget): the search's start and the time by which the
+        # last trial must end (the end's reserve kept); None: no time budget
+        self.t0 = time.perf_counter()
+        self.time_s: float | None = None
+        self.deadline: float | None = None
+        self.step_s: dict[str, list[float]] = {}  # step key -> durations measured here
+        self.expensive_s = 0.0  # time spent on expensive trials here
+        self.skipped: list[str] = []  # trials not run, with why
+        self.stop_reason: str | None = None
+
+    # ---- the time budget ---------------------------------------------------------------
+
+    def set_budget(self, t0: float, time_s: float | None, reserve_s: float) -> None:
+        self.t0, self.time_s = t0, time_s
+        self.deadline = None if time_s is None else t0 + time_s - reserve_s
+
+    def left(self) -> float:
+        """Seconds left before the trials' deadline (inf without a time budget)."""
+        return float("inf") if self.deadline is None else self.deadline - time.perf_counter()
+
+    def record(self, key: str, seconds: float) -> None:
+        self.step_s.setdefault(key, []).append(seconds)
+
+    def step_estimate(self, key: str) -> float:
+        """Seconds a step takes: the longest measured here, else a conservative guess from
+        the longest measurement (see UNSEEN_STEP, ACCURACY_CONTROL_EVALS, TRAIN_EPOCH)."""
+        if key in self.step_s:
+            return max(self.step_s[key])
+        measure = max(self.step_s.get("measure", [1.0]))
+        if key.endswith("+accuracy_control"):
+            return self.step_estimate(key[:-len("+accuracy_control")]) + \
+                ACCURACY_CONTROL_EVALS * measure
+        if "@epochs=" in key:
+            name, _, n = key.rpartition("@epochs=")
+            per_epoch = [max(v) / max(1, int(k.rpartition("=")[2]))
+                         for k, v in self.step_s.items() if k.startswith(name + "@epochs=")]
+            return (max(per_epoch) if per_epoch else TRAIN_EPOCH * measure) * max(1, int(n))
+        return UNSEEN_STEP * measure
+
+    def estimate(self, recipe: dict[str, Any]) -> float:
+        """Seconds the trial of ``recipe`` will likely take: its steps and the measurement."""
+        return sum(self.step_estimate(_step_key(st)) for st in recipe["steps"]) + \
+            self.step_estimate("measure")
+
+    def refusal(self, recipe: dict[str, Any], costs: tuple[str, ...],
+                est: float) -> str | None:
+        """Why a trial of ``recipe`` is not started under the time budget, or ``None``."""
+        if self.deadline is None or self.time_s is None:
+            return None
+        left = self.left()
+        if est > left:
+            return f"estimated {est:.1f} s, {max(left, 0):.1f} s left in the time budget"
+        cap = EXPENSIVE_SHARE * self.time_s
+        if costs and self.expensive_s + est > cap:
+            return (f"{'+'.join(costs)}: estimated {est:.1f} s; expensive trials may use "
+                    f"{EXPENSIVE_SHARE:.0%} of the time budget ({cap:.0f} s), "
+                    f"{self.expensive_s:.1f} s used")
+        return None
 
     # ---- one trial -------------------------------------------------------------------
 
@@ -124,10 +200,18 @@ class _Search:
                           f"{list(keys)}: {_why(row)}")
 
     def measure(self, s: mo.Session, art: mo.ModelArtifact, backend: str,
-                options: dict[str, Any]) -> dict[str, Any]:
+                options: dict[str, Any], short: bool = False) -> dict[str, Any]:
+        """The trial's figures; ``short`` (the deadline is near): the latency timed for a
+        quarter of its usual time, with a single warm-up call."""
+        popts = self.profiler_options
+        if short and "latency" in popts:
+            lat = dict(popts["latency"])
+            lat["min_time_s"] = float(lat.get("min_time_s", 0.2)) / 4
+            lat["warmup"] = 1
+            popts = {**popts, "latency": lat}
         rep = s.compare(backends=[backend], profilers=self.profilers(), artifacts=[art],
                         backend_options={backend: options},
-                        profiler_options=self.profiler_options)
+                        profiler_options=popts)
         row = dict(rep.rows[0])
         if row.get("error") and "accuracy" not in row:
             raise mo.StepError(f"optimize: measuring on {backend!r} failed: {row['error']}")
@@ -155,11 +239,45 @@ class _Search:
             trial.set_constraint("accuracy_drop", float(earlier.constraints["accuracy_drop"]))
             trial.set_user_attr("row", _plain(row))
             return float(earlier.values[0]), float(earlier.values[1])
+        costs = recipe_costs(recipe)
+        est = self.estimate(recipe)
+        row["estimated_s"] = round(est, 2)
+        why = self.refusal(recipe, costs, est)
+        if why is not None:  # not started: it would overrun the budget (or its share)
+            row.update(skipped=why, feasible=False)
+            trial.set_user_attr("row", row)
+            self.skipped.append(f"trial {trial.number} ({row['recipe']}): {why}")
+            if not costs:  # nothing cheaper is left to try in the time left
+                self.stop_reason = f"stopped before the time budget: trial {trial.number} {why}"
+                trial.study.stop()
+            raise optuna.TrialPruned(why)
+        started = time.perf_counter()
+        try:
+            return self.run(trial, recipe, row, base_acc)
+        finally:
+            if costs:
+                self.expensive_s += time.perf_counter() - started
+
+    def run(self, trial: Any, recipe: dict[str, Any], row: dict[str, Any],
+            base_acc: float) -> tuple[float, float]:
+        import optuna
+
         s = self.child()
         steps = recipe["steps"]
         for i, st in enumerate(steps):
+            key = _step_key(st)
+            if self.step_estimate(key) > self.left():  # the deadline, between steps
+                why = (f"out of time before {key}: estimated {self.step_estimate(key):.1f} s, "
+                       f"{max(self.left(), 0):.1f} s left")
+                row.update(skipped=why, feasible=False)
+                trial.set_user_attr("row", row)
+                self.skipped.append(f"trial {trial.number} ({row['recipe']}): {why}")
+                self.stop_reason = f"stopped before the time budget: trial {trial.number} {why}"
+                trial.study.stop()
+                raise optuna.TrialPruned(why)
             st = dict(st)
             before = s.current
+            t = time.perf_counter()
             try:
                 if "export" in st:
                     s.export(st.pop("export"), **st)
@@ -169,6 +287,7 @@ class _Search:
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 trial.set_user_attr("row", row)
                 raise
+            self.record(key, time.perf_counter() - t)
             if _unchanged(before, s.current):  # the recipe without this step is in the space
                 row.update(no_op=steps[i]["apply"], feasible=False)
                 trial.set_user_attr("row", row)
@@ -186,7 +305,10 @@ class _Search:
                         f"{steps[i]['apply']} drops accuracy {base_acc - acc:.2f} points "
                         f"(> {self.max_drop})")
         art = s.current
-        row.update(self.measure(s, art, recipe["backend"], recipe["backend_options"]))
+        t = time.perf_counter()
+        row.update(self.measure(s, art, recipe["backend"], recipe["backend_options"],
+                                short=self.step_estimate("measure") > self.left()))
+        self.record("measure", time.perf_counter() - t)
         row["step"] = f"trial {trial.number}"
         row["lineage"] = [st.component for st in art.lineage]
         value = self.metric(row)
@@ -264,14 +386,17 @@ class _Search:
         return saved
 
     def confirm(self, study: Any, rows: list[dict[str, Any]],
-                saved: int | None = None) -> dict[str, Any] | None:
+                saved: int | None = None,
+                time_s: float | None = None) -> dict[str, Any] | None:
         """Re-time the fastest feasible candidates found here side by side (rotating
         interleaved blocks, :func:`.ab.interleaved_times`), each at every thread count of
         :func:`_thread_counts` (``threads`` halving down to 1, or the runtime's default and
         half the cores down to 1: a small model often runs fastest on one), and make
         the fastest pair the best (``saved``: the trial in ``best/``, which competes too);
         returns its row (``best.json`` and ``best_recipe`` get its
-        thread count), or ``None`` when fewer than two runs are to compare."""
+        thread count), or ``None`` when fewer than two runs are to compare. With ``time_s``
+        (what is left of the time budget) the timing is shortened to fit, and
+        :class:`_NoTime` says so when not even a short one fits."""
         import statistics
 
         from .ab import interleaved_times
@@ -294,6 +419,11 @@ class _Search:
             return None
         xs = tuple(self.s.example_inputs)
         runners = []
+        start = time.perf_counter()
+        too_late = ("no side-by-side re-timing at the end: {:.1f} s left of the time budget "
+                    "(the best is the fastest by its own trial's timing)")
+        if time_s is not None and time_s < MIN_CONFIRM_S:
+            raise _NoTime(too_late.format(max(time_s, 0)))
         try:
             for r, recipe, _ in runs_of:
                 runners.append(self.s.runner(recipe["backend"],
@@ -301,8 +431,18 @@ class _Search:
                                              **recipe["backend_options"]))
             once = interleaved_times(runners, xs, runs=1, warmup=3, block=1)
             per_call = sum(t[0] for t in once)
-            runs = max(20, min(300, int(CONFIRM_S / max(per_call, 1e-6))))
+            length = CONFIRM_S
+            if time_s is not None:  # what is left after building the runners
+                length = min(length, time_s - (time.perf_counter() - start))
+                if length < 20 * per_call + MIN_CONFIRM_S / 2:
+                    raise _NoTime(too_late.format(max(length, 0)))
+            # pauses: CONFIRM_PAUSE_S per block of each runner
+            runs = max(20, min(300, int(length / max(per_call, 1e-6))))
             block = max(1, min(20, runs // 10))
+            while runs > 20 and runs * per_call + (runs / block) * len(runners) * \
+                    CONFIRM_PAUSE_S > length:
+                runs = max(20, int(runs * 0.8))
+                block = max(1, min(20, runs // 10))
             times = interleaved_times(runners, xs, runs=runs, warmup=0, block=block,
                                       pause_s=CONFIRM_PAUSE_S)
         finally:
@@ -377,8 +517,10 @@ class _Budget:
     def __call__(self, study: Any, trial: Any) -> None:
         import statistics
 
-        if "duplicate_of" in (trial.user_attrs.get("row") or {}):
-            self.repeats += 1
+        row = trial.user_attrs.get("row") or {}
+        if "duplicate_of" in row or ("skipped" in row and "latency_p50_ms" not in row
+                                     and "accuracy" not in row):
+            self.repeats += 1  # a repeat, or a trial not run (no time for it): cost nothing
         else:
             self.ran, self.repeats = self.ran + 1, 0
             if trial.datetime_start and trial.datetime_complete:
@@ -398,6 +540,14 @@ class _Budget:
 
 #: a worker gives up after this many of its trials were finished by another worker
 MAX_LOST_TRIALS = 3
+
+
+#: the least time (s) the end's side-by-side re-timing needs to run at all
+MIN_CONFIRM_S = 1.0
+
+
+class _NoTime(Exception):
+    """The end's confirmation does not fit in what is left of the time budget."""
 
 
 def _run_trials(study: Any, search: _Search, budget: _Budget, time_budget_s: float | None,
@@ -460,6 +610,19 @@ def _same_recipe(trial: Any, recipe: dict[str, Any]) -> Any:
                 and "duplicate_of" not in t.user_attrs.get("row", {}):
             return t
     return None
+
+
+def _step_key(st: dict[str, Any]) -> str:
+    """The key a step's duration is kept under: ``export <format>``, or the component's
+    name, with ``+accuracy_control`` (its ``max_accuracy_drop`` set) and ``@epochs=N``."""
+    if "export" in st:
+        return f"export {st['export']}"
+    key = st["apply"]
+    if st.get("max_accuracy_drop") is not None:
+        key += "+accuracy_control"
+    if isinstance(st.get("epochs"), int):
+        key += f"@epochs={st['epochs']}"
+    return key
 
 
 def _unchanged(before: mo.ModelArtifact, after: mo.ModelArtifact) -> bool:
@@ -528,6 +691,7 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
     if objective not in OBJECTIVES:
         raise SearchError(f"optimize: objective must be one of {sorted(OBJECTIVES)}, got "
                           f"{objective!r}.")
+    t0 = time.perf_counter()  # the time budget covers all of it, the baseline included
     if budget_trials is None and time_budget_s is None:
         raise SearchError("optimize: give budget_trials and/or time_budget_s, or the search "
                           "never ends.")
@@ -560,43 +724,67 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
     study = open_study(storage, name, seed, ["maximize", "minimize"])
     try:
         return _search(session, search, study, full, targets, objective, budget_trials,
-                       time_budget_s, threads)
+                       time_budget_s, threads, t0)
     except storage_errors() as e:  # the storage failed mid-search (a damaged file...)
         raise storage_error(storage, e) from e
 
 
 def _search(session: mo.Session, search: _Search, study: Any, full: dict[str, Any],
             targets: list[str], objective: str, budget_trials: int | None,
-            time_budget_s: float | None, threads: int | None) -> SearchResult:
-    """The search itself, on the opened study (see :func:`optimize`)."""
+            time_budget_s: float | None, threads: int | None, t0: float) -> SearchResult:
+    """The search itself, on the opened study (see :func:`optimize`); ``t0``: when the
+    call began (the time budget counts from there)."""
     out = search.out
+    # the end's reserve: the confirmation (latency) and the final report
+    reserve = WRITE_S + (2 * CONFIRM_S if objective == "latency" else 0.0)
+    if time_budget_s is not None:
+        reserve = min(reserve, END_SHARE * time_budget_s)
+    search.set_budget(t0, time_budget_s, reserve)
     if "baseline" not in study.user_attrs:
+        t = time.perf_counter()
         base = search.measure(session, session.original, "torch",
                               {TARGETS["torch"][2]: threads} if threads else {})
         base["step"] = "original (torch fp32)"
         search.metric(base)  # fails fast when the objective cannot be measured here
         study.set_user_attr("baseline", _plain(base))
+        study.set_user_attr("baseline_s", time.perf_counter() - t)
         if not study.trials:
             for params in starting_recipes(full, session.pm, targets):
                 study.enqueue_trial(params, skip_if_exists=True)
     search.baseline = dict(study.user_attrs["baseline"])
-    t0 = time.perf_counter()
-    budget = _Budget(budget_trials, time_budget_s, t0,
-                     reserve_s=2 * CONFIRM_S if objective == "latency" else 0.0)
-    _run_trials(study, search, budget, time_budget_s, t0)
+    # the first estimate of a measurement: the baseline's (a resumed study: as stored)
+    search.record("measure", float(study.user_attrs.get("baseline_s", 1.0)))
+    budget = _Budget(budget_trials, time_budget_s, t0, reserve_s=reserve)
+    _run_trials(study, search, budget,
+                None if time_budget_s is None else time_budget_s - reserve, t0)
     rows = trial_rows(study)
     best = best_row(rows, "objective")
     saved = search.load_saved_best(rows)  # an earlier run's or another worker's best/
     winner = None
+    confirm_note = None
     if objective == "latency" and best is not None:
-        winner = search.confirm(study, rows, saved)
+        time_s = None if time_budget_s is None else \
+            t0 + time_budget_s - WRITE_S - time.perf_counter()
+        try:
+            winner = search.confirm(study, rows, saved, time_s=time_s)
+        except _NoTime as e:
+            confirm_note = str(e)
     with search.lock():  # the newest rows: other workers may have finished trials meanwhile
         rows = trial_rows(study)
         if best is not None:
             best = next(r for r in rows if r["trial"] == (winner or best)["trial"])
-        notes = [f"{len(rows)} trials in the study, {time.perf_counter() - t0:.0f} s here"]
-        if budget.stopped_early:
+        notes = [f"{len(rows)} trials in the study, {time.perf_counter() - t0:.0f} s here"
+                 + (f" (time budget {time_budget_s:g} s)" if time_budget_s else "")]
+        if search.stop_reason:
+            notes.append(search.stop_reason)
+        elif budget.stopped_early:
             notes.append(budget.stopped_early)
+        if search.skipped:
+            notes.append(f"{len(search.skipped)} trials not run for the time budget: "
+                         + "; ".join(search.skipped[:8])
+                         + ("; ..." if len(search.skipped) > 8 else ""))
+        if confirm_note:
+            notes.append(confirm_note)
         notes += search.lost
         if search.confirmed and best is not None:
             notes.append(

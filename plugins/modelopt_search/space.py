@@ -27,6 +27,8 @@ __all__ = [
     "describe_recipe",
     "escalated_params",
     "merge_space",
+    "native_bf16",
+    "recipe_costs",
     "repaired_params",
     "sample_recipe",
     "starting_recipes",
@@ -194,12 +196,56 @@ def sample_recipe(trial: Any, target: str | list[str], space: dict[str, Any], pm
     return {"target": target, "steps": steps, "backend": backend, "backend_options": options}
 
 
+def native_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX-512 BF16 or AMX): OpenVINO's
+    ``inference_precision="bf16"`` is then a cheap, often fast candidate (elsewhere it is
+    emulated or ignored, and not worth a trial of its own)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+#: a step's name prefixes that train (their cost grows with the data and epochs)
+TRAINING_PREFIXES = ("distill.", "prune.finetune")
+
+
+def recipe_costs(recipe: dict[str, Any]) -> tuple[str, ...]:
+    """What makes a recipe expensive: ``"accuracy_control"`` (a precision step with
+    ``max_accuracy_drop``: many evaluations of ``eval_fn``) and/or ``"training"`` (a step
+    that trains); ``()`` for a cheap recipe (exports, post-training quantization,
+    pruning alone)."""
+    out = []
+    if any(st.get(FALLBACK_FIELD) is not None for st in recipe["steps"] if "apply" in st):
+        out.append("accuracy_control")
+    if any(st["apply"].startswith(TRAINING_PREFIXES) or "epochs" in st
+           for st in recipe["steps"] if "apply" in st):
+        out.append("training")
+    return tuple(out)
+
+
+def _params_expensive(p: dict[str, Any]) -> bool:
+    """Whether starting params draw an expensive recipe (see :func:`recipe_costs`)."""
+    return any(k.endswith(".float_fallback") and v is True for k, v in p.items()) or \
+        p.get("recovery", "none") != "none" or str(p.get("prune", "")).startswith(
+            TRAINING_PREFIXES)
+
+
 def starting_recipes(space: dict[str, Any], pm: Any,
                      targets: list[str] | None = None) -> list[dict[str, Any]]:
-    """Optuna params of the first trials of a new study: start simple (the plain export,
-    then each precision alone), then prune 30% + recovery, without and with precision (the
-    best practice's ladder; :func:`escalated_params` climbs it further); with several
-    ``targets`` (``space`` then maps each to its own), that ladder on each."""
+    """Optuna params of the first trials of a new study, cheap and likely good first: the
+    plain export (the floor to beat), the same in bf16 on OpenVINO where the CPU has native
+    bf16 (:func:`native_bf16`), each precision alone with its defaults (and INT8 with the
+    first/last weighted layers in float where the component can), then the expensive ones:
+    float fallback (accuracy control), prune 30% + recovery, without and with precision (the
+    best practice's ladder; :func:`escalated_params` climbs it further). With several
+    ``targets`` (``space`` then maps each to its own), the cheap rungs of every target come
+    before the expensive rungs of any."""
     if targets is not None and len(targets) > 1:
         out = []
         for t in targets:
@@ -211,18 +257,37 @@ def starting_recipes(space: dict[str, Any], pm: Any,
                 for k in [k for k in p if k.startswith("runtime.")]:
                     p[f"runtime.{t}.{k[8:]}"] = p.pop(k)
                 out.append(p)
-        return out
+        return sorted(out, key=_params_expensive)  # stable: each target's order kept
     if targets is not None:
         space = space[targets[0]]
     out: list[dict[str, Any]] = []
     if "none" in space["precision"]:  # the plain export on the runtime: the floor to beat
         out.append({"prune": "none", "precision": "none"})
+    bf16 = _bf16_runtime(space)
+    if bf16 and "none" in space["precision"]:
+        out.append({"prune": "none", "precision": "none", **bf16})
     for p in space["precision"]:
         if p != "none":  # the component's own defaults first, then with float fallback
-            out.append({"prune": "none", "precision": p, **_defaults(p, space, pm)})
-            if FALLBACK_FIELD in mo.config_fields(pm.get("optimizer", p).cls.Config):
-                out[-1][f"{p}.float_fallback"] = False
-                out.append({**out[-1], f"{p}.float_fallback": True})
+            first = {"prune": "none", "precision": p, **_defaults(p, space, pm)}
+            fields = mo.config_fields(pm.get("optimizer", p).cls.Config)
+            if FALLBACK_FIELD in fields:
+                first[f"{p}.float_fallback"] = False
+            out.append(first)
+            # INT8 with the first and last weighted layers kept in float: cheap (no
+            # accuracy control) and often what holds a tight budget. It is drawn only when
+            # the component searches a ``float_ends`` option (openvino.quantize's, once it
+            # declares ``search=``); FLOAT_ENDS_PLACE: an ``overflow_fix`` rung belongs here
+            # too once the component declares its space.
+            comp = _component_space(p, space, pm)
+            if "float_ends" in comp and _inside(comp["float_ends"], True) \
+                    and first.get(f"{p}.float_ends") is not True:
+                out.append({**first, f"{p}.float_ends": True})
+            if FALLBACK_FIELD in fields:
+                out.append({**first, f"{p}.float_fallback": True})
+    if bf16:  # each precision's defaults with its float ops in bf16
+        out += [{**p, **bf16} for p in list(out) if p["precision"] != "none"
+                and not _params_expensive(p)
+                and not any(k.endswith(".float_ends") and v is True for k, v in p.items())]
     if "prune.structured" in space["prune"]:
         rec = "distill.logits" if "distill.logits" in space["recovery"] else "none"
         precision = next((p for p in space["precision"] if p != "none"), "none")
@@ -243,8 +308,21 @@ def starting_recipes(space: dict[str, Any], pm: Any,
         if isinstance(sp, Choice):
             first_runtime[f"runtime.{opt}"] = sp.values[0]
     out = [{**first_runtime, **p} for p in out]
-    return [p for p in out if all(p[k] in space[k] for k in ("prune", "recovery", "graph",
+    out = [p for p in out if all(p[k] in space[k] for k in ("prune", "recovery", "graph",
                                                              "precision") if k in p)]
+    return sorted(out, key=_params_expensive)  # stable: cheap rungs first
+
+
+def _bf16_runtime(space: dict[str, Any]) -> dict[str, Any]:
+    """``{"runtime.inference_precision": "bf16"}`` when the space searches that runtime option
+    with a bf16 choice and this CPU has native bf16; else ``{}``."""
+    data = space["runtime"].get("inference_precision")
+    if data is None or not native_bf16():
+        return {}
+    sp = mo.space_from_data(data, "search space runtime.inference_precision")
+    if isinstance(sp, Choice) and "bf16" in sp.values and sp.values[0] != "bf16":
+        return {"runtime.inference_precision": "bf16"}
+    return {}
 
 
 def escalated_params(params: dict[str, Any], space: dict[str, Any],

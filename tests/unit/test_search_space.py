@@ -15,6 +15,7 @@ from modelopt_search.space import (
     merge_space,
     repaired_params,
     sample_recipe,
+    native_bf16,
     starting_recipes,
 )
 
@@ -116,7 +117,8 @@ def test_starting_ladder_starts_with_the_plain_export_then_adds_steps():
     ladder = starting_recipes(default_space("onnxruntime"), pm)
     plain = {k: v for k, v in ladder[0].items() if not k.startswith("runtime.")}
     assert plain == {"prune": "none", "precision": "none"}
-    precisions = [p["precision"] for p in ladder if p["prune"] == "none"]
+    precisions = [p["precision"] for p in ladder if p["prune"] == "none"
+                  and p.get("onnx.quantize_static.float_ends") is not True]
     assert precisions == ["none", "onnx.quantize_static", "onnx.quantize_dynamic"]
     pruned = [p for p in ladder if p["prune"] == "prune.structured"]
     # prune 30% + recovery alone, then with the first precision (and the graph optimizer)
@@ -125,8 +127,20 @@ def test_starting_ladder_starts_with_the_plain_export_then_adds_steps():
     assert pruned[1]["graph"] == "onnx.optimize" and "graph" not in pruned[0]
     # precision alone: defaults without, then with float fallback (where the component has it)
     ov_ladder = starting_recipes(default_space("openvino"), pm)
-    assert [p.get("openvino.quantize.float_fallback") for p in ov_ladder
-            if p["prune"] == "none"] == [None, False, True]
+    plain = [p for p in ov_ladder if p["precision"] == "none" and p["prune"] == "none"]
+    assert [p["runtime.inference_precision"] for p in plain] == \
+        (["f32", "bf16"] if native_bf16() else ["f32"])  # bf16 only where it is native
+    int8 = [p for p in ov_ladder if p["prune"] == "none" and p["precision"] != "none"
+            and p.get("openvino.quantize.float_ends") is not True
+            and p["runtime.inference_precision"] == "f32"]
+    assert [p["openvino.quantize.float_fallback"] for p in int8] == [False, True]
+    # cheap first: every expensive rung (float fallback, training) after every cheap one
+    costly = [bool(p.get("openvino.quantize.float_fallback")) or p.get("recovery", "none")
+              != "none" for p in ov_ladder]
+    assert costly == sorted(costly) and costly[0] is False and costly[-1] is True
+    if "float_ends" in mo.search_space(pm.get("optimizer", "openvino.quantize").cls):
+        ends = [i for i, p in enumerate(ov_ladder) if p.get("openvino.quantize.float_ends")]
+        assert ends and ends[0] < costly.index(True)
     # a space without "none" precision has no plain rung
     ov = starting_recipes(merge_space("openvino", {"precision": ["openvino.quantize"]}), pm)
     assert all(p["precision"] == "openvino.quantize" for p in ov)
