@@ -50,9 +50,12 @@ class OrtRunner(mo.Runner):
     def _run(self, inputs: Sequence[Any]) -> Sequence[Any]:
         import torch
 
-        feeds = {n: x.detach().cpu().numpy() for n, x in zip(self.input_names, inputs)}
-        outs = self.session.run(self.output_names, feeds)
-        return [torch.from_numpy(o) for o in outs]
+        # a CPU tensor without autograd is viewed as it is (no detach/cpu round trip); ORT
+        # copies the feeds in and returns fresh output arrays, so the outputs are the caller's
+        feeds = {n: (x.numpy() if x.device.type == "cpu" and not x.requires_grad
+                     else x.detach().cpu().numpy())
+                 for n, x in zip(self.input_names, inputs)}
+        return [torch.from_numpy(o) for o in self.session.run(self.output_names, feeds)]
 
     def _release(self) -> None:
         self.session = None
