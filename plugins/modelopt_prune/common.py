@@ -107,30 +107,66 @@ def run_outputs(model: Any, inputs: Sequence[Any]) -> list[Any]:
     return [out] if isinstance(out, torch.Tensor) else list(out)
 
 
+def _tensors(out: Any) -> list[Any]:
+    """Every tensor in a (nested) tuple / list / dict output, in order."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
 def output_layer_names(model: Any, example_inputs: Sequence[Any]) -> list[str]:
-    """Names of the Conv/Linear layers whose outputs the model returns (classifier, detection
-    heads), found by running the model once. Falls back to the last Conv/Linear executed."""
+    """Names of the Conv/Linear layers whose output channels the model's outputs carry
+    (classifier, detection heads, feature maps a head passes through), found by running the
+    model once with autograd on and walking back from every output to the nearest such layers
+    (through activations, norms, reshapes, concatenations). Falls back to the last Conv/Linear
+    executed."""
     import torch
 
     m = copy.deepcopy(model).eval()
+    for p in m.parameters():
+        p.requires_grad_(True)
     layers = prunable_layers(m)
-    produced: dict[int, str] = {}
+    produced: dict[Any, str] = {}  # id(tensor) or its grad_fn -> layer name
     order: list[str] = []
 
     def make(name: str):
         def hook(mod: Any, inp: Any, out: Any) -> None:
             if isinstance(out, torch.Tensor):
                 produced[id(out)] = name
+                if out.grad_fn is not None:
+                    produced[out.grad_fn] = name
                 order.append(name)
         return hook
 
     hs = [mod.register_forward_hook(make(n)) for n, mod in layers.items()]
     try:
-        outs = run_outputs(m, example_inputs)
+        with torch.enable_grad():
+            outs = _tensors(m(*example_inputs))
     finally:
         for h in hs:
             h.remove()
-    names = [produced[id(o)] for o in outs if id(o) in produced]
+    names: list[str] = []
+    for o in outs:
+        if id(o) in produced:
+            names.append(produced[id(o)])
+            continue
+        seen: set[Any] = set()
+        todo = [o.grad_fn] if o.grad_fn is not None else []
+        while todo and len(seen) < 5000:
+            fn = todo.pop()
+            if fn is None or fn in seen:
+                continue
+            seen.add(fn)
+            if fn in produced:
+                names.append(produced[fn])
+                continue
+            todo += [nxt for nxt, _ in fn.next_functions if nxt is not None]
     if not names and order:
         names = [order[-1]]
     return list(dict.fromkeys(names))

@@ -179,3 +179,42 @@ def test_iterative_round_that_prunes_nothing_is_warned():
     s.apply("prune.structured", ratio=0.5)
     art = s.apply("prune.iterative", ratio=0.3, rounds=3, epochs_per_round=0)
     assert any("removed no channel" in n for n in art.lineage[-1].notes)
+
+
+def test_output_layers_found_through_activations_and_passed_through_features():
+    """A head that also returns its input feature maps (Ultralytics >= 8.4 returns them as
+    'feats' beside the decoded boxes): the convs producing those maps keep their channels,
+    found by walking back from each output through the activation and norm; before, only a
+    layer whose own output tensor was returned counted, and pruning changed the maps' shapes
+    (NumericalError on a trained YOLOv8n)."""
+    import torch
+    from torch import nn
+
+    import modelopt_core as mo
+    from modelopt_prune.common import output_layer_names
+
+    class PassThrough(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16),
+                                      nn.SiLU())
+            self.neck = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32),
+                                      nn.SiLU())
+            self.head = nn.Conv2d(32, 5, 1)
+
+        def forward(self, x):
+            feat = self.neck(self.stem(x))
+            return self.head(feat).flatten(2).sigmoid(), {"feats": [feat]}
+
+    torch.manual_seed(0)
+    model = PassThrough().eval()
+    for bn in (model.stem[1], model.neck[1]):
+        bn.weight.data.uniform_(0.1, 1.0)
+    x = torch.randn(2, 3, 16, 16)
+    assert output_layer_names(model, (x,)) == ["head", "neck.0"]
+    s = mo.Session(model, (x,), progress=False)
+    art = s.apply("prune.structured", ratio=0.5)
+    with s.runner("torch") as r:
+        boxes, extra = r(x)
+    assert boxes.shape == (2, 5, 256) and extra["feats"][0].shape == (2, 32, 16, 16)
+    assert art.model.module.stem[0].out_channels < 16  # the rest was pruned
