@@ -2,7 +2,12 @@
 
 - ``openvino``: torch -> OpenVINO with ``openvino.convert_model`` (traced on a copy of the
   model with the session's example inputs), input shapes and dtypes from the artifact's
-  TensorSpecs (symbolic dims become dynamic), inputs/outputs named after the specs.
+  TensorSpecs (symbolic dims become dynamic), inputs/outputs named after the specs. When
+  TorchScript tracing fails, the ``torch.export.export`` program of the same copy is converted
+  instead (symbolic dims as ``torch.export.Dim``; e.g. transformers 5.5's BERT, whose mask code
+  takes the traced sequence length, a 0-dim tensor under TorchScript tracing, for a deprecated
+  ``cache_position`` and indexes it); the route is in the step's notes and in the metadata
+  (``openvino_route``: ``torchscript``, ``torch.export`` or ``onnx``).
 - ``openvino.from_onnx``: ONNX -> OpenVINO, QDQ graphs included (QuantizeLinear /
   DequantizeLinear pairs become FakeQuantize ops that the CPU plugin runs in INT8).
 
@@ -43,10 +48,15 @@ class OpenVinoExportConfig:
 class TorchOpenVinoConfig(OpenVinoExportConfig):
     """Options of the ``openvino`` exporter (from torch)."""
 
+    torch_export: bool = mo.field(
+        True, help="when TorchScript tracing (openvino.convert_model's default) fails, convert "
+                   "the model's torch.export.export program instead (noted in the step and "
+                   "in metadata openvino_route); off: go on to onnx_fallback")
     onnx_fallback: bool = mo.field(
         True, help="when openvino.convert_model cannot convert the torch model (its tracing "
-                   "fails), export through ONNX (the onnx exporter, then openvino.from_onnx, "
-                   "each checked), with a warning; off: the failure is an ExportError")
+                   "fails, and the torch.export route too), export through ONNX (the onnx "
+                   "exporter, then openvino.from_onnx, each checked), with a warning; off: "
+                   "the failure is an ExportError")
 
 
 def _tolerances(cfg: OpenVinoExportConfig, art: mo.ModelArtifact, ref: Any,
@@ -87,6 +97,38 @@ def _out_fixed(specs: tuple[mo.TensorSpec, ...], model: Any) -> tuple[mo.TensorS
     return tuple(out)
 
 
+def _convert_exported(model: Any, xs: tuple[Any, ...], specs: tuple[mo.TensorSpec, ...],
+                      inputs: list[Any]) -> Any:
+    """``openvino.convert_model`` of ``torch.export.export(model, xs)``, the specs' symbolic
+    dims exported as ``torch.export.Dim`` (one per name) so that they stay dynamic."""
+    import inspect
+    import re
+
+    import openvino as ov
+    import torch
+
+    from .common import quiet
+
+    dims: dict[str, Any] = {}
+    per_input = []
+    for s in specs:
+        entry = {}
+        for d, n in enumerate(s.shape):
+            if isinstance(n, str):
+                ident = re.sub(r"\W", "_", n)
+                ident = ident if ident and not ident[0].isdigit() else f"d_{ident}"
+                entry[d] = dims.setdefault(n, torch.export.Dim(ident, min=1))
+        per_input.append(entry)
+    dyn: Any = tuple(per_input) if any(per_input) else None
+    if dyn is not None and any(p.kind is p.VAR_POSITIONAL for p in
+                               inspect.signature(model.forward).parameters.values()):
+        dyn = (dyn,)  # forward(*xs): torch.export sees one packed argument
+    with quiet(), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(model, xs, dynamic_shapes=dyn)
+        return ov.convert_model(ep, input=inputs or None)
+
+
 class TorchToOpenVino(mo.Exporter):
     """PyTorch -> OpenVINO IR (openvino.convert_model), numerics checked against torch."""
 
@@ -121,6 +163,7 @@ class TorchToOpenVino(mo.Exporter):
             in_specs = _fixed(in_specs, tuple(ctx.example_inputs))
         ctx.status(f"openvino: converting {artifact.name!r} with openvino.convert_model...")
         inputs = [(partial_shape(s), ov_type(s.dtype)) for s in in_specs]
+        route = "torchscript"
         try:
             with quiet(), warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
@@ -132,15 +175,29 @@ class TorchToOpenVino(mo.Exporter):
                                             input=inputs or None)
         except Exception as e:
             why = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
-            if not cfg.onnx_fallback:
-                raise mo.ExportError(f"openvino: openvino.convert_model failed on "
-                                     f"{artifact.name!r}: {why} (onnx_fallback=True exports "
-                                     "through ONNX instead)") from e
-            return self._through_onnx(artifact, ctx, notes, why)
+            ov_model = None
+            if cfg.torch_export:
+                ctx.status("openvino: TorchScript tracing failed; converting the model's "
+                           "torch.export program...")
+                try:
+                    ov_model = _convert_exported(model, xs, in_specs, inputs)
+                except Exception as e2:  # noqa: BLE001 (any failure: next route)
+                    why += (f"; torch.export route: {type(e2).__name__}: "
+                            f"{' '.join(str(e2).split())[:300]}")
+                else:
+                    route = "torch.export"
+                    notes.append(f"TorchScript tracing failed ({why[:200]}); converted the "
+                                 "torch.export.export program instead")
+            if ov_model is None:
+                if not cfg.onnx_fallback:
+                    raise mo.ExportError(
+                        f"openvino: openvino.convert_model failed on {artifact.name!r}: {why} "
+                        "(onnx_fallback=True exports through ONNX instead)") from e
+                return self._through_onnx(artifact, ctx, notes, why)
         name_ports(ov_model, in_specs, out_specs)
         if not cfg.dynamic_batch:
             out_specs = _out_fixed(out_specs, ov_model)
-        meta: dict[str, Any] = {"openvino_version": ov.get_version()}
+        meta: dict[str, Any] = {"openvino_version": ov.get_version(), "openvino_route": route}
         if cfg.check_numerics:
             ctx.status("openvino: checking numerics against torch...")
             check = (check_inputs_for(artifact, ctx, who=self.name) if cfg.dynamic_batch
@@ -174,7 +231,8 @@ class TorchToOpenVino(mo.Exporter):
                  f"({why.splitlines()[0][:200]}); exported through ONNX instead")
         cfg = self.config
         onnx_art = ctx.export(artifact, "onnx")
-        options = {k: v for k, v in mo.config_to_data(cfg).items() if k != "onnx_fallback"}
+        options = {k: v for k, v in mo.config_to_data(cfg).items()
+                   if k not in ("onnx_fallback", "torch_export")}
         ov_art = ctx.export(onnx_art, "openvino", **options)
         notes = notes + [f"through ONNX: {n}" for s in (onnx_art, ov_art)
                          for n in s.lineage[-1].notes]

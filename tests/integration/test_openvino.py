@@ -381,22 +381,51 @@ def test_missing_openvino_makes_components_unavailable(trained, monkeypatch):
 
 class _RetracedDifferently(torch.nn.Module):
     """Computes 2 * lin(x) with a graph that alternates between calls: TorchScript tracing's
-    sanity check (openvino.convert_model) refuses it, torch.export traces it once."""
+    sanity check (openvino.convert_model) refuses it, torch.export traces it once. With
+    ``data_dependent``, a branch on the output's values also makes torch.export refuse it
+    (the TorchScript ONNX exporter traces one branch: the ONNX route converts it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_dependent: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.lin = torch.nn.Linear(4, 3)
         self.calls = 0
+        self.data_dependent = data_dependent
 
     def forward(self, x):
         self.calls += 1
         y = self.lin(x)
+        if self.data_dependent and bool(y.abs().sum() < 0):  # never true, but data-dependent
+            return y * 3
         return y * 2 if self.calls % 2 else y + y
 
 
-def test_convert_model_failure_falls_back_through_onnx_and_says_so():
+def test_trace_failure_converts_the_torch_export_program_and_says_so():
+    """Regression (issue 24): transformers 5.5's BERT fails TorchScript tracing; the exporter
+    converts torch.export's program instead of a heavier ONNX detour, and says so."""
     m = _RetracedDifferently().eval()
+    before = state_hash(m)
+    s = mo.Session(m, (torch.rand(2, 4),), progress=False)
+    art = s.export("openvino")
+    notes = " ".join(art.lineage[-1].notes)
+    assert len(art.lineage) == 2 and art.metadata["openvino_route"] == "torch.export"
+    assert "TorchScript tracing failed" in notes and "torch.export.export program" in notes
+    assert "numerics vs torch" in notes
+    x = torch.randn(5, 4)  # the batch stays dynamic
+    with s.runner("openvino") as r:
+        torch.testing.assert_close(r(x), 2 * m.lin(x).detach(), rtol=1e-4, atol=1e-5)
+    assert m.calls == 0 and state_hash(m) == before  # the user's model never ran
+
+
+def test_traceable_model_takes_the_torchscript_route():
+    s = mo.Session(torch.nn.Linear(4, 3).eval(), (torch.rand(2, 4),), progress=False)
+    art = s.export("openvino")
+    assert art.metadata["openvino_route"] == "torchscript"
+    assert not any("TorchScript tracing failed" in n for n in art.lineage[-1].notes)
+
+
+def test_convert_model_failure_falls_back_through_onnx_and_says_so():
+    m = _RetracedDifferently(data_dependent=True).eval()
     before = state_hash(m)
     s = mo.Session(m, (torch.rand(2, 4),), progress=False)
     art = s.export("openvino")
@@ -409,5 +438,12 @@ def test_convert_model_failure_falls_back_through_onnx_and_says_so():
         torch.testing.assert_close(r(x), 2 * m.lin(x).detach(), rtol=1e-4, atol=1e-5)
     assert m.calls == 0 and state_hash(m) == before  # the user's model never ran
     s.discard()
-    with pytest.raises(mo.ExportError, match=r"convert_model failed .*onnx_fallback=True"):
+    with pytest.raises(mo.ExportError, match=r"convert_model failed .*torch.export route.*"
+                                             r"onnx_fallback=True"):
         s.export("openvino", onnx_fallback=False)
+
+
+def test_torch_export_route_off_goes_to_the_onnx_fallback():
+    s = mo.Session(_RetracedDifferently().eval(), (torch.rand(2, 4),), progress=False)
+    art = s.export("openvino", torch_export=False)
+    assert art.metadata["openvino_route"] == "onnx"
