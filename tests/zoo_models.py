@@ -125,3 +125,100 @@ def minilm() -> tuple[Any, Any]:
             return torch.nn.functional.normalize(e, dim=-1)
 
     return SentenceEmbedding(bert).eval(), tokenizer
+
+
+def _mtcnn_module() -> Any:
+    """facenet-pytorch's ``models/mtcnn.py`` (PNet, RNet, ONet) loaded without the package:
+    its ``__init__`` and ``mtcnn.py`` import ``utils/detect_face.py``, which imports torchvision
+    (not installed here; see ``import_ultralytics``). The file is executed as a module of a
+    private package whose ``utils.detect_face`` is a stub (the detection pipeline, unused by the
+    nets); nothing is added under the name ``facenet_pytorch``."""
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.find_spec("facenet_pytorch")  # does not run the package __init__
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("facenet-pytorch is not installed (pip install --no-deps facenet-pytorch; "
+                    "see .ci/run)")
+    root = spec.submodule_search_locations[0]
+    name = "_zoo_facenet_mtcnn"
+    if f"{name}.mtcnn" in sys.modules:
+        return sys.modules[f"{name}.mtcnn"]
+
+    def _unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("facenet-pytorch's detection pipeline needs torchvision; the zoo "
+                           "loads only its PNet/RNet/ONet")
+
+    pkg, utils = types.ModuleType(name), types.ModuleType(f"{name}.utils")
+    pkg.__path__, utils.__path__ = [], []
+    det = types.ModuleType(f"{name}.utils.detect_face")
+    det.detect_face = det.extract_face = _unavailable  # type: ignore[attr-defined]
+    sys.modules.update({name: pkg, f"{name}.utils": utils, f"{name}.utils.detect_face": det})
+    mspec = importlib.util.spec_from_file_location(f"{name}.mtcnn",
+                                                   os.path.join(root, "models", "mtcnn.py"))
+    mod = importlib.util.module_from_spec(mspec)
+    sys.modules[f"{name}.mtcnn"] = mod
+    mspec.loader.exec_module(mod)
+    return mod
+
+
+def mtcnn(net: str) -> Any:
+    """facenet-pytorch's MTCNN stage ``net`` ("pnet", "rnet" or "onet") with the real weights
+    that ship in the wheel (``data/<net>.pt``, a state dict read with ``weights_only=True``),
+    eval mode. PNet is fully convolutional (any HxW >= 12; outputs box offsets [B, 4, h, w]
+    and face probabilities [B, 2, h, w]); RNet takes 24x24 crops (offsets [B, 4], probabilities
+    [B, 2]); ONet 48x48 (offsets [B, 4], landmarks [B, 10], probabilities [B, 2])."""
+    import importlib.util
+
+    import torch
+
+    mod = _mtcnn_module()
+    cls = {"pnet": mod.PNet, "rnet": mod.RNet, "onet": mod.ONet}[net]
+    model = cls(pretrained=False)
+    root = importlib.util.find_spec("facenet_pytorch").submodule_search_locations[0]
+    state = torch.load(os.path.join(root, "data", f"{net}.pt"), map_location="cpu",
+                       weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def mtcnn_crops(n: int, size: int, seed: int = 0) -> Any:
+    """``n`` natural-image inputs for the MTCNN nets: random square crops (48 to 160 px) of the
+    two photos scikit-learn ships, resized to ``size`` px with area averaging (as MTCNN resizes
+    its candidate boxes) and normalized as facenet-pytorch does, (x - 127.5) / 128."""
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_sample_images
+
+    images = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        im = images[i % len(images)]
+        side = int(rng.integers(48, 161))
+        y, x = rng.integers(0, im.shape[0] - side), rng.integers(0, im.shape[1] - side)
+        t = torch.from_numpy(im[y:y + side, x:x + side].transpose(2, 0, 1).copy()).float()
+        t = torch.nn.functional.interpolate(t[None], size=(size, size), mode="area")[0]
+        out.append((t - 127.5) / 128)
+    return torch.stack(out)
+
+
+def lstm_classifier(features: int = 16, hidden: int = 32, classes: int = 5,
+                    seed: int = 0) -> Any:
+    """A 2-layer ``nn.LSTM`` sequence classifier (batch-first input [B, T, features]; the last
+    step's hidden state through a Linear head: logits [B, classes]), seeded, eval mode."""
+    import torch
+
+    class LSTMClassifier(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = torch.nn.LSTM(features, hidden, num_layers=2, batch_first=True)
+            self.head = torch.nn.Linear(hidden, classes)
+
+        def forward(self, x: Any) -> Any:
+            y, _ = self.lstm(x)
+            return self.head(y[:, -1])
+
+    torch.manual_seed(seed)
+    return LSTMClassifier().eval()
