@@ -69,10 +69,16 @@ class FeatureRecorder:
             h.remove()
 
 
-def probe_layers(model: Any, inputs: tuple[Any, ...]) -> tuple[list[tuple[str, tuple]], set]:
-    """Run ``model`` once; return its executed layers ``[(spec, shape)]`` in order (one entry per
-    distinct tensor, the outermost module that returned it) and the specs of its outputs."""
+def probe_layers(model: Any, inputs: tuple[Any, ...], train: bool = False
+                 ) -> tuple[list[tuple[str, tuple]], set]:
+    """Run ``model`` once (in eval mode, or with ``train`` a copy in training mode, whose
+    forward may differ: a detector's head skips its box decoding); return its executed layers
+    ``[(spec, shape)]`` in order (one entry per distinct tensor, the outermost module that
+    returned it) and the specs of its outputs."""
     import torch
+
+    if train:
+        model = copy.deepcopy(model)
 
     order: list[list[Any]] = []  # [spec, shape, tensor]
     by_tensor: dict[int, int] = {}
@@ -99,7 +105,7 @@ def probe_layers(model: Any, inputs: tuple[Any, ...]) -> tuple[list[tuple[str, t
     modes = {m: m.training for m in model.modules()}
     try:
         with torch.no_grad():
-            out = model.eval()(*inputs)
+            out = model.train(train)(*inputs)
     finally:
         for h in handles:
             h.remove()
@@ -222,12 +228,25 @@ class FeatureDistill(mo.Optimizer):
         cfg = self.config
         s_layers, s_outs = probe_layers(student, inputs)
         t_layers, t_outs = probe_layers(teacher, inputs)
+        # the student trains in training mode: only layers that run there can be distilled
+        try:
+            trains = {spec for spec, _ in probe_layers(student, inputs, train=True)[0]}
+        except Exception:  # e.g. batch-norm on one row in training mode: keep every layer
+            trains = {spec for spec, _ in s_layers}
+        eval_only = [spec for spec, _ in s_layers if spec not in trains]
+        s_layers = [(spec, sh) for spec, sh in s_layers if spec in trains]
+        s_outs = {spec for spec in s_outs if spec in trains}
         s_shapes, t_shapes = dict(s_layers), dict(t_layers)
         if cfg.pairs is not None:
             pairs = [tuple(p) for p in cfg.pairs]
             for sp, tp in pairs:
                 for spec, shapes, who in ((sp, s_shapes, "student"), (tp, t_shapes, "teacher")):
                     if spec not in shapes:
+                        if who == "student" and spec in eval_only:
+                            raise mo.ConfigError(
+                                f"{self.name}: student layer {spec!r} runs only in eval mode "
+                                "(training skips it, e.g. a detector's box decoding); pair a "
+                                "layer that runs in training.")
                         near = difflib.get_close_matches(spec, list(shapes), n=3, cutoff=0.5)
                         raise mo.ConfigError(
                             f"{self.name}: {who} layer {spec!r} is not a layer that returns a "

@@ -109,3 +109,39 @@ def test_ema_is_a_deepcopy_and_averages():
     expected = 0.1 * before["classifier.1.weight"] + 0.9 * m.state_dict()["classifier.1.weight"]
     assert torch.allclose(w_new, expected, atol=1e-6)
     assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_feature_pairs_skip_layers_that_run_only_in_eval_mode():
+    """A detector's head decodes boxes only in eval mode (Ultralytics' DFL conv): automatic
+    pairs used to pick that layer, which the student in training never runs (ConfigError on
+    the first batch); pairs now come from layers that run in training, and naming an
+    eval-only layer says so."""
+    import torch
+    from torch import nn
+
+    import modelopt_core as mo
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, padding=1))
+            self.decode = nn.Conv2d(8, 4, 1)  # eval-only post-processing
+
+        def forward(self, x):
+            f = self.body(x)
+            return f if self.training else self.decode(f)
+
+    torch.manual_seed(0)
+    model = Head().eval()
+    x = torch.randn(4, 3, 8, 8)
+    data = [(x, torch.zeros(4))]
+
+    def task_loss(out, targets):
+        return out.pow(2).mean()
+
+    s = mo.Session(model, (x,), train_data=data, task_loss=task_loss, progress=False)
+    art = s.apply("distill.features", epochs=1, lr=1e-3)
+    assert not any("decode" in n for n in art.lineage[-1].notes if n.startswith("pair"))
+    with pytest.raises(mo.ConfigError, match="runs only in eval mode"):
+        s.apply("distill.features", epochs=1, pairs=(("decode", "decode"),))
