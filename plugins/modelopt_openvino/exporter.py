@@ -200,8 +200,8 @@ class TorchToOpenVino(mo.Exporter):
         meta: dict[str, Any] = {"openvino_version": ov.get_version(), "openvino_route": route}
         if cfg.check_numerics:
             ctx.status("openvino: checking numerics against torch...")
-            check = (check_inputs_for(artifact, ctx, who=self.name) if cfg.dynamic_batch
-                     else tuple(ctx.example_inputs))
+            check = (check_inputs_for(artifact, ctx, who=self.name)
+                     if cfg.dynamic_batch and batched else tuple(ctx.example_inputs))
             if artifact.props.compute_dtype:  # the converted weights, computed in float32
                 with torch.no_grad():
                     out = model(*check)
@@ -274,6 +274,7 @@ class OnnxToOpenVino(mo.Exporter):
                                  f"{artifact.name!r}: {type(e).__name__}: "
                                  f"{str(e).strip()[:400]}") from e
         in_specs, out_specs = artifact.inputs, artifact.outputs
+        batched = any(isinstance(d, str) for s in in_specs for d in s.shape)
         if in_specs and len(ov_model.inputs) == len(in_specs):  # the specs' names, in order
             name_ports(ov_model, in_specs,
                        out_specs if len(out_specs) == len(ov_model.outputs) else ())
@@ -291,8 +292,8 @@ class OnnxToOpenVino(mo.Exporter):
         meta: dict[str, Any] = {"openvino_version": ov.get_version()}
         if cfg.check_numerics:
             ctx.status("openvino: checking numerics against ONNX Runtime...")
-            check = (check_inputs_for(artifact, ctx, who=self.name) if cfg.dynamic_batch
-                     else tuple(ctx.example_inputs))
+            check = (check_inputs_for(artifact, ctx, who=self.name)
+                     if cfg.dynamic_batch and batched else tuple(ctx.example_inputs))
             ref = run_onnx(artifact.model, check)
             rtol, atol = _tolerances(cfg, artifact, ref, qdq)
             errs = check_numerics(self.name, ref, ov_model, check,

@@ -447,3 +447,20 @@ def test_torch_export_route_off_goes_to_the_onnx_fallback():
     s = mo.Session(_RetracedDifferently().eval(), (torch.rand(2, 4),), progress=False)
     art = s.export("openvino", torch_export=False)
     assert art.metadata["openvino_route"] == "onnx"
+
+
+def test_fixed_batch_session_exports_openvino_directly_and_from_onnx():
+    """Session(dynamic_batch=False) gives fixed-batch input specs; the exporters' numerics
+    check used to tile the example to 2 rows whenever the exporter's own dynamic_batch was on
+    (its default), and a batch-1 IR refused it (opaque infer_request.cpp error)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    for chain in (("openvino",), ("onnx", "openvino")):
+        s = mo.Session(net, (x,), progress=False, dynamic_batch=False)
+        for target in chain:
+            s.export(target)
+        assert s.current.inputs[0].shape == (1, 3, 8, 8)
+        with s.runner("openvino") as r:
+            torch.testing.assert_close(r(x), net(x), rtol=1e-4, atol=1e-5)
