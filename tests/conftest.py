@@ -14,13 +14,48 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def pytest_configure(config):
     """Under pytest-xdist each worker is one process per core: one torch thread each, so the
     workers do not oversubscribe the cores (two workers x two threads on two cores made
-    training tests ~10x slower)."""
+    training tests ~10x slower). Registers the ``zoo`` marker and, with
+    ``MODELOPT_ZOO_RESULTS`` set, the model zoo's results recorder (``zoo_results``)."""
     import os
 
+    import zoo_results
+
+    zoo_results.configure(config)
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
         torch.set_num_threads(1)
+
+
+# the model zoo's results (tests/zoo_results.py; rendered by tools/zoo_doc.py)
+def pytest_collection_modifyitems(config, items):
+    import zoo_results
+
+    zoo_results.collection_modifyitems(config, items)
+
+
+def pytest_runtest_logreport(report):
+    import zoo_results
+
+    zoo_results.runtest_logreport(report)
+
+
+def pytest_collectreport(report):
+    import zoo_results
+
+    zoo_results.collectreport(report)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import zoo_results
+
+    zoo_results.sessionfinish(session, exitstatus)
+
+
+def pytest_unconfigure(config):
+    import zoo_results
+
+    zoo_results.unconfigure(config)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,9 @@ import modelopt_core as mo
 
 SIZE = 160
 
+#: the docs/model-zoo.md row of every test here (cells: per test; tools/zoo_doc.py)
+pytestmark = pytest.mark.zoo(model="efficientnet-lite0")
+
 
 @pytest.fixture(scope="module")
 def lite0():
@@ -30,9 +33,11 @@ def _top1(out):
     return out.argmax(1)
 
 
-@pytest.mark.parametrize("target,backend", [("onnx", "onnxruntime"),
-                                            ("openvino", "openvino")])
-def test_lite0_fp32_exports_pass_their_checks_and_agree(lite0, photos, target, backend):
+@pytest.mark.parametrize("target,backend", [
+    pytest.param("onnx", "onnxruntime", marks=pytest.mark.zoo(cell="ONNX")),
+    pytest.param("openvino", "openvino", marks=pytest.mark.zoo(cell="OpenVINO"))])
+def test_lite0_fp32_exports_pass_their_checks_and_agree(lite0, photos, target, backend,
+                                                         record_property):
     if target == "openvino":
         pytest.importorskip("openvino")
     before = state_hash(lite0)
@@ -45,10 +50,13 @@ def test_lite0_fp32_exports_pass_their_checks_and_agree(lite0, photos, target, b
         got = r(x)
     assert bool((_top1(got) == _top1(ref)).all())
     torch.testing.assert_close(got, ref, rtol=1e-3, atol=2e-3)
+    record_property("zoo", f"top-1 = torch on {len(x)} photo crops")
     assert state_hash(lite0) == before
 
 
-def test_lite0_tflite_int8_auto_falls_back_when_pt2e_fails_its_check(lite0, photos):
+@pytest.mark.zoo(cell="INT8 TFLite")
+def test_lite0_tflite_int8_auto_falls_back_when_pt2e_fails_its_check(lite0, photos,
+                                                                     record_property):
     """PT2E INT8 of the real Lite0 fails its own numerics check (the worst logit off by ~4x its
     allowance at 224 px); 'auto' converts again with ai_edge_quantizer, which passes, and the
     step says which method made the model."""
@@ -67,3 +75,5 @@ def test_lite0_tflite_int8_auto_falls_back_when_pt2e_fails_its_check(lite0, phot
     assert torch.isfinite(got).all()
     agreement = float((_top1(got) == _top1(ref)).float().mean())
     assert agreement >= 0.5, agreement  # INT8 accuracy on real weights: issue 24, item 5
+    record_property("zoo", "`auto`: PT2E fails its check, ai_edge_quantizer")
+    record_property("zoo", f"top-1 agreement {agreement:.2f} on {len(x)} photo crops")

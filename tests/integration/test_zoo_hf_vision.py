@@ -48,14 +48,19 @@ def _build(name: str) -> torch.nn.Module:
     return model
 
 
-@pytest.fixture(scope="module", params=sorted(_models()))
+zoo = pytest.mark.zoo  # the docs/model-zoo.md cell a test is evidence for (tools/zoo_doc.py)
+
+
+@pytest.fixture(scope="module", params=[
+    pytest.param(name, marks=zoo(model=f"hf-{name}")) for name in sorted(_models())])
 def hf_vision(request):
     return request.param, _build(request.param)
 
 
-@pytest.mark.parametrize("target,backend", [("onnx", "onnxruntime"),
-                                            ("openvino", "openvino"),
-                                            ("tflite", "tflite")])
+@pytest.mark.parametrize("target,backend", [
+    pytest.param("onnx", "onnxruntime", marks=zoo(cell="ONNX")),
+    pytest.param("openvino", "openvino", marks=zoo(cell="OpenVINO")),
+    pytest.param("tflite", "tflite", marks=zoo(cell="TFLite"))])
 def test_hf_vision_exports_pass_their_default_check(hf_vision, target, backend):
     name, model = hf_vision
     if target == "tflite":
@@ -78,9 +83,9 @@ def test_hf_vision_exports_pass_their_default_check(hf_vision, target, backend):
 
 
 @pytest.mark.parametrize("target,backend,step", [
-    ("onnx", "onnxruntime", "onnx.quantize_static"),
-    ("openvino", "openvino", "openvino.quantize")])
-def test_hf_vision_int8_runs_and_agrees(hf_vision, target, backend, step):
+    pytest.param("onnx", "onnxruntime", "onnx.quantize_static", marks=zoo(cell="INT8 ORT")),
+    pytest.param("openvino", "openvino", "openvino.quantize", marks=zoo(cell="INT8 OpenVINO"))])
+def test_hf_vision_int8_runs_and_agrees(hf_vision, target, backend, step, record_property):
     """The default INT8 route of each runtime quantizes the model and runs. With random weights
     and random images, agreement with FP32 is a sanity check, not an accuracy figure: 1.0 for
     every cell but ViT on ONNX Runtime (0.5: static MinMax INT8 of a transformer, with no
@@ -103,3 +108,4 @@ def test_hf_vision_int8_runs_and_agrees(hf_vision, target, backend, step):
     assert torch.isfinite(got).all()
     agreement = float((got.argmax(1) == ref.argmax(1)).float().mean())
     assert agreement >= 0.5, (name, step, agreement)
+    record_property("zoo", f"top-1 agreement {agreement:.2f} on random data")

@@ -22,8 +22,11 @@ SIZE = 160
 #: model yaml -> its split-conv blocks (C2f / C3k2 / C2PSA) that pruning unties
 MODELS = {"yolov8n.yaml": 8, "yolo11n.yaml": 9}
 
+zoo = pytest.mark.zoo  # the docs/model-zoo.md cell a test is evidence for (tools/zoo_doc.py)
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
+
+@pytest.fixture(scope="module", params=[
+    pytest.param(cfg, marks=zoo(model=cfg.removesuffix(".yaml"))) for cfg in sorted(MODELS)])
 def zoo_yolo(request):
     """Each zoo YOLO, built once per module."""
     model = yolo(request.param)
@@ -44,9 +47,10 @@ def _untouched(model):
     return state_hash(model), head.shape, head.anchors.shape, model.training
 
 
-@pytest.mark.parametrize("target,backend", [("onnx", "onnxruntime"),
-                                            ("openvino", "openvino"),
-                                            ("tflite", "tflite")])
+@pytest.mark.parametrize("target,backend", [
+    pytest.param("onnx", "onnxruntime", marks=zoo(cell="ONNX")),
+    pytest.param("openvino", "openvino", marks=zoo(cell="OpenVINO")),
+    pytest.param("tflite", "tflite", marks=zoo(cell="TFLite"))])
 def test_yolo_exports_pass_their_default_check(zoo_yolo, target, backend):
     """The OpenVINO route used to fail ("Graphs differed across invocations": the Detect head
     builds its anchors on the first call); every route now passes its default check."""
@@ -67,7 +71,8 @@ def test_yolo_exports_pass_their_default_check(zoo_yolo, target, backend):
     assert _untouched(zoo_yolo) == before
 
 
-def test_yolo_structured_pruning_then_openvino(zoo_yolo):
+@zoo(cell="structured pruning")
+def test_yolo_structured_pruning_then_openvino(zoo_yolo, record_property):
     """prune.structured used to raise IndexError inside Torch-Pruning (C2f's chunk) on zoo_yolo and
     to grow past 9 GB on YOLO11n's attention; the split convs are untied on the private copy,
     the Detect head and attention blocks are kept whole, channels go."""
@@ -78,6 +83,9 @@ def test_yolo_structured_pruning_then_openvino(zoo_yolo):
     notes = " ".join(art.lineage[-1].notes)
     assert f"{MODELS[zoo_yolo.zoo_cfg]} C2f/C3k2/C2PSA block(s): split conv untied" in notes
     assert art.metadata["params"] < 0.8 * art.metadata["params_before"]
+    blocks = "C2f" if zoo_yolo.zoo_cfg.startswith("yolov8") else "C3k2/C2PSA"
+    record_property("zoo", f"{MODELS[zoo_yolo.zoo_cfg]} {blocks} untied, params "
+                           f"-{1 - art.metadata['params'] / art.metadata['params_before']:.0%}")
     with s.runner("torch") as r:
         out = r(x)[0]
     assert out.shape == (1, 84, 525) and torch.isfinite(out).all()
@@ -86,9 +94,11 @@ def test_yolo_structured_pruning_then_openvino(zoo_yolo):
     s.export("openvino")
     with s.runner("openvino") as r:
         torch.testing.assert_close(r(x)[0], out, rtol=1e-3, atol=1e-2)
+    record_property("zoo", "then OpenVINO ✓")
     assert _untouched(zoo_yolo) == before
 
 
+@zoo(cell="structured pruning")
 def test_untied_blocks_compute_the_same_function(zoo_yolo):
     """The rewrite alone (no channel removed) changes no output."""
     from modelopt_prune.untie import untie_splits
@@ -141,8 +151,11 @@ def _int8_errors(model, target, backend, step, seed, **options):
             float((got[:, :4] - ref[:, :4]).abs().max()), " ".join(art.lineage[-1].notes))
 
 
-@pytest.mark.parametrize("float_tail", [True, False])
-def test_yolo_int8_default_keeps_the_decoded_output_in_float(yolov8n, float_tail):
+@pytest.mark.parametrize("float_tail", [
+    pytest.param(True, marks=zoo(model="yolov8n", cell="INT8 ORT")),
+    False])  # (the route the default replaced: not a cell of the zoo)
+def test_yolo_int8_default_keeps_the_decoded_output_in_float(yolov8n, float_tail,
+                                                              record_property):
     """onnx.quantize_static used to quantize the head's final concat of boxes (0..SIZE px) and
     class scores (0..1) with one uint8 scale: every score collapsed to 0 or 1 (error 0.5).
     The default keeps the output tail (ops after the last weighted layer) in float."""
@@ -151,11 +164,13 @@ def test_yolo_int8_default_keeps_the_decoded_output_in_float(yolov8n, float_tail
     if float_tail:
         assert "output tail kept in float" in notes
         assert score_err < 0.02 and box_err < 2.0, (score_err, box_err)
+        record_property("zoo", f"float tail; score err {score_err:.2g}, box {box_err:.2g} px")
     else:  # what the default used to do
         assert score_err > 0.2, score_err
 
 
-def test_yolo_openvino_int8_keeps_the_box_decoding_in_float(yolov8n):
+@zoo(model="yolov8n", cell="INT8 OpenVINO")
+def test_yolo_openvino_int8_keeps_the_box_decoding_in_float(yolov8n, record_property):
     """openvino.quantize (NNCF) keeps the ops after the last weighted layer in float by
     default, as Ultralytics' own INT8 export does: boxes stay within a pixel of FP32 (320 px,
     the NNCF default put 2.8 px of error on them)."""
@@ -164,3 +179,4 @@ def test_yolo_openvino_int8_keeps_the_box_decoding_in_float(yolov8n):
                                              "openvino.quantize", 3)
     assert "output tail kept in float" in notes
     assert box_err < 1.0 and score_err < 0.05, (score_err, box_err)
+    record_property("zoo", f"float tail; score err {score_err:.2g}, box {box_err:.2g} px")
