@@ -129,7 +129,7 @@ def is_trivial(io: Mapping[str, Any] | None) -> bool:
     tensors: it needs no :class:`StructuredModule` view."""
     if not io:
         return True
-    if io.get("keyword"):
+    if io.get("keyword") or io.get("keep") is not None:
         return False
     tree = io.get("outputs") or TENSOR
     return tree["type"] == "tensor" or (
@@ -175,20 +175,27 @@ def _structured_cls() -> type:
         """Positional, flat view of a module with keyword inputs and/or structured outputs.
 
         ``forward(*tensors)`` calls ``module(**dict(zip(input_names, tensors)))`` (or
-        positionally) and returns the flat output tensors as a tuple. ``module`` is the
-        wrapped module itself (shared, not copied).
+        positionally) and returns the flat output tensors as a tuple; with ``keep`` (indices
+        of flat outputs, ``Session(outputs=...)``) only those, in eval mode (in training mode
+        a module may return other outputs, which training steps' losses take whole).
+        ``module`` is the wrapped module itself (shared, not copied).
         """
 
-        def __init__(self, module: Any, input_names: Sequence[str], keyword: bool) -> None:
+        def __init__(self, module: Any, input_names: Sequence[str], keyword: bool,
+                     keep: Sequence[int] | None = None) -> None:
             super().__init__()
             self.module = module
             self.input_names = list(input_names)
             self.keyword = keyword
+            self.keep = None if keep is None else list(keep)
 
         def forward(self, *xs: Any) -> tuple[Any, ...]:
             out = (self.module(**dict(zip(self.input_names, xs))) if self.keyword
                    else self.module(*xs))
-            return tuple(flatten_outputs(out)[0])
+            flat = flatten_outputs(out)[0]
+            if self.keep is not None and not self.training:
+                return tuple(flat[i] for i in self.keep)
+            return tuple(flat)
 
     StructuredModule.__module__ = __name__
     StructuredModule.__qualname__ = "StructuredModule"
@@ -213,4 +220,6 @@ def structured_view(model: Any, io: Mapping[str, Any] | None,
     cls = _structured_cls()
     if is_trivial(io) or isinstance(model, cls):
         return model
-    return cls(model, input_names, bool(io.get("keyword")))  # type: ignore[union-attr]
+    keep = io.get("keep")  # type: ignore[union-attr]
+    return cls(model, input_names, bool(io.get("keyword")),  # type: ignore[union-attr]
+               None if keep is None else [int(i) for i in keep])

@@ -59,6 +59,11 @@ class Session:
             first and keep the first within the budget (default True).
         dynamic_axes: more symbolic dims per input, ``{"input_ids": {1: "sequence"}}`` or
             ``{"input": {2: "height", 3: "width"}}``: carried into ONNX export and input checks.
+        outputs: the outputs to deploy, when the model returns more than you use: indices
+            into its flat outputs or their names (``["output_0"]`` keeps a detector's decoded
+            boxes and drops the raw feature maps it also returns). Every artifact and runner
+            then has just these; training steps still see the model's whole training-mode
+            output. Default: all.
 
     ``example_inputs`` may be a dict of named tensors for a model called with keyword inputs
     (Hugging Face style, ``model(**inputs)``); the model may return a tensor, a tuple, a dict or
@@ -78,7 +83,7 @@ class Session:
                  dynamic_batch: bool = True,
                  dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
                  max_accuracy_drop: float | None = None, on_budget: str = "raise",
-                 recover: bool = True) -> None:
+                 recover: bool = True, outputs: Sequence[int | str] | None = None) -> None:
         import torch
 
         keyword = isinstance(example_inputs, Mapping)
@@ -127,8 +132,15 @@ class Session:
         inputs = spec_inputs(example_inputs, input_names, dynamic_batch)
         inputs = _with_dynamic_axes(inputs, dynamic_axes or {})
         names = [s.name for s in inputs]
-        outputs, tree = _probe_outputs(model, example_inputs, names, keyword, inputs)
-        io = {"keyword": keyword, "outputs": tree}
+        specs, tree = _probe_outputs(model, example_inputs, names, keyword, inputs)
+        io: dict[str, Any] = {"keyword": keyword, "outputs": tree}
+        if outputs is not None:
+            keep = _select_outputs(outputs, [o.name for o in specs])
+            specs = tuple(specs[i] for i in keep)
+            io = {"keyword": keyword, "keep": keep, "outputs": {
+                "type": "tuple", "items": [{"type": "tensor"}] * len(keep)}
+                if len(keep) > 1 else {"type": "tensor"}}
+        outputs = specs
         self._history = [ModelArtifact(
             "torch", structured_view(model, io, names), inputs, outputs,
             (Step("original", "source", config={"class": type(model).__qualname__}),), io=io)]
@@ -479,6 +491,27 @@ def _probe_outputs(model: Any, inputs: tuple[Any, ...], names: Sequence[str], ke
             spec = attrs.evolve(spec, shape=tuple(shape))
         outs.append(spec)
     return tuple(outs), tree
+
+
+def _select_outputs(wanted: Sequence[int | str], names: Sequence[str]) -> list[int]:
+    """Indices of the flat outputs ``wanted`` names (index or leaf name), in that order."""
+    if isinstance(wanted, (str, int)) or not wanted:
+        raise InputSpecError(f"Session: outputs must be a non-empty list of output indices or "
+                             f"names, e.g. [0] or ['output_0']; the model's outputs are "
+                             f"{list(names)}.")
+    keep: list[int] = []
+    for w in wanted:
+        if isinstance(w, bool) or not isinstance(w, (int, str)):
+            raise InputSpecError(f"Session: outputs item {w!r} is not an index or a name.")
+        i = names.index(w) if isinstance(w, str) and w in names else w
+        if not isinstance(i, int) or not -len(names) <= i < len(names):
+            raise InputSpecError(f"Session: outputs names {w!r}, which the model does not "
+                                 f"return; its outputs are {list(names)} (indices 0.."
+                                 f"{len(names) - 1}).")
+        keep.append(i % len(names))
+    if len(set(keep)) != len(keep):
+        raise InputSpecError(f"Session: outputs lists an output twice: {list(wanted)}.")
+    return keep
 
 
 def _grow(x: Any, spec: TensorSpec) -> Any:

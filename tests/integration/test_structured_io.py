@@ -201,3 +201,54 @@ def test_bert_like_model_through_ort_dynamic_int8():
             cos = torch.nn.functional.cosine_similarity(out[k].flatten(), ref[k].flatten(), dim=0)
             assert cos >= 0.99, (backend, k, float(cos))
         assert out.last_hidden_state.shape == (3, 11, 64)
+
+
+class FeatsHead(torch.nn.Module):
+    """A detector-like module: decoded scores plus the feature maps it also returns (as
+    Ultralytics' Detect returns 'feats' beside its boxes); training mode returns the raw
+    maps only."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        f = self.c(x)
+        if self.training:
+            return [f]
+        return f.mean((2, 3)).sigmoid(), {"feats": [f, f * 2]}
+
+
+def test_session_outputs_keeps_only_the_deployed_outputs(tmp_path):
+    """Session(outputs=...) deploys the outputs a user consumes: every artifact and runner
+    has just those (an IR without the extra feature maps runs faster), a save/load round trip
+    keeps the selection, training still sees the whole training-mode output, and the user's
+    module is untouched."""
+    torch.manual_seed(0)
+    model = FeatsHead().eval()
+    x = torch.randn(2, 3, 8, 8)
+    s = mo.Session(model, (x,), progress=False, outputs=["output_0"])
+    assert [o.name for o in s.original.outputs] == ["output_0"]
+    with torch.no_grad():
+        ref = model(x)[0]
+    for target, backend in (("onnx", "onnxruntime"), ("openvino", "openvino")):
+        s.export(target)
+        assert len(s.current.outputs) == 1
+        with s.runner(backend) as r:
+            torch.testing.assert_close(r(x), ref, rtol=1e-4, atol=1e-5)
+    back = mo.load_artifact(s.original.save(tmp_path / "torch"), model=FeatsHead().eval())
+    back.model.module.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(back.model(x)[0], ref)
+        assert len(back.model(x)) == 1
+        assert isinstance(s.original.model.train()(x)[0], torch.Tensor)  # the raw map
+    s.original.model.eval()
+    assert model.training is False and isinstance(model(x), tuple)
+    two = mo.Session(model, (x,), progress=False, outputs=[0, "output_1.feats.1"])
+    with two.runner("torch") as r:
+        a, b = r(x)
+    assert a.shape == (2, 4) and b.shape == (2, 4, 6, 6)
+    for bad, match in (([5], "does not return"), (["boxes"], "does not return"),
+                       ([0, "output_0"], "twice"), ("output_0", "non-empty list")):
+        with pytest.raises(mo.InputSpecError, match=match):
+            mo.Session(model, (x,), progress=False, outputs=bad)
