@@ -5,8 +5,7 @@ optimizer's recoveries, cheapest first, when its result misses the budget.
 The recovery loop is exercised twice: with a small optimizer of this file whose config sets
 how much it damages the weights (so each recovery's outcome is known in advance), through the
 real Session, gate and torch backend; and with the real ``openvino.quantize`` on
-EfficientNet-Lite0's real weights, where the default INT8 misses a 10-point top-1 budget on
-natural photo crops and a recovery meets it."""
+EfficientNet-Lite0's real weights in tests/integration/test_zoo_efficientnet.py."""
 
 from __future__ import annotations
 
@@ -150,32 +149,3 @@ def test_gate_without_labels_needs_two_calibration_batches():
                    max_accuracy_drop=0.1)
     with pytest.raises(mo.DataError, match="or calibration_data"):
         mo.Session(_classifier(), (calib[0][:1],), max_accuracy_drop=0.1)
-
-
-def test_lite0_openvino_int8_recovers_top1_agreement_on_photos():
-    """The real case: EfficientNet-Lite0 (real ImageNet weights) on natural photo crops. The
-    default NNCF INT8 keeps about 75-85% top-1 agreement with FP32; with a 10-point budget
-    the Session tries openvino.quantize's recoveries and keeps one that meets it."""
-    pytest.importorskip("openvino")
-    pytest.importorskip("nncf")
-    from zoo_models import efficientnet_lite0, photo_crops
-
-    lite0 = efficientnet_lite0()
-    size = 160
-    calib = [photo_crops(8, size, seed=s) for s in range(8)]
-    s = mo.Session(lite0, (calib[0][:1],), calibration_data=calib, max_accuracy_drop=0.1,
-                   progress=False)
-    s.export("openvino")
-    art = s.apply("openvino.quantize")
-    gate = art.metadata["accuracy_gate"]
-    assert gate["met"] and gate["value"] >= 0.9, gate
-    rec = art.metadata.get("accuracy_recovery")
-    if rec is not None:  # the default met the budget on these 16 held-back rows otherwise
-        assert rec["budget_met"] and rec["chosen"]
-        assert rec["tried"][0]["drop"] > 0.1
-    test = photo_crops(32, size, seed=99)
-    with torch.no_grad():
-        ref = lite0(test).argmax(1)
-    with s.runner("openvino") as r:
-        got = r(test).argmax(1)
-    assert float((got == ref).float().mean()) >= 0.8  # held-out crops, 32 rows: noisy

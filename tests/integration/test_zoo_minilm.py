@@ -32,19 +32,57 @@ def embedder():
     return model, (enc["input_ids"], enc["attention_mask"])
 
 
-def test_minilm_openvino_fp32_and_int8(embedder):
+zoo = pytest.mark.zoo(model="all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="module")
+def exported(embedder):
     model, x = embedder
-    before = state_hash(model)
     calib = [tuple(t[i:i + 2] for t in x) for i in range(0, len(SENTENCES), 2)]
     s = mo.Session(model, tuple(t[:1] for t in x), calibration_data=calib, progress=False)
     s.export("openvino")
+    return s
+
+
+@zoo
+@pytest.mark.zoo(cell="OpenVINO")
+def test_minilm_openvino_fp32(embedder, exported, record_property):
+    model, x = embedder
+    with torch.no_grad():
+        ref = model(*x)
+    with exported.runner("openvino") as r:
+        got = r(*x)
+    torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-4)
+    record_property("zoo", f"max abs error {float((got - ref).abs().max()):.1e}")
+
+
+@zoo
+@pytest.mark.zoo(cell="INT8 OpenVINO")
+def test_minilm_openvino_int8(embedder, exported, record_property):
+    model, x = embedder
+    before = state_hash(model)
+    s = mo.Session(exported.current, tuple(t[:1] for t in x),
+                   calibration_data=exported.calibration_data, progress=False)
+    art = s.apply("openvino.quantize", model_type="transformer")
+    assert art.metadata["openvino_fake_quantize"] > 0
     with torch.no_grad():
         ref = model(*x)
     with s.runner("openvino") as r:
-        torch.testing.assert_close(r(*x), ref, rtol=1e-3, atol=1e-4)
-    art = s.apply("openvino.quantize", model_type="transformer")
-    assert art.metadata["openvino_fake_quantize"] > 0
-    with s.runner("openvino") as r:
         cos = torch.nn.functional.cosine_similarity(r(*x), ref)
     assert float(cos.min()) >= 0.98, cos
+    record_property("zoo", f"cosine min {float(cos.min()):.4f}, mean {float(cos.mean()):.4f}")
     assert state_hash(model) == before
+
+
+@zoo
+@pytest.mark.zoo(cell="ONNX")
+def test_minilm_onnx(embedder, record_property):
+    model, x = embedder
+    s = mo.Session(model, tuple(t[:1] for t in x), progress=False)
+    s.export("onnx")
+    with torch.no_grad():
+        ref = model(*x)
+    with s.runner("onnxruntime") as r:
+        got = r(*x)
+    torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-4)
+    record_property("zoo", f"max abs error {float((got - ref).abs().max()):.1e}")
