@@ -19,7 +19,7 @@ import modelopt_core as mo
 from .common import (amount_in_range, check_same_outputs, copy_model, count_macs_params,
                      format_delta, noop, output_layer_names, prunable_layers, resolve_names,
                      run_outputs)
-from .untie import fixed_heads, untie_splits
+from .untie import fixed_heads, retie_splits, untie_splits
 
 Importance = Literal["l1", "l2", "bn_gamma", "taylor"]
 #: the note of a step that untied split convolutions (see :mod:`.untie`)
@@ -227,6 +227,10 @@ class StructuredPrune(mo.Optimizer):
             model, ratio = prune_at(cfg.ratio), cfg.ratio
         else:
             model, ratio = self._search(base, prune_at, artifact, ctx, notes, meta)
+        if untied:
+            retied = retie_splits(model)
+            notes.append(f"{retied} pruned block(s) tied again: one conv, split into the "
+                         "pruned halves")
         check_same_outputs(self.name, ref, run_outputs(model, xs))
         macs1, params1 = count_macs_params(model, xs)
         if ratio > 0 and params1 == params0:

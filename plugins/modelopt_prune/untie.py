@@ -17,7 +17,7 @@ import copy
 import functools
 from typing import Any
 
-__all__ = ["fixed_heads", "untie_splits"]
+__all__ = ["fixed_heads", "retie_splits", "untie_splits"]
 
 
 def _split_conv(cv: Any, lo: int, hi: int) -> Any:
@@ -80,7 +80,78 @@ def _untied_classes() -> dict[str, type]:
         def forward(self, x: Any) -> Any:
             return self.cv2(torch.cat((self.cv0(x), self.m(self.cv1(x))), 1))
 
-    return {"c2f": UntiedC2f, "c2psa": UntiedC2PSA}
+    class RetiedC2f(torch.nn.Module):
+        """C2f / C3k2 after pruning: one conv ``cv1`` again, split into the pruned halves."""
+
+        def forward(self, x: Any) -> Any:
+            y = list(self.cv1(x).split(self.sizes, 1))
+            y.extend(m(y[-1]) for m in self.m)
+            return self.cv2(torch.cat(y, 1))
+
+    class RetiedC2PSA(torch.nn.Module):
+        """C2PSA after pruning: one conv ``cv1`` again, split into the pruned halves."""
+
+        def forward(self, x: Any) -> Any:
+            a, b = self.cv1(x).split(self.sizes, 1)
+            return self.cv2(torch.cat((a, self.m(b)), 1))
+
+    return {"c2f": UntiedC2f, "c2psa": UntiedC2PSA, "retied-c2f": RetiedC2f,
+            "retied-c2psa": RetiedC2PSA}
+
+
+def _merge_convs(a: Any, b: Any) -> Any:
+    """One Ultralytics ``Conv`` computing ``cat(a(x), b(x))`` (conv, bias, BatchNorm stacked)."""
+    import torch
+
+    part = copy.deepcopy(a)
+    ca, cb = a.conv, b.conv
+    with torch.no_grad():
+        part.conv.weight = torch.nn.Parameter(torch.cat([ca.weight, cb.weight]))
+        if ca.bias is not None:
+            part.conv.bias = torch.nn.Parameter(torch.cat([ca.bias, cb.bias]))
+    part.conv.out_channels = ca.out_channels + cb.out_channels
+    bn, bb = getattr(part, "bn", None), getattr(b, "bn", None)
+    if bn is not None and bb is not None:
+        with torch.no_grad():
+            for name in ("weight", "bias"):
+                if getattr(bn, name) is not None:
+                    setattr(bn, name, torch.nn.Parameter(torch.cat(
+                        [getattr(a.bn, name), getattr(bb, name)])))
+            for name in ("running_mean", "running_var"):
+                if getattr(bn, name) is not None:
+                    setattr(bn, name, torch.cat([getattr(a.bn, name), getattr(bb, name)]))
+        bn.num_features = part.conv.out_channels
+    return part
+
+
+def retie_splits(model: Any) -> int:
+    """After pruning: rewrite, in place, every untied block back into one conv whose output
+    is split into the (pruned) halves: the same function with one conv fewer per block (at
+    small input sizes, per-op cost dominates). Returns how many were rewritten."""
+    import torch
+
+    classes = _untied_classes()
+    n = 0
+    for name, block in list(model.named_modules()):
+        kind = next((k for k in ("c2f", "c2psa") if type(block) is classes[k]), None)
+        if not name or kind is None:
+            continue
+        a, b = block.cv0, block.cv1
+        if not all(isinstance(getattr(c, "conv", None), torch.nn.Conv2d) for c in (a, b)) \
+                or type(a.act) is not type(b.act) or a.conv.kernel_size != b.conv.kernel_size:
+            continue
+        new = classes[f"retied-{kind}"]()
+        for k, v in vars(block).items():
+            if not k.startswith("_") and k != "training":
+                setattr(new, k, v)
+        new.sizes = [a.conv.out_channels, b.conv.out_channels]
+        new.cv1 = _merge_convs(a, b)
+        new.cv2, new.m = block.cv2, block.m
+        new.train(block.training)
+        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        setattr(parent, name.rpartition(".")[2], new)
+        n += 1
+    return n
 
 
 def _untied(block: Any, kind: str) -> Any:

@@ -82,6 +82,9 @@ def test_yolo_structured_pruning_then_openvino(zoo_yolo, record_property):
     art = s.apply("prune.structured", ratio=0.3)
     notes = " ".join(art.lineage[-1].notes)
     assert f"{MODELS[zoo_yolo.zoo_cfg]} C2f/C3k2/C2PSA block(s): split conv untied" in notes
+    # after pruning each block is one conv again (split into the pruned halves): one op fewer
+    assert f"{MODELS[zoo_yolo.zoo_cfg]} pruned block(s) tied again" in notes
+    assert not any(type(m).__name__.startswith("Untied") for m in art.model.modules())
     assert art.metadata["params"] < 0.8 * art.metadata["params_before"]
     blocks = "C2f" if zoo_yolo.zoo_cfg.startswith("yolov8") else "C3k2/C2PSA"
     record_property("zoo", f"{MODELS[zoo_yolo.zoo_cfg]} {blocks} untied, params "
