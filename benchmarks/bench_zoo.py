@@ -39,8 +39,13 @@ Sections (``--only`` picks them, comma-separated):
     (``--overlay``; created on demand with ``pip install --no-deps --target``), which writes
     its IRs; this process loads and times them beside ours. Mean-pooled, L2-normalized
     sentence embedding cosine vs torch FP32 per row.
+``search``  ``Session.optimize`` (what ``modelopt optimize`` runs) on EfficientNet-Lite0 with
+    ``eval_fn`` = top-1 agreement (%) with FP32 on 64 held-out crops, a 1-point budget,
+    ``time_budget_s=600`` (120 with ``--quick``), targets openvino + onnxruntime: its wall
+    time against the budget, and its best timed beside our OpenVINO FP32 and the hand NNCF /
+    ORT INT8 paths, each marked feasible or not under the same budget.
 
-    python benchmarks/bench_zoo.py [--quick] [--only efficientnet,resnet18,yolo,minilm]
+    python benchmarks/bench_zoo.py [--quick] [--only efficientnet,resnet18,yolo,minilm,search]
                                    [--threads 2] [--overlay DIR]
 
 Results: ``results/zoo.md`` and ``results/zoo.json`` (``--quick``: ``results/quick/``). A run
@@ -78,7 +83,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 OVERLAY_PINS = ("transformers==5.5.4", "tokenizers==0.22.2", "huggingface-hub==1.21.0",
                 "optimum==2.3.0", "optimum-intel==2.2.0")
 DEFAULT_OVERLAY = Path(tempfile.gettempdir()) / "modelopt-bench-overlay-transformers-5.5.4"
-SECTIONS = ("efficientnet", "resnet18", "yolo", "minilm")
+SECTIONS = ("efficientnet", "resnet18", "yolo", "minilm", "search")
 
 
 # ---- shared helpers ----------------------------------------------------------------------
@@ -438,6 +443,85 @@ def yolo_section(args: argparse.Namespace) -> dict[str, Any]:
             "ref": ref, "rows": rows, "notes": notes}
 
 
+# ---- the search on a real model -----------------------------------------------------------
+
+def search_section(args: argparse.Namespace) -> dict[str, Any]:
+    """``Session.optimize`` (what ``modelopt optimize`` runs) on EfficientNet-Lite0 with a
+    1-point budget of top-1 agreement (%) with FP32 and a 600 s time budget, over every
+    runtime target here; its best against the hand paths, timed side by side."""
+    import tempfile
+
+    import torch
+    from common import agreement
+    from zoo_models import efficientnet_lite0, photo_crops
+
+    import modelopt_core as mo
+
+    t, budget_s = args.threads, (120.0 if args.quick else 600.0)
+    crops = photo_crops(8 * 18, seed=11)
+    batches = list(crops.split(8))
+    calib, evals = batches[:8], batches[8:16]  # 64 held-out crops for eval_fn
+    model = efficientnet_lite0()
+    before = state_hash(model)
+    with torch.no_grad():
+        gold = [model(e) for e in evals]
+
+    def eval_fn(runner: Any) -> float:
+        return agreement(gold, [runner(e) for e in evals])["top1_agreement_pct"]
+
+    x = evals[0]
+    s = mo.Session(model, (x[:1],), calibration_data=calib, eval_fn=eval_fn, progress=False)
+    notes, rows = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-zoo-search-") as d:
+        t0 = time.perf_counter()
+        res = s.optimize(target=["openvino", "onnxruntime"], objective="latency",
+                         max_accuracy_drop=1.0, budget_trials=None, time_budget_s=budget_s,
+                         out_dir=d, threads=t)
+        wall = time.perf_counter() - t0
+    trials = [r for r in res.report.rows if r.get("step") not in (None, "baseline")]
+    skipped = [r for r in trials if r.get("skipped")]
+    notes.append(f"optimize: {wall:.0f} s for time_budget_s={budget_s:.0f} "
+                 f"({wall / budget_s:.3f}x; bar: within 1.05x), {len(trials)} trial row(s), "
+                 f"{len(skipped)} not started for the budget")
+    if res.best is None:
+        return {"title": "Session.optimize on EfficientNet-Lite0 (1-point budget)", "ref": "",
+                "rows": [{"row": "search", "note": "no feasible recipe"}], "notes": notes}
+    rec = res.best_recipe or {}
+    notes.append(f"best: {(res.best_row or {}).get('recipe')} on {rec.get('backend')} with "
+                 f"{rec.get('backend_options')}")
+    o = mo.Session(model, (x[:1],), calibration_data=calib, progress=False)
+    ov32 = o.export("openvino")
+    runners = {OV32: o.runner("openvino", ov32, **our_ov(t)),
+               "OURS search best": s.runner(rec["backend"], res.best,
+                                            **dict(rec.get("backend_options") or {}))}
+    fns = {k: (lambda r=r: r(x)) for k, r in runners.items()}
+    outs = {k: (lambda e, r=r: r(e)) for k, r in runners.items()}
+    for name, build, call in ((HNNCF, hand_nncf, ov_call), (HORT, hand_ort, ort_call)):
+        try:
+            f = call(build(model, x[:1], calib, t))
+            xn = x.numpy()
+            fns[name] = lambda f=f, xn=xn: f(xn)
+            outs[name] = lambda e, f=f: torch.from_numpy(f(e.numpy()))
+        except Exception as e:  # noqa: BLE001 - a peer path that breaks is a row
+            rows.append(error_row("search", name, e))
+    res_t = head_to_head(fns, [OV32], args.rounds, args.repeats, args.block)
+    for name in fns:
+        agree = agreement(gold, [outs[name](e) for e in evals])["top1_agreement_pct"]
+        rows.append({"row": name, **timing_cells(res_t, name, OV32),
+                     "top1_agreement": f"{agree:.1f}%",
+                     "feasible": "yes" if 100.0 - agree <= 1.0 else "no (> 1 point)"})
+    for r in runners.values():
+        r.close()
+    notes.append("feasible = top-1 agreement with FP32 within 1 point on the 64 eval_fn crops "
+                 "(the search's own budget); bar: the search's best at least as fast as the "
+                 "fastest feasible hand path")
+    notes.append("the user's model is unchanged (state hash)" if state_hash(model) == before
+                 else "WARNING: the user's model changed during the run")
+    return {"title": f"Session.optimize on EfficientNet-Lite0: 1-point budget, "
+                     f"time_budget_s={budget_s:.0f}, targets openvino + onnxruntime",
+            "ref": OV32, "rows": rows, "notes": notes}
+
+
 # ---- MiniLM ------------------------------------------------------------------------------
 
 def sentences(n: int, skip: int = 0) -> list[str]:
@@ -673,7 +757,7 @@ def minilm_section(args: argparse.Namespace) -> dict[str, Any]:
 # ---- results -----------------------------------------------------------------------------
 
 COLUMNS = ["row", "transformers", "p50_ms", "p50_range_ms", "speed_vs_ref", "vs_peer",
-           "top1_agreement", "cosine_vs_torch_fp32", "recovery", "note"]
+           "top1_agreement", "cosine_vs_torch_fp32", "recovery", "note", "feasible"]
 
 
 def header(sec: dict[str, Any]) -> str:
@@ -749,7 +833,8 @@ def main() -> None:
 
     run = {"efficientnet": lambda: classifier_section(args, "efficientnet"),
            "resnet18": lambda: classifier_section(args, "resnet18"),
-           "yolo": lambda: yolo_section(args), "minilm": lambda: minilm_section(args)}
+           "yolo": lambda: yolo_section(args), "minilm": lambda: minilm_section(args),
+           "search": lambda: search_section(args)}
     done: dict[str, dict[str, Any]] = {}
     for key in only:
         t0 = time.perf_counter()
