@@ -189,11 +189,17 @@ WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv",
                       "QLinearMatMul", "MatMulInteger", "ConvInteger"})
 
 
+#: ops a tensor may pass through between a Softmax and the layer that reads it
+_SHAPE_OPS = frozenset({"Reshape", "Transpose", "Cast", "Unsqueeze", "Squeeze", "Concat"})
+
+
 def output_tail(model: Any) -> list[str]:
     """Names of the nodes from which no weighted node (:data:`WEIGHTED`, with a constant
     weight) is reachable: the post-processing between the last layers and the outputs (a
-    detector's box decoding, DFL, sigmoid and concat; a classifier's softmax). Nodes without
-    a name are left out (ORT's exclusion goes by name)."""
+    detector's box decoding, DFL, sigmoid and concat; a classifier's softmax). A weighted
+    node reading a Softmax (through reshapes) counts as decoding, not as a layer: YOLOv8's
+    DFL conv projects the box distributions with fixed weights 0..15. Nodes without a name
+    are left out (ORT's exclusion goes by name)."""
     graph = model.graph
     consts = {t.name for t in graph.initializer}
     consts |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
@@ -202,8 +208,24 @@ def output_tail(model: Any) -> list[str]:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
 
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def after_softmax(node: Any, depth: int = 4) -> bool:
+        # a fixed projection of a distribution (YOLOv8's DFL conv): decoding, kept in float
+        src = producer.get(node.input[0]) if node.input else None
+        for _ in range(depth):
+            if src is None:
+                return False
+            if src.op_type == "Softmax":
+                return True
+            if src.op_type not in _SHAPE_OPS or not src.input:
+                return False
+            src = producer.get(src.input[0])
+        return False
+
     def weighted(node: Any) -> bool:
-        return node.op_type in WEIGHTED and any(i in consts for i in node.input[1:])
+        return node.op_type in WEIGHTED and any(i in consts for i in node.input[1:]) \
+            and not after_softmax(node)
 
     feeds_weight: dict[int, bool] = {}  # id(node) -> a weighted node is reachable from it
     for node in reversed(graph.node):  # topological order: consumers come later

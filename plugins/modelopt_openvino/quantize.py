@@ -63,7 +63,8 @@ def output_tail(model: Any) -> list[str]:
     ops = list(model.get_ordered_ops())
     feeds: dict[str, bool] = {}
     weighted = {o.get_friendly_name() for o in ops
-                if o.get_type_name() in WEIGHTED and _const_weight(o)}
+                if o.get_type_name() in WEIGHTED and _const_weight(o)
+                and not _after_softmax(o)}
     for op in reversed(ops):
         name = op.get_friendly_name()
         feeds[name] = any(t.get_node().get_friendly_name() in weighted
@@ -79,6 +80,27 @@ def output_tail(model: Any) -> list[str]:
     return [o.get_friendly_name() for o in ops
             if o.get_type_name() not in skip and o.get_friendly_name() not in weighted
             and not feeds[o.get_friendly_name()] and not bias(o)]
+
+
+#: ops a tensor may pass through between a Softmax and the layer that reads it
+_SHAPE_OPS = frozenset({"Reshape", "Transpose", "Convert", "Unsqueeze", "Squeeze",
+                        "Concat"})
+
+
+def _after_softmax(op: Any, depth: int = 4) -> bool:
+    """Whether the data input of weighted ``op`` comes from a Softmax (through reshapes): a
+    fixed projection of a distribution, part of the decoding (YOLOv8's DFL conv, whose
+    weights are 0..15, turns the box-side softmax into pixel offsets), not a learned layer.
+    INT8 there costs box precision (mAP@0.5:0.95), so it stays in the float tail."""
+    src = op.input_value(0).get_node()
+    for _ in range(depth):
+        t = src.get_type_name()
+        if t in ("Softmax", "SoftMax"):
+            return True
+        if t not in _SHAPE_OPS or src.get_input_size() == 0:
+            return False
+        src = src.input_value(0).get_node()
+    return False
 
 
 def weighted_ends(model: Any) -> list[str]:

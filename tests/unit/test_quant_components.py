@@ -209,3 +209,39 @@ def test_sensitivity_report_covers_every_layer_most_sensitive_first():
     assert "| layer |" in rep.to_markdown()
     assert all(q.enabled for q in act_quantizers(gm).values())  # restored afterwards
     assert all(w.weight_quant.enabled for w in gm.modules() if isinstance(w, QuantConv))
+
+
+def test_output_tail_keeps_a_projection_of_a_softmax_in_float():
+    """YOLOv8's DFL: a 1x1 conv with fixed weights 0..15 turns the box-side softmax into
+    pixel offsets. It has constant weights, so it looked like a layer and was quantized
+    (mAP@0.5:0.95 of a trained YOLOv8n: 92.6 FP32 -> 90.0 INT8); a weighted op reading a
+    Softmax (through reshapes) is now part of the float tail, on ONNX and OpenVINO."""
+    pytest.importorskip("openvino")
+    import torch
+
+    import modelopt_core as mo
+    from modelopt_onnx.quantize import output_tail as onnx_tail
+    from modelopt_openvino.quantize import output_tail as ov_tail
+
+    class DFLish(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.proj = torch.nn.Conv2d(16, 1, 1, bias=False)
+            self.proj.weight.data[:] = torch.arange(16.0).view(1, 16, 1, 1)
+
+        def forward(self, x):
+            b = self.body(x).flatten(2)                       # [N, 16, HW]
+            dist = b.view(x.shape[0], 16, -1, 1).softmax(1)  # distribution over 16 bins
+            return self.proj(dist).flatten(1)
+
+    x = torch.randn(2, 3, 8, 8)
+    s = mo.Session(DFLish().eval(), (x,), progress=False)
+    onnx_art = s.export("onnx")
+    convs = [n.name for n in onnx_art.model.graph.node if n.op_type == "Conv"]
+    assert convs[-1] in onnx_tail(onnx_art.model) and convs[0] not in onnx_tail(onnx_art.model)
+    ov_art = mo.Session(DFLish().eval(), (x,), progress=False).export("openvino")
+    ov_convs = [o.get_friendly_name() for o in ov_art.model.get_ordered_ops()
+                if o.get_type_name() == "Convolution"]
+    tail = ov_tail(ov_art.model)
+    assert ov_convs[-1] in tail and ov_convs[0] not in tail
