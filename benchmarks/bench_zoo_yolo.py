@@ -299,9 +299,11 @@ def main() -> None:
     fp32 = acc["torch FP32 (trained)"]["mAP50"]
     notes = [
         f"YOLOv8n trained from scratch by Ultralytics on {args.n_train} digits-on-canvas images "
-        f"({size} px, {args.epochs} epochs, {train_s:.0f} s incl. its validation; cached "
-        f"weights: {'given' if args.weights else 'trained here'}); mAP on {args.n_val} "
-        "validation canvases by Ultralytics' own validator (batch 1).",
+        f"({size} px, {args.epochs} epochs, batch 32, no mosaic/flip/HSV augmentation; "
+        + (f"weights given with --weights, trained beforehand with these settings"
+           if args.weights else f"{train_s:.0f} s incl. its validation")
+        + f"); mAP on {args.n_val} validation canvases by Ultralytics' own validator "
+        "(batch 1).",
         f"Pruning: prune.structured ratio {args.ratio} (C2f split convs untied, Detect head "
         f"kept): parameters {params['unpruned'] / 1e6:.2f}M -> {params['pruned'] / 1e6:.2f}M; "
         f"recovery: distill.features {args.kd_epochs} epochs from the unpruned model with "
