@@ -190,6 +190,10 @@ class QuantizeConfig:
         False, help="keep the first and the last weighted layer (Convolution/MatMul with "
                     "constant weights) in float: the layers INT8 hurts most in many CNNs",
         search=mo.choice(False, True))
+    float_last: bool = mo.field(
+        False, help="keep the last weighted layer (a classifier's head) in float: nearly free "
+                    "in speed, often a point of top-1 agreement",
+        search=mo.choice(False, True))
     overflow_fix: Literal["first_layer", "enable", "disable"] = mo.field(
         "first_layer", help="NNCF's fix for INT8 saturation on CPUs without VNNI (halves the "
                             "weight range of the first layer ('first_layer', NNCF's default) "
@@ -224,21 +228,29 @@ class OpenVinoQuantize(mo.Optimizer):
 
     def recoveries(self, budget: float | None) -> list[tuple[str, dict[str, Any]]]:
         """Cheapest first: better calibration (the full bias correction, full 8-bit weights
-        where the CPU does not saturate), then also the first and last layers in float, then
-        asymmetric activations, then NNCF's accuracy control against the budget (minutes:
-        it measures the model once per reverted layer group)."""
+        where the CPU does not saturate) with the last layer in float, then with the first
+        and last layers in float, then also asymmetric activations, then NNCF's accuracy
+        control against the budget (minutes: it measures the model once per reverted layer
+        group)."""
         flags = set(mo.cpu_flags())
         better: dict[str, Any] = {"fast_bias_correction": False}
         label = "full bias correction"
         if flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
             better["overflow_fix"] = "disable"
             label += ", full 8-bit weights (this CPU has VNNI)"
-        out = [(label, better),
-               (label + ", first and last layers in float", {**better, "float_ends": True}),
-               (label + ", asymmetric activations", {**better, "preset": "mixed"})]
+        # the last layer in float from the first try on, the first one next: on
+        # EfficientNet-Lite0 (photo crops, 128 held-out, batch 8) the full bias correction
+        # alone kept 89.8% top-1 agreement at 2.72x the FP32 speed; with the last layer in
+        # float 90.6% at 2.79x; with the first and the last 94.5% at 2.41x
+        last = {**better, "float_last": True}
+        ends = {**better, "float_ends": True}
+        out = [(label + ", last layer in float", last),
+               (label + ", first and last layers in float", ends),
+               (label + ", first and last layers in float, asymmetric activations",
+                {**ends, "preset": "mixed"})]
         if budget is not None and self.config.max_accuracy_drop is None:
             out.append(("NNCF accuracy control (reverts the most harmful layers to float)",
-                        {**better, "max_accuracy_drop": budget}))
+                        {**ends, "max_accuracy_drop": budget}))
         return out
 
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
@@ -264,14 +276,17 @@ class OpenVinoQuantize(mo.Optimizer):
             model_type=nncf.ModelType.TRANSFORMER if cfg.model_type else None,
             ignored_scope=None)
         tail = output_tail(model) if cfg.float_tail else []
-        ends = weighted_ends(model) if cfg.float_ends else []
+        ends = (weighted_ends(model) if cfg.float_ends else
+                weighted_ends(model)[-1:] if cfg.float_last else [])
         names = list(dict.fromkeys([*cfg.ignored_names, *tail, *ends]))
         kwargs["ignored_scope"] = _ignored_scope(names, cfg.ignored_types, cfg.ignored_patterns)
         if tail:
             notes.append(f"output tail kept in float: {len(tail)} op(s) after the last "
                          "weighted layer (float_tail=False quantizes them)")
         if ends:
-            notes.append(f"first and last weighted layers kept in float (float_ends): {ends}")
+            notes.append(f"{'first and last' if cfg.float_ends else 'last'} weighted layer(s) "
+                         f"kept in float ({'float_ends' if cfg.float_ends else 'float_last'}): "
+                         f"{ends}")
         advanced = None
         if cfg.overflow_fix != "first_layer":
             from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
