@@ -124,6 +124,37 @@ def leaf_names(tree: Mapping[str, Any] | None, n_flat: int) -> list[str]:
     return names
 
 
+def export_dynamic_shapes(model: Any, specs: Sequence[Any],
+                          max_size: int | None = None) -> Any:
+    """``torch.export.export(..., dynamic_shapes=)`` for ``model`` called with one tensor per
+    spec: each symbolic dim of the specs (a str) becomes a ``torch.export.Dim`` named after
+    it (one Dim per name, shared by every input that uses it; at most ``max_size``); None
+    when every dim is static. A ``forward(*xs)`` gets the packed form torch.export expects."""
+    import inspect
+    import re
+
+    import torch
+
+    dims: dict[str, Any] = {}
+    per_input = []
+    for s in specs:
+        entry = {}
+        for d, n in enumerate(s.shape):
+            if isinstance(n, str):
+                ident = re.sub(r"\W", "_", n)
+                ident = ident if ident and not ident[0].isdigit() else f"d_{ident}"
+                entry[d] = dims.setdefault(n, torch.export.Dim(ident, min=1, max=max_size)
+                                           if max_size else torch.export.Dim(ident, min=1))
+        per_input.append(entry)
+    if not any(per_input):
+        return None
+    out: Any = tuple(per_input)
+    if any(p.kind is p.VAR_POSITIONAL
+           for p in inspect.signature(model.forward).parameters.values()):
+        out = (out,)  # forward(*xs): torch.export sees one packed argument
+    return out
+
+
 def is_trivial(io: Mapping[str, Any] | None) -> bool:
     """True when the model takes positional tensors and returns a tensor or a flat tuple of
     tensors: it needs no :class:`StructuredModule` view."""

@@ -63,3 +63,21 @@ def slow_rows() -> Any:
             return h.mean(1)
 
     return SlowRows().eval()
+
+
+def trained_digits_cnn(epochs: int = 3) -> tuple[Any, Any]:
+    """(SmallCNN(width=8) trained ``epochs`` on the digits set, eval mode; the digits data):
+    the small real model the search tests optimize."""
+    import torch
+
+    import modelopt_core as mo
+    from modelopt_core.training import TrainConfig, fit
+    from modelopt_demo.data import load_digits_data
+    from modelopt_demo.models import SmallCNN
+
+    d = load_digits_data()
+    torch.manual_seed(0)
+    m = SmallCNN(width=8)
+    fit(m, d.train, config=TrainConfig(epochs=epochs, lr=3e-3, seed=0),
+        ctx=mo.Context(show_progress=False))
+    return m.eval(), d

@@ -222,3 +222,23 @@ def lstm_classifier(features: int = 16, hidden: int = 32, classes: int = 5,
 
     torch.manual_seed(seed)
     return LSTMClassifier().eval()
+
+
+#: the sentences the MiniLM zoo cells embed (test_zoo_minilm.py, minilm_cells.py)
+MINILM_SENTENCES = ["The quick brown fox jumps over the lazy dog.",
+                    "A model that is smaller and faster keeps its accuracy.",
+                    "Quantization maps floating point weights to eight-bit integers.",
+                    "Where is the nearest train station?",
+                    "She sells sea shells by the sea shore.",
+                    "Deploying on a CPU server with OpenVINO.",
+                    "The weather today is sunny with a light breeze.",
+                    "Measure before you optimize."]
+
+
+def small_batch_session(model, x):
+    """A Session on batches of 2 from ``x`` with four calibration batches of 4 rows (the
+    LSTM and MTCNN zoo cells)."""
+    import modelopt_core as mo
+
+    return mo.Session(model, (x[:2],), calibration_data=[x[i:i + 4] for i in range(0, 16, 4)],
+                      progress=False)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import sys
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -279,28 +278,9 @@ def _rows(x: Any, n: int) -> Any:
 
 def _dynamic_shapes(model: Any, specs: Sequence[mo.TensorSpec], max_batch: int | None) -> Any:
     """torch.export ``dynamic_shapes`` for the specs' symbolic dims (None: all static)."""
-    import re
+    from modelopt_core.io import export_dynamic_shapes
 
-    import torch
-
-    dims: dict[str, Any] = {}
-    per_input = []
-    for s in specs:
-        entry = {}
-        for d, n in enumerate(s.shape):
-            if isinstance(n, str):
-                ident = re.sub(r"\W", "_", n)
-                ident = ident if ident and not ident[0].isdigit() else f"d_{ident}"
-                entry[d] = dims.setdefault(n, torch.export.Dim(ident, min=1, max=max_batch)
-                                           if max_batch else torch.export.Dim(ident, min=1))
-        per_input.append(entry)
-    if not any(per_input):
-        return None
-    out: Any = tuple(per_input)
-    if any(p.kind is p.VAR_POSITIONAL
-           for p in inspect.signature(model.forward).parameters.values()):
-        out = (out,)
-    return out
+    return export_dynamic_shapes(model, specs, max_batch)
 
 
 def _np_dtype(spec_dtype: str) -> Any:

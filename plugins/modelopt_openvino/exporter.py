@@ -101,28 +101,14 @@ def _convert_exported(model: Any, xs: tuple[Any, ...], specs: tuple[mo.TensorSpe
                       inputs: list[Any]) -> Any:
     """``openvino.convert_model`` of ``torch.export.export(model, xs)``, the specs' symbolic
     dims exported as ``torch.export.Dim`` (one per name) so that they stay dynamic."""
-    import inspect
-    import re
-
     import openvino as ov
     import torch
 
+    from modelopt_core.io import export_dynamic_shapes
+
     from .common import quiet
 
-    dims: dict[str, Any] = {}
-    per_input = []
-    for s in specs:
-        entry = {}
-        for d, n in enumerate(s.shape):
-            if isinstance(n, str):
-                ident = re.sub(r"\W", "_", n)
-                ident = ident if ident and not ident[0].isdigit() else f"d_{ident}"
-                entry[d] = dims.setdefault(n, torch.export.Dim(ident, min=1))
-        per_input.append(entry)
-    dyn: Any = tuple(per_input) if any(per_input) else None
-    if dyn is not None and any(p.kind is p.VAR_POSITIONAL for p in
-                               inspect.signature(model.forward).parameters.values()):
-        dyn = (dyn,)  # forward(*xs): torch.export sees one packed argument
+    dyn = export_dynamic_shapes(model, specs)
     with quiet(), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         ep = torch.export.export(model, xs, dynamic_shapes=dyn)

@@ -19,14 +19,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-SENTENCES = ["The quick brown fox jumps over the lazy dog.",
-             "A model that is smaller and faster keeps its accuracy.",
-             "Quantization maps floating point weights to eight-bit integers.",
-             "Where is the nearest train station?",
-             "She sells sea shells by the sea shore.",
-             "Deploying on a CPU server with OpenVINO.",
-             "The weather today is sunny with a light breeze.",
-             "Measure before you optimize."]
+from zoo_models import MINILM_SENTENCES  # noqa: E402
+
+SENTENCES = MINILM_SENTENCES
 
 
 def run(onnx_int8: bool = False) -> dict[str, Any]:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import trained_digits_cnn
 
 import modelopt_core as mo
-from modelopt_core.training import TrainConfig, fit
-from modelopt_demo.data import accuracy_fn, load_digits_data
+from modelopt_demo.data import accuracy_fn
 from modelopt_demo.models import SmallCNN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,12 +45,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def digits():
-    d = load_digits_data()
-    torch.manual_seed(0)
-    m = SmallCNN(width=8)
-    fit(m, d.train, config=TrainConfig(epochs=3, lr=3e-3, seed=0),
-        ctx=mo.Context(show_progress=False))
-    return m.eval(), d
+    return trained_digits_cnn()
 
 
 def _session(m, d):

@@ -9,13 +9,11 @@ import json
 import time
 
 import pytest
-import torch
+from helpers import trained_digits_cnn
+from modelopt_search.space import native_bf16
 
 import modelopt_core as mo
-from modelopt_core.training import TrainConfig, fit
-from modelopt_demo.data import accuracy_fn, load_digits_data
-from modelopt_demo.models import SmallCNN
-from modelopt_search.space import native_bf16
+from modelopt_demo.data import accuracy_fn
 
 #: the fixed start-up allowance on top of time_budget_s * 1.05: checking the arguments,
 #: opening the study and the plugins before the clock's first reading, and Python's
@@ -28,12 +26,7 @@ FAST = {"fixed": {"export.onnx": {"exporter": "torchscript"}},
 
 @pytest.fixture(scope="module")
 def digits():
-    d = load_digits_data()
-    torch.manual_seed(0)
-    m = SmallCNN(width=8)
-    fit(m, d.train, config=TrainConfig(epochs=3, lr=3e-3, seed=0),
-        ctx=mo.Context(show_progress=False))
-    return m.eval(), d
+    return trained_digits_cnn()
 
 
 def _session(m, d, eval_s: float = 0.0):

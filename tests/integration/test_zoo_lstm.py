@@ -18,9 +18,7 @@ import collections
 import pytest
 import torch
 from helpers import state_hash
-from zoo_models import lstm_classifier
-
-import modelopt_core as mo
+from zoo_models import lstm_classifier, small_batch_session
 
 MODEL = "LSTM (2-layer)"
 pytestmark = pytest.mark.zoo(model=MODEL)
@@ -37,8 +35,7 @@ def lstm():
 
 
 def _session(model, x):
-    return mo.Session(model, (x[:2],), calibration_data=[x[i:i + 4] for i in range(0, 16, 4)],
-                      progress=False)
+    return small_batch_session(model, x)
 
 
 @pytest.mark.parametrize("target,backend", [

@@ -9,18 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import state_hash
-from zoo_models import minilm
+from zoo_models import MINILM_SENTENCES, minilm
 
 import modelopt_core as mo
 
-SENTENCES = ["The quick brown fox jumps over the lazy dog.",
-             "A model that is smaller and faster keeps its accuracy.",
-             "Quantization maps floating point weights to eight-bit integers.",
-             "Where is the nearest train station?",
-             "She sells sea shells by the sea shore.",
-             "Deploying on a CPU server with OpenVINO.",
-             "The weather today is sunny with a light breeze.",
-             "Measure before you optimize."]
+SENTENCES = MINILM_SENTENCES
 
 
 @pytest.fixture(scope="module")

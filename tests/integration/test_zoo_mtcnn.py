@@ -20,9 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import state_hash
-from zoo_models import mtcnn, mtcnn_crops
-
-import modelopt_core as mo
+from zoo_models import mtcnn, mtcnn_crops, small_batch_session
 
 #: net -> (zoo row, input size: PNet runs on any size >= 12, this is one pyramid level)
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,8 +52,7 @@ def test_mtcnn_loads_without_torchvision():
 
 
 def _session(model, x):
-    return mo.Session(model, (x[:2],), calibration_data=[x[i:i + 4] for i in range(0, 16, 4)],
-                      progress=False)
+    return small_batch_session(model, x)
 
 
 @pytest.mark.parametrize("target,backend", [
