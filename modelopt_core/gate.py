@@ -63,12 +63,13 @@ class AccuracyGate:
     def check(self, session: Any, art: ModelArtifact) -> ModelArtifact:
         """Evaluate ``art``; return it annotated with the gate's figures (and rejected when
         the budget is missed and ``on_budget='raise'``, after which this raises)."""
-        if self.baseline is None:
-            self.baseline = self._evaluate(session, session.original)
-            if isinstance(self.eval_fn, Agreement):
-                self.metric = (f"{self.eval_fn.kind} with the float model "
-                               f"({self.eval_fn.rows} held-back calibration rows)")
+        agreement = isinstance(self.eval_fn, Agreement)
+        if self.baseline is None:  # the original agrees with itself: 1.0, not measured
+            self.baseline = 1.0 if agreement else self._evaluate(session, session.original)
         value = self._evaluate(session, art)
+        if agreement:  # its kind is known once the reference outputs are
+            self.metric = (f"{self.eval_fn.kind} with the float model "
+                           f"({self.eval_fn.rows} held-back calibration rows)")
         drop = self.baseline - value
         figures = {"metric": self.metric, "baseline": self.baseline, "value": value,
                    "drop": drop, "budget": self.max_drop, "met": drop <= self.max_drop,

@@ -135,17 +135,15 @@ def export_dynamic_shapes(model: Any, specs: Sequence[Any],
 
     import torch
 
+    def dim(name: str) -> Any:
+        ident = re.sub(r"\W", "_", name)
+        ident = ident if ident and not ident[0].isdigit() else f"d_{ident}"
+        return torch.export.Dim(ident, min=1, max=max_size) if max_size else \
+            torch.export.Dim(ident, min=1)
+
     dims: dict[str, Any] = {}
-    per_input = []
-    for s in specs:
-        entry = {}
-        for d, n in enumerate(s.shape):
-            if isinstance(n, str):
-                ident = re.sub(r"\W", "_", n)
-                ident = ident if ident and not ident[0].isdigit() else f"d_{ident}"
-                entry[d] = dims.setdefault(n, torch.export.Dim(ident, min=1, max=max_size)
-                                           if max_size else torch.export.Dim(ident, min=1))
-        per_input.append(entry)
+    per_input = [{d: dims.get(n) or dims.setdefault(n, dim(n))
+                  for d, n in enumerate(s.shape) if isinstance(n, str)} for s in specs]
     if not any(per_input):
         return None
     out: Any = tuple(per_input)

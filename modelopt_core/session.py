@@ -244,7 +244,7 @@ class Session:
             except ModeloptError as e:
                 tried.append({"recovery": label, "config": over, "error": str(e)[:300]})
                 continue
-            self._progress_note(f"{inst.name}: recovery {label!r}...")
+            self.context().status(f"{inst.name}: recovery {label!r}...")
             try:
                 out = self._run(cand, art, lambda ctx, c=cand: c.apply(art, ctx),
                                 raise_budget=False, eval_fn=self.gate.eval_fn)
@@ -275,13 +275,6 @@ class Session:
                 "chosen": chosen, "tried": tried, "budget_met": chosen is not None}})
         self._history.append(best)
         return best
-
-    def _progress_note(self, message: str) -> None:
-        log.info(message)
-        if self.progress:
-            import sys
-
-            print(message, file=sys.stderr, flush=True)
 
     def export(self, target: str = "onnx", **config: Any) -> ModelArtifact:
         """Export the current artifact to format ``target`` through the registered exporters.

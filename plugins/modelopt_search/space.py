@@ -200,15 +200,7 @@ def native_bf16() -> bool:
     """True when this CPU computes bf16 natively (AVX-512 BF16 or AMX): OpenVINO's
     ``inference_precision="bf16"`` is then a cheap, often fast candidate (elsewhere it is
     emulated or ignored, and not worth a trial of its own)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    return bool(set(mo.cpu_flags()) & {"avx512_bf16", "amx_bf16"})
 
 
 #: a step's name prefixes that train (their cost grows with the data and epochs)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -228,27 +227,9 @@ def _rows(x: Any, n: int) -> Any:
 
 def _dynamic_shapes(model: Any, specs: Sequence[mo.TensorSpec]) -> Any:
     """torch.export ``dynamic_shapes`` for the specs' symbolic dims (None: all static)."""
-    import torch
+    from modelopt_core.io import export_dynamic_shapes
 
-    dims: dict[str, Any] = {}
-    per_input = []
-    for s in specs:
-        per_input.append({d: dims.setdefault(n, torch.export.Dim(_ident(n), min=1))
-                          for d, n in enumerate(s.shape) if isinstance(n, str)})
-    if not any(per_input):
-        return None
-    out: Any = tuple(per_input)
-    if any(p.kind is p.VAR_POSITIONAL
-           for p in inspect.signature(model.forward).parameters.values()):
-        out = (out,)  # forward(*xs): torch.export sees one packed argument
-    return out
-
-
-def _ident(name: str) -> str:
-    import re
-
-    n = re.sub(r"\W", "_", name)
-    return n if n and not n[0].isdigit() else f"d_{n}"
+    return export_dynamic_shapes(model, specs)
 
 
 def _convert(model: Any, args: tuple, dyn: Any, quant_config: Any) -> tuple[bytes, str]:
