@@ -8,8 +8,9 @@ backend. After every trial ``trials.json``, the report and (when it improved) th
 artifact ``best/`` are written to ``out_dir``; a feasible recipe that prunes and ranks among
 the fastest is followed by the same recipe pruned one step further, a precision step alone
 that misses the budget by its variants (one choice option changed at a time). At the end
-of a latency search the fastest few feasible candidates are re-timed side by side (one
-trial's timing is taken alone, on a noisy machine) and the fastest of them becomes the best.
+of a latency search the fastest few feasible candidates, and the fastest of every target,
+are re-timed side by side at the batch the trials were timed at (one trial's timing is taken
+alone, on a noisy machine) and the fastest of them becomes the best.
 """
 
 from __future__ import annotations
@@ -61,8 +62,13 @@ REPORT_COLUMNS = ["step", "state", "backend", "accuracy", "accuracy_delta", "lat
                   "recipe", "skipped"]
 
 #: a latency search re-times this many of its fastest feasible candidates side by side at
-#: the end, and keeps their artifacts in memory until then
+#: the end (and the fastest of every target besides), and keeps their artifacts in memory
+#: until then
 CONFIRM_TOP = 4
+#: the confirmation first times each run this many times (interleaved) and drops a thread
+#: count of a trial slower than SCREEN_RATIO times that trial's fastest count
+SCREEN_RUNS = 3
+SCREEN_RATIO = 1.3
 #: about how long (seconds) that side-by-side timing runs
 CONFIRM_S = 6.0
 #: pause before each timed block of the confirmation (spinning runtime threads go idle)
@@ -112,9 +118,11 @@ class _Search:
         self.best_recipe: dict[str, Any] | None = None  # the confirmed best's (its threads)
         self.baseline: dict[str, Any] = {}
         self.environment = _environment()  # the machine: described once, in every report
-        self.artifacts: dict[int, mo.ModelArtifact] = {}  # the top CONFIRM_TOP found here
+        self.artifacts: dict[int, mo.ModelArtifact] = {}  # the contenders found here
         self.confirmed: dict[int, tuple[float, int | None]] = {}  # the end: trial ->
         # (side-by-side p50 ms, at its fastest thread count)
+        self.ties: dict[int, tuple[float, float, float]] = {}  # the end: trial -> (p50 ratio
+        # to the best's, 95% CI) of each confirmed trial within noise of the best
         self.lost: list[str] = []  # trials of this process another worker finished
         # the time budget (see set_budget): the search's start and the time by which the
         # last trial must end (the end's reserve kept); None: no time budget
@@ -317,7 +325,7 @@ class _Search:
                    feasible=bool(drop <= self.max_drop + 1e-9))
         trial.set_constraint("accuracy_drop", float(drop - self.max_drop - 1e-9))  # <= 0: ok
         trial.set_user_attr("row", _plain(row))
-        self.artifacts[trial.number] = art  # `after` keeps the top CONFIRM_TOP
+        self.artifacts[trial.number] = art  # `after` keeps the contenders'
         return float(row["accuracy"]), value
 
     # ---- after each trial ---------------------------------------------------------------
@@ -335,8 +343,8 @@ class _Search:
         with self.lock():
             rows = trial_rows(study)
             top = ranked_rows(rows, "objective")[:CONFIRM_TOP]
-            self.artifacts = {n: a for n, a in self.artifacts.items()
-                              if n in {r["trial"] for r in top}}
+            kept = {r["trial"] for r in contenders(rows)}
+            self.artifacts = {n: a for n, a in self.artifacts.items() if n in kept}
             if top and top[0]["trial"] == trial.number:  # a new best: saved now
                 self.save_best(study, top[0])
             self.write(study, rows)
@@ -385,25 +393,37 @@ class _Search:
                 plugins=self.s.pm)
         return saved
 
+    def timing_inputs(self) -> tuple[Any, ...]:
+        """What the end's confirmation times: the example inputs tiled (or cut) to the
+        latency profiler's ``batch_size`` where one is set, the batch the trials were timed
+        at (the deployment's), else the example inputs as they are."""
+        xs = tuple(self.s.example_inputs)
+        n = (self.profiler_options.get("latency") or {}).get("batch_size")
+        return tuple(_tiled(x, int(n)) for x in xs) if n else xs
+
     def confirm(self, study: Any, rows: list[dict[str, Any]],
                 saved: int | None = None,
                 time_s: float | None = None) -> dict[str, Any] | None:
-        """Re-time the fastest feasible candidates found here side by side (rotating
-        interleaved blocks, :func:`.ab.interleaved_times`), each at every thread count of
-        :func:`_thread_counts` (``threads`` halving down to 1, or the runtime's default and
-        half the cores down to 1: a small model often runs fastest on one), and make
-        the fastest pair the best (``saved``: the trial in ``best/``, which competes too);
-        returns its row (``best.json`` and ``best_recipe`` get its
-        thread count), or ``None`` when fewer than two runs are to compare. With ``time_s``
-        (what is left of the time budget) the timing is shortened to fit, and
-        :class:`_NoTime` says so when not even a short one fits."""
+        """Re-time the contenders found here (:func:`contenders`: the fastest feasible
+        candidates and the fastest of every target) side by side at the trials' batch
+        (:meth:`timing_inputs`), in rotating interleaved blocks
+        (:func:`.ab.interleaved_times`), each at every thread count of :func:`_thread_counts`
+        (``threads`` halving down to 1, or the runtime's default and half the cores down to
+        1: a small model often runs fastest on one) that a short first timing does not show
+        slower than SCREEN_RATIO times the trial's fastest count, and make the fastest pair
+        the best (``saved``: the trial in ``best/``, which competes too); ``ties`` gets each
+        trial within noise of it (the bootstrap interval of the ratio of medians holds 1).
+        Returns its row (``best.json`` and ``best_recipe`` get its thread count), or
+        ``None`` when fewer than two runs are to compare. With ``time_s`` (what is left of
+        the time budget) the timing is shortened to fit, and :class:`_NoTime` says so when
+        not even a short one fits."""
         import statistics
 
-        from .ab import interleaved_times
+        from .ab import bootstrap_ratio_ci, interleaved_times
 
-        ranked = ranked_rows(rows, "objective")
-        cands = [r for r in ranked[:CONFIRM_TOP] if r["trial"] in self.artifacts]
-        cands += [r for r in ranked[CONFIRM_TOP:] if r["trial"] == saved]  # best/ competes
+        cands = [r for r in contenders(rows) if r["trial"] in self.artifacts]
+        cands += [r for r in ranked_rows(rows, "objective")  # best/ competes
+                  if r["trial"] == saved and r["trial"] not in {c["trial"] for c in cands}]
         runs_of: list[tuple[dict[str, Any], dict[str, Any], int | None]] = []
         for r in cands:
             recipe = _recipe_of(study, r["trial"]) or {"backend": r["backend"],
@@ -417,7 +437,7 @@ class _Search:
                 runs_of.append((r, {**recipe, "backend_options": opts}, n))
         if len(runs_of) < 2:
             return None
-        xs = tuple(self.s.example_inputs)
+        xs = self.timing_inputs()
         runners = []
         start = time.perf_counter()
         too_late = ("no side-by-side re-timing at the end: {:.1f} s left of the time budget "
@@ -429,31 +449,52 @@ class _Search:
                 runners.append(self.s.runner(recipe["backend"],
                                              artifact=self.artifacts[r["trial"]],
                                              **recipe["backend_options"]))
-            once = interleaved_times(runners, xs, runs=1, warmup=3, block=1)
-            per_call = sum(t[0] for t in once)
+            # a short first timing: a thread count far slower than the trial's fastest
+            # (one thread at a large batch) is not timed further
+            first = [statistics.median(t) for t in interleaved_times(
+                runners, xs, runs=SCREEN_RUNS, warmup=2, block=1)]
+            fastest: dict[int, float] = {}
+            for (r, _, _), t in zip(runs_of, first):
+                fastest[r["trial"]] = min(t, fastest.get(r["trial"], t))
+            keep = [i for i, ((r, _, _), t) in enumerate(zip(runs_of, first))
+                    if t <= SCREEN_RATIO * fastest[r["trial"]]]
+            runs_of = [runs_of[i] for i in keep]
+            timed_runners = [runners[i] for i in keep]
+            per_call = sum(first[i] for i in keep)
+
+            def cost(runs: int) -> float:  # each block: a pause and an untimed call first
+                blocks = -(-runs // _block(runs))
+                return (runs + blocks) * per_call + blocks * len(timed_runners) * \
+                    CONFIRM_PAUSE_S
+
             length = CONFIRM_S
             if time_s is not None:  # what is left after building the runners
                 length = min(length, time_s - (time.perf_counter() - start))
-                if length < 20 * per_call + MIN_CONFIRM_S / 2:
+                if length < cost(20) + MIN_CONFIRM_S / 2:
                     raise _NoTime(too_late.format(max(length, 0)))
-            # pauses: CONFIRM_PAUSE_S per block of each runner
             runs = max(20, min(300, int(length / max(per_call, 1e-6))))
-            block = max(1, min(20, runs // 10))
-            while runs > 20 and runs * per_call + (runs / block) * len(runners) * \
-                    CONFIRM_PAUSE_S > length:
+            while runs > 20 and cost(runs) > length:
                 runs = max(20, int(runs * 0.8))
-                block = max(1, min(20, runs // 10))
-            times = interleaved_times(runners, xs, runs=runs, warmup=0, block=block,
+            block = _block(runs)
+            times = interleaved_times(timed_runners, xs, runs=runs, warmup=0, block=block,
                                       pause_s=CONFIRM_PAUSE_S)
         finally:
             for r in runners:
                 r.close()
-        timed = [(1e3 * statistics.median(t), r, recipe, n)
-                 for t, (r, recipe, n) in zip(times, runs_of)]
-        self.confirmed = {}
-        for ms, r, _, n in sorted(timed, key=lambda x: x[0]):  # each trial's fastest count
-            self.confirmed.setdefault(r["trial"], (ms, n))
-        ms, best, recipe, n = min(timed, key=lambda x: (x[0], x[1]["trial"]))
+        timed = sorted(((1e3 * statistics.median(t), r, recipe, n, t)
+                        for t, (r, recipe, n) in zip(times, runs_of)),
+                       key=lambda x: (x[0], x[1]["trial"]))
+        self.confirmed, own = {}, {}
+        for ms, r, _, n, t in timed:  # each trial's fastest count
+            if r["trial"] not in self.confirmed:
+                self.confirmed[r["trial"]], own[r["trial"]] = (ms, n), t
+        ms, best, recipe, n, t_best = timed[0]
+        self.ties = {}
+        for trial, t in own.items():  # within noise of the best: a tie, said so
+            if trial != best["trial"]:
+                ratio, lo, hi = bootstrap_ratio_ci(t_best, t, n=1000)
+                if lo <= 1.0:
+                    self.ties[trial] = (ratio, lo, hi)
         best.update(confirmed_p50_ms=ms, confirmed_threads=n)
         self.best_recipe = recipe
         with self.lock():
@@ -597,6 +638,33 @@ def _thread_counts(threads: int | None, cores: int | None = None) -> list[int | 
         out.append(n)
         n //= 2
     return out
+
+
+def contenders(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trials the end of a latency search re-times side by side: the CONFIRM_TOP fastest
+    feasible ones by their own trial's timing, then the fastest feasible one of each backend
+    not among them (one trial's timing is taken alone: a runtime a few percent behind by it
+    may be ahead side by side)."""
+    ranked = ranked_rows(rows, "objective")
+    out = ranked[:CONFIRM_TOP]
+    for r in ranked[CONFIRM_TOP:]:
+        if r.get("backend") not in {o.get("backend") for o in out}:
+            out.append(r)
+    return out
+
+
+def _block(runs: int) -> int:
+    """Timed calls per block of the end's confirmation, for ``runs`` calls per runner."""
+    return max(1, min(20, runs // 10))
+
+
+def _tiled(x: Any, n: int) -> Any:
+    """A tensor's rows repeated (or cut) to ``n``, as the latency profiler's ``batch_size``
+    tiles them; anything else as it is."""
+    if not hasattr(x, "repeat") or getattr(x, "dim", lambda: 0)() == 0:
+        return x
+    reps = -(-n // x.shape[0])
+    return x.repeat(reps, *([1] * (x.dim() - 1)))[:n].contiguous()
 
 
 def _same_recipe(trial: Any, recipe: dict[str, Any]) -> Any:
@@ -787,13 +855,19 @@ def _search(session: mo.Session, search: _Search, study: Any, full: dict[str, An
             notes.append(confirm_note)
         notes += search.lost
         if search.confirmed and best is not None:
+            batch = (search.profiler_options.get("latency") or {}).get("batch_size")
             notes.append(
-                "re-timed side by side at the end (p50 ms at each trial's fastest thread "
-                "count): " + ", ".join(f"trial {n} {ms:.4g}"
-                                       + (f" ({k} thread{'s' if k != 1 else ''})" if k else "")
-                                       for n, (ms, k) in sorted(search.confirmed.items(),
-                                                                key=lambda kv: kv[1][0]))
-                + f"; best: trial {best['trial']}")
+                "re-timed side by side at the end (p50 ms"
+                + (f" at batch {batch}" if batch else "")
+                + " at each trial's fastest thread count): "
+                + ", ".join(f"trial {n} {ms:.4g}"
+                            + (f" ({k} thread{'s' if k != 1 else ''})" if k else "")
+                            for n, (ms, k) in sorted(search.confirmed.items(),
+                                                     key=lambda kv: kv[1][0]))
+                + f"; best: trial {best['trial']}"
+                + ("; within noise of it (a tie): " + ", ".join(
+                    f"trial {n} (p50 ratio {r:.3f}, 95% CI {lo:.3f}-{hi:.3f})"
+                    for n, (r, lo, hi) in search.ties.items()) if search.ties else ""))
         # (the confirmed figures go on the rows here)
         report = search.write(study, rows, notes)
     keys = ("objective", "size_mb") if objective != "size" else ("objective",)
