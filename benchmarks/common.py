@@ -29,13 +29,16 @@ def interleaved_p50(fns: dict[str, Callable[[], Any]], rounds: int = 15,
                     warmup: int = 3, block: int = 3, pause_s: float = 0.05) -> dict[str, float]:
     """p50 of each candidate, timed in short blocks round-robin so machine noise hits all of
     them alike; a pause between blocks lets spinning runtime threads (ORT) go idle so they do
-    not bill the next candidate."""
+    not bill the next candidate. The order rotates every round, so no candidate always runs
+    right after the same other one (a fixed order would bill any after-effect of one
+    candidate, such as cache or frequency state, to the same next one every round)."""
     for f in fns.values():
         for _ in range(warmup):
             f()
     ts: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(max(1, rounds // block)):
-        for k, f in fns.items():
+    items = list(fns.items())
+    for r in range(max(1, rounds // block)):
+        for k, f in items[r % len(items):] + items[:r % len(items)]:
             time.sleep(pause_s)
             f()  # re-warm caches after the other candidates ran
             for _ in range(block):
