@@ -169,9 +169,12 @@ def _transform(n_inputs: int) -> Any:
 class QuantizeConfig:
     """Options of ``openvino.quantize``."""
 
-    preset: Literal["performance", "mixed"] = mo.field(
-        "performance", search=mo.choice("performance", "mixed"), help="'performance': symmetric activations and weights (fastest); "
-                            "'mixed': asymmetric activations (better for non-ReLU models)")
+    preset: Literal["performance", "mixed"] | None = mo.field(
+        None, search=mo.choice("performance", "mixed"),
+        help="'performance': symmetric activations and weights (fastest); 'mixed': "
+             "asymmetric activations (better for non-ReLU models); unset: NNCF's default for "
+             "the model type ('mixed' with model_type='transformer', as optimum-intel "
+             "quantizes; 'performance' otherwise)")
     model_type: Literal["transformer"] | None = mo.field(
         None, help="'transformer': NNCF's scheme for transformers (SmoothQuant, keeps "
                    "accuracy-critical ops in float)")
@@ -199,6 +202,11 @@ class QuantizeConfig:
                             "weight range of the first layer ('first_layer', NNCF's default) "
                             "or of all layers); 'disable' keeps full 8-bit weights: right for "
                             "CPUs with AVX-512 VNNI or AMX, which do not saturate")
+    smooth_quant_alpha: float | None = mo.field(
+        None, validator=mo.in_range(-1, 1),
+        help="SmoothQuant's alpha for MatMuls (model_type='transformer'; NNCF's default 0.95): "
+             "how much of the activations' outlier range moves into the weights; -1 "
+             "switches SmoothQuant off")
     ignored_types: tuple[str, ...] = mo.field((), help="op types kept in float "
                                               "(e.g. 'Multiply', 'MatMul')")
     ignored_patterns: tuple[str, ...] = mo.field((), help="regular expressions over op names "
@@ -270,7 +278,7 @@ class OpenVinoQuantize(mo.Optimizer):
         dataset = nncf.Dataset(batches, _transform(n_in))
         model = artifact.model.clone()  # NNCF works on its input; the artifact stays as is
         kwargs: dict[str, Any] = dict(
-            preset=getattr(nncf.QuantizationPreset, cfg.preset.upper()),
+            preset=getattr(nncf.QuantizationPreset, cfg.preset.upper()) if cfg.preset else None,
             target_device=getattr(nncf.TargetDevice, cfg.target_device),
             subset_size=len(batches), fast_bias_correction=cfg.fast_bias_correction,
             model_type=nncf.ModelType.TRANSFORMER if cfg.model_type else None,
@@ -288,15 +296,25 @@ class OpenVinoQuantize(mo.Optimizer):
                          f"kept in float ({'float_ends' if cfg.float_ends else 'float_last'}): "
                          f"{ends}")
         advanced = None
+        adv: dict[str, Any] = {}
         if cfg.overflow_fix != "first_layer":
-            from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
-                                                               OverflowFix)
+            from nncf.quantization.advanced_parameters import OverflowFix
 
-            advanced = AdvancedQuantizationParameters(
-                overflow_fix=getattr(OverflowFix, cfg.overflow_fix.upper()))
+            adv["overflow_fix"] = getattr(OverflowFix, cfg.overflow_fix.upper())
             notes.append(f"overflow fix {cfg.overflow_fix!r}" + (
                 " (full 8-bit weights: for CPUs with VNNI/AMX; older CPUs may saturate)"
                 if cfg.overflow_fix == "disable" else ""))
+        if cfg.smooth_quant_alpha is not None:
+            from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
+
+            adv["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(
+                matmul=cfg.smooth_quant_alpha)
+            notes.append("SmoothQuant " + ("off" if cfg.smooth_quant_alpha < 0 else
+                                           f"alpha {cfg.smooth_quant_alpha:g} for MatMuls"))
+        if adv:
+            from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+            advanced = AdvancedQuantizationParameters(**adv)
         meta: dict[str, Any] = {}
         if cfg.max_accuracy_drop is not None:
             if advanced is not None:
@@ -346,7 +364,7 @@ class OpenVinoQuantize(mo.Optimizer):
                      "everything ignored / reverted); the model runs in float")
         notes.insert(0, f"{fq} FakeQuantize op(s) on {sum(quantized.values())} op(s) "
                         f"{dict(sorted(quantized.items()))}, calibrated on {len(batches)} "
-                        f"batch(es) (preset {cfg.preset}"
+                        f"batch(es) (preset {cfg.preset or ('mixed' if cfg.model_type else 'performance')}"
                         f"{', transformer' if cfg.model_type else ''})")
         meta.update({"quantized": "int8-nncf", "openvino_fake_quantize": fq,
                      "openvino_quantized_ops": quantized})

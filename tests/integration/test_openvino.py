@@ -343,6 +343,38 @@ def test_compress_weights_on_a_bert_like_model():
         assert r(**x).last_hidden_state.shape == (3, 11, 64)
 
 
+def test_transformer_scheme_defaults_to_nncfs_preset_and_smooth_quant_can_be_switched_off():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=200, hidden_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, intermediate_size=128, max_position_embeddings=64)
+    bert = BertModel(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, 200, (4, 16), generator=g),
+                torch.ones(4, 16, dtype=torch.long)) for _ in range(4)]
+    s = mo.Session(bert, tuple(t[:1] for t in batches[0]), calibration_data=batches,
+                   progress=False)
+    s.export("openvino")
+    fp32 = s.current
+    q = s.apply("openvino.quantize", model_type="transformer")
+    # unset preset: NNCF's own for the model type ('mixed' for transformers, as
+    # optimum-intel quantizes), and the note says which one ran
+    assert "(preset mixed, transformer)" in q.lineage[-1].notes[0]
+    ctx = s.context()
+    Q = s.pm.get("optimizer", "openvino.quantize").cls
+    perf = Q(preset="performance").apply(fp32, ctx)
+    assert "(preset performance)" in perf.lineage[-1].notes[0]
+    off = Q(model_type="transformer", smooth_quant_alpha=-1).apply(fp32, ctx)
+    assert any("SmoothQuant off" in n for n in off.lineage[-1].notes)
+    # SmoothQuant's scales are Multiply ops folded in front of the MatMuls: off, none of them
+    mul = [sum(op.get_type_name() == "Multiply" for op in a.model.get_ops()) for a in (q, off)]
+    assert mul[0] > mul[1], mul
+    assert fp32.model.get_ops() and s.current is q  # applying a class directly leaves s as is
+    with pytest.raises(mo.ConfigError):
+        Q(smooth_quant_alpha=2.0)
+
+
 # ---- discovery -------------------------------------------------------------------------
 
 
