@@ -62,7 +62,9 @@ def hand_written_ort_int8(onnx_model, calib, threads: int):
                         weight_type=QuantType.QInt8)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
-        return ort.InferenceSession(f"{d}/q.onnx", so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(f"{d}/q.onnx", so, providers=["CPUExecutionProvider"])
+        sess.quantized_proto = onnx.load(f"{d}/q.onnx")  # for graph comparisons
+        return sess
 
 
 def main() -> None:
