@@ -12,6 +12,7 @@ from .artifact import (ArtifactProps, ModelArtifact, Step, TensorSpec, _bytes_cl
 from .config import (build_config, choice, config, config_fields, config_to_data, field,
                      floats, in_range, ints, positive, search_space, space_from_data)
 from .data import check_batch
+from .training import kd_loss
 from .errors import (AccuracyBudgetError, ArtifactError, ArtifactWriteError, BackendUnavailableError, ConfigError,
                      DataError, DuplicateComponentError, ExportError, FormatError, InputSpecError,
                      ModeloptError, NoExportPathError, NumericalError, PluginLoadError,
@@ -44,7 +45,7 @@ __all__ = [
     "UnsafeArtifactError",
     "InputSpecError", "RunnerClosedError", "StepError", "DataError",
     "BackendUnavailableError", "NumericalError", "ExportError",
-    "TrainingError", "__version__", "recipe", "training",
+    "TrainingError", "__version__", "recipe", "training", "kd_loss",
     "quiet", "data", "check_batch", "first_nonfinite", "check_finite_weights",
     "check_outputs", "check_reference", "cpu_flags",
 ]

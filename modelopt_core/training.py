@@ -41,8 +41,9 @@ from .data import (ONE_SHOT_HINT, check_iterable, check_train_item, check_train_
 from .errors import ConfigError, DataError, TrainingError
 from .interfaces import as_input_tuple
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "load_checkpoint_weights", "SPARSE_RECORD",
-           "sparse_param_names", "zero_masks", "apply_masks", "kept_zeros", "KeptZeros"]
+__all__ = ["TrainConfig", "TrainResult", "fit", "kd_loss", "load_checkpoint_weights",
+           "SPARSE_RECORD", "sparse_param_names", "zero_masks", "apply_masks", "kept_zeros",
+           "KeptZeros"]
 
 log = logging.getLogger("modelopt.training")
 
@@ -281,6 +282,31 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainCon
     best = max((r["metric"] for r in state["history"] if "metric" in r), default=None)
     return TrainResult(model, state["history"], best if has_metric else None, stopped,
                        state["step"], resumed)
+
+
+# ---- knowledge distillation loss --------------------------------------------------------
+
+def kd_loss(student_logits: Any, teacher_logits: Any, targets: Any, temperature: float,
+            alpha: float) -> Any:
+    """Hinton KD: ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``.
+
+    The class dimension is dim 1 (``(B, C)`` or ``(B, C, ...)`` dense outputs). Without integer
+    targets (unlabelled data) only the soft term is used.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    s = student_logits.float()
+    t = teacher_logits.float().detach()
+    log_p_s = F.log_softmax(s / temperature, dim=1)
+    log_p_t = F.log_softmax(t / temperature, dim=1)
+    per_sample = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1)
+    soft = per_sample.mean() * temperature ** 2
+    hard_ok = (isinstance(targets, torch.Tensor) and not targets.is_floating_point()
+               and alpha < 1.0)
+    if not hard_ok:
+        return soft
+    return alpha * soft + (1.0 - alpha) * F.cross_entropy(s, targets)
 
 
 # ---- sparsity kept through training --------------------------------------------------------

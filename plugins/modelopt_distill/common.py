@@ -1,5 +1,5 @@
-"""Shared pieces of the distillation optimizers: the config base, teacher resolution, the
-eval adapter and the KD loss."""
+"""Shared pieces of the distillation optimizers: the config base, teacher resolution and the
+eval adapter. ``kd_loss`` is the core's :func:`modelopt_core.kd_loss`, re-exported."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 import modelopt_core as mo
-from modelopt_core.training import TrainConfig, TrainResult, fit
+from modelopt_core.training import TrainConfig, TrainResult, fit, kd_loss
 
 __all__ = ["DistillBase", "DistillConfig", "resolve_teacher", "register_teacher", "train_config",
            "module_eval_fn", "first_output", "kd_loss", "run_fit", "frozen_copy"]
@@ -113,29 +113,6 @@ def first_output(out: Any, index: int = 0) -> Any:
     if isinstance(out, (tuple, list)):
         return out[index]
     return out
-
-
-def kd_loss(student_logits: Any, teacher_logits: Any, targets: Any, temperature: float,
-            alpha: float) -> Any:
-    """Hinton KD: ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``.
-
-    The class dimension is dim 1 (``(B, C)`` or ``(B, C, ...)`` dense outputs). Without integer
-    targets (unlabelled data) only the soft term is used.
-    """
-    import torch
-    from torch.nn import functional as F
-
-    s = student_logits.float()
-    t = teacher_logits.float().detach()
-    log_p_s = F.log_softmax(s / temperature, dim=1)
-    log_p_t = F.log_softmax(t / temperature, dim=1)
-    per_sample = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1)
-    soft = per_sample.mean() * temperature ** 2
-    hard_ok = (isinstance(targets, torch.Tensor) and not targets.is_floating_point()
-               and alpha < 1.0)
-    if not hard_ok:
-        return soft
-    return alpha * soft + (1.0 - alpha) * F.cross_entropy(s, targets)
 
 
 def run_fit(who: str, student: Any, ctx: mo.Context, cfg: Any, loss_fn: Any,

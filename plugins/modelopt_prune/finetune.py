@@ -9,31 +9,6 @@ from typing import Any
 import modelopt_core as mo
 
 
-def _local_kd_loss(student_logits: Any, teacher_logits: Any, targets: Any, temperature: float,
-                   alpha: float) -> Any:
-    """Hinton KD (used when the distillation plugin is not installed)."""
-    import torch
-    from torch.nn import functional as F
-
-    t = temperature
-    soft = F.kl_div(F.log_softmax(student_logits.float() / t, 1),
-                    F.log_softmax(teacher_logits.float().detach() / t, 1),
-                    reduction="batchmean", log_target=True) * t * t
-    if isinstance(targets, torch.Tensor) and not targets.is_floating_point() and alpha < 1:
-        return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits.float(), targets)
-    return soft
-
-
-def kd_loss_fn() -> Any:
-    """The distillation plugin's public ``kd_loss`` when available, else a local one."""
-    try:
-        from modelopt_distill import kd_loss
-
-        return kd_loss
-    except ImportError:
-        return _local_kd_loss
-
-
 def _first(out: Any) -> Any:
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -52,7 +27,6 @@ def make_loss(ctx: mo.Context, distill: bool, temperature: float, alpha: float,
         teacher = copy.deepcopy(ctx.original.model).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-    kd = kd_loss_fn()
 
     def loss_fn(model: Any, inputs: tuple[Any, ...], targets: Any) -> Any:
         import torch
@@ -66,11 +40,11 @@ def make_loss(ctx: mo.Context, distill: bool, temperature: float, alpha: float,
         if ctx.task_loss is not None:  # the session's task loss (detection, regression...)
             loss = ctx.task_loss(full, targets)
             if t_out is not None:  # soft targets: KL of class logits, else match the output
-                soft = kd(out, t_out, None, temperature, 1.0) if out.dim() == 2 \
+                soft = mo.kd_loss(out, t_out, None, temperature, 1.0) if out.dim() == 2 \
                     else F.mse_loss(out.float(), t_out.float())
                 loss = alpha * soft + (1 - alpha) * loss
         elif t_out is not None:
-            loss = kd(out, t_out, targets, temperature, alpha)
+            loss = mo.kd_loss(out, t_out, targets, temperature, alpha)
         else:
             loss = F.cross_entropy(out, targets)
         return loss + extra(model) if extra is not None else loss

@@ -1,11 +1,16 @@
 """Distributed training with the shared loop, launched by ``torchrun``.
 
-    torchrun --standalone --nproc_per_node=2 -m modelopt_distill.ddp_example --out out/ddp
+    torchrun --standalone --nproc_per_node=2 docs/examples/ddp_distill.py --out out/ddp --kd
 
 Each process joins the group (gloo on CPU, nccl on CUDA), trains the demo CNN on its shard of
 the digits batches with :func:`modelopt_core.training.fit` (which wraps the model in
-DistributedDataParallel), optionally distilling from a teacher, and writes its final weights
-to ``<out>/rank<r>.safetensors`` so the ranks can be compared. Only rank 0 writes checkpoints.
+DistributedDataParallel), optionally distilling from a teacher with :func:`modelopt_core.kd_loss`,
+and writes its final weights to ``<out>/rank<r>.safetensors`` so the ranks can be compared.
+Only rank 0 writes checkpoints.
+
+An example script, not part of any package: it uses the demo's data and model
+(``modelopt_demo``), which a plugin may not import. Run as a script, it finds the repository's
+packages by itself when they are not installed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[2]  # the repository root (modelopt_core, modelopt_demo)
+if (_ROOT / "modelopt_core").is_dir() and str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,11 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import save_file
     from torch import distributed as dist
 
+    from modelopt_core import kd_loss
     from modelopt_core.training import TrainConfig, fit
     from modelopt_demo.data import load_digits_data
     from modelopt_demo.models import SmallCNN
-
-    from .common import kd_loss
 
     cuda = torch.cuda.is_available()
     dist.init_process_group(backend="nccl" if cuda else "gloo")
