@@ -7,8 +7,7 @@ or pycuda (plugins import their heavy dependencies when used).
 from __future__ import annotations
 
 from . import data, recipe, training
-from .artifact import (ArtifactProps, ModelArtifact, Step, TensorSpec, _bytes_cls,
-                       load_artifact)
+from .artifact import ArtifactProps, ModelArtifact, Step, TensorSpec, load_artifact
 from .config import (build_config, choice, config, config_fields, config_to_data, field,
                      floats, in_range, ints, positive, search_space, space_from_data)
 from .data import check_batch
@@ -28,9 +27,20 @@ from .report import Report
 from .session import Session
 from .environment import cpu_flags
 from .verify import check_outputs, check_reference
+# the rest of the public face for plugins (docs/plugin-authors.md, "The public face"); the
+# submodules they come from are private (tests/unit/test_architecture.py enforces it)
+from .config import Choice
+from .environment import describe_environment
+from .io import (export_dynamic_shapes, flatten_outputs, leaf_names, order_inputs,
+                 structured_view, unflatten_outputs)
+from .manifest import read_json
+from .persist import write_text_atomic
+from .plugins import CORE_DISTRIBUTION
+from .report_html import ReportDependencyError
+from .structure import check_records, rebuild_structure, record_structure
 
 #: raw-bytes format (engine blobs); subclass it with a ``name`` to register such a format
-BytesFormat = _bytes_cls()
+from .artifact import BytesFormat  # noqa: E402 (built on first use: it subclasses Format)
 
 __version__ = "0.1.0"
 
@@ -48,4 +58,8 @@ __all__ = [
     "TrainingError", "__version__", "recipe", "training", "kd_loss",
     "quiet", "data", "check_batch", "first_nonfinite", "check_finite_weights",
     "check_outputs", "check_reference", "cpu_flags",
+    "Choice", "describe_environment", "export_dynamic_shapes", "flatten_outputs", "leaf_names",
+    "order_inputs", "structured_view", "unflatten_outputs", "read_json", "write_text_atomic",
+    "CORE_DISTRIBUTION", "ReportDependencyError", "check_records", "rebuild_structure",
+    "record_structure",
 ]

@@ -1,4 +1,5 @@
-"""The ``modelopt`` command: ``plugins``, ``describe``, ``demo``, ``run``.
+"""The ``modelopt`` command: ``plugins``, ``describe``, ``run`` (and what plugins add:
+``demo``, ``optimize``, ``serve``, ...).
 
 ``modelopt --version``; ``python -m modelopt_core`` works the same. Errors print one line
 naming the step, field or file; ``--verbose`` adds the traceback and debug logging,
@@ -24,12 +25,6 @@ _EXAMPLES = {
     "describe": """examples:
   modelopt describe onnx.quantize_static    options, types, defaults and help of a component
   modelopt describe latency --json""",
-    "demo": """examples:
-  modelopt demo                    train a digits CNN (offline), prune, distill, export,
-                                   quantize to INT8, compare; writes modelopt-demo-out/
-  modelopt demo --epochs 3 --out /tmp/demo --quiet
-  modelopt demo --task detection   YOLO-style detector on digit canvases: slim, feature KD,
-                                   INT8 on OpenVINO, mAP@0.5 as accuracy""",
     "run": """examples:
   modelopt run docs/recipes/digits-int8.toml
   modelopt run recipe.toml --dry-run          check components, export chains and data needs
@@ -166,24 +161,6 @@ def _type_name(tp: Any) -> str:
     return str(text).replace("typing.", "")
 
 
-def _demo(args: argparse.Namespace) -> int:
-    try:
-        from modelopt_demo.demo import run_demo
-    except ImportError as e:
-        print(f"modelopt demo: the demo package is not installed ({e}).", file=sys.stderr)
-        return 2
-    if args.task == "detection":
-        from modelopt_demo.detection import run_detection_demo
-
-        out = args.out or "modelopt-detect-out"
-        kw = {} if args.epochs is None else {"epochs": args.epochs}
-        run_detection_demo(out, progress=args.progress, quiet=args.quiet, **kw)
-        return 0
-    run_demo(args.out or "modelopt-demo-out", epochs=8 if args.epochs is None else args.epochs,
-             progress=args.progress, quiet=args.quiet)
-    return 0
-
-
 def _run(args: argparse.Namespace) -> int:
     from .recipe import plan_recipe, run_recipe
 
@@ -238,16 +215,6 @@ def _parser() -> argparse.ArgumentParser:
     p = add("describe", "show a component's description and every option", _describe)
     p.add_argument("component", help="component name, e.g. onnx.quantize_static")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = add("demo", "train a digits CNN offline, optimize it end to end, compare", _demo)
-    p.add_argument("--task", choices=("classification", "detection"), default="classification",
-                   help="classification: SmallCNN on digits; detection: a YOLO-style detector "
-                        "on digit canvases (slim -> KD -> INT8 -> OpenVINO)")
-    p.add_argument("--out", default=None, help="folder for report + artifact (default "
-                                               "modelopt-demo-out / modelopt-detect-out)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="training epochs (default: 8 classification, 30 detection)")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="hide progress bars")
     p = add("run", "run a pipeline recipe (TOML/JSON): model, data, steps, comparison", _run)
     p.add_argument("recipe", help="path to the recipe file")
     p.add_argument("--dry-run", action="store_true",

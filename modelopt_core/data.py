@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .errors import DataError
-from .interfaces import as_input_tuple
 
 __all__ = ["check_iterable", "check_batch", "check_train_item", "check_train_list",
            "check_not_constant", "prepare_train_data", "is_one_shot", "warn_once",
@@ -29,6 +28,20 @@ ONE_SHOT_HINT = ("{field} is a one-shot iterator, already used up by an earlier 
                  "from the start): pass a list or a DataLoader, which can be read again.")
 
 Warn = Callable[[str], None]
+
+
+def as_input_tuple(item: Any, names: Sequence[str] | None = None) -> tuple[Any, ...]:
+    """Normalise one calibration item (a tensor, a tuple of tensors, or a dict) to a tuple.
+
+    A dict follows ``names`` (the model's input names) when they are given and its keys are
+    exactly those names, whatever its own order; else its insertion order."""
+    if isinstance(item, Mapping):
+        if names and set(item) == set(names):
+            return tuple(item[n] for n in names)
+        return tuple(item.values())
+    if isinstance(item, (tuple, list)):
+        return tuple(item)
+    return (item,)
 
 
 def is_one_shot(data: Any) -> bool:

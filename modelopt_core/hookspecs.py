@@ -44,3 +44,11 @@ def register_formats(register: Callable[[type], None]) -> None:
 def register_commands(register: Callable[..., None]) -> None:
     """Add ``modelopt`` subcommands by calling
     ``register(name, help=..., setup=fn(parser), run=fn(args) -> int, examples="")``."""
+
+
+@hookspec
+def register_services(register: Callable[..., None]) -> None:
+    """Offer a named service the core and other plugins look up through the plugin manager
+    instead of importing a plugin, by calling ``register(name, obj, help="")``. Known names:
+    ``"search"``: ``fn(session, target, objective, max_accuracy_drop, budget_trials,
+    time_budget_s, **options)``, what ``Session.optimize`` runs."""

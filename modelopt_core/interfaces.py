@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import threading
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
@@ -19,8 +20,9 @@ import attrs
 
 from .artifact import ModelArtifact, Step, TensorSpec
 from .config import build_config, config, config_to_data
-from .errors import (ArtifactError, BackendUnavailableError, DataError, InputSpecError,
-                     RunnerClosedError)
+from .errors import (ArtifactError, BackendUnavailableError, DataError, FormatError,
+                     InputSpecError, RunnerClosedError)
+from .data import as_input_tuple  # noqa: F401 (public here too: mo.as_input_tuple)
 from .io import order_inputs, unflatten_outputs
 
 __all__ = ["Component", "Optimizer", "Exporter", "Backend", "Runner", "Profiler", "Format",
@@ -377,6 +379,16 @@ class Format(Component):
         """Read a bare file with one of :attr:`suffixes` (not an artifact folder)."""
         raise ArtifactError(f"{path}: format {self.name!r} cannot load bare files.")
 
+    def runtime_source(self, model: Any) -> AbstractContextManager[bytes | str]:
+        """The in-memory ``model`` as a runtime opens it, for backends and exporters that
+        hand it to another runtime (reach the format through the registry:
+        ``pm.get("format", name).cls().runtime_source(model)``): a context manager yielding
+        its serialized bytes, or the path of a temporary file deleted on exit (e.g. an ONNX
+        model over protobuf's 2 GiB limit, with its external data). :class:`FormatError`
+        when the format provides none (the default)."""
+        raise FormatError(f"format {self.name!r} does not provide a runtime source (its "
+                          "models cannot be handed to another runtime as bytes or a file).")
+
 
 @attrs.define(eq=False)
 class Context:
@@ -467,20 +479,6 @@ class Context:
         if self.runner_factory is None:
             raise BackendUnavailableError("this context has no backend access")
         return self.runner_factory(artifact, backend, **options)
-
-
-def as_input_tuple(item: Any, names: Sequence[str] | None = None) -> tuple[Any, ...]:
-    """Normalise one calibration item (a tensor, a tuple of tensors, or a dict) to a tuple.
-
-    A dict follows ``names`` (the model's input names) when they are given and its keys are
-    exactly those names, whatever its own order; else its insertion order."""
-    if isinstance(item, Mapping):
-        if names and set(item) == set(names):
-            return tuple(item[n] for n in names)
-        return tuple(item.values())
-    if isinstance(item, (tuple, list)):
-        return tuple(item)
-    return (item,)
 
 
 def _batches(data: Any, field_name: str, who: str, limit: int | None, inputs_only: bool,

@@ -36,7 +36,7 @@ CORE_DISTRIBUTION = "modelopt-core"
 KINDS = {"optimizer": Optimizer, "exporter": Exporter, "backend": Backend, "profiler": Profiler,
          "format": Format}
 #: the core's own ``modelopt`` subcommands; a plugin cannot replace them
-BUILTIN_COMMANDS = ("plugins", "describe", "demo", "run")
+BUILTIN_COMMANDS = ("plugins", "describe", "run")
 _HOOKS = {"optimizer": "register_optimizers", "exporter": "register_exporters",
           "backend": "register_backends", "profiler": "register_profilers",
           "format": "register_formats"}
@@ -93,6 +93,7 @@ class PluginManager:
         self._registry: dict[str, dict[str, ComponentInfo]] = {k: {} for k in KINDS}
         self._origin: dict[int, tuple[str, str, str]] = {}  # id(plugin obj) -> name, dist, ver
         self._commands: dict[str, CommandInfo] = {}
+        self._services: dict[str, tuple[Any, str, str]] = {}  # name -> (obj, plugin, dist)
         if load_entry_points:
             self.load_entry_points()
 
@@ -116,6 +117,10 @@ class PluginManager:
                 self._fail(ep.name, dist, e)  # others down
                 continue
             self.register_plugin(obj, name=ep.name, distribution=dist, version=ver)
+        try:  # every hook implemented has a spec (register_plugin unregistered the others)
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as e:
+            self._fail(getattr(e.plugin, "__name__", repr(e.plugin)), "unknown", e)
 
     def register_plugin(self, obj: Any, name: str | None = None, distribution: str = "local",
                         version: str = "") -> None:
@@ -133,6 +138,7 @@ class PluginManager:
         try:
             self.pm.register(obj, name=name)
             self._origin[id(obj)] = (name, distribution, version)
+            self._check_hook_names(obj, name)
             for kind, hook in _HOOKS.items():
                 impls = [i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin is obj]
                 for impl in impls:
@@ -140,6 +146,9 @@ class PluginManager:
             for impl in self.pm.hook.register_commands.get_hookimpls():
                 if impl.plugin is obj:
                     impl.function(register=self._command_registrar(name, distribution))
+            for impl in self.pm.hook.register_services.get_hookimpls():
+                if impl.plugin is obj:
+                    impl.function(register=self._service_registrar(name, distribution))
         except DuplicateComponentError:  # strict mode only: the plugin is rolled back
             self._unregister(obj, name)
             raise
@@ -150,6 +159,21 @@ class PluginManager:
             self._unregister(obj, name)
             self._fail(name, distribution, e)
 
+    def _check_hook_names(self, obj: Any, name: str) -> None:
+        """pluggy's ``check_pending`` for one plugin: a hook implementation without a spec (a
+        misspelled ``register_optimiser``) would otherwise register nothing without a word."""
+        unknown = sorted({hc.name for hc in self.pm.get_hookcallers(obj) or []
+                          if not hc.has_spec() and any(
+                              i.plugin is obj and not i.optionalhook
+                              for i in hc.get_hookimpls())})
+        if unknown:
+            known = [n for n in dir(hookspecs) if n.startswith("register_")]
+            hints = "; ".join(f"{u!r}" + (f" (did you mean {close_names(u, known)[0]!r}?)"
+                                          if close_names(u, known) else "") for u in unknown)
+            raise PluginLoadError(
+                f"plugin {name!r} implements unknown hook(s): {hints}. The hooks are: "
+                f"{', '.join(known)} (modelopt_core.hookspecs).")
+
     def _unregister(self, obj: Any, name: str) -> None:
         if self.pm.is_registered(obj):
             self.pm.unregister(obj)
@@ -158,6 +182,8 @@ class PluginManager:
                 del reg[k]
         for k in [k for k, v in self._commands.items() if v.plugin == name]:
             del self._commands[k]
+        for k in [k for k, v in self._services.items() if v[1] == name]:
+            del self._services[k]
 
     def _fail(self, name: str, dist: str, e: BaseException) -> None:
         msg = "".join(traceback.format_exception_only(type(e), e)).strip()
@@ -217,6 +243,29 @@ class PluginManager:
             self._commands[name] = CommandInfo(name, help, setup, run, examples, plugin, dist)
 
         return register
+
+    def _service_registrar(self, plugin: str, dist: str):
+        def register(name: str, obj: Any, *, help: str = "") -> None:
+            prev = self._services.get(name)
+            if prev is not None and prev[0] is not obj:
+                self._duplicate(plugin, dist, DuplicateComponentError(
+                    f"two plugins offer the service {name!r}: {prev[2]} (plugin {prev[1]!r}) "
+                    f"and {dist} (plugin {plugin!r}). Kept the one from {prev[2]}; the one "
+                    f"from {dist} is skipped. Uninstall one."))
+                return
+            self._services[name] = (obj, plugin, dist)
+
+        return register
+
+    def service(self, name: str, hint: str = "") -> Any:
+        """The object a plugin offered as service ``name`` (hook ``register_services``);
+        :class:`UnknownComponentError` with ``hint`` (what to install) when none did."""
+        if name not in self._services:
+            failed = f" Plugins that failed to load: {[f.name for f in self.failed]}." \
+                if self.failed else ""
+            raise UnknownComponentError(
+                f"no installed plugin offers the {name!r} service. {hint}".rstrip() + failed)
+        return self._services[name][0]
 
     def commands(self) -> list[CommandInfo]:
         """The subcommands plugins added, sorted by name."""

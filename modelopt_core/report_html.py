@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from .errors import ModeloptError
-from .report import environment_line, fmt, header, pareto_indices
+from .tables import environment_line, fmt, header, pareto_indices
 
 __all__ = ["PLOT_IDS", "ReportDependencyError", "render_html"]
 

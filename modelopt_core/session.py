@@ -356,13 +356,10 @@ class Session:
         ``out_dir``). ``options``: ``space``, ``storage``, ``study_name``, ``out_dir``,
         ``seed``, ``runtime_options``, ``profiler_options``, ``threads``. Returns a
         ``modelopt_search.SearchResult``; the original is never changed. See docs/search.md."""
-        try:
-            from modelopt_search.optimize import optimize
-        except ImportError as e:
-            raise ModeloptError("Session.optimize needs the modelopt_search plugin and optuna: "
-                                'pip install -e ".[search]"') from e
-        return optimize(self, target, objective, max_accuracy_drop, budget_trials,
-                        time_budget_s, **options)
+        search = self.pm.service("search", hint='Session.optimize needs the search plugin: '
+                                 'pip install "modelopt-core[search]".')
+        return search(self, target, objective, max_accuracy_drop, budget_trials,
+                      time_budget_s, **options)
 
     # ---- running and measuring ------------------------------------------------------------
 

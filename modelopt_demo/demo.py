@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import modelopt_core as mo
-from modelopt_core.report_html import ReportDependencyError
+from modelopt_core import ReportDependencyError
 
 from .data import accuracy_fn, load_digits_data
 from .models import SmallCNN

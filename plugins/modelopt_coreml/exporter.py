@@ -144,7 +144,7 @@ class CoremlExporter(mo.Exporter):
         """(MLModel, note, flexible batch?): symbolic dims are converted from inputs of 2 rows
         (a size of 1 would specialize them), fixed shapes from the example inputs."""
         cfg = self.config
-        tiled = tuple(_rows(x, 2) for x in example) if dyn is not None else example
+        tiled = tuple(mo.tile_batch(x, 2) for x in example) if dyn is not None else example
         errors = []
         if cfg.exporter in ("auto", "torch.export"):
             for shapes in ([dyn, None] if dyn is not None else [None]):
@@ -269,16 +269,9 @@ class CoremlExporter(mo.Exporter):
 
 # ---- helpers ------------------------------------------------------------------------------
 
-def _rows(x: Any, n: int) -> Any:
-    if not x.dim():
-        return x
-    reps = -(-n // x.shape[0])
-    return x.repeat(reps, *([1] * (x.dim() - 1)))[:n].contiguous()
-
-
 def _dynamic_shapes(model: Any, specs: Sequence[mo.TensorSpec], max_batch: int | None) -> Any:
     """torch.export ``dynamic_shapes`` for the specs' symbolic dims (None: all static)."""
-    from modelopt_core.io import export_dynamic_shapes
+    from modelopt_core import export_dynamic_shapes
 
     return export_dynamic_shapes(model, specs, max_batch)
 

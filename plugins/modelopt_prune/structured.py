@@ -84,7 +84,7 @@ def _loss(out: Any, y: Any) -> Any:
 
 def accumulate_taylor_grads(model: Any, batches: Sequence[Any], limit: int) -> int:
     """Accumulate parameter gradients of the task loss over ``limit`` training batches."""
-    from modelopt_core.interfaces import as_input_tuple
+    from modelopt_core import as_input_tuple
 
     model.zero_grad()
     n = 0

@@ -153,7 +153,7 @@ def compare_artifacts(path_a: str | Path, path_b: str | Path, *, backend_a: str 
     :func:`~modelopt_core.load_artifact`."""
     import numpy as np
 
-    from modelopt_core.environment import describe_environment
+    from modelopt_core import describe_environment
 
     if runs < 2 or block < 1 or warmup < 0 or bootstrap < 100:
         raise mo.ConfigError("compare: needs runs >= 2, block >= 1, warmup >= 0 and "

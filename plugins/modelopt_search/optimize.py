@@ -712,7 +712,7 @@ def _why(row: dict[str, Any]) -> str:
 
 
 def _environment() -> dict[str, Any]:
-    from modelopt_core.environment import describe_environment
+    from modelopt_core import describe_environment
 
     return describe_environment()
 

@@ -51,3 +51,19 @@ def register_commands(register: Any) -> None:
                              "of the p50 ratio, accuracy, size",
              setup=_compare_setup, run=_compare_run,
              examples="examples:\n  modelopt compare out/a out/b")
+
+
+def _search(session: mo.Session, *args: Any, **kwargs: Any) -> Any:
+    """The ``search`` service: :func:`.optimize.optimize` (optuna loads here, on first use)."""
+    try:
+        from .optimize import optimize
+    except ImportError as e:
+        raise mo.ModeloptError(f"Session.optimize needs optuna ({e}): "
+                               'pip install "modelopt-core[search]"') from e
+    return optimize(session, *args, **kwargs)
+
+
+@mo.hookimpl
+def register_services(register: Any) -> None:
+    """``search``: what ``Session.optimize`` runs (the core never imports this plugin)."""
+    register("search", _search, help="recipe search under an accuracy budget")

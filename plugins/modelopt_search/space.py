@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 import modelopt_core as mo
-from modelopt_core.config import Choice
+from modelopt_core import Choice
 
 from .errors import SearchError
 

@@ -419,6 +419,6 @@ def pareto_rows(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
-    from modelopt_core.persist import write_text_atomic
+    from modelopt_core import write_text_atomic
 
     write_text_atomic(path, json.dumps(data, indent=2, default=str))

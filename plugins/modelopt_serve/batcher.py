@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from typing import Any, Self
 
 import modelopt_core as mo
-from modelopt_core.io import order_inputs
+from modelopt_core import order_inputs
 
 from .batching import RequestChecker, concat_rows, pad_rows, split_rows, target_rows
 from .cache import ResultCache

@@ -451,7 +451,7 @@ def to_jsonable(out: Any) -> Any:
 
 
 def _flat(out: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    from modelopt_core.io import flatten_outputs, leaf_names
+    from modelopt_core import flatten_outputs, leaf_names
 
     flat, tree = flatten_outputs(out, "response")
     names = leaf_names(tree, len(flat))

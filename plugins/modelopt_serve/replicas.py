@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import modelopt_core as mo
-from modelopt_core.io import unflatten_outputs
+from modelopt_core import unflatten_outputs
 
 from .errors import ReplicaCrashedError, ServeError
 

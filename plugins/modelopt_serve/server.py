@@ -109,10 +109,10 @@ def serve_ray(artifact: str | Path, *, backend: str = "onnxruntime", host: str =
 
     _log_setup(log_level)
     stop = threading.Event()
-    with _handlers(lambda *_: stop.set()):  # a SIGTERM while Ray starts: stop once it has
+    with _Handlers(lambda *_: stop.set()):  # a SIGTERM while Ray starts: stop once it has
         ray.init(ignore_reinit_error=True, include_dashboard=False)
         # after ray.init: Ray's core installs a SIGTERM handler that aborts the process
-        with _handlers(lambda *_: stop.set()):
+        with _Handlers(lambda *_: stop.set()):
             try:
                 if not stop.is_set():
                     rserve.start(http_options={"host": host, "port": port})
@@ -142,7 +142,7 @@ def _log_setup(level: str) -> None:
     log.setLevel(level.upper())
 
 
-class _handlers:
+class _Handlers:
     """Install ``fn`` for SIGTERM and SIGINT (main thread only), restoring the old ones."""
 
     def __init__(self, fn: Any) -> None:
@@ -158,11 +158,11 @@ class _handlers:
             signal.signal(sig, h)
 
 
-def _quiet_reraise() -> _handlers:
+def _quiet_reraise() -> _Handlers:
     """uvicorn re-raises the signal that stopped it once it has shut down; with the default
     handlers that kills the process (SIGTERM) or raises KeyboardInterrupt (SIGINT) after a clean
     stop. A no-op handler while it runs makes the clean stop exit 0."""
-    return _handlers(lambda *_: None)
+    return _Handlers(lambda *_: None)
 
 
 def uvicorn_config(app: Any, http: str = "auto", **kwargs: Any) -> Any:

@@ -100,7 +100,7 @@ class TfliteExporter(mo.Exporter):
             raise mo.ExportError("tflite: the session has no example inputs to convert with.")
         batch = cfg.batch_size or (ctx.example_inputs[0].shape[0]
                                    if ctx.example_inputs[0].dim() else 1)
-        args = tuple(_rows(x.float() if x.is_floating_point() else x, batch)
+        args = tuple(mo.tile_batch(x.float() if x.is_floating_point() else x, batch)
                      for x in ctx.example_inputs)
         calib: list[tuple[Any, ...]] = []
         if cfg.quantization == "int8":
@@ -217,17 +217,9 @@ def quiet() -> contextlib.AbstractContextManager:
     return mo.quiet(stderr=True, env={"LITERT_TORCH_SHOW_PROGRESS": "n"})
 
 
-def _rows(x: Any, n: int) -> Any:
-    """``x`` with exactly ``n`` rows (repeated or cut)."""
-    if not x.dim():
-        return x
-    reps = -(-n // x.shape[0])
-    return x.repeat(reps, *([1] * (x.dim() - 1)))[:n].contiguous()
-
-
 def _dynamic_shapes(model: Any, specs: Sequence[mo.TensorSpec]) -> Any:
     """torch.export ``dynamic_shapes`` for the specs' symbolic dims (None: all static)."""
-    from modelopt_core.io import export_dynamic_shapes
+    from modelopt_core import export_dynamic_shapes
 
     return export_dynamic_shapes(model, specs)
 
@@ -241,7 +233,7 @@ def _convert(model: Any, args: tuple, dyn: Any, quant_config: Any) -> tuple[byte
     if dyn is not None:  # traced with 2 rows: a size of 1 would specialize the dim
         try:
             with quiet():
-                return litert_torch.convert(model, tuple(_rows(a, 2) for a in args),
+                return litert_torch.convert(model, tuple(mo.tile_batch(a, 2) for a in args),
                                             dynamic_shapes=dyn, **kwargs).model_content(), ""
         except Exception as e:  # noqa: BLE001 - falls back to a fixed batch (noted)
             why = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}"
@@ -270,7 +262,7 @@ def _pt2e_quantize(model: Any, args: tuple, calib: Sequence[tuple[Any, ...]],
         graph, static = None, False
         if dyn is not None:  # calibrate whole batches through a symbolic batch
             try:
-                graph = torch.export.export(model, tuple(_rows(a, 2) for a in args),
+                graph = torch.export.export(model, tuple(mo.tile_batch(a, 2) for a in args),
                                             dynamic_shapes=dyn).module()
             except Exception:  # noqa: BLE001 - calibrate through a fixed batch instead
                 graph = None
@@ -281,7 +273,7 @@ def _pt2e_quantize(model: Any, args: tuple, calib: Sequence[tuple[Any, ...]],
             if static:  # the graph takes `batch` rows: feed chunks (the last one padded)
                 n = xs[0].shape[0]
                 for s in range(0, n, batch):
-                    prepared(*(_rows(x[s:s + batch], batch) for x in xs))
+                    prepared(*(mo.tile_batch(x[s:s + batch], batch) for x in xs))
             else:
                 prepared(*xs)
         converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
@@ -359,7 +351,7 @@ def _check_inputs(artifact: mo.ModelArtifact, ctx: mo.Context, who: str) -> tupl
                  "example inputs instead, so that no calibration batch is used up.")
     elif data is not None:
         return tuple(ctx.calibration_batches(f"{who} numerics check", 1)[0])
-    return tuple(_rows(x, 2) for x in ctx.example_inputs)
+    return tuple(mo.tile_batch(x, 2) for x in ctx.example_inputs)
 
 
 def _reference(artifact: mo.ModelArtifact, xs: Sequence[Any]) -> list[Any]:

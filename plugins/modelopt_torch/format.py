@@ -20,7 +20,7 @@ from typing import Any
 import modelopt_core as mo
 from modelopt_core.errors import (ArtifactError, ModeloptError, UnknownComponentError,
                                   UnsafeArtifactError)
-from modelopt_core.manifest import read_json
+from modelopt_core import read_json
 
 WEIGHTS = "weights.safetensors"
 RECORD = "torch_model.json"
@@ -36,7 +36,7 @@ class TorchFormat(mo.Format):
     def save(self, artifact: mo.ModelArtifact, folder: Path, **options: Any) -> list[str]:
         from safetensors.torch import save_file
 
-        from modelopt_core.structure import record_structure
+        from modelopt_core import record_structure
 
         mo.build_config(mo.interfaces.EmptyConfig, options, "format 'torch'")
         state = {k: v.detach().contiguous().cpu() for k, v in artifact.model.state_dict().items()}
@@ -50,7 +50,7 @@ class TorchFormat(mo.Format):
 
     def load(self, folder: Path, saved: mo.ModelArtifact, model: Any, plugins: Any) -> Any:
         if model is not None:  # keyword inputs / structured outputs: the saved positional view
-            from modelopt_core.io import structured_view
+            from modelopt_core import structured_view
 
             try:
                 model = structured_view(model, saved.io, [s.name for s in saved.inputs])
@@ -121,7 +121,7 @@ def _check_state_dict(p: Path, state: Any) -> None:
 
 def _read_torch_json(folder: Path) -> dict[str, Any]:
     """The checked ``torch_model.json`` of a folder: ``{"class": str, "structure": records}``."""
-    from modelopt_core.structure import check_records
+    from modelopt_core import check_records
 
     meta = folder / "torch_model.json"
     if not meta.is_file():
@@ -179,7 +179,7 @@ def _replay(model: Any, lineage: tuple[mo.Step, ...], inputs: tuple[mo.TensorSpe
     instead of loading weights into the wrong modules."""
     import inspect
 
-    from modelopt_core.plugins import CORE_DISTRIBUTION
+    from modelopt_core import CORE_DISTRIBUTION
 
     steps = [s for s in lineage if s.kind == "optimizer"]
     if not steps:
@@ -229,7 +229,7 @@ def _check_replayable(model: Any, where: Path, suspects: list[str]) -> None:
     saved weights (names) or the saved standard-layer record do not fit ``model``."""
     from safetensors import safe_open
 
-    from modelopt_core.structure import rebuild_structure, record_structure
+    from modelopt_core import rebuild_structure, record_structure
 
     try:
         with safe_open(str(where / "weights.safetensors"), framework="pt") as f:
@@ -302,7 +302,7 @@ def _into_skeleton(model: Any, state: dict[str, Any], where: Path,
                    structure: dict[str, Any] | None = None, copied: bool = False) -> Any:
     m = model if copied else copy.deepcopy(model)
     if structure and set(m.state_dict()) != set(state):
-        from modelopt_core.structure import rebuild_structure
+        from modelopt_core import rebuild_structure
 
         shapes = {k: tuple(v.shape) for k, v in state.items()}
         try:  # layers replaced by a step (low-rank, separable, folded BN): rebuild them

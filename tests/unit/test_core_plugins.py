@@ -301,6 +301,58 @@ def test_command_registration_is_checked():
     assert pm.commands() == [] and "command name" in pm.failed[0].error
 
 
+def test_hook_register_services():
+    def search(session, *args, **kwargs):
+        return ("searched", session, args, kwargs)
+
+    mod = plugin_module("svc")
+    mod.register_services = mo.hookimpl(lambda register: register("search", search))
+    pm = fresh(FakeEntryPoint("svc", mod))
+    assert pm.service("search") is search
+    with pytest.raises(mo.UnknownComponentError, match="'nothing' service.*pip install x"):
+        pm.service("nothing", hint="pip install x")
+    # Session.optimize runs the registered service: the core imports no search plugin
+    s = mo.Session(torch.nn.Linear(2, 1), (torch.zeros(1, 2),), plugins=pm, progress=False)
+    out = s.optimize(target="onnxruntime", budget_trials=3, seed=5)
+    assert out[0] == "searched" and out[1] is s and out[3] == {"seed": 5}
+    bare = mo.Session(torch.nn.Linear(2, 1), (torch.zeros(1, 2),), plugins=fresh(),
+                      progress=False)
+    with pytest.raises(mo.UnknownComponentError, match="search plugin.*modelopt-core\\[search\\]"):
+        bare.optimize()
+    # two plugins offering one service: the first is kept, both named
+    other = plugin_module("svc2")
+    other.register_services = mo.hookimpl(lambda register: register("search", print))
+    pm = fresh(FakeEntryPoint("svc", mod), FakeEntryPoint("svc2", other, dist="other-dist"))
+    assert pm.service("search") is search and "other-dist" in pm.failed[0].error
+
+
+def test_a_misspelled_hook_is_a_failed_plugin_not_silence(capsys):
+    typo = plugin_module("typo")
+    typo.register_optimiser = mo.hookimpl(lambda register: register(make_optimizer("t.x")))
+    fine = plugin_module("fine", register_optimizers=[make_optimizer("fine.x")])
+    pm = fresh(FakeEntryPoint("typo", typo), FakeEntryPoint("fine", fine))
+    [failed] = pm.failed
+    assert failed.name == "typo"
+    assert "'register_optimiser'" in failed.error
+    assert "did you mean 'register_optimizers'" in failed.error
+    assert [c.name for c in pm.components()] == ["fine.x"]  # the others load
+    assert not pm.pm.is_registered(typo)
+    pm.pm.check_pending()  # nothing pending is left behind
+    assert "typo" in capsys.readouterr().err
+    with pytest.raises(mo.PluginLoadError, match="unknown hook.*register_optimiser"):
+        fresh(FakeEntryPoint("typo", typo), strict=True)
+    # an optional hook (pluggy's optionalhook=True) is the author's explicit choice: allowed
+    opt = plugin_module("opt")
+    opt.some_future_hook = mo.hookimpl(optionalhook=True)(lambda register: None)
+    assert fresh(FakeEntryPoint("opt", opt)).failed == []
+
+
+def test_the_installed_plugins_have_no_unknown_hook():
+    pm = mo.PluginManager(strict=True)  # raises on any misspelled hook of an entry point
+    pm.pm.check_pending()
+    assert "demo" in [c.name for c in pm.commands()]  # the demo comes as a plugin command
+
+
 def test_every_hookspec_is_documented_and_tested():
     names = _hookspec_names()
     assert {"register_optimizers", "register_exporters", "register_backends",
