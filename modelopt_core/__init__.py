@@ -26,7 +26,8 @@ from .quiet import quiet
 from .report import Report
 from .session import Session
 from .environment import cpu_flags
-from .verify import check_outputs, check_reference
+from .verify import (check_inputs_for, check_outputs, check_reference, max_errors,
+                     reference_outputs, tile_batch)
 # the rest of the public face for plugins (docs/plugin-authors.md, "The public face"); the
 # submodules they come from are private (tests/unit/test_architecture.py enforces it)
 from .config import Choice
@@ -58,6 +59,7 @@ __all__ = [
     "TrainingError", "__version__", "recipe", "training", "kd_loss",
     "quiet", "data", "check_batch", "first_nonfinite", "check_finite_weights",
     "check_outputs", "check_reference", "cpu_flags",
+    "check_inputs_for", "reference_outputs", "tile_batch", "max_errors",
     "Choice", "describe_environment", "export_dynamic_shapes", "flatten_outputs", "leaf_names",
     "order_inputs", "structured_view", "unflatten_outputs", "read_json", "write_text_atomic",
     "CORE_DISTRIBUTION", "ReportDependencyError", "check_records", "rebuild_structure",

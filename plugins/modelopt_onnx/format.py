@@ -62,6 +62,12 @@ class OnnxFormat(mo.Format):
     def load_file(self, path: Path, model: Any, plugins: Any) -> Any:
         return _load_onnx(path)
 
+    def runtime_source(self, model: Any) -> contextlib.AbstractContextManager[bytes | str]:
+        """The ModelProto as ONNX Runtime (or OpenVINO) opens it: its bytes, or over
+        protobuf's 2 GiB a temporary copy saved with external data, deleted on exit (see
+        :func:`onnx_session_source`)."""
+        return onnx_session_source(model)
+
 
 def _onnx_size(model: Any) -> int:
     """Serialized size of a ModelProto; "infinite" past what protobuf can serialize (2 GiB),

@@ -170,7 +170,7 @@ class OpenVinoRunner(mo.Runner):
         import openvino as ov
         import torch
 
-        from modelopt_core.io import order_inputs, unflatten_outputs
+        from modelopt_core import order_inputs, unflatten_outputs
 
         names = [s.name for s in self.artifact.inputs]
         prepared = []

@@ -104,7 +104,7 @@ def _convert_exported(model: Any, xs: tuple[Any, ...], specs: tuple[mo.TensorSpe
     import openvino as ov
     import torch
 
-    from modelopt_core.io import export_dynamic_shapes
+    from modelopt_core import export_dynamic_shapes
 
     from .common import quiet
 
@@ -129,8 +129,6 @@ class TorchToOpenVino(mo.Exporter):
         import openvino as ov
         import torch
 
-        from modelopt_onnx.common import check_inputs_for, reference_outputs, tile_batch
-
         from .common import name_ports, ov_type, partial_shape, quiet
 
         cfg = self.config
@@ -144,7 +142,7 @@ class TorchToOpenVino(mo.Exporter):
         batched = any(isinstance(d, str) for s in in_specs for d in s.shape)
         xs = tuple(ctx.example_inputs)
         if cfg.dynamic_batch and batched:  # trace with 2 rows: no size-1 special cases
-            xs = tuple(tile_batch(x, 2) if x.dim() else x for x in xs)
+            xs = tuple(mo.tile_batch(x, 2) for x in xs)
         if not cfg.dynamic_batch:
             in_specs = _fixed(in_specs, tuple(ctx.example_inputs))
         ctx.status(f"openvino: converting {artifact.name!r} with openvino.convert_model...")
@@ -186,7 +184,7 @@ class TorchToOpenVino(mo.Exporter):
         meta: dict[str, Any] = {"openvino_version": ov.get_version(), "openvino_route": route}
         if cfg.check_numerics:
             ctx.status("openvino: checking numerics against torch...")
-            check = (check_inputs_for(artifact, ctx, who=self.name)
+            check = (mo.check_inputs_for(artifact, ctx, who=self.name)
                      if cfg.dynamic_batch and batched else tuple(ctx.example_inputs))
             if artifact.props.compute_dtype:  # the converted weights, computed in float32
                 with torch.no_grad():
@@ -194,7 +192,7 @@ class TorchToOpenVino(mo.Exporter):
                 ref = [o.float().numpy() for o in
                        ([out] if isinstance(out, torch.Tensor) else list(out))]
             else:
-                ref = reference_outputs(artifact, check)
+                ref = mo.reference_outputs(artifact, check)
             qdq = artifact.props.simulated is not None
             rtol, atol = _tolerances(cfg, artifact, ref, qdq)
             from .common import check_numerics
@@ -245,15 +243,16 @@ class OnnxToOpenVino(mo.Exporter):
 
         import openvino as ov
 
-        from modelopt_onnx.common import check_inputs_for, run_onnx
-        from modelopt_onnx.format import onnx_session_source
-
         from .common import check_numerics, name_ports, partial_shape, quiet
 
         cfg = self.config
+        # the ONNX format, reached through the registry, hands the model over (a path over
+        # 2 GiB); the check's reference runs on the registered ONNX Runtime backend
+        pm = ctx.plugins or mo.get_plugin_manager()
+        onnx_format = pm.get("format", "onnx").cls()
         ctx.status(f"openvino: converting the ONNX model {artifact.name!r}...")
         try:
-            with quiet(), onnx_session_source(artifact.model) as src:  # a path over 2 GiB
+            with quiet(), onnx_format.runtime_source(artifact.model) as src:
                 ov_model = ov.convert_model(src if isinstance(src, str) else io.BytesIO(src))
         except Exception as e:
             raise mo.ExportError(f"openvino.from_onnx: OpenVINO cannot convert "
@@ -278,9 +277,9 @@ class OnnxToOpenVino(mo.Exporter):
         meta: dict[str, Any] = {"openvino_version": ov.get_version()}
         if cfg.check_numerics:
             ctx.status("openvino: checking numerics against ONNX Runtime...")
-            check = (check_inputs_for(artifact, ctx, who=self.name)
+            check = (mo.check_inputs_for(artifact, ctx, who=self.name)
                      if cfg.dynamic_batch and batched else tuple(ctx.example_inputs))
-            ref = run_onnx(artifact.model, check)
+            ref = mo.reference_outputs(artifact, check, ctx, backend="onnxruntime")
             rtol, atol = _tolerances(cfg, artifact, ref, qdq)
             errs = check_numerics(self.name, ref, ov_model, check,
                                   [s.name for s in out_specs], rtol, atol)

@@ -97,10 +97,12 @@ class OrtBackend(mo.Backend):
         so.enable_cpu_mem_arena = cfg.enable_cpu_mem_arena
         if cfg.optimized_model_path:
             so.optimized_model_filepath = cfg.optimized_model_path
-        from modelopt_onnx.format import onnx_session_source
-
-        try:  # a model over 2 GiB goes to ORT as a temporary file with external data
-            with onnx_session_source(artifact.model) as src:
+        # the ONNX format (from the registry) hands the model over: its bytes, or over 2 GiB
+        # the path of a temporary file with external data
+        pm = getattr(ctx, "plugins", None) or mo.get_plugin_manager()
+        fmt = pm.get("format", "onnx").cls()
+        try:
+            with fmt.runtime_source(artifact.model) as src:
                 sess = ort.InferenceSession(src, so, providers=list(cfg.providers))
         except Exception as e:
             raise mo.FormatError(f"onnxruntime: cannot load {artifact.name!r}: {e}") from e
