@@ -32,11 +32,7 @@ import attrs
 from .artifact import ModelArtifact
 from .errors import AccuracyBudgetError, ConfigError, DataError
 
-__all__ = ["AccuracyGate", "Agreement", "PREFERRED_BACKEND"]
-
-#: the backend the gate measures a format on, when registered and available
-PREFERRED_BACKEND = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino",
-                     "tflite": "tflite"}
+__all__ = ["AccuracyGate", "Agreement"]
 
 
 @attrs.define
@@ -114,8 +110,11 @@ class AccuracyGate:
 
 
 def _backend_for(session: Any, art: ModelArtifact) -> str:
-    names = [PREFERRED_BACKEND.get(art.format)] + [i.name for i in
-                                                   session.pm.components("backend")]
+    # the backends that declare themselves the reference for the format (Backend
+    # .reference_for) first, then any other that accepts it
+    infos = session.pm.components("backend")
+    names = [i.name for i in infos if art.format in getattr(i.cls, "reference_for", ())] + \
+        [i.name for i in infos]
     for name in names:
         if name is None:
             continue

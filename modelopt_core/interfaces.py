@@ -131,6 +131,14 @@ class Optimizer(Component):
     accepts: ClassVar[tuple[str, ...]] = ("torch",)
     #: session data the optimizer needs: "calibration_data", "train_data", "eval_fn"
     needs: ClassVar[tuple[str, ...]] = ()
+    #: where it sits in a recipe (what search composes and reads, instead of name tables):
+    #: "structure" (pruning, factorization: changes the architecture), "recover" (trains
+    #: accuracy back, e.g. distillation), "graph" (rewrites an exported graph), "precision"
+    #: (quantization, lower float precision); None: undeclared
+    stage: ClassVar[str | None] = None
+    #: its result may answer differently from its input (False: the same function, e.g. a
+    #: graph optimizer)
+    lossy: ClassVar[bool] = True
 
     def apply(self, artifact: ModelArtifact, ctx: Context) -> ModelArtifact:
         """Return a new artifact (never mutate ``artifact`` or its model)."""
@@ -325,10 +333,24 @@ class Runner:
 
 
 class Backend(Component):
-    """Loads an artifact into a :class:`Runner` on some runtime."""
+    """Loads an artifact into a :class:`Runner` on some runtime.
+
+    Traits the other rooms read from the class (instead of tables of names): serving's thread
+    split and replica mode (``thread_option``, ``releases_gil``), the accuracy gate's choice of
+    evaluator (``reference_for``). A third-party backend declares them and joins as the
+    built-ins do."""
 
     kind: ClassVar[str] = "backend"
     accepts: ClassVar[tuple[str, ...]] = ("torch",)
+    #: the ``Config`` field that sets the runtime's CPU thread count (serving splits the cores
+    #: between replicas through it; the search times thread counts through it); None: none
+    thread_option: ClassVar[str | None] = None
+    #: inference releases the GIL: serving runs replicas as threads of one process (else as
+    #: processes)
+    releases_gil: ClassVar[bool] = False
+    #: formats this backend is the default evaluator of (the accuracy gate measures an
+    #: artifact of such a format on it); a subset of ``accepts``
+    reference_for: ClassVar[tuple[str, ...]] = ()
 
     def load(self, artifact: ModelArtifact, ctx: Context) -> Runner:
         """Return a runner for ``artifact`` (never mutating its model)."""

@@ -76,6 +76,7 @@ class CoremlBackend(mo.Backend):
     name = "coreml"
     accepts = ("coreml",)
     Config = CoremlBackendConfig
+    reference_for = ("coreml",)
     requires = ("coremltools",)
     install_hint = "pip install 'modelopt-core[coreml]' (coremltools), on macOS"
 

@@ -141,6 +141,7 @@ class FeatureDistill(mo.Optimizer):
     """Feature distillation: student layers regress teacher layers through adapters."""
 
     name: ClassVar[str] = "distill.features"
+    stage = "recover"
     accepts: ClassVar[tuple[str, ...]] = ("torch",)
     needs: ClassVar[tuple[str, ...]] = ("train_data",)
 

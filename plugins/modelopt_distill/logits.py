@@ -83,6 +83,7 @@ class LogitsDistill(mo.Optimizer):
     """Hinton KD: soft teacher targets at a temperature plus the hard-label loss."""
 
     name: ClassVar[str] = "distill.logits"
+    stage = "recover"
     accepts: ClassVar[tuple[str, ...]] = ("torch",)
     needs: ClassVar[tuple[str, ...]] = ("train_data",)
 

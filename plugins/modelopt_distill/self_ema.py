@@ -68,6 +68,7 @@ class SelfEMADistill(mo.Optimizer):
     """Self-distillation: the model learns from an EMA copy of itself."""
 
     name: ClassVar[str] = "distill.self_ema"
+    stage = "recover"
     accepts: ClassVar[tuple[str, ...]] = ("torch",)
     needs: ClassVar[tuple[str, ...]] = ("train_data",)
 

@@ -50,6 +50,8 @@ class OnnxOptimize(mo.Optimizer):
     """Graph-level cleanup with onnxoptimizer: fold BatchNorm into Conv, fuse biases, prune."""
 
     name = "onnx.optimize"
+    stage = "graph"
+    lossy = False  # the same function, a faster graph
     accepts = ("onnx",)
     Config = OnnxOptimizeConfig
     requires = ("onnx", "onnxoptimizer")

@@ -95,6 +95,7 @@ class OnnxQuantizeStatic(mo.Optimizer):
     """Static INT8 quantization with ONNX Runtime (QDQ, per-channel, calibrated)."""
 
     name = "onnx.quantize_static"
+    stage = "precision"
     accepts = ("onnx",)
     needs = ("calibration_data",)
     Config = StaticConfig
@@ -303,6 +304,7 @@ class OnnxQuantizeDynamic(mo.Optimizer):
     """Dynamic INT8 quantization with ONNX Runtime (weights INT8, activations at run time)."""
 
     name = "onnx.quantize_dynamic"
+    stage = "precision"
     accepts = ("onnx",)
     Config = DynamicConfig
     requires = ("onnx", "onnxruntime")

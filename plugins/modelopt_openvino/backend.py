@@ -211,6 +211,9 @@ class OpenVinoBackend(mo.Backend):
     name = "openvino"
     accepts = ("openvino",)
     Config = OpenVinoConfig
+    thread_option = "inference_num_threads"
+    releases_gil = True
+    reference_for = ("openvino",)
     requires = ("openvino",)
     install_hint = "pip install 'modelopt-core[openvino]'"
 

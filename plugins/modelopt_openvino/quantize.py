@@ -228,6 +228,7 @@ class OpenVinoQuantize(mo.Optimizer):
     """NNCF post-training INT8 quantization of an OpenVINO model (optional accuracy control)."""
 
     name = "openvino.quantize"
+    stage = "precision"
     accepts = ("openvino",)
     needs = ("calibration_data",)
     Config = QuantizeConfig
@@ -461,6 +462,7 @@ class OpenVinoCompressWeights(mo.Optimizer):
     """NNCF weight compression (INT8/INT4 weights, float activations) of an OpenVINO model."""
 
     name = "openvino.compress_weights"
+    stage = "precision"
     accepts = ("openvino",)
     Config = CompressConfig
     requires = ("openvino", "nncf")

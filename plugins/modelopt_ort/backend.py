@@ -67,6 +67,9 @@ class OrtBackend(mo.Backend):
     name = "onnxruntime"
     accepts = ("onnx",)
     Config = OrtConfig
+    thread_option = "intra_op_num_threads"
+    releases_gil = True
+    reference_for = ("onnx",)
     requires = ("onnxruntime",)
     install_hint = "pip install onnxruntime (or onnxruntime-gpu)"
 

@@ -222,6 +222,7 @@ class DepthwiseSeparable(mo.Optimizer):
     to reproduce the separable approximation; reports the MAC/parameter change."""
 
     name = "arch.depthwise_separable"
+    stage = "structure"
     Config = DepthwiseConfig
 
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:

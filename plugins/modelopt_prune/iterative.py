@@ -56,6 +56,7 @@ class IterativePrune(mo.Optimizer):
     """Iterative structured pruning: N rounds of prune + fine-tune (optionally distilled)."""
 
     name = "prune.iterative"
+    stage = "structure"
     Config = IterativeConfig
     needs = ("train_data",)
     requires = ("torch_pruning",)

@@ -125,6 +125,7 @@ class LowRank(mo.Optimizer):
     """SVD low-rank factorization of Linear/Conv layers (rank, energy or param reduction)."""
 
     name = "compress.low_rank"
+    stage = "structure"
     Config = LowRankConfig
 
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:

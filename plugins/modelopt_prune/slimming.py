@@ -49,6 +49,7 @@ class Slimming(mo.Optimizer):
     """Network slimming: L1 sparsity training on BN gamma, then structured removal by gamma."""
 
     name = "prune.slimming"
+    stage = "structure"
     Config = SlimmingConfig
     needs = ("train_data",)
     requires = ("torch_pruning",)

@@ -192,6 +192,7 @@ class StructuredPrune(mo.Optimizer):
     valid across residuals, concats, depthwise convs and BatchNorm."""
 
     name = "prune.structured"
+    stage = "structure"
     Config = StructuredConfig
     requires = ("torch_pruning",)
     install_hint = "pip install torch-pruning"

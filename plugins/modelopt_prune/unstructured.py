@@ -94,6 +94,7 @@ class UnstructuredPrune(_MagnitudeBase):
     """Per-layer L1-magnitude pruning: each layer loses exactly round(amount * n) weights."""
 
     name = "prune.unstructured"
+    stage = "structure"
     scope = "local"
 
 
@@ -101,4 +102,5 @@ class GlobalPrune(_MagnitudeBase):
     """Global magnitude pruning: one threshold over all selected layers' weights."""
 
     name = "prune.global"
+    stage = "structure"
     scope = "global"

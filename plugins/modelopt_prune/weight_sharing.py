@@ -138,6 +138,7 @@ class WeightSharing(mo.Optimizer):
     """Per-layer k-means weight sharing: codebook + packed indices, really smaller on disk."""
 
     name = "compress.weight_sharing"
+    stage = "structure"
     Config = WeightSharingConfig
 
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:

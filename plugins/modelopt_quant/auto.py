@@ -50,6 +50,7 @@ class AutoQuantize(mo.Optimizer):
     """INT8 with the most sensitive layers kept in float until within an accuracy budget."""
 
     name = "quantize.auto"
+    stage = "precision"
     accepts = ("torch",)
     needs = ("calibration_data",)
     Config = AutoConfig

@@ -55,6 +55,7 @@ class DynamicQuantize(mo.Optimizer):
     """Dynamic INT8 (weights INT8, activations quantized per call) for Linear/LSTM/GRU."""
 
     name = "quantize.dynamic"
+    stage = "precision"
     accepts = ("torch",)
     Config = DynamicConfig
 

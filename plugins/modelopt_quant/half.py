@@ -85,6 +85,7 @@ class BF16(_Half):
     """BFloat16 weights and compute on the torch runtime (AVX512-BF16/AMX CPUs, GPUs)."""
 
     name = "quantize.bf16"
+    stage = "precision"
     dtype = "bfloat16"
 
 
@@ -92,6 +93,7 @@ class FP16(_Half):
     """Float16 weights and compute on the torch runtime (GPUs; slow on most CPUs)."""
 
     name = "quantize.fp16"
+    stage = "precision"
     dtype = "float16"
 
 
@@ -111,6 +113,7 @@ class OnnxFP16(mo.Optimizer):
     """Convert an ONNX graph to float16 (optionally keeping float32 inputs/outputs)."""
 
     name = "onnx.convert_fp16"
+    stage = "precision"
     accepts = ("onnx",)
     Config = OnnxFP16Config
     requires = ("onnx",)

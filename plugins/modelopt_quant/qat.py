@@ -60,6 +60,7 @@ class QATQuantize(mo.Optimizer):
     """Quantization-aware training (STE, optional LSQ scales), exported as QDQ INT8."""
 
     name = "quantize.qat"
+    stage = "precision"
     accepts = ("torch",)
     needs = ("train_data",)
     Config = QATConfig

@@ -65,6 +65,7 @@ class StaticQuantize(mo.Optimizer):
     """Post-training static INT8 quantization (BN folding, per-channel weights, calibrated)."""
 
     name = "quantize.static"
+    stage = "precision"
     accepts = ("torch",)
     needs = ("calibration_data",)
     Config = StaticConfig

@@ -29,6 +29,7 @@ import modelopt_core as mo
 from .errors import SearchError
 from .space import (
     TARGETS,
+    thread_option_of,
     describe_recipe,
     escalated_params,
     recipe_costs,
@@ -247,7 +248,7 @@ class _Search:
             trial.set_constraint("accuracy_drop", float(earlier.constraints["accuracy_drop"]))
             trial.set_user_attr("row", _plain(row))
             return float(earlier.values[0]), float(earlier.values[1])
-        costs = recipe_costs(recipe)
+        costs = recipe_costs(recipe, self.s.pm)
         est = self.estimate(recipe)
         row["estimated_s"] = round(est, 2)
         why = self.refusal(recipe, costs, est)
@@ -301,7 +302,7 @@ class _Search:
                 trial.set_user_attr("row", row)
                 raise optuna.TrialPruned(f"{steps[i]['apply']} left the model unchanged")
             lossy = s.current.format == "torch" and "apply" in steps[i]
-            recoverable = any(x.get("apply", "").startswith(("distill.", "prune.finetune"))
+            recoverable = any(_stage(x.get("apply"), s.pm) == "recover"
                               for x in steps[i + 1:])
             # early rejection: nothing later wins it back (the last step is measured anyway)
             if lossy and not recoverable and i < len(steps) - 1:
@@ -428,7 +429,7 @@ class _Search:
         for r in cands:
             recipe = _recipe_of(study, r["trial"]) or {"backend": r["backend"],
                                                        "backend_options": {}}
-            key = TARGETS.get(recipe.get("target", self.target[0]), (None, None, None))[2]
+            key = thread_option_of(recipe.get("target", self.target[0]), self.s.pm)
             counts = _thread_counts(self.threads) if key else [None]
             for n in counts:
                 opts = dict(recipe.get("backend_options", {}))
@@ -640,6 +641,17 @@ def _thread_counts(threads: int | None, cores: int | None = None) -> list[int | 
     return out
 
 
+def _stage(name: str | None, pm: Any) -> str | None:
+    """The declared ``stage`` of optimizer ``name`` (None for an export step or an unknown
+    name)."""
+    if not name:
+        return None
+    try:
+        return pm.get("optimizer", name).cls.stage
+    except mo.ModeloptError:
+        return None
+
+
 def contenders(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The trials the end of a latency search re-times side by side: the CONFIRM_TOP fastest
     feasible ones by their own trial's timing, then the fastest feasible one of each backend
@@ -784,8 +796,9 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
     rt = {}
     for t in targets:  # runtime_options: flat (one target) or keyed by target
         rt[t] = dict(ro.get(t, {}) if set(ro) <= set(TARGETS) and ro else ro)
-        if threads is not None and TARGETS[t][2]:
-            rt[t][TARGETS[t][2]] = threads
+        key = thread_option_of(t, session.pm)
+        if threads is not None and key:
+            rt[t][key] = threads
     popts = {"latency": {"min_time_s": 0.2, "warmup": 5}, **(profiler_options or {})}
     search = _Search(session, targets, objective, float(max_accuracy_drop), full, out, rt,
                      popts, threads)
@@ -811,7 +824,8 @@ def _search(session: mo.Session, search: _Search, study: Any, full: dict[str, An
     if "baseline" not in study.user_attrs:
         t = time.perf_counter()
         base = search.measure(session, session.original, "torch",
-                              {TARGETS["torch"][2]: threads} if threads else {})
+                              {thread_option_of("torch", session.pm): threads}
+                              if threads else {})
         base["step"] = "original (torch fp32)"
         search.metric(base)  # fails fast when the objective cannot be measured here
         study.set_user_attr("baseline", _plain(base))

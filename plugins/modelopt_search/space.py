@@ -22,6 +22,7 @@ from .errors import SearchError
 
 __all__ = [
     "TARGETS",
+    "thread_option_of",
     "check_space",
     "default_space",
     "describe_recipe",
@@ -35,12 +36,25 @@ __all__ = [
     "target_spaces",
 ]
 
-#: target -> (artifact format, backend, runtime option that sets the thread count)
-TARGETS: dict[str, tuple[str, str, str | None]] = {
-    "openvino": ("openvino", "openvino", "inference_num_threads"),
-    "onnxruntime": ("onnx", "onnxruntime", "intra_op_num_threads"),
-    "torch": ("torch", "torch", "num_threads"),
+#: target -> (artifact format, backend); the runtime option that sets the thread count is
+#: the backend class's ``thread_option`` trait (:func:`thread_option_of`)
+TARGETS: dict[str, tuple[str, str]] = {
+    "openvino": ("openvino", "openvino"),
+    "onnxruntime": ("onnx", "onnxruntime"),
+    "torch": ("torch", "torch"),
 }
+
+
+def thread_option_of(target: str, pm: Any = None) -> str | None:
+    """The runtime option that sets ``target``'s thread count: its backend's declared
+    ``thread_option`` (None when the target is unknown or its backend declares none)."""
+    if target not in TARGETS:
+        return None
+    pm = pm or mo.get_plugin_manager()
+    try:
+        return pm.get("backend", TARGETS[target][1]).cls.thread_option
+    except mo.ModeloptError:
+        return None
 
 #: precision/quantization stage per target ("none": keep FP32)
 _PRECISION = {
@@ -161,7 +175,7 @@ def sample_recipe(trial: Any, target: str | list[str], space: dict[str, Any], pm
             target = trial.suggest_categorical("target", list(target))
             space, fixed_runtime = space[target], (fixed_runtime or {}).get(target)
             tag = f".{target}"
-    fmt, backend, _ = TARGETS[target]
+    fmt, backend = TARGETS[target]
     steps: list[dict[str, Any]] = []
     prune = trial.suggest_categorical("prune", space["prune"])
     if prune != "none":
@@ -203,29 +217,36 @@ def native_bf16() -> bool:
     return bool(set(mo.cpu_flags()) & {"avx512_bf16", "amx_bf16"})
 
 
-#: a step's name prefixes that train (their cost grows with the data and epochs)
-TRAINING_PREFIXES = ("distill.", "prune.finetune")
+def trains(name: str, pm: Any = None) -> bool:
+    """Whether optimizer ``name`` trains (it needs ``train_data``, or it is a ``recover``
+    stage): its cost grows with the data and epochs."""
+    pm = pm or mo.get_plugin_manager()
+    try:
+        cls = pm.get("optimizer", name).cls
+    except mo.ModeloptError:
+        return False
+    return "train_data" in cls.needs or cls.stage == "recover"
 
 
-def recipe_costs(recipe: dict[str, Any]) -> tuple[str, ...]:
+def recipe_costs(recipe: dict[str, Any], pm: Any = None) -> tuple[str, ...]:
     """What makes a recipe expensive: ``"accuracy_control"`` (a precision step with
     ``max_accuracy_drop``: many evaluations of ``eval_fn``) and/or ``"training"`` (a step
-    that trains); ``()`` for a cheap recipe (exports, post-training quantization,
-    pruning alone)."""
+    that trains, :func:`trains`); ``()`` for a cheap recipe (exports, post-training
+    quantization, pruning alone)."""
     out = []
     if any(st.get(FALLBACK_FIELD) is not None for st in recipe["steps"] if "apply" in st):
         out.append("accuracy_control")
-    if any(st["apply"].startswith(TRAINING_PREFIXES) or "epochs" in st
+    if any(trains(st["apply"], pm) or "epochs" in st
            for st in recipe["steps"] if "apply" in st):
         out.append("training")
     return tuple(out)
 
 
-def _params_expensive(p: dict[str, Any]) -> bool:
+def _params_expensive(p: dict[str, Any], pm: Any = None) -> bool:
     """Whether starting params draw an expensive recipe (see :func:`recipe_costs`)."""
     return any(k.endswith(".float_fallback") and v is True for k, v in p.items()) or \
-        p.get("recovery", "none") != "none" or str(p.get("prune", "")).startswith(
-            TRAINING_PREFIXES)
+        p.get("recovery", "none") != "none" or (
+            p.get("prune", "none") != "none" and trains(str(p["prune"]), pm))
 
 
 def starting_recipes(space: dict[str, Any], pm: Any,
@@ -278,7 +299,7 @@ def starting_recipes(space: dict[str, Any], pm: Any,
                 out.append({**first, f"{p}.float_fallback": True})
     if bf16:  # each precision's defaults with its float ops in bf16
         out += [{**p, **bf16} for p in list(out) if p["precision"] != "none"
-                and not _params_expensive(p)
+                and not _params_expensive(p, pm)
                 and not any(k.endswith(".float_ends") and v is True for k, v in p.items())]
     if "prune.structured" in space["prune"]:
         rec = "distill.logits" if "distill.logits" in space["recovery"] else "none"

@@ -32,12 +32,7 @@ from modelopt_core import unflatten_outputs
 
 from .errors import ReplicaCrashedError, ServeError
 
-__all__ = ["GIL_FREE_BACKENDS", "ReplicaPool", "load_runner", "thread_option"]
-
-#: backends whose runtimes release the GIL during inference: replicas run as threads
-GIL_FREE_BACKENDS = frozenset({"onnxruntime", "openvino", "torch", "torch.compile", "tensorrt"})
-#: config fields that set a backend's CPU thread count, in lookup order
-THREAD_FIELDS = ("intra_op_num_threads", "inference_num_threads", "num_threads")
+__all__ = ["ReplicaPool", "load_runner", "releases_gil", "thread_option"]
 
 
 def load_runner(artifact: mo.ModelArtifact, backend: str, options: Mapping[str, Any] | None = None,
@@ -48,10 +43,17 @@ def load_runner(artifact: mo.ModelArtifact, backend: str, options: Mapping[str, 
 
 
 def thread_option(backend: str, plugins: Any = None) -> str | None:
-    """The config field of ``backend`` that sets its CPU thread count, or None."""
+    """The config field of ``backend`` that sets its CPU thread count (the class's
+    ``thread_option`` trait), or None."""
     pm = plugins or mo.get_plugin_manager()
-    fields = mo.config_fields(pm.get("backend", backend).cls.Config)
-    return next((f for f in THREAD_FIELDS if f in fields), None)
+    return pm.get("backend", backend).cls.thread_option
+
+
+def releases_gil(backend: str, plugins: Any = None) -> bool:
+    """Whether ``backend``'s inference releases the GIL (its ``releases_gil`` trait):
+    replicas then run as threads, else as processes."""
+    pm = plugins or mo.get_plugin_manager()
+    return bool(pm.get("backend", backend).cls.releases_gil)
 
 
 def _cores() -> int:
@@ -171,7 +173,8 @@ class ReplicaPool:
     ``artifact`` is a :class:`~modelopt_core.ModelArtifact` or a saved artifact's path.
     ``options`` are the backend's config options (shared by every replica); the thread
     option is filled in per replica unless given. ``mode``: ``"auto"`` (threads for
-    :data:`GIL_FREE_BACKENDS`, processes otherwise), ``"thread"`` or ``"process"``.
+    backends whose class declares ``releases_gil``, processes otherwise), ``"thread"`` or
+    ``"process"``.
     ``cores``: the cores to split (default: those this process may run on).
     ``max_restarts``: how many dead worker processes are replaced in any 60 s, one new
     worker each (process mode only). ``model``: the architecture of a torch-format artifact (as
@@ -196,7 +199,7 @@ class ReplicaPool:
         self.artifact = artifact
         self.backend = backend
         self.workers = int(workers)
-        self.mode = ("thread" if backend in GIL_FREE_BACKENDS else "process") \
+        self.mode = ("thread" if releases_gil(backend) else "process") \
             if mode == "auto" else mode
         self.cores = int(cores) if cores else _cores()
         self.threads_per_replica = max(1, self.cores // self.workers)
@@ -213,11 +216,10 @@ class ReplicaPool:
         self.options = dict(options or {})
         field = thread_option(backend)
         if field is None:
-            self.notes.append(f"backend {backend!r} has no known thread option "
-                              f"({', '.join(THREAD_FIELDS)}); its threads are left as they are")
+            self.notes.append(f"backend {backend!r} declares no thread option (Backend."
+                              "thread_option); its threads are left as they are")
         elif field not in self.options:
             self.options[field] = self.threads_per_replica
-        self.thread_field = field
         mo.get_plugin_manager().backend_for(artifact, backend, self.options)  # fail early, typed
         self._owned = True
         self._closed = False
@@ -253,7 +255,7 @@ class ReplicaPool:
         pool = cls.__new__(cls)
         pool.artifact, pool.backend, pool.workers = runners[0].artifact, "", len(runners)
         pool.mode, pool.cores, pool.threads_per_replica = "thread", _cores(), 0
-        pool.notes, pool.options, pool.thread_field = [], {}, None
+        pool.notes, pool.options = [], {}
         pool.max_restarts, pool.restarts, pool._restart_times, pool.model = 0, 0, [], None
         pool._owned, pool._closed, pool._tmp = False, False, None
         pool._init_process_state()

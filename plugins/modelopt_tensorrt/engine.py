@@ -453,6 +453,8 @@ class TrtBackend(mo.Backend):
     name = "tensorrt"
     accepts = ("tensorrt", "onnx")
     Config = TrtBuildConfig
+    releases_gil = True
+    reference_for = ("tensorrt",)
     install_hint = TrtExporter.install_hint
 
     @classmethod

@@ -252,6 +252,8 @@ class TfliteBackend(mo.Backend):
     name = "tflite"
     accepts = ("tflite",)
     Config = TfliteBackendConfig
+    thread_option = "num_threads"
+    reference_for = ("tflite",)
     requires = ("ai_edge_litert",)
     install_hint = "pip install 'modelopt-core[tflite]' (ai-edge-litert)"
 

@@ -204,6 +204,9 @@ class TorchBackend(mo.Backend):
     name = "torch"
     accepts = ("torch",)
     Config = TorchConfig
+    thread_option = "num_threads"
+    releases_gil = True  # torch's kernels run without the GIL
+    reference_for = ("torch",)
 
     def _prepare(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> tuple[Any, str]:
         """A private eval-mode copy of the model on the checked device (no global state is
@@ -252,6 +255,7 @@ class TorchCompileBackend(TorchBackend):
 
     name = "torch.compile"
     Config = CompileConfig
+    reference_for = ()  # eager torch is the reference for torch artifacts
 
     def load(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.Runner:
         """A :class:`TorchRunner` on a compiled private copy (compiled on the first call)."""

@@ -216,6 +216,32 @@ def test_backend_contract(name, world):
             s.runner(name, world["onnx"] if other == "onnx" else s.original)
 
 
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_optimizer_declares_its_stage(name):
+    """Search composes recipes and decides what recovers from the declared stage (issue 25)."""
+    cls = PM.get("optimizer", name).cls
+    assert cls.stage in ("structure", "recover", "graph", "precision"), (name, cls.stage)
+    assert isinstance(cls.lossy, bool)
+    if cls.stage == "recover":
+        assert cls.lossy and "train_data" in cls.needs, name
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_backend_traits_are_declared_consistently(name):
+    """What serving, search and the gate read off a backend class (issue 25): the thread option
+    is a field of its Config, the formats it is the reference evaluator of are formats it
+    accepts, and at most one backend is the reference for a format."""
+    cls = PM.get("backend", name).cls
+    if cls.thread_option is not None:
+        assert cls.thread_option in mo.config_fields(cls.Config), (name, cls.thread_option)
+    assert isinstance(cls.releases_gil, bool)
+    assert set(cls.reference_for) <= set(cls.accepts), (name, cls.reference_for, cls.accepts)
+    for fmt in cls.reference_for:
+        others = [b for b in BACKENDS if b != name
+                  and fmt in PM.get("backend", b).cls.reference_for]
+        assert not others, f"{fmt!r} has several reference backends: {[name, *others]}"
+
+
 @pytest.mark.parametrize("name", PROFILERS)
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_profiler_contract(name, backend, world):
