@@ -28,8 +28,7 @@ import modelopt_core as mo
 
 from .errors import SearchError
 from .space import (
-    TARGETS,
-    thread_option_of,
+    check_target,
     describe_recipe,
     escalated_params,
     recipe_costs,
@@ -37,7 +36,9 @@ from .space import (
     sample_recipe,
     starting_recipes,
     target_spaces,
+    thread_option_of,
 )
+from .space import targets as registry_targets
 from .study import (
     best_row,
     claim_trial,
@@ -784,8 +785,7 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
         raise SearchError(f"optimize: target must name one runtime or list distinct ones, "
                           f"got {target!r}.")
     for t in targets:
-        if t not in TARGETS:
-            raise SearchError(f"optimize: unknown target {t!r}; pick from {sorted(TARGETS)}.")
+        check_target(t, session.pm)
     full = target_spaces(targets, space, session.pm, session.train_data is not None)
     tname = "+".join(targets)
     out = Path(out_dir or f"modelopt-search-{tname}-{objective}")
@@ -795,7 +795,7 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
     ro = dict(runtime_options or {})
     rt = {}
     for t in targets:  # runtime_options: flat (one target) or keyed by target
-        rt[t] = dict(ro.get(t, {}) if set(ro) <= set(TARGETS) and ro else ro)
+        rt[t] = dict(ro.get(t, {}) if set(ro) <= set(registry_targets(session.pm)) and ro else ro)
         key = thread_option_of(t, session.pm)
         if threads is not None and key:
             rt[t][key] = threads

@@ -21,7 +21,8 @@ from modelopt_core import Choice
 from .errors import SearchError
 
 __all__ = [
-    "TARGETS",
+    "check_target",
+    "targets",
     "thread_option_of",
     "check_space",
     "default_space",
@@ -36,35 +37,81 @@ __all__ = [
     "target_spaces",
 ]
 
-#: target -> (artifact format, backend); the runtime option that sets the thread count is
-#: the backend class's ``thread_option`` trait (:func:`thread_option_of`)
-TARGETS: dict[str, tuple[str, str]] = {
-    "openvino": ("openvino", "openvino"),
-    "onnxruntime": ("onnx", "onnxruntime"),
-    "torch": ("torch", "torch"),
-}
+def targets(pm: Any = None) -> dict[str, tuple[str, str]]:
+    """The search's targets, built from the registry: target (the backend's name) ->
+    (artifact format, backend), for every registered backend that is the reference evaluator
+    of a format (``Backend.reference_for``) and is available here, whose format a chain of
+    available exporters reaches from torch. A third-party runtime (exporter + format +
+    backend) joins with no edit here; the runtime option that sets its thread count is its
+    backend's ``thread_option`` trait (:func:`thread_option_of`)."""
+    pm = pm or mo.get_plugin_manager()
+    out: dict[str, tuple[str, str]] = {}
+    for info in pm.components("backend"):
+        cls = info.cls
+        if not cls.reference_for or not cls.availability()[0]:
+            continue
+        fmt = cls.reference_for[0]
+        try:
+            chain = pm.export_path("torch", fmt)
+        except mo.ModeloptError:
+            continue
+        if all(e.cls.availability()[0] for e in chain):
+            out[info.name] = (fmt, info.name)
+    return out
+
+
+_registry_targets = targets  # (target_spaces' parameter is named targets)
+
+
+def unavailable_targets(pm: Any = None) -> dict[str, str]:
+    """Registered runtimes that are not targets here, and why (for error messages)."""
+    pm = pm or mo.get_plugin_manager()
+    have = targets(pm)
+    out = {}
+    for info in pm.components("backend"):
+        if info.cls.reference_for and info.name not in have:
+            ok, why = info.cls.availability()
+            out[info.name] = why if not ok else "no available exporter chain from torch"
+    return out
+
+
+def check_target(target: str, pm: Any = None) -> tuple[str, str]:
+    """``target``'s (format, backend), or :class:`SearchError` listing the targets here."""
+    have = targets(pm)
+    if target not in have:
+        gone = unavailable_targets(pm)
+        why = f" ({target}: {gone[target]})" if target in gone else ""
+        raise SearchError(f"optimize: unknown target {target!r}{why}; pick one of "
+                          f"{sorted(have)}" + (f" (not available here: {', '.join(sorted(gone))})"
+                                               if gone else "") + ".")
+    return have[target]
 
 
 def thread_option_of(target: str, pm: Any = None) -> str | None:
     """The runtime option that sets ``target``'s thread count: its backend's declared
     ``thread_option`` (None when the target is unknown or its backend declares none)."""
-    if target not in TARGETS:
-        return None
     pm = pm or mo.get_plugin_manager()
     try:
-        return pm.get("backend", TARGETS[target][1]).cls.thread_option
+        return pm.get("backend", target).cls.thread_option
     except mo.ModeloptError:
         return None
 
-#: precision/quantization stage per target ("none": keep FP32)
+
+#: the search's first choices for the built-in targets (plain data, overridable with
+#: ``space=``): precision and graph stages per target. A target not listed here gets every
+#: available optimizer that accepts its format and declares the stage (``Optimizer.stage``)
 _PRECISION = {
     "openvino": ["none", "openvino.quantize"],
     "onnxruntime": ["none", "onnx.quantize_static", "onnx.quantize_dynamic"],
     "torch": ["none", "quantize.dynamic", "quantize.bf16"],
 }
-
-#: graph optimization stage per target (after the export, before quantization)
 _GRAPH = {"openvino": ["none"], "onnxruntime": ["none", "onnx.optimize"], "torch": ["none"]}
+
+
+def _stage_names(stage: str, fmt: str, pm: Any) -> list[str]:
+    return ["none"] + [i.name for i in pm.components("optimizer")
+                       if i.cls.stage == stage and fmt in i.cls.accepts
+                       and i.cls.availability()[0]]
 
 #: runtime options searched per target (backend config values; data, overridable)
 _RUNTIME: dict[str, dict[str, Any]] = {
@@ -75,17 +122,16 @@ _RUNTIME: dict[str, dict[str, Any]] = {
 }
 
 
-def default_space(target: str) -> dict[str, Any]:
+def default_space(target: str, pm: Any = None) -> dict[str, Any]:
     """The default recipe space for ``target`` as plain data (see docs/search.md)."""
-    if target not in TARGETS:
-        raise SearchError(f"optimize: unknown target {target!r}; pick one of "
-                          f"{sorted(TARGETS)}.")
+    pm = pm or mo.get_plugin_manager()
+    fmt, _ = check_target(target, pm)
     return {
         "prune": ["none", "prune.structured"],
         "recovery": ["none", "distill.logits"],
-        "graph": list(_GRAPH[target]),
-        "precision": list(_PRECISION[target]),
-        "runtime": copy.deepcopy(_RUNTIME[target]),
+        "graph": list(_GRAPH.get(target) or _stage_names("graph", fmt, pm)),
+        "precision": list(_PRECISION.get(target) or _stage_names("precision", fmt, pm)),
+        "runtime": copy.deepcopy(_RUNTIME.get(target, {})),
         # options a component cannot declare on its own fields, and fixed settings
         # (an exporter's as "export.<format>")
         "params": {"distill.logits": {"epochs": {"ints": [1, 3]}}},
@@ -94,9 +140,10 @@ def default_space(target: str) -> dict[str, Any]:
     }
 
 
-def merge_space(target: str, override: dict[str, Any] | None) -> dict[str, Any]:
+def merge_space(target: str, override: dict[str, Any] | None,
+                pm: Any = None) -> dict[str, Any]:
     """The default space with the user's ``override`` (same keys) laid over it."""
-    space = default_space(target)
+    space = default_space(target, pm)
     for key, value in (override or {}).items():
         if key not in space:
             raise SearchError(f"optimize: unknown search-space key {key!r}; valid keys: "
@@ -175,7 +222,7 @@ def sample_recipe(trial: Any, target: str | list[str], space: dict[str, Any], pm
             target = trial.suggest_categorical("target", list(target))
             space, fixed_runtime = space[target], (fixed_runtime or {}).get(target)
             tag = f".{target}"
-    fmt, backend = TARGETS[target]
+    fmt, backend = check_target(target, pm)
     steps: list[dict[str, Any]] = []
     prune = trial.suggest_categorical("prune", space["prune"])
     if prune != "none":
@@ -404,15 +451,16 @@ def target_spaces(targets: list[str], override: dict[str, Any] | None, pm: Any,
     """target -> its checked space; an override's ``precision``/``runtime`` may be keyed
     by target (``{"openvino": [...], "onnxruntime": [...]}``)."""
     out = {}
+    have = _registry_targets(pm)
     for t in targets:
         o = dict(override or {})
         for key in ("graph", "precision", "runtime"):
-            if isinstance(o.get(key), dict) and set(o[key]) <= set(TARGETS) and o[key]:
+            if isinstance(o.get(key), dict) and set(o[key]) <= set(have) and o[key]:
                 if t in o[key]:
                     o[key] = o[key][t]
                 else:
                     del o[key]
-        out[t] = check_space(merge_space(t, o), pm, has_train)
+        out[t] = check_space(merge_space(t, o, pm), pm, has_train)
     return out
 
 
