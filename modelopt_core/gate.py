@@ -61,13 +61,14 @@ class AccuracyGate:
         the budget is missed and ``on_budget='raise'``, after which this raises)."""
         agreement = isinstance(self.eval_fn, Agreement)
         if self.baseline is None:  # the original agrees with itself: 1.0, not measured
-            self.baseline = 1.0 if agreement else self._evaluate(session, session.original)
-        value = self._evaluate(session, art)
+            self.baseline = 1.0 if agreement else self._evaluate(session, session.original)[0]
+        value, backend = self._evaluate(session, art)
         if agreement:  # its kind is known once the reference outputs are
             self.metric = (f"{self.eval_fn.kind} with the float model "
                            f"({self.eval_fn.rows} held-back calibration rows)")
         drop = self.baseline - value
-        figures = {"metric": self.metric, "baseline": self.baseline, "value": value,
+        figures = {"metric": self.metric, "backend": backend, "baseline": self.baseline,
+                   "value": value,
                    "drop": drop, "budget": self.max_drop, "met": drop <= self.max_drop,
                    "rejected": False}
         if drop <= self.max_drop:
@@ -98,13 +99,14 @@ class AccuracyGate:
                 "for inspection, marked rejected; call session.discard() to drop it, or raise "
                 "the budget.")
 
-    def _evaluate(self, session: Any, art: ModelArtifact) -> float:
+    def _evaluate(self, session: Any, art: ModelArtifact) -> tuple[float, str]:
+        """(the metric of ``art``, the backend it was measured on)."""
         backend = _backend_for(session, art)
         fn = self.eval_fn or session.eval_fn
         with session._make_runner(art, backend) as runner:
             value = fn(runner)
         try:
-            return float(value)
+            return float(value), backend
         except (TypeError, ValueError) as e:
             raise DataError(f"accuracy gate: eval_fn returned {value!r}, not a number.") from e
 

@@ -203,3 +203,83 @@ def test_third_party_multi_file_format_end_to_end(installed, tmp_path):
     assert [(r["format"], r["backend"]) for r in rows] == [("torch", "torch"),
                                                             ("example.npz", "example.numpy")]
     assert "error" not in rows[1] and rows[1]["size_bytes"] > 0
+
+
+# ---- the open contract (issue 25): a runtime that is not ours joins search, serving, gate ----
+
+def _mlp_and_data():
+    """An MLP the example runtime can run, and labelled data it is trained on (the labels
+    are its own argmax on the first half, so the FP32 accuracy is high but not trivial)."""
+    g = torch.Generator().manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                              torch.nn.Linear(32, 10)).eval()
+    xs = [torch.randn(16, 1, 8, 8, generator=g) for _ in range(6)]
+    with torch.no_grad():
+        test = [(x, mlp(x).argmax(1)) for x in xs]
+
+    def accuracy(runner) -> float:
+        hits = sum(int((runner(x).argmax(1) == y).sum()) for x, y in test)
+        return 100.0 * hits / sum(len(y) for _, y in test)
+
+    return mlp, xs, accuracy
+
+
+def test_the_example_runtime_is_a_search_target_and_is_measured(installed, tmp_path):
+    from modelopt_search.space import targets
+
+    pm = mo.PluginManager(strict=True)
+    assert targets(pm)["example.numpy"] == ("example.npz", "example.numpy")
+    mlp, xs, accuracy = _mlp_and_data()
+    s = mo.Session(mlp, (xs[0][:2],), calibration_data=xs[:2], eval_fn=accuracy, plugins=pm,
+                   progress=False)
+    res = s.optimize(target=["example.numpy", "onnxruntime"], budget_trials=4,
+                     out_dir=tmp_path, threads=1, space={"prune": ["none"],
+                                                        "precision": {"onnxruntime": ["none"],
+                                                                      "example.numpy": ["none"]}})
+    import json
+
+    rows = json.loads((tmp_path / "trials.json").read_text())["trials"]
+    ours = [r for r in rows if r.get("backend") == "example.numpy" and r.get("state") ==
+            "complete"]
+    assert ours, rows
+    assert all(r["latency_p50_ms"] > 0 and r["accuracy"] == 100.0 for r in ours)
+    # its thread option came from its class: the trials ran it with num_threads=1
+    assert any(r.get("backend_options", {}).get("num_threads") == 1 for r in ours) or \
+        res.best_recipe["backend_options"].get("num_threads") in (None, 1)
+
+
+def test_the_accuracy_gate_evaluates_the_example_format_on_its_runtime(installed):
+    pm = mo.PluginManager(strict=True)
+    mlp, xs, accuracy = _mlp_and_data()
+    s = mo.Session(mlp, (xs[0][:2],), eval_fn=accuracy, max_accuracy_drop=0.5, plugins=pm,
+                   progress=False)
+    art = s.export("example.npz")
+    gate = art.metadata["accuracy_gate"]
+    assert gate["backend"] == "example.numpy" and gate["met"] and gate["value"] == 100.0
+
+
+def test_serving_splits_the_cores_through_the_example_runtimes_thread_option(
+        installed, tmp_path, monkeypatch):
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    from modelopt_core import plugins as plugins_mod
+    from modelopt_serve import codec
+    from modelopt_serve.replicas import ReplicaPool
+    from modelopt_serve.server import serve_in_thread
+
+    pm = mo.PluginManager(strict=True)
+    monkeypatch.setattr(plugins_mod, "_default", pm)  # what `modelopt serve` would discover
+    mlp, xs, _ = _mlp_and_data()
+    s = mo.Session(mlp, (xs[0][:2],), plugins=pm, progress=False)
+    path = s.export("example.npz").save(tmp_path / "npz", plugins=pm)
+    with ReplicaPool(path, backend="example.numpy", workers=2, cores=2) as pool:
+        # from the class's traits: threads (NumPy releases the GIL), one BLAS thread each
+        assert pool.mode == "thread" and pool.options["num_threads"] == 1
+        assert not any("no thread option" in n for n in pool.notes)
+    with serve_in_thread(path, backend="example.numpy", workers=2, cores=2) as url:
+        x = xs[1][:3]
+        r = httpx.post(f"{url}/predict", content=codec.encode_inputs({"input": x}),
+                       headers={"content-type": codec.TENSORS})
+        assert r.status_code == 200, r.text
+        got = next(iter(codec.decode_outputs(r.content, codec.TENSORS).values()))
+        torch.testing.assert_close(got, mlp(x), rtol=1e-5, atol=1e-5)
