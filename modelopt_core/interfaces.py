@@ -23,7 +23,7 @@ from .config import build_config, config, config_to_data
 from .errors import (ArtifactError, BackendUnavailableError, DataError, FormatError,
                      InputSpecError, RunnerClosedError)
 from .data import as_input_tuple  # noqa: F401 (public here too: mo.as_input_tuple)
-from .io import order_inputs, unflatten_outputs
+from .io import flatten_outputs, order_inputs, unflatten_outputs
 
 __all__ = ["Component", "Optimizer", "Exporter", "Backend", "Runner", "Profiler", "Format",
            "Context", "EmptyConfig"]
@@ -236,15 +236,49 @@ class Runner:
                     self._init_gate()
             return self._calls
 
+    # The protocol, in stages: ``runner(*x) == runner.unflatten(runner.run_flat(flat_x))``.
+    # ``run_flat`` is the checked, thread-safe kernel over :meth:`_run` (the subclass hook);
+    # ``flatten`` / ``unflatten`` convert between the model's own output structure and the
+    # flat tensors; ``run_many`` runs several calls (sequential here, overlapped where the
+    # runtime can: OpenVINO's async queue).
+
     def __call__(self, *inputs: Any, **named: Any) -> Any:
+        return self.unflatten(self.run_flat(self._ordered(inputs, named)))
+
+    def _ordered(self, inputs: Sequence[Any], named: Mapping[str, Any]) -> Sequence[Any]:
         if named or (len(inputs) == 1 and isinstance(inputs[0], Mapping)):  # by name
-            inputs = order_inputs(inputs, named, [s.name for s in self.artifact.inputs],
-                                  f"runner for {self.artifact.name!r}")
-        outs = self.run_flat(inputs)
+            return order_inputs(inputs, named, [s.name for s in self.artifact.inputs],
+                                f"runner for {self.artifact.name!r}")
+        return inputs
+
+    def flatten(self, out: Any) -> list[Any]:
+        """The flat output tensors of a structured output (what :meth:`run_flat` returns for
+        the call that gave ``out``), in the artifact's output order."""
+        return list(flatten_outputs(out, f"output of runner for {self.artifact.name!r}")[0])
+
+    def unflatten(self, flat: Sequence[Any]) -> Any:
+        """Flat output tensors rebuilt into the model's own output structure (a tensor, a
+        tuple, a dict or a ``ModelOutput``), as ``runner(...)`` returns it."""
         tree = self.artifact.io.get("outputs")
         if tree is None and self.artifact.metadata.get("output_kind") == "tuple":
-            return tuple(outs)  # artifacts saved before the io record
-        return unflatten_outputs(outs, tree)
+            return tuple(flat)  # artifacts saved before the io record
+        return unflatten_outputs(flat, tree)
+
+    def run_many(self, batches: Iterable[Any]) -> list[Any]:
+        """Run every item of ``batches`` (each an input tuple, a single tensor, or a dict of
+        named inputs, as ``runner(...)`` takes) and return the outputs in order, each
+        structured like ``runner(item)``'s. Sequential here; a runtime that can keep several
+        calls in flight overrides it (the answers stay the same)."""
+        return [self.unflatten(self.run_flat(self.call_inputs(item))) for item in batches]
+
+    def call_inputs(self, item: Any) -> Sequence[Any]:
+        """One :meth:`run_many` item (an input tuple, a tensor or a dict of named inputs) as
+        flat inputs in the artifact's input order."""
+        if isinstance(item, Mapping):
+            return self._ordered((item,), {})
+        if isinstance(item, (tuple, list)):
+            return self._ordered(tuple(item), {})
+        return (item,)
 
     def run_flat(self, inputs: Sequence[Any]) -> list[Any]:
         """Run flat inputs (torch tensors in the artifact's input order; checked against its

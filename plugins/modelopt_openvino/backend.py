@@ -11,13 +11,13 @@ using ``"f16"`` with INT8 graphs: on this project's AVX-512 FP16 test CPU the Re
 graph of ``onnx.quantize_static`` kept only 52% top-1 agreement in f16 (99% in f32 and bf16).
 
 The runner keeps the torch-in / torch-out contract (contiguous CPU tensors go to OpenVINO
-without a copy, ``share_inputs=True``, in ``run_async`` too; outputs are copied once out of the
+without a copy, ``share_inputs=True``, in ``run_many`` too; outputs are copied once out of the
 request's buffers, which the next call reuses, so a caller may keep them; in the artifact's
 output order). ``batch=N`` compiles the model for
 that static batch (an IR exported with ``dynamic_batch=False`` is static already). The runner may be shared between
 threads: each call takes an idle infer request from a pool (a new one when all are busy; an
 ``InferRequest`` runs one inference at a time and reuses its output buffers), so concurrent
-calls run in parallel and each gets its own input's answer. For throughput, ``run_async`` runs a
+calls run in parallel and each gets its own input's answer. For throughput, ``run_many`` runs a
 list of input tuples through an ``openvino.AsyncInferQueue`` (several infer requests in
 flight, one per stream) and returns the outputs in input order.
 """
@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import modelopt_core as mo
@@ -58,7 +58,7 @@ class OpenVinoConfig:
         "f32", help="precision of the non-quantized ops; None: the device's default (bf16 "
                     "on CPUs with bf16 support)")
     async_jobs: int | None = mo.field(None, validator=mo.positive,
-                                      help="infer requests run_async keeps in flight "
+                                      help="infer requests run_many keeps in flight "
                                            "(default: OpenVINO's optimal number)")
     batch: int | None = mo.field(None, validator=mo.positive,
                                  help="compile for this fixed batch size (the inputs' first "
@@ -116,7 +116,7 @@ class OpenVinoRunner(mo.Runner):
         self.compiled = compiled
         #: idle infer requests (deque pops/appends are atomic); a busy pool grows by one
         self._requests: deque[Any] = deque([compiled.create_infer_request()])
-        self._async_lock = threading.Lock()  # one run_async at a time (one queue, one callback)
+        self._async_lock = threading.Lock()  # one run_many at a time (one queue, one callback)
         self.output_index = output_indices(compiled.outputs,
                                            [s.name for s in artifact.outputs])
         self.async_jobs = async_jobs
@@ -145,7 +145,7 @@ class OpenVinoRunner(mo.Runner):
         try:
             # no input copy (the call is synchronous; the feeds outlive it); the outputs are
             # views of the request's buffers, copied once below (the next call reuses them).
-            # run_async shares its inputs too: the CPU plugin's results differ bitwise
+            # run_many shares its inputs too: the CPU plugin's results differ bitwise
             # between a shared and a copied input, and both paths must give the same answer
             request.infer(feeds, share_inputs=True, share_outputs=True)
             out = request.get_output_tensor
@@ -153,12 +153,13 @@ class OpenVinoRunner(mo.Runner):
         finally:
             self._requests.append(request)
 
-    def run_async(self, batches: Sequence[Any]) -> list[Any]:
-        """Run every item of ``batches`` (each an input tuple, a single tensor, or a dict of
-        named inputs, as ``runner(...)`` takes) with several infer requests in flight
-        (``openvino.AsyncInferQueue``); returns the outputs in the order of ``batches``,
-        each structured like ``runner(item)``'s. Throughput rises with the number of
-        streams (``performance_hint="THROUGHPUT"`` or ``num_streams``)."""
+    def run_many(self, batches: Iterable[Any]) -> list[Any]:
+        """:meth:`mo.Runner.run_many` with several infer requests in flight
+        (``openvino.AsyncInferQueue``): every item of ``batches`` (an input tuple, a single
+        tensor, or a dict of named inputs, as ``runner(...)`` takes) runs, and the outputs
+        come back in the order of ``batches``, each structured like ``runner(item)``'s.
+        Throughput rises with the number of streams (``performance_hint="THROUGHPUT"`` or
+        ``num_streams``)."""
         self._enter()  # RunnerClosedError once closed; close() waits for this call
         try:
             with self._async_lock:
@@ -166,19 +167,16 @@ class OpenVinoRunner(mo.Runner):
         finally:
             self._leave()
 
-    def _run_async(self, batches: Sequence[Any]) -> list[Any]:
+    #: the name this method had before the Runner protocol's ``run_many``
+    run_async = run_many
+
+    def _run_async(self, batches: Iterable[Any]) -> list[Any]:
         import openvino as ov
         import torch
 
-        from modelopt_core import order_inputs, unflatten_outputs
-
-        names = [s.name for s in self.artifact.inputs]
         prepared = []
         for item in batches:
-            if isinstance(item, torch.Tensor):
-                item = (item,)
-            args, kw = ((), item) if isinstance(item, dict) else (tuple(item), {})
-            xs = order_inputs(args, kw, names, f"runner for {self.artifact.name!r}")
+            xs = self.call_inputs(item)
             self.check_inputs(xs)
             prepared.append(self._feeds(xs))
         if self._queue is None:
@@ -193,9 +191,7 @@ class OpenVinoRunner(mo.Runner):
         for i, feeds in enumerate(prepared):
             self._queue.start_async(feeds, i, share_inputs=True)
         self._queue.wait_all()
-        tree = self.artifact.io.get("outputs")
-        return [unflatten_outputs([torch.from_numpy(o) for o in outs], tree)
-                for outs in results]
+        return [self.unflatten([torch.from_numpy(o) for o in outs]) for outs in results]
 
     def _release(self) -> None:
         if self._queue is not None:

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Self
 
 import modelopt_core as mo
-from modelopt_core import unflatten_outputs
 
 from .errors import ReplicaCrashedError, ServeError
 
@@ -506,11 +505,15 @@ class ReplicaPool:
         return self.artifact.io.get("outputs")
 
     def unflatten(self, flat: Sequence[Any]) -> Any:
-        """Flat outputs rebuilt into the model's own output structure (as a runner does)."""
-        tree = self.output_tree
-        if tree is None and self.artifact.metadata.get("output_kind") == "tuple":
-            return tuple(flat)
-        return unflatten_outputs(flat, tree)
+        """Flat outputs rebuilt into the model's own output structure (as a runner does):
+        :meth:`mo.Runner.unflatten` of a replica, or in process mode (no runner here) of a
+        base ``mo.Runner`` of the artifact, which loads nothing."""
+        if self._runners:
+            return self._runners[0].unflatten(flat)
+        shape = getattr(self, "_shape", None)
+        if shape is None:
+            shape = self._shape = mo.Runner(self.artifact)
+        return shape.unflatten(flat)
 
     def run(self, flat_inputs: Sequence[Any]) -> list[Any]:
         """Run flat inputs (artifact input order, already checked) on a free replica; blocks

@@ -356,3 +356,36 @@ def test_backend_is_thread_safe(name, world):
         torch.testing.assert_close(got, expected[i], rtol=1e-5, atol=1e-5,
                                    msg=lambda m, i=i: f"{name}: call {i} (batch "
                                                       f"{xs[i].shape[0]}) under threads: {m}")
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_backend_runner_protocol(name, world):
+    """The public Runner protocol's stages agree with the call: ``run_flat(x)`` is
+    ``flatten(runner(x))``, ``unflatten(run_flat(x))`` is ``runner(x)``, and ``run_many`` (the
+    sequential default or a runtime's own, e.g. OpenVINO's async queue) gives each item's
+    ``runner(item)`` in order, whatever form the item takes (tensor, tuple, dict by name)."""
+    cls = PM.get("backend", name).cls
+    _skip_unavailable(cls)
+    fmt = next((f for f in ("torch", "onnx") if f in cls.accepts), cls.accepts[0])
+    s, art = _artifact_for(world, fmt)
+    x, x2 = world["x"][:4], world["x"][4:9]
+    close = {"rtol": 1e-5, "atol": 1e-5}
+    with s.runner(name, art) as r:
+        want, want2 = r(x), r(x2)
+        flat = r.run_flat([x])
+        assert isinstance(flat, list) and all(isinstance(t, torch.Tensor) for t in flat)
+        torch.testing.assert_close(flat, r.flatten(want), **close)
+        torch.testing.assert_close(r.unflatten(flat), want, **close)
+        assert type(r.unflatten(flat)) is type(want)
+        many = r.run_many([(x,), x2])
+        assert isinstance(many, list) and len(many) == 2
+        torch.testing.assert_close(many, [want, want2], **close)
+        named = r.run_many([{art.inputs[0].name: x}])
+        torch.testing.assert_close(named, [want], **close)
+        assert r.run_many([]) == []
+        with pytest.raises(mo.InputSpecError):
+            r.run_flat([x, x])  # one input too many: checked before the runtime sees it
+    with pytest.raises(mo.RunnerClosedError):
+        r.run_flat([x])
+    with pytest.raises(mo.RunnerClosedError):
+        r.run_many([(x,)])

@@ -167,20 +167,22 @@ def test_options_and_precisions_run(ov_session, trained):
         assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.95, opts
 
 
-def test_run_async_keeps_input_order(ov_session, trained):
+def test_run_many_keeps_input_order(ov_session, trained):
     _, data = trained
     batches = [data.test[i][0][: 8 + i] for i in range(6)]  # different sizes
     with ov_session.runner("openvino", performance_hint="THROUGHPUT", async_jobs=3) as r:
+        assert type(r).run_many is not mo.Runner.run_many  # the async queue, not the default
         seq = [r(x) for x in batches]
-        out = r.run_async(batches)
+        out = r.run_many(batches)
         assert len(out) == len(batches)
         for a, b in zip(out, seq):
             assert torch.equal(a, b)
-        assert r.run_async([{"input": batches[0]}])[0].shape == seq[0].shape
+        assert r.run_many([{"input": batches[0]}])[0].shape == seq[0].shape
+        assert torch.equal(r.run_async(batches[:1])[0], seq[0])  # the old name still works
         with pytest.raises(mo.InputSpecError):
-            r.run_async([torch.zeros(2, 3, 8, 8)])
+            r.run_many([torch.zeros(2, 3, 8, 8)])
     with pytest.raises(mo.RunnerClosedError):
-        r.run_async(batches)
+        r.run_many(batches)
 
 
 class DictNet(torch.nn.Module):
@@ -208,7 +210,7 @@ def test_keyword_inputs_and_structured_outputs():
     with torch.no_grad():
         ref = net(**x)
     with s.runner("openvino") as r:
-        for out in (r(**x), r(x), r.run_async([x])[0]):
+        for out in (r(**x), r(x), r.run_many([x])[0]):
             assert list(out) == ["logits", "aux"] and isinstance(out["aux"], tuple)
             torch.testing.assert_close(out["logits"], ref["logits"], rtol=1e-3, atol=1e-4)
             torch.testing.assert_close(out["aux"][1], ref["aux"][1], rtol=1e-3, atol=1e-4)
