@@ -32,6 +32,7 @@ from .verify import (check_inputs_for, check_outputs, check_reference, max_error
 # submodules they come from are private (tests/unit/test_architecture.py enforces it)
 from .config import Choice
 from .environment import describe_environment
+from .interfaces import Column
 from .io import (export_dynamic_shapes, flatten_outputs, leaf_names, order_inputs,
                  structured_view, unflatten_outputs)
 from .manifest import read_json
@@ -63,5 +64,5 @@ __all__ = [
     "Choice", "describe_environment", "export_dynamic_shapes", "flatten_outputs", "leaf_names",
     "order_inputs", "structured_view", "unflatten_outputs", "read_json", "write_text_atomic",
     "CORE_DISTRIBUTION", "ReportDependencyError", "check_records", "rebuild_structure",
-    "record_structure",
+    "record_structure", "Column",
 ]

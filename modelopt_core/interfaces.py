@@ -26,7 +26,7 @@ from .data import as_input_tuple  # noqa: F401 (public here too: mo.as_input_tup
 from .io import flatten_outputs, order_inputs, unflatten_outputs
 
 __all__ = ["Component", "Optimizer", "Exporter", "Backend", "Runner", "Profiler", "Format",
-           "Context", "EmptyConfig"]
+           "Context", "EmptyConfig", "Column"]
 
 
 @config
@@ -391,10 +391,52 @@ class Backend(Component):
         raise NotImplementedError
 
 
+@attrs.define(frozen=True)
+class Column:
+    """One metric a :class:`Profiler` returns, as the reports show it (Markdown, terminal,
+    HTML; JSON keeps every key as it is).
+
+    ``header`` is the short table header, unit included (``"p50 ms"``; default: the name and
+    the unit); ``format`` a ``str.format`` template (``"{:.3f}"``) or a callable value -> text
+    for numbers (None: the default, fixed decimals); ``better`` says which way is better
+    ("higher", "lower", or None for neither). ``table=False`` keeps a detail (a count, a
+    duration, a per-layer dict) out of the default table; ``order`` places the column: lower
+    first (the report's own step/format/backend come first and the note last; the built-in
+    metrics use 10-99, so the default puts a plugin's metric after them)."""
+
+    name: str = attrs.field(validator=attrs.validators.instance_of(str))
+    header: str = ""
+    unit: str = ""
+    format: str | Callable[[Any], str] | None = attrs.field(default=None)
+    better: str | None = attrs.field(
+        default=None, validator=attrs.validators.in_(("higher", "lower", None)))
+    table: bool = True
+    order: int = 500
+
+    @format.validator
+    def _check_format(self, attribute: Any, value: Any) -> None:
+        if isinstance(value, str) and "{" not in value:
+            raise ValueError(f"column {self.name!r}: format {value!r} is not a str.format "
+                             "template such as '{:.3f}' (or give a callable: value -> text).")
+        if value is not None and not isinstance(value, str) and not callable(value):
+            raise TypeError(f"column {self.name!r}: format must be a template, a callable or "
+                            "None.")
+
+    @property
+    def title(self) -> str:
+        """The header shown: ``header``, else the name with the unit."""
+        return self.header or (f"{self.name} ({self.unit})" if self.unit else self.name)
+
+
 class Profiler(Component):
-    """Measures a runner/artifact; returns a flat dict of metric name -> value."""
+    """Measures a runner/artifact; returns a flat dict of metric name -> value.
+
+    ``columns`` declares every key :meth:`profile` may return (:class:`Column`: header, unit,
+    format, which way is better), so the reports show a plugin's metric with its header and
+    format. Two registered profilers declaring one column name is an error naming both."""
 
     kind: ClassVar[str] = "profiler"
+    columns: ClassVar[tuple[Column, ...]] = ()
 
     def profile(self, runner: Runner, artifact: ModelArtifact, ctx: Context) -> dict[str, Any]:
         """Return metrics, e.g. ``{"latency_p50_ms": 1.2}``."""

@@ -6,7 +6,8 @@ propagates) is recorded with its distribution and error and the others still loa
 (``strict=True`` re-raises instead). Two components of one kind with one name, or two
 plugins with one name, are an error naming both distributions: the first registration is
 kept (built-ins load first), the second is recorded as failed and loading continues
-(``strict=True`` raises :class:`DuplicateComponentError`).
+(``strict=True`` raises :class:`DuplicateComponentError`). Two profilers declaring one column
+(``Profiler.columns``) are such an error too.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import pluggy
 from . import hookspecs
 from .errors import (DuplicateComponentError, FormatError, NoExportPathError,
                      PluginLoadError, UnknownComponentError, close_names)
-from .interfaces import (Backend, Component, Context, Exporter, Format, Optimizer, Profiler,
-                         Runner)
+from .interfaces import (Backend, Column, Component, Context, Exporter, Format, Optimizer,
+                         Profiler, Runner)
+from .tables import RESERVED_COLUMNS
 
 __all__ = ["PluginManager", "FailedPlugin", "ComponentInfo", "CommandInfo",
            "ENTRY_POINT_GROUP", "get_plugin_manager", "load_runner"]
@@ -221,9 +223,44 @@ class PluginManager:
                 return  # keep the first; the plugin's other components still register
             if prev is not None:
                 return
+            if kind == "profiler" and not self._columns_free(cls, plugin, dist):
+                return  # keep the profiler that declared the column first
             self._registry[kind][cls.name] = ComponentInfo(cls, plugin, dist, version)
 
         return register
+
+    def _columns_free(self, cls: type[Profiler], plugin: str, dist: str) -> bool:
+        """Check the columns profiler ``cls`` declares: :class:`Column` records, one per name
+        (TypeError otherwise), none the report's own or another profiler's (a duplicate
+        naming both: False, or raised in strict mode)."""
+        cols = cls.columns
+        if not isinstance(cols, (tuple, list)) or not all(isinstance(c, Column) for c in cols):
+            raise TypeError(f"plugin {plugin!r}: profiler {cls.name!r}: `columns` must be a "
+                            f"tuple of modelopt_core.Column, not {cols!r}.")
+        names = [c.name for c in cols]
+        if len(set(names)) < len(names):
+            raise TypeError(f"plugin {plugin!r}: profiler {cls.name!r} declares the column(s) "
+                            f"{sorted({n for n in names if names.count(n) > 1})} twice.")
+        taken = {c.name: info for info in self._registry["profiler"].values()
+                 for c in info.cls.columns}
+        for name in names:
+            if name in RESERVED_COLUMNS:
+                err = (f"profiler {cls.name!r} from {dist} (plugin {plugin!r}) declares the "
+                       f"column {name!r}, which is the report's own ({CORE_DISTRIBUTION}). The "
+                       f"profiler is skipped; rename its metric.")
+            elif name in taken:
+                prev = taken[name]
+                err = (f"two profilers declare the column {name!r}: {prev.name!r} from "
+                       f"{prev.distribution} (plugin {prev.plugin!r}, {prev.cls.__module__}."
+                       f"{prev.cls.__qualname__}) and {cls.name!r} from {dist} (plugin "
+                       f"{plugin!r}, {cls.__module__}.{cls.__qualname__}). Kept {prev.name!r} "
+                       f"from {prev.distribution}; {cls.name!r} from {dist} is skipped. Rename "
+                       "the metric, or uninstall one.")
+            else:
+                continue
+            self._duplicate(plugin, dist, DuplicateComponentError(err))
+            return False
+        return True
 
     def _command_registrar(self, plugin: str, dist: str):
         def register(name: str, *, help: str, setup: Any, run: Any, examples: str = "") -> None:
@@ -266,6 +303,11 @@ class PluginManager:
             raise UnknownComponentError(
                 f"no installed plugin offers the {name!r} service. {hint}".rstrip() + failed)
         return self._services[name][0]
+
+    def columns(self) -> dict[str, Column]:
+        """The columns the registered profilers declare (``Profiler.columns``), by name: what
+        the reports' headers, number formats and column order come from."""
+        return {c.name: c for info in self.components("profiler") for c in info.cls.columns}
 
     def commands(self) -> list[CommandInfo]:
         """The subcommands plugins added, sorted by name."""

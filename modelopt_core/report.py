@@ -8,25 +8,48 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import tables
 from .persist import write_text_atomic
-from .tables import _FORMAT, environment_line, fmt, header, pareto_indices  # noqa: F401
+from .tables import environment_line, order_columns, pareto_indices
+
+if TYPE_CHECKING:
+    from .plugins import PluginManager
 
 __all__ = ["Report", "pareto_indices"]
 
-#: preferred column order; other metrics follow alphabetically
-COLUMNS = ("step", "format", "backend", "accuracy", "accuracy_delta", "latency_p50_ms",
-           "latency_p95_ms", "speedup", "throughput_per_s", "size_mb", "size_ratio",
-           "params", "sparsity", "peak_memory_mb", "peak_rss_mb", "rss_growth_mb",
-           "joules_per_inference", "avg_watts", "note")
-
 _TEXT = ("step", "format", "backend", "error", "note")
-#: columns a narrow terminal drops first (the Markdown and JSON reports keep them all)
+#: columns a narrow terminal drops first (the Markdown and JSON reports keep them all); the
+#: columns of other profilers go after "avg_watts"
 _DROP_ORDER = ("format", "peak_rss_mb", "rss_growth_mb", "avg_watts", "latency_p95_ms", "params",
                "sparsity", "peak_memory_mb",
                "throughput_per_s", "size_ratio", "note", "accuracy_delta", "size_mb")
+#: columns a narrow terminal always keeps
+_KEEP = ("step", "backend", "accuracy", "latency_p50_ms", "speedup", "joules_per_inference",
+         "error")
+
+
+def declared_columns(plugins: PluginManager | None = None) -> Mapping[str, Any]:
+    """The columns the registered profilers declare (``Profiler.columns``), by name: of
+    ``plugins``, or of the process-wide plugin manager."""
+    from .plugins import get_plugin_manager
+
+    return (plugins or get_plugin_manager()).columns()
+
+
+def header(col: str, specs: Mapping[str, Any] | None = None) -> str:
+    """The human header of a column (with its unit), as its profiler declares it (``specs``:
+    default, the registered profilers' columns)."""
+    return tables.header(col, declared_columns() if specs is None else specs)
+
+
+def fmt(col: str, v: Any, specs: Mapping[str, Any] | None = None) -> str:
+    """A cell: fixed decimals and units per column as its profiler declares them; never
+    scientific notation."""
+    return tables.fmt(col, v, declared_columns() if specs is None else specs)
 
 
 class Report:
@@ -34,16 +57,36 @@ class Report:
 
     ``environment`` records what the figures were measured on (see
     :func:`~modelopt_core.environment.describe_environment`); ``notes`` maps a row's step to
-    the lineage notes of that step (warnings, fallbacks, what a step did not do)."""
+    the lineage notes of that step (warnings, fallbacks, what a step did not do). Headers,
+    number formats and the column order come from the columns the profilers of ``plugins``
+    declare (default: the process-wide plugin manager), so a plugin's metric shows too."""
 
     def __init__(self, rows: list[dict[str, Any]], title: str = "modelopt comparison",
                  environment: dict[str, Any] | None = None,
-                 notes: dict[str, list[str]] | None = None) -> None:
+                 notes: dict[str, list[str]] | None = None,
+                 plugins: PluginManager | None = None) -> None:
         self.title = title
         self.rows = [dict(r) for r in rows]
         self.environment = dict(environment or {})
         self.notes = {k: list(v) for k, v in (notes or {}).items()}
+        self._plugins = plugins
+        self._specs: Mapping[str, Any] | None = None
         self._add_ratios()
+
+    @property
+    def column_specs(self) -> Mapping[str, Any]:
+        """The profilers' declared columns (:class:`~modelopt_core.Column`) by name."""
+        if self._specs is None:
+            self._specs = declared_columns(self._plugins)
+        return self._specs
+
+    def header(self, col: str) -> str:
+        """The human header of column ``col`` (with its unit)."""
+        return tables.header(col, self.column_specs)
+
+    def cell(self, col: str, v: Any) -> str:
+        """The text of value ``v`` in column ``col``."""
+        return tables.fmt(col, v, self.column_specs)
 
     def _add_ratios(self) -> None:
         if not self.rows:
@@ -59,17 +102,19 @@ class Report:
 
     @property
     def all_columns(self) -> list[str]:
-        """Every scalar column present in any row: the preferred ones first."""
+        """Every scalar column present in any row: the table's columns first, in their
+        declared order, then the others alphabetically, ``error`` last."""
         present = {k for r in self.rows for k, v in r.items()
                    if v is None or isinstance(v, (str, int, float, bool))}
-        first = [c for c in COLUMNS if c in present]
-        return first + sorted(present - set(first) - {"error"}) + \
-            (["error"] if "error" in present else [])
+        return order_columns(present, self.column_specs)
 
     @property
     def columns(self) -> list[str]:
-        """The headline columns present (the table's default); JSON keeps every metric."""
-        return [c for c in self.all_columns if c in COLUMNS or c == "error"]
+        """The headline columns present (the table's default: the report's own and those
+        the profilers declare with ``table=True``); JSON keeps every metric."""
+        specs = self.column_specs
+        return [c for c in self.all_columns
+                if c == "error" or getattr(tables.column_spec(c, specs), "table", False)]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data: title, columns, rows, lineage notes, environment."""
@@ -88,10 +133,11 @@ class Report:
         """A Markdown table with human headers and fixed decimals, then the lineage notes and
         the environment; written atomically to ``path`` when given."""
         cols = columns or self.columns
-        lines = [f"### {self.title}", "", "| " + " | ".join(header(c) for c in cols) + " |",
+        lines = [f"### {self.title}", "",
+                 "| " + " | ".join(self.header(c) for c in cols) + " |",
                  "|" + "|".join("---" for _ in cols) + "|"]
         for r in self.rows:
-            lines.append("| " + " | ".join(_md(fmt(c, r.get(c))) for c in cols) + " |")
+            lines.append("| " + " | ".join(_md(self.cell(c, r.get(c))) for c in cols) + " |")
         if any(self.notes.values()):
             lines += ["", "Notes:"]
             lines += [f"- {step}: {n}" for step, ns in self.notes.items() for n in ns]
@@ -142,14 +188,14 @@ class Report:
         t = Table(title=self.title, header_style="bold")
         for c in cols:
             wraps = c in ("note", "error")  # long prose wraps; names and numbers never
-            t.add_column(header(c), justify="left" if c in _TEXT else "right",
+            t.add_column(self.header(c), justify="left" if c in _TEXT else "right",
                          no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")
         for r in self.rows:
-            t.add_row(*(fmt(c, r.get(c)) for c in cols))
+            t.add_row(*(self.cell(c, r.get(c)) for c in cols))
         console.print(t)
         if hidden:
             console.print(f"({len(hidden)} column(s) hidden to fit {console.width} columns: "
-                          f"{', '.join(header(c) for c in hidden)}; see the Markdown/JSON "
+                          f"{', '.join(self.header(c) for c in hidden)}; see the Markdown/JSON "
                           "report)", style="dim", markup=False)
         if self.environment:
             console.print("measured on: " + environment_line(self.environment),
@@ -160,15 +206,17 @@ class Report:
         (numbers are never wrapped; headers wrap at spaces; text columns wrap)."""
 
         def need(c: str) -> int:
-            cells = [fmt(c, r.get(c)) for r in self.rows]
+            cells = [self.cell(c, r.get(c)) for r in self.rows]
             if c in ("note", "error"):
                 return 15
             if c in _TEXT:
                 return min(max([len(x) for x in cells] + [len(c)]), 24) + 3
-            return max([len(w) for w in header(c).split()] + [len(x) for x in cells]) + 3
+            return max([len(w) for w in self.header(c).split()] + [len(x) for x in cells]) + 3
 
         cols, hidden = list(cols), []
-        for c in _DROP_ORDER:
+        at = _DROP_ORDER.index("avg_watts") + 1  # other profilers' columns after the energy's
+        others = tuple(c for c in cols if c not in _DROP_ORDER and c not in _KEEP)
+        for c in _DROP_ORDER[:at] + others + _DROP_ORDER[at:]:
             if sum(need(x) for x in cols) + 1 <= width:
                 break
             if c in cols:

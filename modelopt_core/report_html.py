@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from .errors import ModeloptError
-from .tables import environment_line, fmt, header, pareto_indices
+from .tables import environment_line, pareto_indices
 
 __all__ = ["PLOT_IDS", "ReportDependencyError", "render_html"]
 
@@ -68,12 +68,11 @@ def render_html(report: Any, title: str | None = None, pareto: bool = True) -> s
         f'<script type="text/javascript">{offline.get_plotlyjs()}</script>',
         "</head><body>", f"<h1>{esc(title)}</h1>",
         '<h2>Comparison</h2><table id="comparison"><thead><tr>',
-        "".join(f"<th>{esc(header(c))}</th>" for c in cols), "</tr></thead><tbody>",
+        "".join(f"<th>{esc(report.header(c))}</th>" for c in cols), "</tr></thead><tbody>",
     ]
     for i, r in enumerate(report.rows):
-        cells = "".join(
-            f'<td class="{"num" if _is_num(r.get(c)) else "text"}">{esc(fmt(c, r.get(c)))}</td>'
-            for c in cols)
+        cells = "".join(f'<td class="{"num" if _is_num(r.get(c)) else "text"}">'
+                        f"{esc(report.cell(c, r.get(c)))}</td>" for c in cols)
         cls = ' class="front"' if i in front_rows else ""
         parts.append(f"<tr{cls}>{cells}</tr>")
     parts.append("</tbody></table>")
@@ -108,8 +107,8 @@ def _pareto_section(report: Any, go: Any) -> tuple[list[str], set[int]]:
         specs = []
     for key, x, y, maximize_y in specs:
         if not has[x]:
-            out.append(f'<p class="skipped" id="{PLOT_IDS[key]}-skipped">No {header(x)} '
-                       f"measured: no {header(y)} vs {header(x)} plot.</p>")
+            out.append(f'<p class="skipped" id="{PLOT_IDS[key]}-skipped">No {report.header(x)} '
+                       f"measured: no {report.header(y)} vs {report.header(x)} plot.</p>")
             continue
         front = pareto_indices([r.get(x) for r in report.rows], [r.get(y) for r in report.rows],
                                maximize_y=maximize_y)
@@ -123,8 +122,8 @@ def _pareto_section(report: Any, go: Any) -> tuple[list[str], set[int]]:
 
 def _hover(report: Any, r: dict[str, Any]) -> str:
     cols = [c for c in report.columns if r.get(c) is not None and c not in ("note", "error")]
-    return "<br>".join(f"<b>{html.escape(header(c))}</b>: {html.escape(fmt(c, r[c]))}"
-                       for c in cols)
+    return "<br>".join(f"<b>{html.escape(report.header(c))}</b>: "
+                       f"{html.escape(report.cell(c, r[c]))}" for c in cols)
 
 
 def _plot(report: Any, go: Any, key: str, x: str, y: str, front: list[int],
@@ -147,11 +146,11 @@ def _plot(report: Any, go: Any, key: str, x: str, y: str, front: list[int],
     xs = [rows[i][x] for i in idx if rows[i][x] > 0]
     log_x = bool(xs) and max(xs) / min(xs) > 20  # latencies spanning decades read better
     better = "higher is better" if maximize_y else "lower is better"
+    hx, hy = report.header(x), report.header(y)
     fig.update_layout(
-        title=f"{header(y)} vs {header(x)} (lower {header(x)} is better, {header(y)}: "
-              f"{better})",
-        xaxis={"title": {"text": header(x)}, "type": "log" if log_x else "linear"},
-        yaxis={"title": {"text": header(y)}}, template="plotly_white",
+        title=f"{hy} vs {hx} (lower {hx} is better, {hy}: {better})",
+        xaxis={"title": {"text": hx}, "type": "log" if log_x else "linear"},
+        yaxis={"title": {"text": hy}}, template="plotly_white",
         margin={"l": 60, "r": 20, "t": 60, "b": 50}, legend={"orientation": "h"})
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=PLOT_IDS[key],
                        default_width="100%", default_height="480px",

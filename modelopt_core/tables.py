@@ -1,34 +1,54 @@
 """The report's cells and columns, shared by the Markdown/terminal table (``report``) and the
-HTML page (``report_html``): headers with units, cell formatting, the Pareto front, the
-environment line. Imports nothing of the core, so neither report module imports the other's
+HTML page (``report_html``): headers with units, cell formatting and column order (from the
+report's own columns and the ones the profilers declare), the Pareto front, the environment
+line. Imports nothing of the core, so neither report module imports the other's
 internals back."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
 
-#: column -> (header with unit, formatter) for the human-readable table; JSON keeps the keys
-_FORMAT: dict[str, tuple[str, Callable[[Any], str]]] = {
-    "accuracy": ("accuracy", lambda v: f"{v:.2f}"),
-    "accuracy_delta": ("Δ accuracy", lambda v: f"{v:+.2f}"),
-    "latency_p50_ms": ("p50 ms", lambda v: f"{v:.3f}"),
-    "latency_p95_ms": ("p95 ms", lambda v: f"{v:.3f}"),
-    "latency_mean_ms": ("mean ms", lambda v: f"{v:.3f}"),
-    "latency_iqr_ms": ("IQR ms", lambda v: f"{v:.3f}"),
-    "speedup": ("speedup", lambda v: f"{v:.2f}x"),
-    "throughput_per_s": ("samples/s", lambda v: f"{v:,.0f}"),
-    "size_mb": ("size MB", lambda v: f"{v:.3f}"),
-    "size_ratio": ("smaller", lambda v: f"{v:.2f}x"),
-    "params": ("params", lambda v: f"{v:,}"),
-    "sparsity": ("sparsity", lambda v: f"{100 * v:.1f}%"),
-    "peak_memory_mb": ("peak MB", lambda v: f"{v:.1f}"),
-    "peak_rss_mb": ("RSS MB", lambda v: f"{v:.0f}"),
-    "rss_growth_mb": ("RSS +MB", lambda v: f"{v:.1f}"),
-    "joules_per_inference": ("mJ/inference", lambda v: f"{1e3 * v:.3f}"),
-    "avg_watts": ("avg W", lambda v: f"{v:.1f}"),
+
+class OwnColumn(NamedTuple):
+    """One of the report's own columns (not a profiler's metric): what was measured, the
+    ratios against the baseline, the note. The profilers' metrics are declared on the profiler
+    classes (``Profiler.columns``, :class:`~modelopt_core.Column`)."""
+
+    title: str
+    format: Callable[[Any], str] | None
+    order: int
+    table: bool = True
+
+
+#: the report's own columns: name -> (header, formatter, place); no profiler may declare these
+#: names (``error`` too: always last)
+OWN_COLUMNS: dict[str, OwnColumn] = {
+    "step": OwnColumn("step", None, 0),
+    "format": OwnColumn("format", None, 1),
+    "backend": OwnColumn("backend", None, 2),
+    "accuracy_delta": OwnColumn("Δ accuracy", lambda v: f"{v:+.2f}", 11),
+    "speedup": OwnColumn("speedup", lambda v: f"{v:.2f}x", 22),
+    "size_ratio": OwnColumn("smaller", lambda v: f"{v:.2f}x", 41),
+    "note": OwnColumn("note", None, 1000),
 }
+RESERVED_COLUMNS = frozenset(OWN_COLUMNS) | {"error"}
 
+
+def column_spec(col: str, specs: Mapping[str, Any] | None = None) -> Any:
+    """The declaration of ``col``: the report's own, else ``specs[col]`` (a profiler's
+    :class:`~modelopt_core.Column`: ``title``, ``format``, ``order``, ``table``), else None."""
+    return OWN_COLUMNS.get(col) or (specs or {}).get(col)
+
+
+def order_columns(present: Iterable[str], specs: Mapping[str, Any] | None = None) -> list[str]:
+    """Every column of ``present``: those shown by default (declared with ``table``) by their
+    declared place, then the others alphabetically, ``error`` last."""
+    present = set(present)
+    shown = [c for c in present - {"error"} if getattr(column_spec(c, specs), "table", False)]
+    first = sorted(shown, key=lambda c: (column_spec(c, specs).order, c))
+    return first + sorted(present - set(first) - {"error"}) + \
+        (["error"] if "error" in present else [])
 
 
 def pareto_indices(xs: list[Any], ys: list[Any], *, maximize_y: bool = True) -> list[int]:
@@ -57,23 +77,25 @@ def pareto_indices(xs: list[Any], ys: list[Any], *, maximize_y: bool = True) -> 
     return sorted(front)
 
 
-def header(col: str) -> str:
-    """The human header of a column (with its unit)."""
-    return _FORMAT[col][0] if col in _FORMAT else col
+def header(col: str, specs: Mapping[str, Any] | None = None) -> str:
+    """The human header of a column (with its unit), from its declaration (``specs``)."""
+    spec = column_spec(col, specs)
+    return spec.title if spec is not None else col
 
 
-def fmt(col: str, v: Any) -> str:
-    """A cell: fixed decimals and units per column; never scientific notation."""
+def fmt(col: str, v: Any, specs: Mapping[str, Any] | None = None) -> str:
+    """A cell: the declared format of numbers (``specs``), else fixed decimals; never
+    scientific notation."""
     if v is None:
         return ""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v)
-    if col in _FORMAT:
-        return _FORMAT[col][1](v)
+    f = getattr(column_spec(col, specs), "format", None)
+    if f is not None:
+        return f(v) if callable(f) else f.format(v)
     if isinstance(v, int):
         return f"{v:,}"
     return f"{v:,.4f}".rstrip("0").rstrip(".") if abs(v) < 1e15 else f"{v:.3e}"
-
 
 
 def environment_line(env: dict[str, Any]) -> str:

@@ -172,6 +172,17 @@ class EnergyProfiler(mo.Profiler):
 
     name = "energy"
     Config = EnergyConfig
+    columns = (
+        mo.Column("joules_per_inference", "mJ/inference", "J", lambda v: f"{1e3 * v:.3f}",
+                  "lower", order=70),
+        mo.Column("avg_watts", "avg W", "W", "{:.1f}", "lower", order=71),
+        mo.Column("idle_watts", "idle W", "W", "{:.1f}", table=False),
+        mo.Column("energy_source", "energy counter", table=False),
+        mo.Column("energy_domains", "energy domains", table=False),
+        mo.Column("energy_duration_s", "energy s", "s", "{:.2f}", table=False),
+        mo.Column("energy_calls", "energy calls", "calls", table=False),
+        mo.Column("energy_unavailable", "energy unavailable", table=False),
+    )
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:

@@ -92,6 +92,14 @@ class LatencyProfiler(mo.Profiler):
 
     name = "latency"
     Config = LatencyConfig
+    columns = (
+        mo.Column("latency_p50_ms", "p50 ms", "ms", "{:.3f}", "lower", order=20),
+        mo.Column("latency_p95_ms", "p95 ms", "ms", "{:.3f}", "lower", order=21),
+        *(mo.Column(f"latency_{k}_ms", f"{k if k != 'iqr' else 'IQR'} ms", "ms", "{:.3f}",
+                    "lower", table=False) for k in ("p99", "mean", "std", "min", "max", "iqr")),
+        mo.Column("latency_n", "timed calls", "calls", table=False),
+        mo.Column("latency_noisy", "noisy", table=False),
+    )
 
     def profile(self, runner: mo.Runner, artifact: mo.ModelArtifact,
                 ctx: mo.Context) -> dict[str, Any]:
@@ -134,6 +142,11 @@ class ThroughputProfiler(mo.Profiler):
 
     name = "throughput"
     Config = ThroughputConfig
+    columns = (
+        mo.Column("throughput_per_s", "samples/s", "samples/s", "{:,.0f}", "higher", order=30),
+        mo.Column("throughput_duration_s", "throughput s", "s", "{:.2f}", table=False),
+        mo.Column("throughput_calls", "throughput calls", "calls", table=False),
+    )
 
     def profile(self, runner: mo.Runner, artifact: mo.ModelArtifact,
                 ctx: mo.Context) -> dict[str, Any]:
@@ -186,6 +199,12 @@ class MemoryProfiler(mo.Profiler):
 
     name = "memory"
     Config = MemoryConfig
+    columns = (
+        mo.Column("peak_memory_mb", "peak MB", "MB", "{:.1f}", "lower", order=60),
+        mo.Column("peak_rss_mb", "RSS MB", "MB", "{:.0f}", "lower", order=61),
+        mo.Column("rss_growth_mb", "RSS +MB", "MB", "{:.1f}", "lower", order=62),
+        mo.Column("memory_device", "memory device", table=False),
+    )
 
     def profile(self, runner: mo.Runner, artifact: mo.ModelArtifact,
                 ctx: mo.Context) -> dict[str, Any]:
@@ -226,6 +245,15 @@ class SizeProfiler(mo.Profiler):
     """Bytes on disk of the saved artifact, parameter count and weight sparsity."""
 
     name = "size"
+    columns = (
+        mo.Column("size_mb", "size MB", "MB", "{:.3f}", "lower", order=40),
+        mo.Column("size_bytes", "size bytes", "bytes", "{:,}", "lower", table=False),
+        mo.Column("params", "params", "", "{:,}", "lower", order=50),
+        mo.Column("sparsity", "sparsity", "%", lambda v: f"{100 * v:.1f}%", order=51),
+        mo.Column("layer_sparsity", "layer sparsity", table=False),
+        mo.Column("quantized_zero_fraction", "INT8 zeros", "%", lambda v: f"{100 * v:.1f}%",
+                  table=False),
+    )
 
     def profile(self, runner: mo.Runner, artifact: mo.ModelArtifact,
                 ctx: mo.Context) -> dict[str, Any]:
@@ -324,6 +352,7 @@ class AccuracyProfiler(mo.Profiler):
     """The session's ``eval_fn(runner)`` (higher is better); nothing when none is given."""
 
     name = "accuracy"
+    columns = (mo.Column("accuracy", "accuracy", "", "{:.2f}", "higher", order=10),)
 
     def profile(self, runner: mo.Runner, artifact: mo.ModelArtifact,
                 ctx: mo.Context) -> dict[str, Any]:

@@ -5,8 +5,9 @@ never mutate their input (model state, module flags, ONNX bytes,
 lineage, metadata), return a new artifact with exactly one more lineage step whose config is
 the component's config as plain data, and the result runs. Backends: load the right formats,
 their runner matches the torch original within tolerance, refuse other formats. Profilers:
-return flat, finite metrics without touching the artifact. Every component's config
-round-trips through JSON. Unavailable components (TensorRT on a CPU machine) skip with the reason.
+return flat, finite metrics, each declared in ``columns``, without touching the artifact.
+Every component's config round-trips through JSON. Unavailable components (TensorRT on a CPU
+machine) skip with the reason.
 
 Training components get tiny budgets: any ``epochs``-like field is set to at most 1, ``steps``
 to 2, and ``*_batches``/``iterations``-like fields to at most 2 (found generically from the
@@ -257,6 +258,10 @@ def test_profiler_contract(name, backend, world):
         assert isinstance(k, str)
         assert _plain_metric(v), f"{name}: {k}={v!r} is not plain, finite data"
     json.dumps(metrics, allow_nan=False)
+    # every key is declared (Profiler.columns), so the reports know its header and format
+    undeclared = sorted(set(metrics) - {c.name for c in cls.columns})
+    assert not undeclared, f"{name}: returns {undeclared} but does not declare them in " \
+        "`columns` (mo.Column)"
     assert fingerprint(art) == before
     assert state_hash(world["model"]) == world["hash"]
 

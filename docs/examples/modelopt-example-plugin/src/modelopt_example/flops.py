@@ -15,6 +15,9 @@ class FlopsProfiler(mo.Profiler):
     """FLOPs (and MACs = FLOPs / 2) of one forward pass of a torch artifact."""
 
     name = "example.flops"
+    #: what profile() returns, as the reports show it (terminal table, report.md, report.html)
+    columns = (mo.Column("gflops", "GFLOPs", "GFLOP", "{:.3f}", "lower"),
+               mo.Column("macs", "MACs", "", "{:,}", "lower"))
 
     def profile(self, runner: mo.Runner, artifact: mo.ModelArtifact,
                 ctx: mo.Context) -> dict[str, Any]:
