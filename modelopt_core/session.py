@@ -419,7 +419,7 @@ class Session:
                    f"{sorted({a.format for a in arts})}): no rows for them")
             log.warning(msg)
             notes["compare"] = [msg]
-        return Report(rows, environment=describe_environment(), notes=notes)
+        return Report(rows, environment=describe_environment(), notes=notes, plugins=self.pm)
 
 
 def _row_note(art: ModelArtifact) -> str:

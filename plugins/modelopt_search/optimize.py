@@ -126,6 +126,9 @@ class _Search:
         self.ties: dict[int, tuple[float, float, float]] = {}  # the end: trial -> (p50 ratio
         # to the best's, 95% CI) of each confirmed trial within noise of the best
         self.lost: list[str] = []  # trials of this process another worker finished
+        #: target -> why: targets the original model cannot be exported to (later trials of
+        #: them are skipped at once)
+        self.dead_targets: dict[str, str] = {}
         # the time budget (see set_budget): the search's start and the time by which the
         # last trial must end (the end's reserve kept); None: no time budget
         self.t0 = time.perf_counter()
@@ -274,6 +277,11 @@ class _Search:
 
         s = self.child()
         steps = recipe["steps"]
+        dead = self.dead_targets.get(recipe.get("target", ""))
+        if dead:  # its plain export failed: nothing of this model reaches that runtime
+            row.update(skipped=dead, feasible=False)
+            trial.set_user_attr("row", row)
+            raise optuna.TrialPruned(dead)
         for i, st in enumerate(steps):
             key = _step_key(st)
             if self.step_estimate(key) > self.left():  # the deadline, between steps
@@ -296,6 +304,10 @@ class _Search:
             except mo.ModeloptError as e:
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 trial.set_user_attr("row", row)
+                if i == 0 and "export" in steps[0]:  # the original itself does not export
+                    self.dead_targets[recipe.get("target", "")] = (
+                        f"target {recipe.get('target')!r} skipped: the original model does not "
+                        f"export to it (trial {trial.number}: {row['error'][:160]})")
                 raise
             self.record(key, time.perf_counter() - t)
             if _unchanged(before, s.current):  # the recipe without this step is in the space
@@ -365,7 +377,8 @@ class _Search:
 
     def save_best(self, study: Any, row: dict[str, Any],
                   recipe: dict[str, Any] | None = None) -> None:
-        self.artifacts[row["trial"]].save(self.out / "best", overwrite=True)
+        self.artifacts[row["trial"]].save(self.out / "best", overwrite=True,
+                                            plugins=self.s.pm)
         write_json(self.out / "best.json", {
             "trial": row["trial"], "row": row,
             "recipe": recipe or _recipe_of(study, row["trial"])})
@@ -530,7 +543,7 @@ class _Search:
                                  f"{self.objective}, "
                                  f"accuracy drop <= {self.max_drop:g}",
                            environment=self.environment,
-                           notes={"search": notes} if notes else None)
+                           notes={"search": notes} if notes else None, plugins=self.s.pm)
         cols = [c for c in REPORT_COLUMNS if c in report.all_columns]
         report.to_markdown(self.out / "report.md", columns=cols)
         report.to_json(self.out / "report.json")
@@ -780,6 +793,8 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
             or max_accuracy_drop < 0:
         raise SearchError(f"optimize: max_accuracy_drop must be a number >= 0, got "
                           f"{max_accuracy_drop!r}.")
+    if target == "all":  # every runtime available here (the registry's targets)
+        target = sorted(registry_targets(session.pm))
     targets = [target] if isinstance(target, str) else list(target)
     if not targets or len(set(targets)) != len(targets):
         raise SearchError(f"optimize: target must name one runtime or list distinct ones, "
@@ -867,7 +882,7 @@ def _search(session: mo.Session, search: _Search, study: Any, full: dict[str, An
                          + ("; ..." if len(search.skipped) > 8 else ""))
         if confirm_note:
             notes.append(confirm_note)
-        notes += search.lost
+        notes += search.lost + sorted(set(search.dead_targets.values()))
         if search.confirmed and best is not None:
             batch = (search.profiler_options.get("latency") or {}).get("batch_size")
             notes.append(

@@ -100,6 +100,16 @@ def test_fuse_bn_through_session(installed, model, digits):
     rows = report.to_dict()["rows"]
     assert rows[0]["macs"] > 0 and rows[1]["macs"] <= rows[0]["macs"]
     assert rows[1]["params"] < rows[0]["params"]
+    # the plugin's own columns, with its headers and formats, in every table (issue 25)
+    md = report.to_markdown()
+    assert "GFLOPs" in md and "MACs" in md and f"{rows[0]['macs']:,}" in md
+    import io
+
+    buf = io.StringIO()
+    report.print(file=buf)
+    assert "MACs" in buf.getvalue()
+    html = report.to_html()
+    assert "MACs" in html and f"{rows[0]['macs']:,}" in html
 
 
 def test_no_pairs_warns_and_keeps_model(installed):

@@ -261,7 +261,9 @@ def test_shipped_search_recipe_runs(tmp_path, capsys):
     assert main(["optimize", str(recipe), "--trials", "1", "--out", str(tmp_path / "o"),
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["best_recipe"]["backend"] == "openvino"
+    from modelopt_search.space import targets
+
+    assert out["best_recipe"]["backend"] in targets()  # target "all": any runtime here
     assert (tmp_path / "o" / "report.html").is_file() and (tmp_path / "o" / "study.db").is_file()
 
 
