@@ -116,10 +116,9 @@ def run(args: argparse.Namespace) -> int:
                           "best_recipe": res.best_recipe, "pareto": res.pareto}, indent=2,
                          default=str))
     else:
-        from .optimize import REPORT_COLUMNS
+        from .optimize import report_columns
 
-        print(res.report.to_markdown(columns=[c for c in REPORT_COLUMNS
-                                              if c in res.report.all_columns]))
+        print(res.report.to_markdown(columns=report_columns(res.report, session.pm)))
         if res.best_row:
             print(f"best: trial {res.best_row['trial']}: {res.best_row['recipe']}")
         else:

@@ -544,7 +544,7 @@ class _Search:
                                  f"accuracy drop <= {self.max_drop:g}",
                            environment=self.environment,
                            notes={"search": notes} if notes else None, plugins=self.s.pm)
-        cols = [c for c in REPORT_COLUMNS if c in report.all_columns]
+        cols = report_columns(report, self.s.pm)
         report.to_markdown(self.out / "report.md", columns=cols)
         report.to_json(self.out / "report.json")
         try:
@@ -653,6 +653,19 @@ def _thread_counts(threads: int | None, cores: int | None = None) -> list[int | 
         out.append(n)
         n //= 2
     return out
+
+
+def report_columns(report: mo.Report, pm: Any) -> list[str]:
+    """The search tables' columns: :data:`REPORT_COLUMNS` that the rows have, and before
+    ``objective`` every table column a third-party profiler declares (``Profiler.columns``,
+    from a plugin outside modelopt-core) that the rows have: its metric shows in report.md and
+    the terminal table as the built-ins do."""
+    cols = [c for c in REPORT_COLUMNS if c in report.all_columns]
+    extra = [c.name for info in pm.components("profiler")
+             if info.distribution != mo.CORE_DISTRIBUTION for c in info.cls.columns
+             if c.table and c.name in report.all_columns and c.name not in cols]
+    at = cols.index("objective") if "objective" in cols else len(cols)
+    return cols[:at] + extra + cols[at:]
 
 
 def _stage(name: str | None, pm: Any) -> str | None:

@@ -41,3 +41,29 @@ def test_the_confirmation_inputs_are_tiled_to_the_trials_batch():
     assert _tiled(x, 2) is not None and torch.equal(_tiled(x, 2), x)
     assert _tiled(torch.tensor(3.0), 4).shape == ()  # a scalar is no batch
     assert _tiled("mask", 4) == "mask"
+
+
+def test_a_third_party_profilers_metric_is_a_column_of_the_search_tables():
+    import types
+
+    import modelopt_core as mo
+    from modelopt_search.optimize import report_columns
+
+    class Widgets(mo.Profiler):
+        """widgets per second (a third party's metric)"""
+
+        name = "thirdparty.widgets"
+        columns = (mo.Column("widgets_per_s", "widgets/s", "1/s", "{:.1f}", "higher"),)
+
+        def profile(self, runner, artifact, ctx):
+            return {"widgets_per_s": 1.0}
+
+    mod = types.ModuleType("thirdparty")
+    mod.register_profilers = mo.hookimpl(lambda register: register(Widgets))
+    pm = mo.PluginManager()
+    pm.register_plugin(mod, name="thirdparty", distribution="thirdparty-dist")
+    report = mo.Report([{"step": "a", "latency_p50_ms": 1.0, "widgets_per_s": 3.0,
+                         "objective": 1.0, "latency_p95_ms": 1.2}], plugins=pm)
+    cols = report_columns(report, pm)
+    assert cols == ["step", "latency_p50_ms", "speedup", "widgets_per_s", "objective"]
+    assert "widgets/s" in report.to_markdown(columns=cols)
