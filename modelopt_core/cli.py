@@ -20,11 +20,13 @@ from .errors import ModeloptError
 
 _EXAMPLES = {
     "plugins": """examples:
-  modelopt plugins                 every component, its formats and availability here
+  modelopt plugins                 every component, its formats and availability here, and
+                                   the commands and services plugins add
   modelopt plugins --json          the same as JSON (for scripts)""",
     "describe": """examples:
   modelopt describe onnx.quantize_static    options, types, defaults and help of a component
-  modelopt describe latency --json""",
+  modelopt describe latency --json
+  modelopt describe serve                   a command: which plugin adds it, and its help""",
     "run": """examples:
   modelopt run docs/recipes/digits-int8.toml
   modelopt run recipe.toml --dry-run          check components, export chains and data needs
@@ -76,6 +78,13 @@ def _plugins(args: argparse.Namespace) -> int:
             state = "ok" if c["available"] else f"unavailable: {c['reason']}"
             fmt = ",".join(c["accepts"]) + (f"->{c['produces']}" if c["produces"] else "")
             print(f"  {c['kind']:<9} {c['name']:<24} {fmt:<14} {state}")
+    for kind, title in (("commands", "commands (modelopt COMMAND --help)"),
+                        ("services", "services")):
+        if summary[kind]:
+            print(f"{title}:")
+        for c in summary[kind]:
+            origin = f"{c['plugin']} ({c['distribution']})"
+            print(f"  {c['name']:<12} {origin:<24} {c['help']}")
     for f in summary["failed"]:
         print(f"FAILED {f['name']} ({f['distribution']}): {f['error']}")
     print(f"devices: {summary['devices']['summary']}")
@@ -111,16 +120,18 @@ def _describe(args: argparse.Namespace) -> int:
 
     pm = get_plugin_manager()
     found = [i for k in KINDS for i in pm.components(k) if i.name == args.component]
-    if not found:
-        names = [i.name for i in pm.components()]
+    commands = _parser_and_commands()[1]
+    if not found and args.component not in commands:
+        names = [i.name for i in pm.components()] + list(commands)
         from .errors import close_names
 
         hint = close_names(args.component, names)
         raise UnknownComponentError(
-            f"no component named {args.component!r}"
+            f"no component or command named {args.component!r}"
             + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "")
             + " Run `modelopt plugins` for the list.")
-    out = []
+    out = [] if args.component not in commands else [
+        _describe_command(args.component, commands[args.component])]
     for info in found:
         ok, why = info.cls.availability()
         options = []
@@ -142,6 +153,12 @@ def _describe(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, default=repr))
         return 0
     for d in out:
+        if d["kind"] == "command":
+            origin = (f"of plugin {d['plugin']!r} ({d['distribution']})" if d["plugin"]
+                      else f"of modelopt itself ({d['distribution']})")
+            print(f"command `modelopt {d['name']}`: a command {origin}\n")
+            print(d["help"])
+            continue
         state = "available" if d["available"] else f"unavailable: {d['reason']}"
         print(f"{d['kind']} {d['name']}  ({d['distribution']} {d['version']}; {state})")
         print(f"  {d['description']}\n")
@@ -154,6 +171,18 @@ def _describe(args: argparse.Namespace) -> int:
             if o.get("search"):
                 print(f"      searched by `modelopt optimize` over {o['search']}")
     return 0
+
+
+def _describe_command(name: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """What ``modelopt describe`` says of a subcommand: the plugin that adds it (none for the
+    core's own) and its ``--help`` text."""
+    from .plugins import CORE_DISTRIBUTION, get_plugin_manager
+
+    info = next((c for c in get_plugin_manager().commands() if c.name == name), None)
+    return {"kind": "command", "name": name, "plugin": info.plugin if info else "",
+            "distribution": info.distribution if info else CORE_DISTRIBUTION,
+            "description": info.help if info else (parser.description or ""),
+            "help": parser.format_help()}
 
 
 def _type_name(tp: Any) -> str:
@@ -182,6 +211,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    return _parser_and_commands()[0]
+
+
+def _parser_and_commands() -> tuple[argparse.ArgumentParser,
+                                    dict[str, argparse.ArgumentParser]]:
+    """The ``modelopt`` parser and its subcommands' parsers by name (core's and plugins')."""
     from . import __version__
 
     def verbosity(default: Any) -> argparse.ArgumentParser:
@@ -212,8 +247,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("plugins", "list installed plugins, their components and availability", _plugins)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = add("describe", "show a component's description and every option", _describe)
-    p.add_argument("component", help="component name, e.g. onnx.quantize_static")
+    p = add("describe", "show a component's description and every option, or which plugin "
+                        "adds a command and its help", _describe)
+    p.add_argument("component", help="component or command name, e.g. onnx.quantize_static "
+                                     "or serve")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add("run", "run a pipeline recipe (TOML/JSON): model, data, steps, comparison", _run)
     p.add_argument("recipe", help="path to the recipe file")
@@ -226,7 +263,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide progress bars")
     _plugin_commands(sub, common)
-    return ap
+    return ap, dict(sub.choices)
 
 
 def _plugin_commands(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -28,7 +28,7 @@ from .interfaces import (Backend, Column, Component, Context, Exporter, Format, 
                          Profiler, Runner)
 from .tables import RESERVED_COLUMNS
 
-__all__ = ["PluginManager", "FailedPlugin", "ComponentInfo", "CommandInfo",
+__all__ = ["PluginManager", "FailedPlugin", "ComponentInfo", "CommandInfo", "ServiceInfo",
            "ENTRY_POINT_GROUP", "get_plugin_manager", "load_runner"]
 
 ENTRY_POINT_GROUP = "modelopt_core"
@@ -67,6 +67,17 @@ class CommandInfo:
 
 
 @attrs.define(frozen=True)
+class ServiceInfo:
+    """An object a plugin offers under a name (hook ``register_services``), e.g. ``search``."""
+
+    name: str
+    obj: Any
+    help: str
+    plugin: str
+    distribution: str
+
+
+@attrs.define(frozen=True)
 class ComponentInfo:
     """A registered component class and where it came from."""
 
@@ -95,7 +106,7 @@ class PluginManager:
         self._registry: dict[str, dict[str, ComponentInfo]] = {k: {} for k in KINDS}
         self._origin: dict[int, tuple[str, str, str]] = {}  # id(plugin obj) -> name, dist, ver
         self._commands: dict[str, CommandInfo] = {}
-        self._services: dict[str, tuple[Any, str, str]] = {}  # name -> (obj, plugin, dist)
+        self._services: dict[str, ServiceInfo] = {}
         if load_entry_points:
             self.load_entry_points()
 
@@ -184,7 +195,7 @@ class PluginManager:
                 del reg[k]
         for k in [k for k, v in self._commands.items() if v.plugin == name]:
             del self._commands[k]
-        for k in [k for k, v in self._services.items() if v[1] == name]:
+        for k in [k for k, v in self._services.items() if v.plugin == name]:
             del self._services[k]
 
     def _fail(self, name: str, dist: str, e: BaseException) -> None:
@@ -284,13 +295,13 @@ class PluginManager:
     def _service_registrar(self, plugin: str, dist: str):
         def register(name: str, obj: Any, *, help: str = "") -> None:
             prev = self._services.get(name)
-            if prev is not None and prev[0] is not obj:
+            if prev is not None and prev.obj is not obj:
                 self._duplicate(plugin, dist, DuplicateComponentError(
-                    f"two plugins offer the service {name!r}: {prev[2]} (plugin {prev[1]!r}) "
-                    f"and {dist} (plugin {plugin!r}). Kept the one from {prev[2]}; the one "
-                    f"from {dist} is skipped. Uninstall one."))
+                    f"two plugins offer the service {name!r}: {prev.distribution} (plugin "
+                    f"{prev.plugin!r}) and {dist} (plugin {plugin!r}). Kept the one from "
+                    f"{prev.distribution}; the one from {dist} is skipped. Uninstall one."))
                 return
-            self._services[name] = (obj, plugin, dist)
+            self._services[name] = ServiceInfo(name, obj, help, plugin, dist)
 
         return register
 
@@ -302,7 +313,7 @@ class PluginManager:
                 if self.failed else ""
             raise UnknownComponentError(
                 f"no installed plugin offers the {name!r} service. {hint}".rstrip() + failed)
-        return self._services[name][0]
+        return self._services[name].obj
 
     def columns(self) -> dict[str, Column]:
         """The columns the registered profilers declare (``Profiler.columns``), by name: what
@@ -312,6 +323,10 @@ class PluginManager:
     def commands(self) -> list[CommandInfo]:
         """The subcommands plugins added, sorted by name."""
         return [self._commands[n] for n in sorted(self._commands)]
+
+    def services(self) -> list[ServiceInfo]:
+        """The services plugins offer (hook ``register_services``), sorted by name."""
+        return [self._services[n] for n in sorted(self._services)]
 
     # ---- lookup --------------------------------------------------------------------------
 
@@ -373,7 +388,8 @@ class PluginManager:
         return chain[::-1]
 
     def summary(self) -> dict[str, Any]:
-        """Plain-data description of plugins, components and availability (for the CLI)."""
+        """Plain-data description of plugins, components and availability, and the
+        commands and services plugins add (name, plugin, distribution, help; for the CLI)."""
         plugins: dict[str, dict[str, Any]] = {}
         for name, dist, ver in self._origin.values():
             plugins[name] = {"distribution": dist, "version": ver, "components": []}
@@ -391,7 +407,11 @@ class PluginManager:
             plugins.setdefault(info.plugin, {"distribution": info.distribution,
                                              "version": info.version, "components": []})
             plugins[info.plugin]["components"].append(entry)
-        return {"plugins": plugins, "failed": [attrs.asdict(f) for f in self.failed]}
+        added = {kind: [{"name": i.name, "plugin": i.plugin, "distribution": i.distribution,
+                         "help": i.help} for i in infos]
+                 for kind, infos in (("commands", self.commands()),
+                                     ("services", self.services()))}
+        return {"plugins": plugins, "failed": [attrs.asdict(f) for f in self.failed], **added}
 
 
 _default: PluginManager | None = None

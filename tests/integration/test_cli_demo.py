@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -60,6 +61,41 @@ def test_describe_lists_options_with_help(capsys):
     assert opts["min_time_s"]["help"] and data[0]["kind"] == "profiler"
     assert main(["describe", "onnx.quantise_static"]) == 1
     assert "did you mean 'onnx.quantize_static'" in capsys.readouterr().err
+
+
+def test_plugins_lists_plugin_commands_and_services(capsys):
+    assert main(["plugins", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"plugins", "failed", "devices"} <= set(data)  # the existing keys stay
+    commands = {c["name"]: c for c in data["commands"]}
+    assert {"demo", "optimize", "compare", "serve", "bench-serve"} <= set(commands)
+    assert commands["serve"]["plugin"] == "serve"
+    assert commands["serve"]["distribution"] == "modelopt-core"
+    assert "HTTP" in commands["serve"]["help"]
+    assert not {"plugins", "describe", "run"} & set(commands)  # the core's own are not listed
+    services = {c["name"]: c for c in data["services"]}
+    assert services["search"]["plugin"] == "search" and services["search"]["help"]
+    assert main(["plugins"]) == 0
+    text = capsys.readouterr().out
+    assert "commands (modelopt COMMAND --help):" in text and "services:" in text
+    assert re.search(r"^  serve +serve \(modelopt-core\) +serve a saved artifact", text, re.M)
+    assert re.search(r"^  search +search \(modelopt-core\) +recipe search", text, re.M)
+
+
+def test_describe_a_command_says_whose_and_shows_its_help(capsys):
+    assert main(["describe", "serve"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("command `modelopt serve`: a command of plugin 'serve' "
+                           "(modelopt-core)")
+    assert "usage: modelopt serve" in text and "--max-batch-size" in text
+    assert "examples:" in text  # the whole --help text, epilog included
+    assert main(["describe", "serve", "--json"]) == 0
+    [d] = json.loads(capsys.readouterr().out)
+    assert d["kind"] == "command" and d["plugin"] == "serve" and "--workers" in d["help"]
+    assert main(["describe", "run"]) == 0  # the core's own commands too
+    assert "a command of modelopt itself" in capsys.readouterr().out
+    assert main(["describe", "serv"]) == 1
+    assert "did you mean 'serve'" in capsys.readouterr().err
 
 
 def test_errors_are_one_line_unless_verbose(tmp_path, capsys):

@@ -319,6 +319,14 @@ def test_hook_register_services():
                       progress=False)
     with pytest.raises(mo.UnknownComponentError, match="search plugin.*modelopt-core\\[search\\]"):
         bare.optimize()
+    # `modelopt plugins` (PluginManager.summary) lists services and commands with their help
+    mod.register_commands = _commands_module("svc", "hello").register_commands
+    summary = fresh(FakeEntryPoint("svc", mod)).summary()
+    assert summary["services"] == [{"name": "search", "plugin": "svc",
+                                    "distribution": "fake-dist", "help": ""}]
+    assert summary["commands"] == [{"name": "hello", "plugin": "svc",
+                                    "distribution": "fake-dist", "help": "the hello command"}]
+    del mod.register_commands
     # two plugins offering one service: the first is kept, both named
     other = plugin_module("svc2")
     other.register_services = mo.hookimpl(lambda register: register("search", print))
