@@ -222,7 +222,9 @@ def reference_outputs(artifact: ModelArtifact, inputs: Sequence[Any],
     with torch.no_grad():
         out = model(*xs)
     outs = [out] if isinstance(out, torch.Tensor) else list(out)
-    return [o.float().numpy() for o in outs]
+    # float outputs as float32 (the converted model's precision); integer ones (indices,
+    # counts) as they are
+    return [o.float().numpy() if o.is_floating_point() else o.numpy() for o in outs]
 
 
 def _backend_outputs(artifact: ModelArtifact, inputs: Sequence[Any], ctx: Context | None,

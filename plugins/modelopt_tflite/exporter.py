@@ -355,12 +355,4 @@ def _check_inputs(artifact: mo.ModelArtifact, ctx: mo.Context, who: str) -> tupl
 
 
 def _reference(artifact: mo.ModelArtifact, xs: Sequence[Any]) -> list[Any]:
-    import torch
-
-    model = copy.deepcopy(artifact.model).eval()
-    dtype = artifact.props.compute_dtype
-    ins = [x.to(getattr(torch, dtype)) if dtype and x.is_floating_point() else x for x in xs]
-    with torch.no_grad():
-        out = model(*ins)
-    outs = [out] if isinstance(out, torch.Tensor) else list(out)
-    return [o.float().numpy() if o.is_floating_point() else o.numpy() for o in outs]
+    return mo.reference_outputs(artifact, xs)
