@@ -93,7 +93,7 @@ class TrainResult:
     resumed_from: int | None = None
 
 
-def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainConfig(),
+def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig | None = None,
         loss_fn: Callable[[Any, tuple[Any, ...], Any], Any] | None = None,
         eval_fn: Callable[[Any], float] | None = None, ctx: Any = None,
         on_epoch_start: Callable[[int, Any], None] | None = None,
@@ -110,6 +110,8 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainCon
     ``load_state_dict(d)`` whose state changes during training without being optimised (an EMA
     teacher): it is saved in checkpoints, restored on resume, and rolled back with the model
     when a non-finite loss stops training.
+    ``config`` is the run's :class:`TrainConfig` (None: a fresh default one, never shared
+    between calls).
     ``masks`` maps parameter names of ``model`` to boolean keep-masks of their shape (see
     :func:`zero_masks`): masked-out entries are zeroed before training and again after every
     optimizer step, so pruned weights stay exactly zero (momentum and weight decay included).
@@ -123,7 +125,7 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig = TrainCon
     import torch
     from torch import distributed as dist
 
-    cfg = config
+    cfg = config if config is not None else TrainConfig()
     specs = getattr(getattr(ctx, "original", None), "inputs", None) or ()
     warn = warn_once(ctx.warn if ctx is not None else log.warning)
     check_iterable(train_data, "train_data", "fit")

@@ -178,3 +178,11 @@ def test_dict_batches_and_multi_input_models():
              "targets": torch.randint(0, 3, (8,))} for _ in range(3)]
     res = fit(Two(), data, config=TrainConfig(epochs=2))
     assert res.steps == 6
+
+
+def test_fit_without_config_uses_a_fresh_default():
+    import inspect
+
+    assert inspect.signature(fit).parameters["config"].default is None  # no shared instance
+    res = fit(make_model(), make_data(n_batches=1))
+    assert len(res.history) == TrainConfig().epochs
