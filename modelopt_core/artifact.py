@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -35,6 +35,9 @@ from .manifest import (
     spec_fields,
     step_fields,
 )
+
+if TYPE_CHECKING:  # for annotations only: plugins imports this module
+    from .plugins import PluginManager
 
 __all__ = [
     "ArtifactProps",
@@ -202,7 +205,7 @@ class ModelArtifact:
     # ---- persistence -----------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = True,
-             plugins: Any = None, **options: Any) -> Path:
+             plugins: PluginManager | None = None, **options: Any) -> Path:
         """Write the artifact to folder ``path`` atomically and crash-safely.
 
         The files go to a temp folder next to ``path`` (fsynced), which then replaces ``path``
@@ -352,13 +355,13 @@ def _write_json(path: Path, data: Any) -> None:
         os.fsync(f.fileno())
 
 
-def _write_model(art: ModelArtifact, folder: Path, plugins: Any = None,
+def _write_model(art: ModelArtifact, folder: Path, plugins: PluginManager | None = None,
                  **options: Any) -> list[str]:
     """Write ``art.model`` into ``folder`` through the Format registered for ``art.format``."""
     return format_for(art.format, plugins, art.model).save(art, folder, **options)
 
 
-def format_for(name: str, plugins: Any = None, model: Any = None) -> Any:
+def format_for(name: str, plugins: PluginManager | None = None, model: Any = None) -> Any:
     """An instance of the Format registered as ``name``; raw bytes of an unregistered format
     (an engine blob) fall back to :class:`BytesFormat`. ArtifactError when nothing fits."""
     from .errors import UnknownComponentError
@@ -398,7 +401,8 @@ def _bytes_format() -> type:
             (folder / self.primary).write_bytes(bytes(artifact.model))
             return [self.primary]
 
-        def load(self, folder: Path, saved: ModelArtifact, model: Any, plugins: Any) -> Any:
+        def load(self, folder: Path, saved: ModelArtifact, model: Any,
+                 plugins: PluginManager | None) -> Any:
             return (folder / self.primary).read_bytes()
 
     BytesFormat.__qualname__ = "BytesFormat"
@@ -406,7 +410,7 @@ def _bytes_format() -> type:
 
 
 def load_artifact(path: str | os.PathLike[str], model: Any = None,
-                  plugins: Any = None) -> ModelArtifact:
+                  plugins: PluginManager | None = None) -> ModelArtifact:
     """Load an artifact folder (or a bare ``.onnx`` / ``.safetensors`` file) safely.
 
     The manifest is schema-checked, every file in the folder must be listed in it and match
@@ -557,7 +561,7 @@ def _probe(p: Path) -> tuple[bool, bool]:
                             "give the path of an artifact folder.") from e
 
 
-def _load_bare_file(p: Path, model: Any, plugins: Any) -> ModelArtifact:
+def _load_bare_file(p: Path, model: Any, plugins: PluginManager) -> ModelArtifact:
     """A bare model file, read by the Format that claims its suffix."""
     for info in plugins.components("format"):
         if p.suffix in info.cls.suffixes:

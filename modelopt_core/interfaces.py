@@ -14,7 +14,7 @@ import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
@@ -24,6 +24,9 @@ from .errors import (ArtifactError, BackendUnavailableError, DataError, FormatEr
                      InputSpecError, RunnerClosedError)
 from .data import as_input_tuple  # noqa: F401 (public here too: mo.as_input_tuple)
 from .io import flatten_outputs, order_inputs, unflatten_outputs
+
+if TYPE_CHECKING:  # for annotations only: plugins imports this module
+    from .plugins import PluginManager
 
 __all__ = ["Component", "Optimizer", "Exporter", "Backend", "Runner", "Profiler", "Format",
            "Context", "EmptyConfig", "Column"]
@@ -465,7 +468,8 @@ class Format(Component):
         with :class:`ConfigError`."""
         raise NotImplementedError
 
-    def load(self, folder: Path, saved: ModelArtifact, model: Any, plugins: Any) -> Any:
+    def load(self, folder: Path, saved: ModelArtifact, model: Any,
+             plugins: PluginManager | None) -> Any:
         """Read the in-memory model back from a verified artifact ``folder``. ``saved`` is the
         artifact as the manifest describes it (``model`` is None): specs, lineage, metadata,
         io. ``model`` is what the user passed to :func:`load_artifact` (a skeleton for
@@ -473,7 +477,7 @@ class Format(Component):
         with. Never run code from the folder."""
         raise NotImplementedError
 
-    def load_file(self, path: Path, model: Any, plugins: Any) -> Any:
+    def load_file(self, path: Path, model: Any, plugins: PluginManager | None) -> Any:
         """Read a bare file with one of :attr:`suffixes` (not an artifact folder)."""
         raise ArtifactError(f"{path}: format {self.name!r} cannot load bare files.")
 
@@ -506,7 +510,7 @@ class Context:
     show_progress: bool = True
     runner_factory: Callable[..., Runner] | None = None
     #: the session's plugin manager (formats for saving, components by name); None: global
-    plugins: Any = None
+    plugins: PluginManager | None = None
     notes: list[str] = attrs.field(factory=list)
     _train_prepared: Any = attrs.field(default=None, init=False, repr=False)
 

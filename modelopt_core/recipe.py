@@ -39,9 +39,12 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, ModeloptError, close_names
+
+if TYPE_CHECKING:
+    from .plugins import PluginManager
 
 DEFAULT_PROFILERS = ("accuracy", "latency", "size")
 
@@ -158,7 +161,7 @@ def build_model(model: Any, kwargs: Any = None, where: str = "recipe") -> Any:
         raise ConfigError(f"{where}: model {model!r} with {kwargs or {}}: {e}") from e
 
 
-def plan_recipe(path: str | Path, plugins: Any = None) -> list[str]:
+def plan_recipe(path: str | Path, plugins: PluginManager | None = None) -> list[str]:
     """Check a recipe without running anything heavy: the model and data callables import,
     every step's component exists and takes its config, the formats chain (exports have a
     path, optimizers accept the format they get), steps find the data they need, every
