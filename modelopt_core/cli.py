@@ -144,7 +144,9 @@ def _describe(args: argparse.Namespace) -> int:
             options.append({"name": name, "type": _type_name(a.type), "default": default,
                             "help": a.metadata.get("help", ""),
                             **({"search": a.metadata["search"].to_data()}
-                               if "search" in a.metadata else {})})
+                               if "search" in a.metadata else {}),
+                            **({"aliases": list(a.metadata["aliases"])}
+                               if a.metadata.get("aliases") else {})})
         out.append({"kind": info.kind, "name": info.name, "plugin": info.plugin,
                     "distribution": info.distribution, "version": info.version,
                     "description": (info.cls.__doc__ or "").strip(),
@@ -170,6 +172,8 @@ def _describe(args: argparse.Namespace) -> int:
                 print(f"      {o['help']}")
             if o.get("search"):
                 print(f"      searched by `modelopt optimize` over {o['search']}")
+            if o.get("aliases"):
+                print(f"      deprecated old name(s), still accepted: {', '.join(o['aliases'])}")
     return 0
 
 

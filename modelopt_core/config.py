@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import types
 import typing
+import warnings
 from typing import Any, Literal, Union
 
 import attrs
@@ -191,15 +192,52 @@ def config(cls: type) -> type:
     a space can yield must pass the field's type and validators."""
     out = attrs.define(kw_only=True, frozen=True)(cls)
     _check_declared(out)
+    _aliases(out)  # checked at import too
+    return out
+
+
+def _aliases(cfg_cls: type) -> dict[str, str]:
+    """Deprecated old name -> field name (``field(aliases=...)``); a ConfigError when an
+    old name is a field's or two fields claim it."""
+    out: dict[str, str] = {}
+    fields = config_fields(cfg_cls)
+    for name, a in fields.items():
+        for old in a.metadata.get("aliases", ()):
+            if old in fields or old in out:
+                raise ConfigError(f"{cfg_cls.__qualname__}.{name}: alias {old!r} is already "
+                                  f"the name of a field or another field's alias.")
+            out[old] = name
+    return out
+
+
+def _renamed(cfg_cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``values`` with deprecated old keys under their field's name (a FutureWarning naming
+    the new one); giving both the old and the new name is a ConfigError."""
+    out = dict(values)
+    for old, new in _aliases(cfg_cls).items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ConfigError(f"{where}: config keys {old!r} and {new!r} are the same option "
+                              f"({old!r} is its deprecated old name); give only {new!r}.")
+        warnings.warn(f"{where}: config key {old!r} is deprecated; use {new!r} (same "
+                      "meaning).", FutureWarning, stacklevel=4)
+        out[new] = out.pop(old)
     return out
 
 
 def field(default: Any = attrs.NOTHING, *, help: str = "", validator: Any = None,
-          factory: Any = None, search: Any = None) -> Any:
+          factory: Any = None, search: Any = None, aliases: tuple[str, ...] = ()) -> Any:
     """An attrs field with a one-line ``help`` (shown by ``modelopt plugins`` and in errors)
     and an optional search space (``search=choice(...)``, ``ints(...)`` or ``floats(...)``)
-    that automatic optimization (``Session.optimize``) samples the field from."""
+    that automatic optimization (``Session.optimize``) samples the field from. ``aliases``:
+    deprecated old names of the field, still accepted by :func:`build_config` (recipes,
+    ``Component(**options)``) with a ``FutureWarning`` naming the new one."""
     meta: dict[str, Any] = {"help": help}
+    if aliases:
+        if isinstance(aliases, str) or not all(isinstance(a, str) and a for a in aliases):
+            raise ConfigError(f"field(aliases=...) must be a tuple of names, got {aliases!r}.")
+        meta["aliases"] = tuple(aliases)
     if search is not None:
         if not isinstance(search, (Choice, IntRange, FloatRange)):
             raise ConfigError(f"field(search=...) must be choice(...), ints(...) or "
@@ -274,6 +312,7 @@ def build_config(cfg_cls: type, values: dict[str, Any], where: str) -> Any:
     """Validate ``values`` and build ``cfg_cls``; ``where`` names the component in errors."""
     hints = typing.get_type_hints(cfg_cls)
     fields = config_fields(cfg_cls)
+    values = _renamed(cfg_cls, values, where)
     unknown = [k for k in values if k not in fields]
     if unknown:
         k = unknown[0]

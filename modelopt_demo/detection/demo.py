@@ -57,7 +57,7 @@ def run_detection_demo(out_dir: str | Path = "modelopt-detect-out", epochs: int 
     s = detection_session(model, data, progress=progress, calib_batches=cfg["calib"])
     say("[2/3] optimizing through the Session:")
     over = {"distill.features": {"epochs": cfg["kd_epochs"]},
-            "openvino.quantize": {"subset_size": cfg["calib"]}}
+            "openvino.quantize": {"calibration_batches": cfg["calib"]}}
     steps = [(m, n, dict(c, **over.get(n, {}))) for m, n, c in PIPELINE]
     run_pipeline(s, steps, say)  # slim -> feature KD (+ detection loss) -> OpenVINO -> INT8
     say("[3/3] measuring every step (mAP@0.5 as accuracy, latency, size)...")

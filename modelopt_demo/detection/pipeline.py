@@ -35,7 +35,7 @@ PIPELINE: list[tuple[str, str, dict[str, Any]]] = [
     ("apply", "distill.features", {"epochs": 20, "lr": 5e-3, "optimizer": "adamw",
                                    "task_weight": 1.0, "feature_weight": 0.1}),
     ("export", "openvino", {}),
-    ("apply", "openvino.quantize", {"preset": "mixed", "subset_size": 64}),
+    ("apply", "openvino.quantize", {"preset": "mixed", "calibration_batches": 64}),
 ]
 
 #: the same up to the export, then INT8 with ONNX Runtime's tooling

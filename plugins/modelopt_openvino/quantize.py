@@ -178,8 +178,10 @@ class QuantizeConfig:
     model_type: Literal["transformer"] | None = mo.field(
         None, help="'transformer': NNCF's scheme for transformers (SmoothQuant, keeps "
                    "accuracy-critical ops in float)")
-    subset_size: int = mo.field(300, validator=mo.positive, search=mo.choice(32, 300),
-                                help="at most this many calibration batches")
+    calibration_batches: int = mo.field(
+        300, validator=mo.positive, search=mo.choice(32, 300), aliases=("subset_size",),
+        help="at most this many calibration batches (NNCF's subset_size), as the other "
+             "quantizers' calibration_batches")
     fast_bias_correction: bool = mo.field(True, search=mo.choice(True, False),
                                           help="fast bias correction (off: the slower, "
                                           "more accurate one)")
@@ -268,7 +270,7 @@ class OpenVinoQuantize(mo.Optimizer):
         from .common import op_counts
 
         cfg = self.config
-        batches = ctx.calibration_batches(self.name, cfg.subset_size)
+        batches = ctx.calibration_batches(self.name, cfg.calibration_batches)
         n_in = len(artifact.model.inputs)
         for i, b in enumerate(batches):
             if len(b) < n_in:

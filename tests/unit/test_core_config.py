@@ -95,3 +95,62 @@ def test_empty_config_rejects_everything():
 
     with pytest.raises(mo.ConfigError, match=r"Valid keys: \(none\)"):
         NoOpt(anything=1)
+
+
+@mo.config
+class Renamed:
+    """A config whose field was renamed (old name kept as a deprecated alias)."""
+
+    calibration_batches: int = mo.field(8, validator=mo.positive, aliases=("subset_size",))
+
+
+def test_a_deprecated_alias_still_works_with_a_warning_naming_the_new_field():
+    with pytest.warns(FutureWarning, match="'subset_size' is deprecated; use "
+                                           "'calibration_batches'") as rec:
+        c = mo.build_config(Renamed, {"subset_size": 5}, "optimizer 'x'")
+    assert c.calibration_batches == 5 and "optimizer 'x'" in str(rec[0].message)
+    assert mo.config_to_data(c) == {"calibration_batches": 5}  # saved under the new name
+    with pytest.raises(mo.ConfigError, match="'subset_size' and 'calibration_batches' are the "
+                                             "same option"):
+        mo.build_config(Renamed, {"subset_size": 5, "calibration_batches": 6}, "x")
+    with pytest.warns(FutureWarning), pytest.raises(mo.ConfigError, match="must be > 0"):
+        mo.build_config(Renamed, {"subset_size": 0}, "x")  # the field's validator still runs
+    with pytest.raises(mo.ConfigError, match="alias 'b' is already the name of a field"):
+        @mo.config
+        class Clash:
+            a: int = mo.field(1, aliases=("b",))
+            b: int = mo.field(2)
+    with pytest.raises(mo.ConfigError, match="tuple of names"):
+        mo.field(1, aliases="old")
+
+
+def test_every_quantizer_names_its_calibration_count_calibration_batches():
+    from modelopt_core.config import config_fields
+
+    pm = mo.get_plugin_manager()
+    fields = {(info.kind, info.name): config_fields(info.cls.Config)
+              for info in pm.components() if getattr(info.cls, "Config", None) is not None}
+    for name in ("onnx.quantize_static", "openvino.quantize", "quantize.static", "quantize.qat",
+                 "quantize.auto"):
+        assert "calibration_batches" in fields["optimizer", name], name
+    for key in (("exporter", "tflite"), ("exporter", "tensorrt"), ("backend", "tensorrt")):
+        assert "calibration_batches" in fields[key], key
+    others = {"subset_size", "num_calibration_batches", "calib_batches", "num_calib_batches",
+              "calibration_samples", "num_samples"}
+    assert not {(c, f) for c, fs in fields.items() for f in fs if f in others}
+    # openvino.quantize's old NNCF-style name still builds its config, with a warning
+    ov = pm.get("optimizer", "openvino.quantize").cls
+    with pytest.warns(FutureWarning, match="use 'calibration_batches'"):
+        assert ov(subset_size=32).config.calibration_batches == 32
+
+
+def test_describe_lists_a_fields_deprecated_names(capsys):
+    from modelopt_core.cli import main
+
+    assert main(["describe", "openvino.quantize", "--json"]) == 0
+    [d] = json.loads(capsys.readouterr().out)
+    opts = {o["name"]: o for o in d["options"]}
+    assert opts["calibration_batches"]["aliases"] == ["subset_size"]
+    assert "aliases" not in opts["preset"]
+    assert main(["describe", "openvino.quantize"]) == 0
+    assert "deprecated old name(s), still accepted: subset_size" in capsys.readouterr().out

@@ -177,13 +177,13 @@ def test_a_precision_step_that_missed_the_budget_gets_one_option_changed_at_a_ti
     pm = mo.get_plugin_manager()
     space = default_space("openvino")
     p = {"prune": "none", "precision": "openvino.quantize",
-         "openvino.quantize.preset": "performance", "openvino.quantize.subset_size": 300,
+         "openvino.quantize.preset": "performance", "openvino.quantize.calibration_batches": 300,
          "openvino.quantize.fast_bias_correction": True,
          "openvino.quantize.float_fallback": False, "runtime.inference_precision": "f32"}
     variants = repaired_params(p, space, pm)
     changed = [{k: v for k, v in q.items() if p[k] != v} for q in variants]
     assert changed == [{"openvino.quantize.preset": "mixed"},
-                       {"openvino.quantize.subset_size": 32},
+                       {"openvino.quantize.calibration_batches": 32},
                        {"openvino.quantize.fast_bias_correction": False}]
     assert repaired_params({**p, "prune": "prune.structured"}, space, pm) == []  # pruned
     assert repaired_params({"prune": "none", "precision": "none"}, space, pm) == []
