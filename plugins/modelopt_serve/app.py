@@ -19,13 +19,16 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import attrs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+import modelopt_core as mo
 from modelopt_core.errors import InputSpecError, ModeloptError
 
 from . import codec
@@ -202,15 +205,64 @@ class ServeState:
                 "max_body_mb": self.options["max_body_mb"]}
 
 
-DEFAULTS: dict[str, Any] = {
-    "workers": 1, "backend_options": None, "mode": "auto", "cores": None, "max_restarts": 5,
-    "max_batch_size": 16, "max_delay_ms": 5.0, "max_idle_ms": 1.0,
-    "preferred_batch_sizes": (), "max_queue": 1024,
-    "timeout_s": None, "cache_size": 0, "cache_mb": 256.0, "cache_ttl_s": None,
-    "max_body_mb": 16.0, "load_in_background": True, "model": None, "model_kwargs": None,
-    "freeze_gc": False, "stats_interval_s": 60.0, "p99_alert_ms": 500.0,
-    "access_log": False, "read_timeout_s": 30.0,
-}
+def _seconds_or_none(inst: Any, attr: Any, value: Any) -> None:
+    if value is not None and not value > 0:
+        raise mo.ConfigError(f"{attr.name}={value!r}; expected seconds > 0 (or None: off).")
+
+
+@mo.config
+class ServeConfig:
+    """The options of one served artifact (``create_app``, ``modelopt serve``, a Ray Serve
+    replica): one typed object, checked when built (unknown keys get a "did you mean", wrong
+    types and ranges a :class:`~modelopt_core.ConfigError` naming the key), plain data with
+    :func:`modelopt_core.config_to_data` except ``model`` when it is an ``nn.Module``."""
+
+    # the replica pool
+    workers: int = mo.field(1, validator=mo.positive, help="replicas")
+    backend_options: dict | None = mo.field(None, help="the backend's config options")
+    mode: Literal["auto", "thread", "process"] = mo.field(
+        "auto", help="replicas as threads or processes; auto: the backend's releases_gil")
+    cores: int | None = mo.field(None, validator=mo.positive,
+                                 help="cores to split between replicas (default: all usable)")
+    max_restarts: int = mo.field(5, validator=mo.in_range(0, 1e9),
+                                 help="dead process replicas replaced in any 60 s")
+    # the batcher
+    max_batch_size: int = mo.field(16, validator=mo.positive, help="rows per batch")
+    max_delay_ms: float = mo.field(5.0, validator=mo.in_range(0, 1e9),
+                                   help="longest a request waits for a batch to fill")
+    max_idle_ms: float | None = mo.field(1.0, validator=mo.in_range(0, 1e9),
+                                  help="a batch closes after this long without a new request")
+    preferred_batch_sizes: tuple[int, ...] = mo.field((), help="batch sizes to pad up to")
+    max_queue: int = mo.field(1024, validator=mo.positive,
+                              help="queued requests before 503 (Retry-After)")
+    timeout_s: float | None = mo.field(None, validator=_seconds_or_none,
+                                       help="a request's deadline (504 after it)")
+    # the result cache
+    cache_size: int = mo.field(0, validator=mo.in_range(0, 1e12),
+                               help="cached results (0: no cache)")
+    cache_mb: float = mo.field(256.0, validator=mo.in_range(0, 1e9), help="cache memory bound")
+    cache_ttl_s: float | None = mo.field(None, validator=_seconds_or_none,
+                                         help="a cached result's lifetime")
+    # the HTTP app
+    max_body_mb: float = mo.field(16.0, validator=mo.in_range(0, 1e9, lo_open=True),
+                                  help="larger request bodies get 413")
+    load_in_background: bool = mo.field(True, help="False: startup waits for the replicas")
+    model: Any = mo.field(None, help="a torch-format artifact's architecture (nn.Module or "
+                                     "'package.module:callable')")
+    model_kwargs: dict | None = mo.field(None, help="arguments of that callable")
+    freeze_gc: bool = mo.field(False, help="gc.freeze() once loaded")
+    stats_interval_s: float | None = mo.field(
+        60.0, validator=mo.in_range(0, 1e9), help="a stats log line every so often (0/None: off)")
+    p99_alert_ms: float = mo.field(500.0, validator=mo.in_range(0, 1e9, lo_open=True),
+                                   help="a window's p99 above it is an anomaly")
+    access_log: bool = mo.field(False, help="a log line for every request")
+    read_timeout_s: float | None = mo.field(
+        30.0, validator=_seconds_or_none,
+        help="a request body must arrive within it, else 408 (None: no read timeout)")
+
+
+#: the defaults of :class:`ServeConfig`, as a dict (what ``ServeState`` options hold)
+DEFAULTS: dict[str, Any] = attrs.asdict(ServeConfig(), recurse=False)
 
 
 async def _watch(state: ServeState, loading: Any) -> None:
@@ -264,7 +316,7 @@ def create_app(artifact: Any, backend: str = "onnxruntime", **options: Any) -> F
     """A FastAPI app serving ``artifact`` (a ``ModelArtifact`` or a saved artifact folder) on
     ``backend`` through a :class:`~modelopt_serve.DynamicBatcher`.
 
-    Options (defaults in ``DEFAULTS``): ``workers``, ``backend_options`` (dict for the backend's
+    Options (:class:`ServeConfig`, one typed object; its defaults in ``DEFAULTS``): ``workers``, ``backend_options`` (dict for the backend's
     config), ``mode``, ``cores``, ``max_restarts`` (the replica pool); ``max_batch_size``,
     ``max_delay_ms``, ``max_idle_ms``, ``preferred_batch_sizes``, ``max_queue``, ``timeout_s``
     (the batcher);
@@ -281,15 +333,8 @@ def create_app(artifact: Any, backend: str = "onnxruntime", **options: Any) -> F
     within it, else 408 and the connection is closed; :func:`modelopt_serve.server.serve` also
     bounds the headers with it, at the protocol level).
     """
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise ModeloptError(f"create_app: unknown option(s) {unknown}; valid: "
-                            f"{sorted(DEFAULTS)}.")
-    timeout = options.get("read_timeout_s", DEFAULTS["read_timeout_s"])
-    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
-        raise ModeloptError(f"create_app: read_timeout_s={timeout!r}; expected seconds > 0 "
-                            "(or None: no read timeout).")
-    state = ServeState(artifact, backend, {**DEFAULTS, **options})
+    cfg = mo.build_config(ServeConfig, dict(options), "create_app")
+    state = ServeState(artifact, backend, attrs.asdict(cfg, recurse=False))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:

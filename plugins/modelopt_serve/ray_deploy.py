@@ -37,7 +37,13 @@ def ray_app(artifact_path: str | Path, *, num_replicas: int = 2,
         import modelopt_core as mo
 
         mo.load_artifact(path)  # raises the artifact error naming the folder
-    options = {"freeze_gc": True, **options, "load_in_background": False}
+    import modelopt_core as mo
+
+    from .app import ServeConfig
+
+    # one typed, checked object per replica, sent as plain data (errors here, not in a replica)
+    options = mo.config_to_data(mo.build_config(
+        ServeConfig, {"freeze_gc": True, **options, "load_in_background": False}, "ray_app"))
     actor = {"num_cpus": num_cpus, **(ray_actor_options or {})}
 
     @serve.deployment(name="modelopt", num_replicas=num_replicas, ray_actor_options=actor)

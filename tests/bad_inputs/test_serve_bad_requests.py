@@ -126,8 +126,13 @@ def test_every_error_is_logged_as_one_json_line(client, caplog):
 
 
 def test_app_options_and_paths_are_checked(artifact_path, tmp_path):
-    with pytest.raises(mo.ModeloptError, match="unknown option.*max_batch"):
+    with pytest.raises(mo.ConfigError, match="unknown config key 'max_batch' .did you mean "
+                                             "'max_batch_size'"):
         create_app(artifact_path[0], max_batch=4)
+    with pytest.raises(mo.ConfigError, match="max_batch_size"):
+        create_app(artifact_path[0], max_batch_size=0)
+    with pytest.raises(mo.ConfigError, match="'mode' must be"):
+        create_app(artifact_path[0], mode="fibers")
     with pytest.raises(mo.ArtifactError):
         create_app(tmp_path / "nothing-here")
 
