@@ -210,105 +210,129 @@ def _deadline_protocol(base: Any, timeout_s: float, on_timeout: Any) -> Any:
     kept-alive one) and cancelled once the request is read in full. When it fires, the request
     still unread, the connection gets a 408 ``ReadTimeoutError`` answer (unless the app already
     answered) and is closed; an app still reading the body sees the client gone, with the scope
-    marked so that it counts a 408, not a 499."""
-    from .app import READ_TIMEOUT_KEY, read_timeout_message
+    marked so that it counts a 408, not a 499. See :class:`_DeadlineMixin`."""
+    from .app import read_timeout_message
 
     timed_out = _raw_response(408, "Request Timeout", "ReadTimeoutError",
                               read_timeout_message(timeout_s))
     too_large = _raw_response(431, "Request Header Fields Too Large", "BadRequestError",
                               f"the request line and headers are over {MAX_HEADER_BYTES} bytes; "
                               "send fewer or shorter headers.")
+    h11_module: Any = None
     try:
         import h11
         from uvicorn.protocols.http.h11_impl import H11Protocol
 
-        is_h11 = issubclass(base, H11Protocol)
+        if issubclass(base, H11Protocol):
+            h11_module = h11
     except ImportError:  # no h11: httptools it is
-        is_h11 = False
+        pass
+    name = f"Deadline{base.__name__}"
+    cls = type(name, (_DeadlineMixin, base), {
+        "read_timeout_s": timeout_s, "_mo_h11": h11_module,
+        "_mo_on_timeout": staticmethod(on_timeout),
+        "_mo_timed_out": timed_out, "_mo_too_large": too_large,
+        "__module__": __name__})
+    cls.__qualname__ = name
+    return cls
 
-    class DeadlineProtocol(base):  # type: ignore[misc, valid-type]
-        read_timeout_s = timeout_s
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._mo_timer: Any = None
-            self._mo_message = False  # httptools: between a message's begin and its end
-            self._mo_headers = False  # httptools: that message's headers are complete
-            self._mo_header_bytes = 0
+class _DeadlineMixin:
+    """The read deadline and header bound over a uvicorn HTTP protocol (see
+    :func:`_deadline_protocol`, which sets the class attributes below on each subclass)."""
 
-        # -- where the request stands
-        def _mo_pending(self) -> bool:
-            """A request began arriving and is not read in full yet."""
-            if is_h11:
-                st = self.conn.their_state
-                return st is h11.SEND_BODY or (st is h11.IDLE and
-                                               bool(self.conn.trailing_data[0]))
-            return self._mo_message
+    read_timeout_s: float
+    _mo_h11: Any  # the h11 module when the protocol is uvicorn's h11 one, else None
+    _mo_on_timeout: Any  # called once per request that times out
+    _mo_timed_out: bytes  # the 408 answer
+    _mo_too_large: bytes  # the 431 answer
+    # uvicorn's protocol attributes this relies on
+    conn: Any
+    cycle: Any
+    transport: Any
+    loop: Any
 
-        def _mo_in_body(self) -> bool:
-            """Its headers are in (``self.cycle`` is its request/response cycle)."""
-            return self.conn.their_state is h11.SEND_BODY if is_h11 else self._mo_headers
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._mo_timer: Any = None
+        self._mo_message = False  # httptools: between a message's begin and its end
+        self._mo_headers = False  # httptools: that message's headers are complete
+        self._mo_header_bytes = 0
 
-        # -- the timer
-        def _mo_settle(self) -> None:
-            if self.transport is None or self.transport.is_closing():
-                return
-            if not self._mo_pending():
-                self._mo_cancel()
-            elif self._mo_timer is None:
-                self._mo_timer = self.loop.call_later(timeout_s, self._mo_expired)
+    # -- where the request stands
+    def _mo_pending(self) -> bool:
+        """A request began arriving and is not read in full yet."""
+        h11 = self._mo_h11
+        if h11 is not None:
+            st = self.conn.their_state
+            return st is h11.SEND_BODY or (st is h11.IDLE and
+                                           bool(self.conn.trailing_data[0]))
+        return self._mo_message
 
-        def _mo_cancel(self) -> None:
-            if self._mo_timer is not None:
-                self._mo_timer.cancel()
-                self._mo_timer = None
+    def _mo_in_body(self) -> bool:
+        """Its headers are in (``self.cycle`` is its request/response cycle)."""
+        h11 = self._mo_h11
+        return self.conn.their_state is h11.SEND_BODY if h11 is not None else self._mo_headers
 
-        def _mo_expired(self) -> None:
-            self._mo_timer = None
-            if self.transport.is_closing() or not self._mo_pending():
-                return
-            on_timeout()
-            cycle = self.cycle if self._mo_in_body() else None
-            if cycle is not None:
-                cycle.scope[READ_TIMEOUT_KEY] = True  # type: ignore[index]
-            if cycle is None or not cycle.response_started:
-                self.transport.write(timed_out)
-            self.transport.close()
-
-        # -- uvicorn's hooks
-        def data_received(self, data: bytes) -> None:
-            if data and self._mo_timer is None and not self.transport.is_closing():
-                self._mo_timer = self.loop.call_later(timeout_s, self._mo_expired)
-            heading = not is_h11 and not self._mo_headers
-            super().data_received(data)
-            if heading and self._mo_message and not self._mo_headers:
-                self._mo_header_bytes += len(data)
-                if self._mo_header_bytes > MAX_HEADER_BYTES and \
-                        not self.transport.is_closing():
-                    self.transport.write(too_large)
-                    self.transport.close()
-            self._mo_settle()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._mo_settle()  # a pipelined next request may be waiting, half read
-
-        def connection_lost(self, exc: Exception | None) -> None:
+    # -- the timer
+    def _mo_settle(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if not self._mo_pending():
             self._mo_cancel()
-            super().connection_lost(exc)
+        elif self._mo_timer is None:
+            self._mo_timer = self.loop.call_later(self.read_timeout_s, self._mo_expired)
 
-        # httptools' parser callbacks (h11 has none: its state machine says where it is)
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._mo_message, self._mo_headers, self._mo_header_bytes = True, False, 0
+    def _mo_cancel(self) -> None:
+        if self._mo_timer is not None:
+            self._mo_timer.cancel()
+            self._mo_timer = None
 
-        def on_headers_complete(self) -> None:
-            super().on_headers_complete()
-            self._mo_headers = True
+    def _mo_expired(self) -> None:
+        from .app import READ_TIMEOUT_KEY
 
-        def on_message_complete(self) -> None:
-            super().on_message_complete()
-            self._mo_message = False
+        self._mo_timer = None
+        if self.transport.is_closing() or not self._mo_pending():
+            return
+        self._mo_on_timeout()
+        cycle = self.cycle if self._mo_in_body() else None
+        if cycle is not None:
+            cycle.scope[READ_TIMEOUT_KEY] = True
+        if cycle is None or not cycle.response_started:
+            self.transport.write(self._mo_timed_out)
+        self.transport.close()
 
-    DeadlineProtocol.__name__ = DeadlineProtocol.__qualname__ = f"Deadline{base.__name__}"
-    return DeadlineProtocol
+    # -- uvicorn's hooks
+    def data_received(self, data: bytes) -> None:
+        if data and self._mo_timer is None and not self.transport.is_closing():
+            self._mo_timer = self.loop.call_later(self.read_timeout_s, self._mo_expired)
+        heading = self._mo_h11 is None and not self._mo_headers
+        super().data_received(data)  # type: ignore[misc]
+        if heading and self._mo_message and not self._mo_headers:
+            self._mo_header_bytes += len(data)
+            if self._mo_header_bytes > MAX_HEADER_BYTES and \
+                    not self.transport.is_closing():
+                self.transport.write(self._mo_too_large)
+                self.transport.close()
+        self._mo_settle()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        self._mo_settle()  # a pipelined next request may be waiting, half read
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._mo_cancel()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    # httptools' parser callbacks (h11 has none: its state machine says where it is)
+    def on_message_begin(self) -> None:
+        super().on_message_begin()  # type: ignore[misc]
+        self._mo_message, self._mo_headers, self._mo_header_bytes = True, False, 0
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()  # type: ignore[misc]
+        self._mo_headers = True
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()  # type: ignore[misc]
+        self._mo_message = False
