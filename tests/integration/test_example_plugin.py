@@ -293,3 +293,55 @@ def test_serving_splits_the_cores_through_the_example_runtimes_thread_option(
         assert r.status_code == 200, r.text
         got = next(iter(codec.decode_outputs(r.content, codec.TENSORS).values()))
         torch.testing.assert_close(got, mlp(x), rtol=1e-5, atol=1e-5)
+
+
+# ---- the public contract checks (modelopt_core.testing), as a plugin author runs them ------
+
+@pytest.mark.parametrize("check, name", [
+    ("check_optimizer", "example.fuse_bn"), ("check_profiler", "example.flops"),
+    ("check_exporter", "example.npz"), ("check_format", "example.npz"),
+    ("check_backend", "example.numpy"), ("check_backend_thread_safe", "example.numpy")])
+def test_the_example_keeps_the_public_contract(installed, check, name):
+    import modelopt_core.testing as mt
+
+    getattr(mt, check)(name, mo.PluginManager(strict=True))
+
+
+def test_the_one_command_checks_the_whole_example_plugin(installed):
+    """``python -m modelopt_core.testing example`` runs every check on the plugin's
+    components and exits 0; a plugin that registers nothing is an error (exit 2)."""
+    import os
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(installed), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    done = subprocess.run([sys.executable, "-m", "modelopt_core.testing", "example"],
+                          capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for kind, name in [("optimizer", "example.fuse_bn"), ("profiler", "example.flops"),
+                       ("exporter", "example.npz"), ("format", "example.npz"),
+                       ("backend", "example.numpy")]:
+        assert f"PASS {kind} {name}" in done.stdout, done.stdout
+    assert "example: 6 passed, 0 skipped, 0 failed" in done.stdout, done.stdout
+    done = subprocess.run([sys.executable, "-m", "modelopt_core.testing", "no-such-plugin"],
+                          capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert done.returncode == 2 and "no-such-plugin" in done.stdout, done.stdout
+
+
+def test_the_public_checks_catch_a_broken_example_component(installed):
+    """A copy of the example's optimizer that edits its input in place fails the check."""
+    from modelopt_example.fuse_bn import FuseBatchNorm
+
+    import modelopt_core.testing as mt
+
+    class InPlace(FuseBatchNorm):
+        """fuse_bn, but on the input's own model."""
+
+        name = "example.fuse_bn_inplace"
+
+        def apply(self, artifact, ctx):
+            out = super().apply(artifact, ctx)
+            next(artifact.model.parameters()).data.mul_(2.0)
+            return out
+
+    with pytest.raises(AssertionError, match="'example.fuse_bn_inplace': never mutate"):
+        mt.check_optimizer(InPlace, mo.PluginManager(strict=True))

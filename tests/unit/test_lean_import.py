@@ -136,3 +136,17 @@ def test_tensorrt_availability_does_not_import_torch(tmp_path):
     ok, why, loaded = _run(code)
     assert loaded == []
     assert ok or "GPU" in why
+
+
+def test_the_contract_checks_are_shipped_but_not_imported_by_the_core():
+    """``modelopt_core.testing`` (public) is not imported by ``import modelopt_core``, and
+    importing it imports nothing heavy: torch comes when a check runs."""
+    code = ("import json, sys\n"
+            "import modelopt_core\n"
+            "before = 'modelopt_core.testing' in sys.modules\n"
+            "import modelopt_core.testing as mt\n"
+            f"heavy = {HEAVY!r}\n"
+            "print(json.dumps([before, [m for m in heavy if m in sys.modules],\n"
+            "                  callable(mt.check_plugin)]))\n")
+    before, loaded, ok = _run(code)
+    assert before is False and loaded == [] and ok

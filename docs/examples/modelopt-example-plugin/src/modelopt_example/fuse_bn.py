@@ -98,6 +98,7 @@ class FuseBatchNorm(mo.Optimizer):
     name = "example.fuse_bn"
     Config = FuseBNConfig
     accepts = ("torch",)
+    stage, lossy = "graph", False  # a rewrite that keeps the function (the search reads it)
 
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
         """Return a new torch artifact whose BatchNorms are folded away."""
