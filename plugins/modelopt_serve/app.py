@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 
@@ -32,6 +32,7 @@ import modelopt_core as mo
 from modelopt_core.errors import InputSpecError, ModeloptError
 
 from . import codec
+from .config import DEFAULTS, ServeConfig  # noqa: F401 (importable from here as before)
 from .errors import (
     BatcherClosedError,
     ClientDisconnectedError,
@@ -39,6 +40,14 @@ from .errors import (
     ReadTimeoutError,
     ReplicaCrashedError,
     RequestTimeoutError,
+)
+from .http_io import (
+    READ_TIMEOUT_KEY,
+    _AccessLog,
+    _nbytes,
+    _off_loop,
+    _read_body,
+    read_timeout_message,
 )
 from .metrics import ServeMetrics
 
@@ -62,17 +71,6 @@ def error_status(exc: BaseException) -> int:
     if isinstance(exc, ClientDisconnectedError):
         return 499
     return 500
-
-
-#: the scope key the server's protocol sets when it closed a connection whose request did not
-#: arrive within the read timeout (see :mod:`modelopt_serve.server`)
-READ_TIMEOUT_KEY = "modelopt.read_timeout"
-
-
-def read_timeout_message(seconds: float) -> str:
-    return (f"the request (headers and body) did not arrive within {seconds:g} s "
-            "(--read-timeout-s); send it whole without pausing, or raise --read-timeout-s for "
-            "slow links.")
 
 
 class ServeState:
@@ -203,66 +201,6 @@ class ServeState:
                 "outputs": a.io.get("outputs"), "media_types": list(codec.MEDIA_TYPES),
                 "max_batch_size": self.options["max_batch_size"],
                 "max_body_mb": self.options["max_body_mb"]}
-
-
-def _seconds_or_none(inst: Any, attr: Any, value: Any) -> None:
-    if value is not None and not value > 0:
-        raise mo.ConfigError(f"{attr.name}={value!r}; expected seconds > 0 (or None: off).")
-
-
-@mo.config
-class ServeConfig:
-    """The options of one served artifact (``create_app``, ``modelopt serve``, a Ray Serve
-    replica): one typed object, checked when built (unknown keys get a "did you mean", wrong
-    types and ranges a :class:`~modelopt_core.ConfigError` naming the key), plain data with
-    :func:`modelopt_core.config_to_data` except ``model`` when it is an ``nn.Module``."""
-
-    # the replica pool
-    workers: int = mo.field(1, validator=mo.positive, help="replicas")
-    backend_options: dict | None = mo.field(None, help="the backend's config options")
-    mode: Literal["auto", "thread", "process"] = mo.field(
-        "auto", help="replicas as threads or processes; auto: the backend's releases_gil")
-    cores: int | None = mo.field(None, validator=mo.positive,
-                                 help="cores to split between replicas (default: all usable)")
-    max_restarts: int = mo.field(5, validator=mo.in_range(0, 1e9),
-                                 help="dead process replicas replaced in any 60 s")
-    # the batcher
-    max_batch_size: int = mo.field(16, validator=mo.positive, help="rows per batch")
-    max_delay_ms: float = mo.field(5.0, validator=mo.in_range(0, 1e9),
-                                   help="longest a request waits for a batch to fill")
-    max_idle_ms: float | None = mo.field(1.0, validator=mo.in_range(0, 1e9),
-                                  help="a batch closes after this long without a new request")
-    preferred_batch_sizes: tuple[int, ...] = mo.field((), help="batch sizes to pad up to")
-    max_queue: int = mo.field(1024, validator=mo.positive,
-                              help="queued requests before 503 (Retry-After)")
-    timeout_s: float | None = mo.field(None, validator=_seconds_or_none,
-                                       help="a request's deadline (504 after it)")
-    # the result cache
-    cache_size: int = mo.field(0, validator=mo.in_range(0, 1e12),
-                               help="cached results (0: no cache)")
-    cache_mb: float = mo.field(256.0, validator=mo.in_range(0, 1e9), help="cache memory bound")
-    cache_ttl_s: float | None = mo.field(None, validator=_seconds_or_none,
-                                         help="a cached result's lifetime")
-    # the HTTP app
-    max_body_mb: float = mo.field(16.0, validator=mo.in_range(0, 1e9, lo_open=True),
-                                  help="larger request bodies get 413")
-    load_in_background: bool = mo.field(True, help="False: startup waits for the replicas")
-    model: Any = mo.field(None, help="a torch-format artifact's architecture (nn.Module or "
-                                     "'package.module:callable')")
-    model_kwargs: dict | None = mo.field(None, help="arguments of that callable")
-    freeze_gc: bool = mo.field(False, help="gc.freeze() once loaded")
-    stats_interval_s: float | None = mo.field(
-        60.0, validator=mo.in_range(0, 1e9), help="a stats log line every so often (0/None: off)")
-    p99_alert_ms: float = mo.field(500.0, validator=mo.in_range(0, 1e9, lo_open=True),
-                                   help="a window's p99 above it is an anomaly")
-    access_log: bool = mo.field(False, help="a log line for every request")
-    read_timeout_s: float | None = mo.field(
-        30.0, validator=_seconds_or_none,
-        help="a request body must arrive within it, else 408 (None: no read timeout)")
-
-
-#: the defaults of :class:`ServeConfig`, as a dict (what ``ServeState`` options hold)
-DEFAULTS: dict[str, Any] = attrs.asdict(ServeConfig(), recurse=False)
 
 
 async def _watch(state: ServeState, loading: Any) -> None:
@@ -467,104 +405,3 @@ def _routes(app: FastAPI, state: ServeState) -> None:
             m.in_flight.dec()
         m.observe(200, time.perf_counter() - t0)
         return Response(payload, media_type=out_type)
-
-
-#: bodies and results above this many bytes are decoded / encoded in a worker thread, so a
-#: large JSON document never stalls the event loop; small ones are faster done in place
-OFF_LOOP_BYTES = 64 * 1024
-
-
-async def _off_loop(size: int, fn: Any, *args: Any) -> Any:
-    if size > OFF_LOOP_BYTES:
-        return await asyncio.to_thread(fn, *args)
-    return fn(*args)
-
-
-def _nbytes(out: Any) -> int:
-    """Bytes of the tensors in a result (a tensor, or dicts / sequences of them)."""
-    if hasattr(out, "element_size"):
-        return int(out.numel()) * out.element_size()
-    if isinstance(out, dict):
-        return sum(_nbytes(v) for v in out.values())
-    if isinstance(out, (tuple, list)):
-        return sum(_nbytes(v) for v in out)
-    return 0
-
-
-_timeout_at = getattr(asyncio, "timeout_at", None)
-
-
-async def _read_body(request: Any, limit: int, timeout_s: float | None = None) -> bytes:
-    """The body, refusing (413) one over ``limit`` bytes without reading all of it, and (408)
-    one that does not arrive within ``timeout_s`` (any ASGI server; under ``modelopt serve`` the
-    protocol's own deadline, which also covers the headers, closes such a connection first)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise codec.BadRequestError(_too_large(int(declared), limit), status=413)
-    chunks, size = [], 0
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout_s is None else loop.time() + timeout_s
-    stream = request.stream().__aiter__()
-    while True:
-        try:
-            if deadline is None:
-                chunk = await stream.__anext__()
-            elif _timeout_at is not None:  # Python 3.11+: no task per chunk
-                async with _timeout_at(deadline):
-                    chunk = await stream.__anext__()
-            else:
-                chunk = await asyncio.wait_for(stream.__anext__(), deadline - loop.time())
-        except StopAsyncIteration:
-            break
-        except (TimeoutError, asyncio.TimeoutError):
-            if not request.scope.get(READ_TIMEOUT_KEY):  # else the protocol counted it
-                request.app.state.serve.metrics.read_timeouts.inc()
-            raise ReadTimeoutError(read_timeout_message(timeout_s)) from None
-        size += len(chunk)
-        if size > limit:
-            raise codec.BadRequestError(_too_large(size, limit), status=413)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _too_large(size: int, limit: int) -> str:
-    return (f"request body of {size} bytes is over the limit of {limit} bytes "
-            f"({limit / 2**20:g} MB); send fewer rows per request or raise --max-body-mb.")
-
-
-class _AccessLog:
-    """Pure ASGI middleware logging one JSON line per failed HTTP request (method, path,
-    status, ms, error type; 5xx at WARNING, others at INFO; ``/ready``'s 503 is no failure), or
-    per request with ``every`` (and rows for ``/predict``)."""
-
-    def __init__(self, app: Any, every: bool = False) -> None:
-        self.app = app
-        self.every = every
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        status = [500]
-
-        async def send_status(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            code = status[0]
-            level = logging.WARNING if code >= 500 else logging.INFO
-            # (a 503 of /ready while loading or stopping is its answer, not a failure)
-            failed = code >= 400 and scope["path"] != "/ready"
-            if (self.every or failed) and log.isEnabledFor(level):
-                rec = {"method": scope["method"], "path": scope["path"], "status": code,
-                       "ms": round(1e3 * (time.perf_counter() - t0), 3)}
-                if "modelopt.rows" in scope:
-                    rec["rows"] = scope["modelopt.rows"]
-                if "modelopt.error" in scope:
-                    rec["error"] = scope["modelopt.error"]
-                log.log(level, json.dumps(rec))
