@@ -19,12 +19,24 @@ import modelopt_core as mo
 from modelopt_core import Choice
 
 from .errors import SearchError
+from .recipes import (
+    FALLBACK_FIELD,
+    _config_defaults,
+    describe_recipe,
+    recipe_costs,
+    trains,
+)
+from .runtimes import (  # noqa: F401 (unavailable_targets: importable from here as before)
+    check_target,
+    native_bf16,
+    targets,
+    thread_option_of,
+    unavailable_targets,
+)
 
-__all__ = [
-    "check_target",
-    "targets",
-    "thread_option_of",
+__all__ = [  # (the names of .runtimes and .recipes, importable from here as before)
     "check_space",
+    "check_target",
     "default_space",
     "describe_recipe",
     "escalated_params",
@@ -35,66 +47,11 @@ __all__ = [
     "sample_recipe",
     "starting_recipes",
     "target_spaces",
+    "targets",
+    "thread_option_of",
 ]
 
-def targets(pm: Any = None) -> dict[str, tuple[str, str]]:
-    """The search's targets, built from the registry: target (the backend's name) ->
-    (artifact format, backend), for every registered backend that is the reference evaluator
-    of a format (``Backend.reference_for``) and is available here, whose format a chain of
-    available exporters reaches from torch. A third-party runtime (exporter + format +
-    backend) joins with no edit here; the runtime option that sets its thread count is its
-    backend's ``thread_option`` trait (:func:`thread_option_of`)."""
-    pm = pm or mo.get_plugin_manager()
-    out: dict[str, tuple[str, str]] = {}
-    for info in pm.components("backend"):
-        cls = info.cls
-        if not cls.reference_for or not cls.availability()[0]:
-            continue
-        fmt = cls.reference_for[0]
-        try:
-            chain = pm.export_path("torch", fmt)
-        except mo.ModeloptError:
-            continue
-        if all(e.cls.availability()[0] for e in chain):
-            out[info.name] = (fmt, info.name)
-    return out
-
-
 _registry_targets = targets  # (target_spaces' parameter is named targets)
-
-
-def unavailable_targets(pm: Any = None) -> dict[str, str]:
-    """Registered runtimes that are not targets here, and why (for error messages)."""
-    pm = pm or mo.get_plugin_manager()
-    have = targets(pm)
-    out = {}
-    for info in pm.components("backend"):
-        if info.cls.reference_for and info.name not in have:
-            ok, why = info.cls.availability()
-            out[info.name] = why if not ok else "no available exporter chain from torch"
-    return out
-
-
-def check_target(target: str, pm: Any = None) -> tuple[str, str]:
-    """``target``'s (format, backend), or :class:`SearchError` listing the targets here."""
-    have = targets(pm)
-    if target not in have:
-        gone = unavailable_targets(pm)
-        why = f" ({target}: {gone[target]})" if target in gone else ""
-        raise SearchError(f"optimize: unknown target {target!r}{why}; pick one of "
-                          f"{sorted(have)}" + (f" (not available here: {', '.join(sorted(gone))})"
-                                               if gone else "") + ".")
-    return have[target]
-
-
-def thread_option_of(target: str, pm: Any = None) -> str | None:
-    """The runtime option that sets ``target``'s thread count: its backend's declared
-    ``thread_option`` (None when the target is unknown or its backend declares none)."""
-    pm = pm or mo.get_plugin_manager()
-    try:
-        return pm.get("backend", target).cls.thread_option
-    except mo.ModeloptError:
-        return None
 
 
 #: the search's first choices for the built-in targets (plain data, overridable with
@@ -200,8 +157,6 @@ def _sample_component(trial: Any, name: str, space: dict[str, Any], pm: Any) -> 
     return {"apply": name, **cfg}
 
 
-#: the precision components' accuracy-control field (per-layer float fallback within a budget)
-FALLBACK_FIELD = "max_accuracy_drop"
 #: share of the search's budget given to a component's own accuracy control (eval noise margin)
 FALLBACK_SHARE = 0.8
 
@@ -255,38 +210,6 @@ def sample_recipe(trial: Any, target: str | list[str], space: dict[str, Any], pm
         sp = mo.space_from_data(data, f"search space runtime.{opt}")
         options[opt] = sp.suggest(trial, f"runtime{tag}.{opt}")
     return {"target": target, "steps": steps, "backend": backend, "backend_options": options}
-
-
-def native_bf16() -> bool:
-    """True when this CPU computes bf16 natively (AVX-512 BF16 or AMX): OpenVINO's
-    ``inference_precision="bf16"`` is then a cheap, often fast candidate (elsewhere it is
-    emulated or ignored, and not worth a trial of its own)."""
-    return bool(set(mo.cpu_flags()) & {"avx512_bf16", "amx_bf16"})
-
-
-def trains(name: str, pm: Any = None) -> bool:
-    """Whether optimizer ``name`` trains (it needs ``train_data``, or it is a ``recover``
-    stage): its cost grows with the data and epochs."""
-    pm = pm or mo.get_plugin_manager()
-    try:
-        cls = pm.get("optimizer", name).cls
-    except mo.ModeloptError:
-        return False
-    return "train_data" in cls.needs or cls.stage == "recover"
-
-
-def recipe_costs(recipe: dict[str, Any], pm: Any = None) -> tuple[str, ...]:
-    """What makes a recipe expensive: ``"accuracy_control"`` (a precision step with
-    ``max_accuracy_drop``: many evaluations of ``eval_fn``) and/or ``"training"`` (a step
-    that trains, :func:`trains`); ``()`` for a cheap recipe (exports, post-training
-    quantization, pruning alone)."""
-    out = []
-    if any(st.get(FALLBACK_FIELD) is not None for st in recipe["steps"] if "apply" in st):
-        out.append("accuracy_control")
-    if any(trains(st["apply"], pm) or "epochs" in st
-           for st in recipe["steps"] if "apply" in st):
-        out.append("training")
-    return tuple(out)
 
 
 def _params_expensive(p: dict[str, Any], pm: Any = None) -> bool:
@@ -462,52 +385,3 @@ def target_spaces(targets: list[str], override: dict[str, Any] | None, pm: Any,
                     del o[key]
         out[t] = check_space(merge_space(t, o, pm), pm, has_train)
     return out
-
-
-def describe_recipe(recipe: dict[str, Any], pm: Any = None) -> str:
-    """One line: ``prune.structured(ratio=0.3) > export openvino > openvino.quantize() @
-    openvino(...)``. With the plugin manager ``pm``, options equal to the component's default
-    are left out (the recipe itself, in trials.json and best.json, has them all)."""
-    def shown(kind: str, name: str, opts: dict[str, Any]) -> str:
-        defaults = _config_defaults(pm, kind, name)
-        return ", ".join(f"{k}={v}" for k, v in opts.items()
-                         if k not in defaults or not _same(defaults[k], v))
-
-    parts = []
-    for st in recipe["steps"]:
-        if "export" in st:
-            parts.append(f"export {st['export']}")
-        else:
-            opts = shown("optimizer", st["apply"], {k: v for k, v in st.items() if k != "apply"})
-            parts.append(f"{st['apply']}({opts})")
-    opts = shown("backend", recipe["backend"], dict(recipe["backend_options"]))
-    return " > ".join(parts or ["fp32"]) + f" @ {recipe['backend']}" + \
-        (f"({opts})" if opts else "")
-
-
-def _config_defaults(pm: Any, kind: str, name: str) -> dict[str, Any]:
-    """The config defaults of a registered component (empty without ``pm`` or a Config)."""
-    if pm is None:
-        return {}
-    try:
-        cls = pm.get(kind, name).cls
-    except mo.ModeloptError:
-        return {}
-    cfg = getattr(cls, "Config", None)
-    if cfg is None:
-        return {}
-    out = {}
-    for field_name, a in mo.config_fields(cfg).items():
-        d = a.default
-        if isinstance(d, attrs.Factory):  # type: ignore[arg-type]
-            d = d.factory() if not d.takes_self else attrs.NOTHING
-        if d is not attrs.NOTHING:
-            out[field_name] = d
-    return out
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal as data (a tuple default and the list a study stored are the same)."""
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return list(a) == list(b)
-    return a == b and isinstance(a, bool) == isinstance(b, bool)
