@@ -10,8 +10,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .report import _recipe_of
+from .rows import ranked_rows
 from .space import thread_option_of
-from .study import ranked_rows
 
 if TYPE_CHECKING:
     from .trials import _Search

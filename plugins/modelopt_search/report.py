@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import modelopt_core as mo
 
-from .study import pareto_rows, write_json
+from .rows import pareto_rows, write_json
 
 if TYPE_CHECKING:
     from .budget import _Budget
