@@ -50,6 +50,7 @@ from .http_io import (
     read_timeout_message,
 )
 from .metrics import ServeMetrics
+from .watch import _watch
 
 __all__ = ["ServeState", "create_app", "error_status"]
 
@@ -201,32 +202,6 @@ class ServeState:
                 "outputs": a.io.get("outputs"), "media_types": list(codec.MEDIA_TYPES),
                 "max_batch_size": self.options["max_batch_size"],
                 "max_body_mb": self.options["max_body_mb"]}
-
-
-async def _watch(state: ServeState, loading: Any) -> None:
-    """Log a ``stats`` line every ``stats_interval_s`` and an ``anomaly`` warning for each
-    condition of :func:`modelopt_serve.watch.assess` that holds (see that module)."""
-    from .watch import assess, rss_bytes
-
-    with contextlib.suppress(Exception):  # a failed load was logged already
-        await asyncio.shield(loading)
-    if state.batcher is None:
-        return
-    interval = float(state.options["stats_interval_s"])
-    baseline, before = rss_bytes(), state.stats()
-    restarts, t0 = state.pool.restarts, time.monotonic()
-    while not state.shutting_down:
-        await asyncio.sleep(interval)
-        now, t1 = state.stats(), time.monotonic()
-        health = {**state.health(), "restarts_before": restarts}
-        line, anomalies = assess(state.metrics.window.take(), t1 - t0, before, now, health,
-                                 rss_bytes(), baseline, state.options["p99_alert_ms"])
-        if state.shutting_down:
-            return
-        log.info(json.dumps({**line, "artifact": state.name}))
-        for a in anomalies:
-            log.warning(json.dumps({**a, "artifact": state.name}))
-        before, restarts, t0 = now, health["replica_restarts"], t1
 
 
 def load_served(path: Path, model: Any = None) -> Any:

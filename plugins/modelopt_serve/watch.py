@@ -10,12 +10,22 @@ memory 1.5x what it was once the replicas were loaded. :func:`assess` is the pur
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
+import json
+import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .app import ServeState
 
 __all__ = ["MIN_REQUESTS", "RequestWindow", "assess", "rss_bytes"]
+
+log = logging.getLogger("modelopt.serve")
 
 #: a window with fewer requests has no error-share or p99 anomaly (too few to mean anything)
 MIN_REQUESTS = 20
@@ -109,3 +119,27 @@ def assess(window: Sequence[tuple[float, int]], window_s: float,
         flag("memory_growth", f"resident memory {rss / 2**20:.0f} MB is over 1.5x the "
              f"{baseline_rss / 2**20:.0f} MB it was once loaded", rss_mb=line["rss_mb"])
     return line, found
+
+
+async def _watch(state: ServeState, loading: Any) -> None:
+    """Log a ``stats`` line every ``stats_interval_s`` and an ``anomaly`` warning for each
+    condition of :func:`assess` that holds (the app's lifespan runs it)."""
+    with contextlib.suppress(Exception):  # a failed load was logged already
+        await asyncio.shield(loading)
+    if state.batcher is None:
+        return
+    interval = float(state.options["stats_interval_s"])
+    baseline, before = rss_bytes(), state.stats()
+    restarts, t0 = state.pool.restarts, time.monotonic()
+    while not state.shutting_down:
+        await asyncio.sleep(interval)
+        now, t1 = state.stats(), time.monotonic()
+        health = {**state.health(), "restarts_before": restarts}
+        line, anomalies = assess(state.metrics.window.take(), t1 - t0, before, now, health,
+                                 rss_bytes(), baseline, state.options["p99_alert_ms"])
+        if state.shutting_down:
+            return
+        log.info(json.dumps({**line, "artifact": state.name}))
+        for a in anomalies:
+            log.warning(json.dumps({**a, "artifact": state.name}))
+        before, restarts, t0 = now, health["replica_restarts"], t1
