@@ -519,16 +519,9 @@ def search_section(args: argparse.Namespace) -> dict[str, Any]:
                                             **dict(rec.get("backend_options") or {}))}
     fns = {k: (lambda r=r: r(x)) for k, r in runners.items()}
     outs = {k: (lambda e, r=r: r(e)) for k, r in runners.items()}
-    hand_proto = None
-    hands = [(HNNCF, hand_nncf, ov_call), (HORT, hand_ort, ort_call)]
-    if key != "efficientnet":  # the same hand ORT path built twice: the noise floor
-        hands.append((HORT_AA, hand_ort, ort_call))
-    for name, build, call in hands:
+    for name, build, call in ((HNNCF, hand_nncf, ov_call), (HORT, hand_ort, ort_call)):
         try:
-            built_obj = build(model, x[:1], calib, t)
-            if name == HORT:
-                hand_proto = getattr(built_obj, "quantized_proto", None)
-            f = call(built_obj)
+            f = call(build(model, x[:1], calib, t))
             xn = x.numpy()
             fns[name] = lambda f=f, xn=xn: f(xn)
             outs[name] = lambda e, f=f: torch.from_numpy(f(e.numpy()))
