@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 __all__ = ["onnx_bytes", "slow_rows", "state_hash", "tiny_mlp"]
 
 
 def state_hash(model: Any) -> str:
-    """SHA-256 over a module's state_dict (names, dtypes, shapes and raw bytes, sorted by name).
+    """SHA-256 over a module's state_dict (names, dtypes, shapes and raw bytes, sorted by name):
+    two modules hash equal exactly when every parameter and buffer is bit-identical. The
+    shipped contract checks' own (``modelopt_core.testing``), so tests and checks agree."""
+    from modelopt_core.testing.world import state_hash as shipped
 
-    Two modules hash equal exactly when every parameter and buffer is bit-identical.
-    """
-    import torch
-
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        if isinstance(v, torch.Tensor):
-            t = v.detach().cpu().contiguous()
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            if t.is_quantized:
-                t = t.int_repr()
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        else:  # rare non-tensor state (packed params): fall back to its repr
-            h.update(repr(v).encode())
-    return h.hexdigest()
+    return shipped(model)
 
 
 def onnx_bytes(model: Any) -> bytes:
