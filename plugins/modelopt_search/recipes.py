@@ -13,15 +13,21 @@ import modelopt_core as mo
 FALLBACK_FIELD = "max_accuracy_drop"
 
 
+def optimizer_cls(name: str | None, pm: Any = None) -> type | None:
+    """The registered optimizer class ``name``, or None (an export step, an unknown name)."""
+    if not name:
+        return None
+    try:
+        return (pm or mo.get_plugin_manager()).get("optimizer", name).cls
+    except mo.ModeloptError:
+        return None
+
+
 def trains(name: str, pm: Any = None) -> bool:
     """Whether optimizer ``name`` trains (it needs ``train_data``, or it is a ``recover``
     stage): its cost grows with the data and epochs."""
-    pm = pm or mo.get_plugin_manager()
-    try:
-        cls = pm.get("optimizer", name).cls
-    except mo.ModeloptError:
-        return False
-    return "train_data" in cls.needs or cls.stage == "recover"
+    cls = optimizer_cls(name, pm)
+    return cls is not None and ("train_data" in cls.needs or cls.stage == "recover")
 
 
 def recipe_costs(recipe: dict[str, Any], pm: Any = None) -> tuple[str, ...]:

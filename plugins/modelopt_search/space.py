@@ -33,6 +33,9 @@ from .runtimes import (  # noqa: F401 (unavailable_targets: importable from here
     thread_option_of,
     unavailable_targets,
 )
+from .runtimes import (
+    targets as _registry_targets,  # (target_spaces has a parameter targets)
+)
 
 __all__ = [  # (the names of .runtimes and .recipes, importable from here as before)
     "check_space",
@@ -50,9 +53,6 @@ __all__ = [  # (the names of .runtimes and .recipes, importable from here as bef
     "targets",
     "thread_option_of",
 ]
-
-_registry_targets = targets  # (target_spaces' parameter is named targets)
-
 
 #: the search's first choices for the built-in targets (plain data, overridable with
 #: ``space=``): precision and graph stages per target. A target not listed here gets every

@@ -16,6 +16,7 @@ import modelopt_core as mo
 from .budget import _Clock, _step_key
 from .confirm import CONFIRM_TOP, contenders
 from .errors import SearchError
+from .recipes import optimizer_cls
 from .report import _plain, _recipe_of, write_report
 from .space import (
     describe_recipe,
@@ -289,12 +290,8 @@ class _Search(_Clock):
 def _stage(name: str | None, pm: Any) -> str | None:
     """The declared ``stage`` of optimizer ``name`` (None for an export step or an unknown
     name)."""
-    if not name:
-        return None
-    try:
-        return pm.get("optimizer", name).cls.stage
-    except mo.ModeloptError:
-        return None
+    cls = optimizer_cls(name, pm)
+    return None if cls is None else cls.stage
 
 
 
