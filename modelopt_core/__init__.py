@@ -42,9 +42,8 @@ from .report_html import ReportDependencyError
 from .structure import check_records, rebuild_structure, record_structure
 
 #: raw-bytes format (engine blobs); subclass it with a ``name`` to register such a format
-from .artifact import BytesFormat  # noqa: E402 (built on first use: it subclasses Format)
-
-__version__ = "0.1.0"
+from .interfaces import BytesFormat
+from ._version import __version__
 
 __all__ = [
     "Session", "ModelArtifact", "ArtifactProps", "TensorSpec", "Step", "load_artifact", "Report",

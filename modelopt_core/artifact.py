@@ -15,10 +15,6 @@ their tensors in one external data file inside the folder, listed and hashed lik
 
 from __future__ import annotations
 
-import contextlib
-import errno as errno_mod
-import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -26,15 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import persist
-from .errors import ArtifactError, ModeloptError, UnsafeArtifactError
-from .manifest import (
-    MANIFEST_VERSION,
-    check_manifest,
-    read_json,
-    spec_fields,
-    step_fields,
-)
+from . import _registry, persist
+from . import folder as _fs
+from .errors import ArtifactError, ModeloptError
+from .folder import MANIFEST, sha256_file
+from .manifest import MANIFEST_VERSION, spec_fields, step_fields
 
 if TYPE_CHECKING:  # for annotations only: plugins imports this module
     from .plugins import PluginManager
@@ -44,13 +36,9 @@ __all__ = [
     "ModelArtifact",
     "Step",
     "TensorSpec",
-    "format_for",
     "load_artifact",
     "sha256_file",
 ]
-
-MANIFEST = "manifest.json"
-
 
 @attrs.define(frozen=True)
 class TensorSpec:
@@ -218,22 +206,22 @@ class ModelArtifact:
         raises ArtifactError (with ``errno`` for OS errors) and changes nothing.
         """
         target = Path(path).resolve()
-        _check_target(target, overwrite)
+        _fs.check_target(target, overwrite)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise persist.write_error(target, e, "cannot create its parent folder") from e
         with persist.locked(target):
-            persist.recover(target, _verify_folder)  # a crashed save of this path: roll back
+            persist.recover(target, _fs.verify_folder)  # a crashed save of this path: roll back
             persist.clean_leftovers(target)
-            _check_target(target, overwrite)  # again, now that no other save can run
+            _fs.check_target(target, overwrite)  # again, now that no other save can run
             try:
                 tmp = persist.new_temp(target)
             except OSError as e:
                 raise persist.write_error(target, e, "cannot create a temp folder") from e
             try:
                 files = _write_model(self, tmp, plugins=plugins, **options)
-                _write_json(tmp / MANIFEST, self._manifest(tmp, files))
+                _fs.write_json(tmp / MANIFEST, self._manifest(tmp, files))
                 persist.fsync_files(tmp)
                 persist.swap_in(tmp, target)
             except BaseException as e:
@@ -249,7 +237,7 @@ class ModelArtifact:
         return target
 
     def _manifest(self, folder: Path, files: list[str]) -> dict[str, Any]:
-        from . import __version__
+        from ._version import __version__
 
         return {
             "modelopt_manifest": MANIFEST_VERSION,
@@ -259,7 +247,7 @@ class ModelArtifact:
             "inputs": [s.to_data() for s in self.inputs],
             "outputs": [s.to_data() for s in self.outputs],
             "lineage": [s.to_data() for s in self.lineage],
-            "metadata": _jsonable(self.metadata),
+            "metadata": _fs.jsonable(self.metadata),
             "io": self.io,
             "props": self.props.to_data(),
             "files": {f: {"sha256": sha256_file(folder / f), "bytes": (folder / f).stat().st_size}
@@ -267,146 +255,11 @@ class ModelArtifact:
         }
 
 
-def _check_target(target: Path, overwrite: bool) -> None:
-    """Refuse a save target whose replacement would lose something (see ModelArtifact.save)."""
-    try:
-        cwd: Path | None = Path.cwd().resolve()
-    except OSError:
-        cwd = None
-    if cwd is not None and (target == cwd or target in cwd.parents):
-        raise ArtifactError(
-            f"{target}: refusing to save onto the working folder or a parent of it (saving "
-            "replaces the whole folder). Save into a new sub-folder, e.g. save('out/model').")
-    if not os.path.lexists(target):
-        return
-    if not target.is_dir():
-        raise ArtifactError(f"{target}: exists and is not a folder; an artifact is saved as a "
-                            "folder. Choose another path (nothing was changed).")
-    try:
-        entries = sorted(os.listdir(target))
-    except OSError as e:
-        raise persist.write_error(target, e, "cannot read the existing folder") from e
-    if not entries:
-        return
-    problem = ""
-    try:
-        m = read_json(target / MANIFEST, "manifest")
-        if not (isinstance(m, dict) and "modelopt_manifest" in m
-                and isinstance(m.get("files"), dict)):
-            problem = f"its {MANIFEST} is not a modelopt manifest"
-        else:
-            extra = _unlisted(target, set(m["files"]))
-            if extra:
-                problem = f"it holds files its manifest does not list: {extra[:5]}"
-    except ArtifactError:
-        problem = (f"it is not a modelopt artifact (no valid {MANIFEST}; it holds "
-                   f"{entries[:5]}{' ...' if len(entries) > 5 else ''})")
-    if problem:
-        raise ArtifactError(
-            f"{target}: {problem}; refusing to replace it, which would delete it. Choose "
-            "another path, or empty the folder yourself (nothing was changed).")
-    if not overwrite:
-        raise ArtifactError(f"{target}: already holds a modelopt artifact and overwrite=False; "
-                            "pass overwrite=True to replace it, or choose another path.")
-
-
-def _unlisted(folder: Path, listed: set[str]) -> list[str]:
-    """Entries under ``folder`` (relative, ``/``-separated) that are neither ``manifest.json``
-    nor a listed file nor a folder holding one."""
-    dirs_ok = {"/".join(f.split("/")[:i]) for f in listed for i in range(1, f.count("/") + 1)}
-    out = []
-    for root, dirs, files in os.walk(folder):
-        rel = Path(root).relative_to(folder)
-        for d in list(dirs):
-            r = (rel / d).as_posix()
-            if r not in dirs_ok or os.path.islink(os.path.join(root, d)):
-                out.append(r + "/")
-                dirs.remove(d)
-        out += [r for r in ((rel / f).as_posix() for f in files)
-                if r not in listed and r != MANIFEST]
-    return sorted(out)
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _jsonable(v: Any) -> Any:
-    try:
-        json.dumps(v)
-        return v
-    except TypeError:
-        if isinstance(v, dict):
-            return {str(k): _jsonable(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [_jsonable(x) for x in v]
-        return repr(v)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _write_model(art: ModelArtifact, folder: Path, plugins: PluginManager | None = None,
                  **options: Any) -> list[str]:
     """Write ``art.model`` into ``folder`` through the Format registered for ``art.format``."""
-    return format_for(art.format, plugins, art.model).save(art, folder, **options)
-
-
-def format_for(name: str, plugins: PluginManager | None = None, model: Any = None) -> Any:
-    """An instance of the Format registered as ``name``; raw bytes of an unregistered format
-    (an engine blob) fall back to :class:`BytesFormat`. ArtifactError when nothing fits."""
-    from .errors import UnknownComponentError
-    from .plugins import get_plugin_manager
-
-    pm = plugins or get_plugin_manager()
-    try:
-        return pm.get("format", name).cls()
-    except UnknownComponentError:
-        if model is None or isinstance(model, (bytes, bytearray)):
-            return _bytes_cls()()
-        known = ", ".join(i.name for i in pm.components("format")) or "(none)"
-        raise ArtifactError(
-            f"no installed plugin saves or loads format {name!r} (formats here: {known}); "
-            "install the plugin that provides it.") from None
-
-
-def _bytes_format() -> type:
-    from .interfaces import Format
-
-    class BytesFormat(Format):
-        """Raw bytes in ``model.bin`` (engine blobs); the fallback for bytes models of a
-        format no plugin registers. Subclass it, with a ``name``, to register one."""
-
-        name = ""
-        primary = "model.bin"
-
-        def save(self, artifact: ModelArtifact, folder: Path, **options: Any) -> list[str]:
-            from .config import build_config
-            from .interfaces import EmptyConfig
-
-            build_config(EmptyConfig, options, f"format {artifact.format!r}")
-            if not isinstance(artifact.model, (bytes, bytearray)):
-                raise ArtifactError(
-                    f"cannot save an artifact of format {artifact.format!r} holding "
-                    f"{type(artifact.model).__name__}: no installed plugin saves that format.")
-            (folder / self.primary).write_bytes(bytes(artifact.model))
-            return [self.primary]
-
-        def load(self, folder: Path, saved: ModelArtifact, model: Any,
-                 plugins: PluginManager | None) -> Any:
-            return (folder / self.primary).read_bytes()
-
-    BytesFormat.__qualname__ = "BytesFormat"
-    return BytesFormat
+    pm = plugins or _registry.default_plugins()
+    return pm.format_for(art.format, art.model).save(art, folder, **options)
 
 
 def load_artifact(path: str | os.PathLike[str], model: Any = None,
@@ -421,23 +274,21 @@ def load_artifact(path: str | os.PathLike[str], model: Any = None,
     by the Format registered for the manifest's format in ``plugins`` (default: the
     process-wide plugin manager), which also resolves lineage steps for replay.
     """
-    from .plugins import get_plugin_manager
-
-    pm = plugins or get_plugin_manager()
+    pm = plugins or _registry.default_plugins()
     p = Path(path)
-    exists, is_file = _probe(p)
+    exists, is_file = _fs.probe(p)
     if not exists:
-        _recover_for_load(p)
-        exists, is_file = _probe(p)
+        _fs.recover_for_load(p)
+        exists, is_file = _fs.probe(p)
     if is_file:
         return _load_bare_file(p, model, pm)
     mpath = p / MANIFEST
-    if not _probe(mpath)[1]:
+    if not _fs.probe(mpath)[1]:
         raise ArtifactError(f"{p}: no {MANIFEST}; save artifacts with ModelArtifact.save().")
-    _clean_crashed_saves(p)
-    manifest = _verify_folder(p)
+    _fs.clean_crashed_saves(p)
+    manifest = _fs.verify_folder(p)
     files, fmt = manifest["files"], manifest["format"]
-    handler = format_for(fmt, pm)
+    handler = pm.format_for(fmt)
     primary = handler.primary
     if primary and primary not in files:
         raise ArtifactError(f"{mpath}: field files: a {fmt!r} artifact holds {primary!r}, which "
@@ -473,94 +324,6 @@ def load_artifact(path: str | os.PathLike[str], model: Any = None,
         Step("load", "load", config={"path": str(p)}, notes=notes),))
 
 
-def _clean_crashed_saves(p: Path) -> None:
-    """Remove what saves of ``p`` killed mid-way left beside it (``.NAME.tmp-*`` /
-    ``.NAME.old-*``), but only while no save of ``p`` runs: a live save holds the path's lock
-    from before it creates its temp folder until after the swap, so with the lock free every
-    such folder is a dead writer's. Never waits for the lock, never fails a load."""
-    try:
-        persist.clean_stale(p.resolve())
-    except (ArtifactError, OSError):
-        pass
-
-
-def _recover_for_load(p: Path) -> None:
-    """``p`` is missing: wait for a save of it in progress, or restore the artifact a crashed
-    save left beside it; ArtifactError when there is nothing."""
-    target = p.resolve()
-    if persist.leftovers(target) or persist.lock_path(target).exists():
-        # a read-only folder cannot be locked or repaired: reported below
-        with contextlib.suppress(ArtifactError), persist.locked(target):
-            persist.recover(target, _verify_folder)
-    if not p.exists():
-        left = [x.name for x in persist.leftovers(target)]
-        hint = (f" Interrupted saves of it left {left[:3]} in {target.parent}, none of them a "
-                "complete artifact (or the folder is read-only)." if left else "")
-        raise ArtifactError(f"{p}: no such file or folder.{hint}")
-
-
-def _verify_folder(p: Path) -> dict[str, Any]:
-    """The checked manifest of artifact folder ``p`` after verifying that every file in the
-    folder is listed and every listed file matches its SHA-256."""
-    mpath = p / MANIFEST
-    manifest = check_manifest(read_json(mpath, "manifest"), mpath)
-    files = manifest["files"]
-    extra = _unlisted(p, set(files))
-    if extra:
-        raise ArtifactError(
-            f"{p}: {extra[:5]} {'is' if len(extra) == 1 else 'are'} not listed in {MANIFEST}, so "
-            "cannot be verified; refused (nothing unverified is loaded). Remove what you added "
-            "to the folder, or re-save the artifact.")
-    for name, info in files.items():
-        try:
-            fp = _inside(p, name)
-            if not fp.is_file():
-                raise ArtifactError(f"{fp}: listed in the manifest but missing.")
-            digest = sha256_file(fp)
-        except OSError as e:  # a name too long, a loop, no permission...
-            raise _entry_error(mpath, name, e) from e
-        if digest != info["sha256"]:
-            raise ArtifactError(
-                f"{fp}: SHA-256 mismatch (manifest {info['sha256'][:12]}..., file "
-                f"{digest[:12]}...): the file was changed or truncated; re-save the artifact.")
-    return manifest
-
-
-def _short_name(name: str) -> str:
-    """``name`` for a message: a very long one shortened, with its length."""
-    if len(name) <= 120:
-        return repr(name)
-    return f"{name[:60]!r}...{name[-20:]!r} ({len(name)} characters)"
-
-
-def _errno_text(e: OSError) -> str:
-    code = e.errno if isinstance(e.errno, int) else None
-    name = errno_mod.errorcode.get(code, "") if code is not None else ""
-    return f"{name or type(e).__name__}: {e.strerror or e}"
-
-
-def _entry_error(mpath: Path, name: str, e: OSError) -> ArtifactError:
-    """ArtifactError for a manifest file entry the file system refuses to access."""
-    hint = {errno_mod.ENAMETOOLONG: "the name is longer than this file system allows",
-            errno_mod.ELOOP: "it goes through a symbolic link loop",
-            errno_mod.EACCES: "permission denied", errno_mod.EPERM: "permission denied"}.get(
-        e.errno if isinstance(e.errno, int) else -1, "the file system refused it")
-    return ArtifactError(
-        f"{mpath}: file entry {_short_name(name)} cannot be accessed: {hint} "
-        f"({_errno_text(e)}). The manifest does not describe files modelopt wrote here; "
-        "re-save the artifact (or fix the folder's permissions).")
-
-
-def _probe(p: Path) -> tuple[bool, bool]:
-    """(exists, is a file) of the path given to :func:`load_artifact`; an OS error (name too
-    long, a symlink loop...) is an ArtifactError naming the path."""
-    try:
-        return p.exists(), p.is_file()
-    except OSError as e:
-        raise ArtifactError(f"{_short_name(str(p))}: cannot be accessed ({_errno_text(e)}); "
-                            "give the path of an artifact folder.") from e
-
-
 def _load_bare_file(p: Path, model: Any, plugins: PluginManager) -> ModelArtifact:
     """A bare model file, read by the Format that claims its suffix."""
     for info in plugins.components("format"):
@@ -571,32 +334,3 @@ def _load_bare_file(p: Path, model: Any, plugins: PluginManager) -> ModelArtifac
     known = sorted({x for i in plugins.components("format") for x in i.cls.suffixes})
     raise ArtifactError(f"{p}: unknown file type {p.suffix!r}; expected an artifact folder or "
                         f"one of {known}.")
-
-
-def _inside(root: Path, rel: str) -> Path:
-    try:
-        fp = (root / rel).resolve()
-    except (OSError, RuntimeError) as e:  # a symlink loop
-        raise UnsafeArtifactError(f"{root}: file entry {rel!r} cannot be resolved ({e}).") from e
-    if root.resolve() not in fp.parents:
-        raise UnsafeArtifactError(f"{root}: file entry {rel!r} points outside the artifact folder.")
-    return fp
-
-
-
-
-def __getattr__(name: str) -> Any:
-    # BytesFormat subclasses Format (interfaces imports this module): built on first use
-    if name == "BytesFormat":
-        return _bytes_cls()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-_BYTES: type | None = None
-
-
-def _bytes_cls() -> type:
-    global _BYTES
-    if _BYTES is None:
-        _BYTES = _bytes_format()
-    return _BYTES

@@ -221,7 +221,7 @@ def _parser() -> argparse.ArgumentParser:
 def _parser_and_commands() -> tuple[argparse.ArgumentParser,
                                     dict[str, argparse.ArgumentParser]]:
     """The ``modelopt`` parser and its subcommands' parsers by name (core's and plugins')."""
-    from . import __version__
+    from ._version import __version__
 
     def verbosity(default: Any) -> argparse.ArgumentParser:
         p = argparse.ArgumentParser(add_help=False)

@@ -24,13 +24,16 @@ tried and what was chosen.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from .artifact import ModelArtifact
-from .errors import AccuracyBudgetError, ConfigError, DataError
+from .errors import AccuracyBudgetError, ConfigError, DataError, ModeloptError
+
+log = logging.getLogger("modelopt")
 
 __all__ = ["AccuracyGate", "Agreement"]
 
@@ -196,3 +199,63 @@ class Agreement:
             b = torch.cat([y.reshape(n, -1) for _, y in pairs], 1)
             sims.append(torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12))
         return float(torch.cat(sims).mean())
+
+
+def recover(session: Any, cls: Any, inst: Any, config: Mapping[str, Any],
+            art: ModelArtifact) -> ModelArtifact:
+    """The session's newest artifact (``inst`` applied to ``art``) missed the accuracy
+    budget: try ``inst``'s recoveries on ``art`` (cheapest first); keep the first within the
+    budget, else the best tried. Replaces the newest artifact in the session's history."""
+    assert session.gate is not None
+    first = session._history.pop()
+    g = first.metadata["accuracy_gate"]
+    options = [(label, dict(over)) for label, over in
+               inst.recoveries(session.gate.max_drop)  # type: ignore[attr-defined]
+               if any(getattr(inst.config, k, object()) != v for k, v in over.items())]
+    tried: list[dict[str, Any]] = [
+        {"recovery": "as configured", "config": {}, "value": g["value"],
+         "drop": g["drop"], "seconds": first.lineage[-1].duration_s}]
+    if not options:
+        session._history.append(first)
+        return first
+    log.warning(f"{inst.name}: {g['metric']} dropped by {g['drop']:.3g} ({g['baseline']:.4g}"
+                f" -> {g['value']:.4g}), over the budget of {g['budget']:g}; trying "
+                f"{len(options)} recover(ies): {[o[0] for o in options]}")
+    best, chosen = first, None
+    for label, over in options:
+        try:
+            cand = cls(**{**config, **over})
+        except ModeloptError as e:
+            tried.append({"recovery": label, "config": over, "error": str(e)[:300]})
+            continue
+        session.context().status(f"{inst.name}: recovery {label!r}...")
+        try:
+            out = session._run(cand, art, lambda ctx, c=cand: c.apply(art, ctx),
+                            raise_budget=False, eval_fn=session.gate.eval_fn)
+        except ModeloptError as e:
+            tried.append({"recovery": label, "config": over,
+                          "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            continue
+        session._history.pop()
+        go = out.metadata["accuracy_gate"]
+        tried.append({"recovery": label, "config": over, "value": go["value"],
+                      "drop": go["drop"], "seconds": out.lineage[-1].duration_s})
+        if go["met"]:
+            best, chosen = out, label
+            break
+        if go["value"] > best.metadata["accuracy_gate"]["value"]:
+            best = out
+    gb = best.metadata["accuracy_gate"]
+    msg = (f"accuracy recovery: as configured, {g['metric']} dropped {g['drop']:.3g} "
+           f"(budget {g['budget']:g}); " + (
+               f"chose {chosen!r} (drop {gb['drop']:.3g})" if chosen else
+               f"no recovery met the budget (best: drop {gb['drop']:.3g}); tried "
+               f"{[t['recovery'] for t in tried[1:]]}"))
+    log.warning(f"{inst.name}: {msg}")
+    step = best.lineage[-1]
+    best = attrs.evolve(
+        best, lineage=best.lineage[:-1] + (attrs.evolve(step, notes=step.notes + (msg,)),),
+        metadata={**best.metadata, "accuracy_recovery": {
+            "chosen": chosen, "tried": tried, "budget_met": chosen is not None}})
+    session._history.append(best)
+    return best

@@ -21,20 +21,18 @@ from typing import Any
 import attrs
 import pluggy
 
-from . import hookspecs
-from .errors import (DuplicateComponentError, FormatError, NoExportPathError,
+from . import _registry, hookspecs
+from .errors import (ArtifactError, DuplicateComponentError, FormatError, NoExportPathError,
                      PluginLoadError, UnknownComponentError, close_names)
-from .interfaces import (Backend, Column, Component, Context, Exporter, Format, Optimizer,
-                         Profiler, Runner)
-from .tables import RESERVED_COLUMNS
+from .interfaces import (Backend, BytesFormat, Column, Component, Context, Exporter, Format,
+                         Optimizer, Profiler, Runner)
+from .plugin_records import (CORE_DISTRIBUTION, CommandInfo, ComponentInfo, FailedPlugin,
+                             ServiceInfo, column_clash)
 
 __all__ = ["PluginManager", "FailedPlugin", "ComponentInfo", "CommandInfo", "ServiceInfo",
            "ENTRY_POINT_GROUP", "get_plugin_manager", "load_runner"]
 
 ENTRY_POINT_GROUP = "modelopt_core"
-#: the distribution of the core and its built-in plugins: loaded first, so on a name clash the
-#: built-in component is the one kept
-CORE_DISTRIBUTION = "modelopt-core"
 KINDS = {"optimizer": Optimizer, "exporter": Exporter, "backend": Backend, "profiler": Profiler,
          "format": Format}
 #: the core's own ``modelopt`` subcommands; a plugin cannot replace them
@@ -42,57 +40,6 @@ BUILTIN_COMMANDS = ("plugins", "describe", "run")
 _HOOKS = {"optimizer": "register_optimizers", "exporter": "register_exporters",
           "backend": "register_backends", "profiler": "register_profilers",
           "format": "register_formats"}
-
-
-@attrs.define(frozen=True)
-class FailedPlugin:
-    """An entry point that could not be loaded or registered."""
-
-    name: str
-    distribution: str
-    error: str
-
-
-@attrs.define(frozen=True)
-class CommandInfo:
-    """A ``modelopt`` subcommand added by a plugin (hook ``register_commands``)."""
-
-    name: str
-    help: str
-    setup: Any  # fn(argparse.ArgumentParser) -> None: adds the command's arguments
-    run: Any  # fn(argparse.Namespace) -> int: the exit status
-    examples: str
-    plugin: str
-    distribution: str
-
-
-@attrs.define(frozen=True)
-class ServiceInfo:
-    """An object a plugin offers under a name (hook ``register_services``), e.g. ``search``."""
-
-    name: str
-    obj: Any
-    help: str
-    plugin: str
-    distribution: str
-
-
-@attrs.define(frozen=True)
-class ComponentInfo:
-    """A registered component class and where it came from."""
-
-    cls: type
-    plugin: str
-    distribution: str
-    version: str
-
-    @property
-    def name(self) -> str:
-        return self.cls.name
-
-    @property
-    def kind(self) -> str:
-        return self.cls.kind
 
 
 class PluginManager:
@@ -241,34 +188,10 @@ class PluginManager:
         return register
 
     def _columns_free(self, cls: type[Profiler], plugin: str, dist: str) -> bool:
-        """Check the columns profiler ``cls`` declares: :class:`Column` records, one per name
-        (TypeError otherwise), none the report's own or another profiler's (a duplicate
-        naming both: False, or raised in strict mode)."""
-        cols = cls.columns
-        if not isinstance(cols, (tuple, list)) or not all(isinstance(c, Column) for c in cols):
-            raise TypeError(f"plugin {plugin!r}: profiler {cls.name!r}: `columns` must be a "
-                            f"tuple of modelopt_core.Column, not {cols!r}.")
-        names = [c.name for c in cols]
-        if len(set(names)) < len(names):
-            raise TypeError(f"plugin {plugin!r}: profiler {cls.name!r} declares the column(s) "
-                            f"{sorted({n for n in names if names.count(n) > 1})} twice.")
-        taken = {c.name: info for info in self._registry["profiler"].values()
-                 for c in info.cls.columns}
-        for name in names:
-            if name in RESERVED_COLUMNS:
-                err = (f"profiler {cls.name!r} from {dist} (plugin {plugin!r}) declares the "
-                       f"column {name!r}, which is the report's own ({CORE_DISTRIBUTION}). The "
-                       f"profiler is skipped; rename its metric.")
-            elif name in taken:
-                prev = taken[name]
-                err = (f"two profilers declare the column {name!r}: {prev.name!r} from "
-                       f"{prev.distribution} (plugin {prev.plugin!r}, {prev.cls.__module__}."
-                       f"{prev.cls.__qualname__}) and {cls.name!r} from {dist} (plugin "
-                       f"{plugin!r}, {cls.__module__}.{cls.__qualname__}). Kept {prev.name!r} "
-                       f"from {prev.distribution}; {cls.name!r} from {dist} is skipped. Rename "
-                       "the metric, or uninstall one.")
-            else:
-                continue
+        """Check the columns profiler ``cls`` declares (see :func:`column_clash`): a clash is
+        recorded as a duplicate (False), or raised in strict mode."""
+        err = column_clash(cls, plugin, dist, self._registry["profiler"].values())
+        if err:
             self._duplicate(plugin, dist, DuplicateComponentError(err))
             return False
         return True
@@ -362,6 +285,20 @@ class PluginManager:
         cls.ensure_available()
         return inst
 
+    def format_for(self, name: str, model: Any = None) -> Format:
+        """An instance of the Format registered as ``name``; raw bytes of an unregistered
+        format (an engine blob) fall back to :class:`BytesFormat`. ArtifactError when nothing
+        fits."""
+        try:
+            return self.get("format", name).cls()
+        except UnknownComponentError:
+            if model is None or isinstance(model, (bytes, bytearray)):
+                return BytesFormat()
+            known = ", ".join(i.name for i in self.components("format")) or "(none)"
+            raise ArtifactError(
+                f"no installed plugin saves or loads format {name!r} (formats here: {known}); "
+                "install the plugin that provides it.") from None
+
     def export_path(self, source: str, target: str) -> list[ComponentInfo]:
         """Shortest chain of exporters from ``source`` to ``target`` format (BFS)."""
         if source == target:
@@ -423,6 +360,9 @@ def get_plugin_manager() -> PluginManager:
     if _default is None:
         _default = PluginManager()
     return _default
+
+
+_registry.install(get_plugin_manager)  # the default manager, for the modules below this one
 
 
 def load_runner(artifact: Any, backend: str = "torch", *, plugins: PluginManager | None = None,

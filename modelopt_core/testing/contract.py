@@ -123,10 +123,8 @@ def fingerprint(art: Any, pm: Any = None) -> tuple:
 def _saved_files(art: Any, pm: Any) -> dict[str, str]:
     import hashlib
 
-    from ..artifact import format_for
-
     with tempfile.TemporaryDirectory() as d:
-        files = format_for(art.format, pm, art.model).save(art, Path(d))
+        files = pm.format_for(art.format, art.model).save(art, Path(d))
         return {f: hashlib.sha256((Path(d) / f).read_bytes()).hexdigest() for f in sorted(files)}
 
 

@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import modelopt_core as mo
 from modelopt_core import artifact as artifact_mod
+from modelopt_core import folder as folder_mod
 from modelopt_core import persist
 from modelopt_core.artifact import sha256_file
 from modelopt_core.structure import rebuild_structure
@@ -552,7 +553,7 @@ def test_enospc_is_typed_and_keeps_the_previous_artifact(tmp_path, monkeypatch, 
     path = art.save(tmp_path / "a")
     before = snapshot(path)
     target = {"safetensors": ("safetensors.torch.save_file", None),
-              "manifest": (artifact_mod, "_write_json"),
+              "manifest": (folder_mod, "write_json"),
               "fsync": (persist.os, "fsync"),
               "onnx": ("onnx.save_model", None)}[where]
     if target[1] is None:
