@@ -183,28 +183,40 @@ class TorchToOpenVino(mo.Exporter):
             out_specs = _out_fixed(out_specs, ov_model)
         meta: dict[str, Any] = {"openvino_version": ov.get_version(), "openvino_route": route}
         if cfg.check_numerics:
-            ctx.status("openvino: checking numerics against torch...")
-            check = (mo.check_inputs_for(artifact, ctx, who=self.name)
-                     if cfg.dynamic_batch and batched else tuple(ctx.example_inputs))
-            if artifact.props.compute_dtype:  # the converted weights, computed in float32
-                with torch.no_grad():
-                    out = model(*check)
-                ref = [o.float().numpy() for o in
-                       ([out] if isinstance(out, torch.Tensor) else list(out))]
-            else:
-                ref = mo.reference_outputs(artifact, check)
-            qdq = artifact.props.simulated is not None
-            rtol, atol = _tolerances(cfg, artifact, ref, qdq)
-            from .common import check_numerics
-
-            errs = check_numerics(self.name, ref, ov_model, check,
-                                  [s.name for s in out_specs], rtol, atol)
-            meta.update({"openvino_check_" + k: v for k, v in errs.items()})
-            notes.append(f"numerics vs torch (OpenVINO f32): max abs error "
-                         f"{errs['max_abs_error']:.3g}")
+            meta.update(self._check_numerics(artifact, ctx, model, ov_model, out_specs,
+                                             batched, notes))
         return artifact.evolve(step=self.step(notes=notes), format="openvino", model=ov_model,
                                inputs=in_specs, outputs=out_specs, metadata=meta)
 
+    def _check_numerics(self, artifact: mo.ModelArtifact, ctx: mo.Context, model: Any,
+                        ov_model: Any, out_specs: tuple[mo.TensorSpec, ...], batched: bool,
+                        notes: list[str]) -> dict[str, Any]:
+        """Compare ``ov_model`` (compiled in f32) with the torch model on the check inputs:
+        ``model`` (the float32 copy) when the artifact computes in a reduced dtype, else the
+        artifact's reference outputs. Returns the ``openvino_check_*`` metadata; the max error
+        is added to ``notes``."""
+        import torch
+
+        from .common import check_numerics
+
+        cfg = self.config
+        ctx.status("openvino: checking numerics against torch...")
+        check = (mo.check_inputs_for(artifact, ctx, who=self.name)
+                 if cfg.dynamic_batch and batched else tuple(ctx.example_inputs))
+        if artifact.props.compute_dtype:  # the converted weights, computed in float32
+            with torch.no_grad():
+                out = model(*check)
+            ref = [o.float().numpy() for o in
+                   ([out] if isinstance(out, torch.Tensor) else list(out))]
+        else:
+            ref = mo.reference_outputs(artifact, check)
+        qdq = artifact.props.simulated is not None
+        rtol, atol = _tolerances(cfg, artifact, ref, qdq)
+        errs = check_numerics(self.name, ref, ov_model, check,
+                              [s.name for s in out_specs], rtol, atol)
+        notes.append(f"numerics vs torch (OpenVINO f32): max abs error "
+                     f"{errs['max_abs_error']:.3g}")
+        return {"openvino_check_" + k: v for k, v in errs.items()}
 
     def _through_onnx(self, artifact: mo.ModelArtifact, ctx: mo.Context, notes: list[str],
                       why: str) -> mo.ModelArtifact:

@@ -136,34 +136,56 @@ class OnnxFP16(mo.Optimizer):
 def convert_fp16(proto: Any, keep_io_types: bool = True,
                  block: tuple[str, ...] = ()) -> tuple[Any, int]:
     """A float16 copy of ONNX ``proto`` and the number of converted tensors."""
-    import numpy as np
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto
 
     m = copy.deepcopy(proto)
     g = m.graph
-    F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    count = _convert_initializers(g)
+    count += _convert_nodes(g, block)
+    for vi in g.value_info:
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    _convert_io(g, keep_io_types)
+    onnx.checker.check_model(m)
+    return m, count
+
+
+def _to_fp16(t: Any) -> Any:
+    """A float16 copy of float32 TensorProto ``t`` (same name), clipped to float16's range."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    arr = numpy_helper.to_array(t)
+    return numpy_helper.from_array(np.clip(arr, -65504, 65504).astype(np.float16), t.name)
+
+
+def _convert_initializers(g: Any) -> int:
+    """Cast graph ``g``'s float32 initializers to float16 in place, except the scales/roi of
+    Resize/Upsample (float32 by the spec); returns how many were converted."""
+    from onnx import TensorProto
+
     keep32: set[str] = set()
     for node in g.node:
         if node.op_type in ("Resize", "Upsample"):
             keep32.update(node.input[1:])
     count = 0
     for init in g.initializer:
-        if init.data_type == F32 and init.name not in keep32:
-            arr = numpy_helper.to_array(init)
-            new = numpy_helper.from_array(
-                np.clip(arr, -65504, 65504).astype(np.float16), init.name)
-            init.CopyFrom(new)
+        if init.data_type == TensorProto.FLOAT and init.name not in keep32:
+            init.CopyFrom(_to_fp16(init))
             count += 1
+    return count
 
-    def conv_tensor_attr(a: Any) -> None:
-        nonlocal count
-        if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == F32:
-            arr = numpy_helper.to_array(a.t)
-            a.t.CopyFrom(numpy_helper.from_array(np.clip(arr, -65504, 65504).astype(np.float16),
-                                                 a.t.name))
-            count += 1
 
+def _convert_nodes(g: Any, block: tuple[str, ...]) -> int:
+    """Rewrite graph ``g``'s nodes in place: ops in ``block`` run in float32 between Casts,
+    Casts to float32 cast to float16, float32 tensor attributes (Constant values) become
+    float16; returns how many tensor attributes were converted."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    count = 0
     new_nodes = []
     for node in g.node:
         if node.op_type in block:  # run in float32 between casts
@@ -184,13 +206,21 @@ def convert_fp16(proto: Any, keep_io_types: bool = True,
                 if a.name == "to" and a.i == F32:
                     a.i = F16
         for a in node.attribute:
-            conv_tensor_attr(a)
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == F32:
+                a.t.CopyFrom(_to_fp16(a.t))
+                count += 1
         new_nodes.append(node)
     del g.node[:]
     g.node.extend(new_nodes)
-    for vi in g.value_info:
-        if vi.type.tensor_type.elem_type == F32:
-            vi.type.tensor_type.elem_type = F16
+    return count
+
+
+def _convert_io(g: Any, keep_io_types: bool) -> None:
+    """Graph ``g``'s float32 inputs/outputs (initializers aside): with ``keep_io_types`` kept
+    float32 with Casts at the boundary, otherwise retyped to float16."""
+    from onnx import TensorProto, helper
+
+    F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
     io_nodes_in, io_nodes_out = [], []
     for inp in g.input:
         if inp.type.tensor_type.elem_type != F32 or inp.name in {i.name for i in g.initializer}:
@@ -213,8 +243,6 @@ def convert_fp16(proto: Any, keep_io_types: bool = True,
     nodes = io_nodes_in + list(g.node) + io_nodes_out
     del g.node[:]
     g.node.extend(nodes)
-    onnx.checker.check_model(m)
-    return m, count
 
 
 def _rename(g: Any, old: str, new: str, outputs: bool = False) -> None:
