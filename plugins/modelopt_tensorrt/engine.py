@@ -24,61 +24,27 @@ takes ``min_batch`` / ``opt_batch`` / ``max_batch``; any other symbolic dim (e.g
 for min, opt and max; ``profile_min`` / ``profile_opt`` / ``profile_max`` (``{dim name:
 size}``) override either. The profile is recorded in the artifact's metadata, and the runner
 refuses an input outside it with an :class:`InputSpecError` naming the dim.
+
+This module builds engines (:func:`build_engine`) and holds the exporter and the backend;
+the profiles are in :mod:`.profile`, the calibration cache and batches in :mod:`.calibration`,
+the availability check and the runner in :mod:`.runtime` (their names used elsewhere are
+importable from here as before).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import modelopt_core as mo
 
+from .calibration import CACHE_FILE, _calibration_input  # noqa: F401 (CACHE_FILE re-exported)
+from .profile import check_profile, profile_shapes  # noqa: F401 (check_profile re-exported)
+from .runtime import TrtRunner, _trt_availability
+
 #: where calibration batches are placed for TensorRT to read (device memory)
 CALIBRATION_DEVICE = "cuda"
-#: the file the calibration cache is saved as, next to model.bin
-CACHE_FILE = "calibration.cache"
-_MAX_CACHE_BYTES = 64 << 20
-
-
-def _trt_availability() -> tuple[bool, str]:
-    import importlib.util
-    import sys
-
-    if importlib.util.find_spec("tensorrt") is None:
-        return False, ("missing module tensorrt (needs an NVIDIA GPU). Install with: "
-                       "pip install 'modelopt-core[tensorrt]'")
-    torch = sys.modules.get("torch")
-    if torch is None:  # listing plugins: ask the driver (NVML), never import torch for it
-        if not _nvml_gpu_count():
-            return False, "no NVIDIA GPU is visible (TensorRT needs one)"
-        return True, ""
-    if not torch.cuda.is_available():  # in a session torch is loaded: its answer is the one
-        return False, "no CUDA GPU is visible to torch (TensorRT needs an NVIDIA GPU)"
-    return True, ""
-
-
-def _nvml_gpu_count() -> int:
-    """NVIDIA GPUs the driver reports through NVML (0 without a driver); unlike ``cuInit``
-    this creates no CUDA context, so a later ``fork`` stays safe."""
-    import ctypes
-
-    for lib in ("libnvidia-ml.so.1", "libnvidia-ml.so", "nvml.dll"):
-        try:
-            nvml = ctypes.CDLL(lib)
-        except OSError:
-            continue
-        try:
-            if nvml.nvmlInit_v2() != 0:
-                return 0
-            count = ctypes.c_uint(0)
-            ok = nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0
-            nvml.nvmlShutdown()
-            return count.value if ok else 0
-        except AttributeError:  # an NVML too old for the _v2 entry points
-            return 0
-    return 0
 
 
 class TrtEngine(bytes):
@@ -125,53 +91,6 @@ class TrtBuildConfig:
         None, validator=_dims, help="optimization profile: max size per symbolic dim name")
 
 
-def profile_shapes(net_inputs: Sequence[tuple[str, Sequence[int]]],
-                   specs: Sequence[mo.TensorSpec], example_inputs: Sequence[Any],
-                   cfg: TrtBuildConfig) -> dict[str, dict[str, list[int]]]:
-    """``{input: {"min": shape, "opt": shape, "max": shape}}`` for the network's inputs
-    (``(name, dims)`` with -1 for dynamic dims), see the module docstring. ConfigError for a
-    profile key that names no symbolic dim, or a dim whose min <= opt <= max fails."""
-    by_name = {s.name: (i, s) for i, s in enumerate(specs)}
-    given = {k: dict(getattr(cfg, f"profile_{k}") or {}) for k in ("min", "opt", "max")}
-    seen: dict[str, tuple[int, int, int]] = {}
-    out: dict[str, dict[str, list[int]]] = {}
-    for idx, (name, dims) in enumerate(net_inputs):
-        i, spec = by_name.get(name, (idx, specs[idx] if idx < len(specs) else None))
-        ex = example_inputs[i] if i < len(example_inputs) else None
-        shapes: dict[str, list[int]] = {"min": [], "opt": [], "max": []}
-        for j, d in enumerate(dims):
-            if d >= 0:
-                lo = opt = hi = int(d)
-            else:
-                sym = spec.shape[j] if spec is not None and j < len(spec.shape) else None
-                sym = sym if isinstance(sym, str) else f"{name}_dim{j}"
-                size = (int(ex.shape[j]) if ex is not None and j < ex.dim() else 1)
-                base = ((cfg.min_batch, cfg.opt_batch, cfg.max_batch) if sym == "batch"
-                        else (size, size, size))
-                lo, opt, hi = (given[k].get(sym, b) for k, b in zip(("min", "opt", "max"),
-                                                                    base))
-                if sym not in given["opt"] and sym != "batch":
-                    opt = min(max(opt, lo), hi)  # the example size, inside a given range
-                if not 1 <= lo <= opt <= hi:
-                    raise mo.ConfigError(
-                        f"tensorrt: optimization profile of dim {sym!r} (input {name!r}, dim "
-                        f"{j}) needs 1 <= min <= opt <= max, got min={lo}, opt={opt}, max={hi}; "
-                        "set profile_min / profile_opt / profile_max (batch: min_batch / "
-                        "opt_batch / max_batch).")
-                if seen.setdefault(sym, (lo, opt, hi)) != (lo, opt, hi):
-                    raise mo.ConfigError(f"tensorrt: dim {sym!r} is shared by several inputs "
-                                         "but got different profile ranges.")
-            shapes["min"].append(lo)
-            shapes["opt"].append(opt)
-            shapes["max"].append(hi)
-        out[name] = shapes
-    unknown = sorted({k for g in given.values() for k in g} - set(seen))
-    if unknown:
-        raise mo.ConfigError(f"tensorrt: profile dims {unknown} are not symbolic dims of the "
-                             f"model's inputs (those are: {sorted(seen) or 'none'}).")
-    return out
-
-
 def make_calibrator(trt: Any, batches: Sequence[Sequence[Any]], names: Sequence[str],
                     cache: bytes | None) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding ``batches`` (tuples of torch tensors in the
@@ -214,68 +133,45 @@ def _fingerprint(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _cache_from(spec: str, ctx: Any) -> tuple[bytes, str]:
-    """The calibration cache ``spec`` names (see ``calibration_cache``), and where from."""
-    if spec.startswith("history:"):
-        try:
-            art = ctx.history[int(spec.split(":", 1)[1])]
-        except (ValueError, IndexError):
-            raise mo.ConfigError(f"tensorrt: calibration_cache={spec!r} names no artifact of "
-                                 f"the session history ({len(ctx.history)} entries).") from None
-        cache = getattr(art.model, "calibration_cache", None)
-        if not cache:
-            raise mo.ConfigError(f"tensorrt: calibration_cache={spec!r} is a {art.format!r} "
-                                 "artifact without a calibration cache; give an INT8 tensorrt "
-                                 "artifact built by calibration.")
-        return cache, spec
-    path = Path(spec)
-    if path.is_dir():  # a saved tensorrt artifact: loaded (hash-checked) like any artifact
-        art = mo.load_artifact(path)
-        cache = getattr(art.model, "calibration_cache", None)
-        if art.format != "tensorrt" or not cache:
-            raise mo.ConfigError(f"tensorrt: {path} is a {art.format!r} artifact without "
-                                 f"{CACHE_FILE}; give an INT8 tensorrt artifact or the file.")
-        return cache, str(path)
-    if not path.is_file():
-        raise mo.ConfigError(f"tensorrt: calibration_cache={spec!r} is neither 'history:<i>', "
-                             "a file nor an artifact folder.")
-    if path.stat().st_size > _MAX_CACHE_BYTES:
-        raise mo.ConfigError(f"tensorrt: {path} is larger than {_MAX_CACHE_BYTES} bytes; it is "
-                             "not a calibration cache.")
-    return path.read_bytes(), str(path)
+def _warn(ctx: Any, notes: list[str], msg: str) -> None:
+    """An option that cannot take effect here: said loudly (a warning of the session, or a
+    note of the step without one)."""
+    ctx.warn(msg) if ctx is not None else notes.append(msg)
 
 
-def _calibration(trt: Any, cfg: TrtBuildConfig, names: Sequence[str],
-                 specs: Sequence[mo.TensorSpec], ctx: Any, who: str, notes: list[str]
-                 ) -> tuple[Any, list[list[int]] | None, dict[str, Any]]:
-    """(calibrator, the calibration shapes per input or None, metadata record)."""
-    import torch
-
-    cache, source = _cache_from(cfg.calibration_cache, ctx) if cfg.calibration_cache else (
-        None, "")
-    batches: list[tuple[Any, ...]] = []
-    if cache is None:
-        if ctx is None:
-            raise mo.DataError(f"{who}: int8=True needs calibration data (Session("
-                               "calibration_data=...)) or calibration_cache=.")
-        drawn = ctx.calibration_batches(who, cfg.calibration_batches)
-        shape0 = [tuple(x.shape) for x in drawn[0]]
-        batches = [b for b in drawn if [tuple(x.shape) for x in b] == shape0]
-        if len(batches) < len(drawn):
-            notes.append(f"{who}: calibrated on {len(batches)} of {len(drawn)} calibration "
-                         f"batches (TensorRT calibrates at one shape, {shape0}; the others "
-                         "were skipped)")
-        fdt = {s.name: getattr(torch, s.dtype, None) for s in specs}
-        batches = [tuple(x.to(fdt[n]) if x.is_floating_point() and fdt.get(n) is not None
-                         else x for n, x in zip(names, b)) for b in batches]
-        shapes = [list(x.shape) for x in batches[0]]
-    else:
-        shapes = None
-        notes.append(f"{who}: INT8 scales from the calibration cache of {source} "
-                     "(no calibration run)")
+def _set_calibration(trt: Any, builder: Any, config: Any, cfg: TrtBuildConfig,
+                     names: Sequence[str], specs: Sequence[mo.TensorSpec], ctx: Any, who: str,
+                     info: dict[str, Any], notes: list[str]) -> Any:
+    """Calibrated INT8 on the builder ``config``: an entropy calibrator fed by the calibration
+    cache or batches (:func:`.calibration._calibration_input`), and a calibration profile at
+    the batches' shapes (with a cache: the optimization profile's opt shapes, from
+    ``info["profile"]``). Records ``info["calibration"]``; returns the calibrator."""
+    batches, shapes, cache, source = _calibration_input(cfg, names, specs, ctx, who, notes)
     calib = make_calibrator(trt, batches, names, cache)
-    record = {"batches": len(batches), "source": source or "calibration_data"}
-    return calib, shapes, record
+    info["calibration"] = {"batches": len(batches), "source": source or "calibration_data"}
+    config.set_flag(trt.BuilderFlag.INT8)
+    config.int8_calibrator = calib
+    cal = builder.create_optimization_profile()
+    for k, name in enumerate(names):
+        shape = tuple(shapes[k]) if shapes else tuple(info["profile"][name]["opt"])
+        cal.set_shape(name, shape, shape, shape)
+    config.set_calibration_profile(cal)
+    return calib
+
+
+def _written_cache(calib: Any, info: dict[str, Any], who: str) -> bytes | None:
+    """The calibration cache of a build with ``calib`` (None without one), its fingerprint
+    and the batches drawn recorded in ``info["calibration"]``; ExportError when TensorRT
+    wrote none."""
+    if calib is None:
+        return None
+    cache = calib.written or calib.cache
+    if cache is None:
+        raise mo.ExportError(f"{who}: TensorRT wrote no calibration cache; INT8 "
+                             "calibration did not run.")
+    info["calibration"]["cache_sha256"] = _fingerprint(cache)
+    info["calibration"]["drawn"] = calib.drawn
+    return cache
 
 
 def build_engine(onnx_model: Any, cfg: TrtBuildConfig, inputs: Sequence[mo.TensorSpec],
@@ -289,7 +185,7 @@ def build_engine(onnx_model: Any, cfg: TrtBuildConfig, inputs: Sequence[mo.Tenso
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, logger)  # kept until the build: it owns the weights
     data = onnx_model.SerializeToString()
     if not parser.parse(data):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -298,18 +194,14 @@ def build_engine(onnx_model: Any, cfg: TrtBuildConfig, inputs: Sequence[mo.Tenso
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mb << 20)
     config.builder_optimization_level = cfg.optimization_level
     notes: list[str] = []
-
-    def warn(msg: str) -> None:  # an option that cannot take effect here: said loudly
-        ctx.warn(msg) if ctx is not None else notes.append(msg)
-
     precisions = ["fp32"]
     if cfg.fp16:
         if getattr(builder, "platform_has_fast_fp16", True):
             config.set_flag(trt.BuilderFlag.FP16)
             precisions.append("fp16")
         else:
-            warn(f"{who}: fp16=True ignored: this GPU has no fast FP16 "
-                         "(builder.platform_has_fast_fp16 is False); the engine keeps FP32")
+            _warn(ctx, notes, f"{who}: fp16=True ignored: this GPU has no fast FP16 "
+                              "(builder.platform_has_fast_fp16 is False); the engine keeps FP32")
     net_inputs = [network.get_input(i) for i in range(network.num_inputs)]
     names = [t.name for t in net_inputs]
     example = tuple(getattr(ctx, "example_inputs", ()) or ())
@@ -326,18 +218,11 @@ def build_engine(onnx_model: Any, cfg: TrtBuildConfig, inputs: Sequence[mo.Tenso
                          "scales, no calibration")
     elif cfg.int8:
         if not getattr(builder, "platform_has_fast_int8", True):
-            warn(f"{who}: int8=True ignored: this GPU has no fast INT8 "
-                         "(builder.platform_has_fast_int8 is False)")
+            _warn(ctx, notes, f"{who}: int8=True ignored: this GPU has no fast INT8 "
+                              "(builder.platform_has_fast_int8 is False)")
         else:
-            calib, shapes, info["calibration"] = _calibration(trt, cfg, names, inputs, ctx,
-                                                              who, notes)
-            config.set_flag(trt.BuilderFlag.INT8)
-            config.int8_calibrator = calib
-            cal = builder.create_optimization_profile()
-            for k, name in enumerate(names):
-                shape = tuple(shapes[k]) if shapes else tuple(profile_data[name]["opt"])
-                cal.set_shape(name, shape, shape, shape)
-            config.set_calibration_profile(cal)
+            calib = _set_calibration(trt, builder, config, cfg, names, inputs, ctx, who, info,
+                                     notes)
             precisions.append("int8")
             info["int8"] = "calibrated"
     profile = builder.create_optimization_profile()
@@ -348,14 +233,7 @@ def build_engine(onnx_model: Any, cfg: TrtBuildConfig, inputs: Sequence[mo.Tenso
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise mo.ExportError(f"{who}: engine build failed (see the TensorRT log above).")
-    cache = None
-    if calib is not None:
-        cache = calib.written or calib.cache
-        if cache is None:
-            raise mo.ExportError(f"{who}: TensorRT wrote no calibration cache; INT8 "
-                                 "calibration did not run.")
-        info["calibration"]["cache_sha256"] = _fingerprint(cache)
-        info["calibration"]["drawn"] = calib.drawn
+    cache = _written_cache(calib, info, who)
     info["precisions"] = precisions
     return TrtEngine(bytes(engine), cache), info, notes
 
@@ -379,72 +257,6 @@ class TrtExporter(mo.Exporter):
                                            self.name)
         return artifact.evolve(step=self.step(notes=notes), format="tensorrt", model=engine,
                                metadata={"tensorrt": info})
-
-
-class TrtRunner(mo.Runner):
-    """Runs a deserialized engine with torch CUDA tensors as I/O buffers. Shared between
-    threads, it runs one call at a time (the base class's lock): an execution context holds
-    the call's shapes and buffer addresses and is not thread-safe (TensorRT's docs)."""
-
-    def __init__(self, artifact: mo.ModelArtifact, engine: Any,
-                 profile: dict[str, dict[str, list[int]]] | None = None) -> None:
-        import tensorrt as trt
-        import torch
-
-        super().__init__(artifact, "cuda")
-        self.profile = profile or {}
-        self.trt, self.torch = trt, torch
-        self.engine = engine
-        self.context = engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        self.inputs = [n for n in names
-                       if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names
-                        if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-
-    def _dtype(self, name: str) -> Any:
-        t = self.trt.nptype(self.engine.get_tensor_dtype(name))
-        return self.torch.from_numpy(__import__("numpy").zeros(1, dtype=t)).dtype
-
-    def _run(self, inputs: Sequence[Any]) -> Sequence[Any]:
-        torch = self.torch
-        keep = []
-        for name, x in zip(self.inputs, inputs):
-            check_profile(self.profile.get(name), name, tuple(x.shape))
-            x = x.to("cuda", self._dtype(name)).contiguous()
-            keep.append(x)
-            self.context.set_input_shape(name, tuple(x.shape))
-            self.context.set_tensor_address(name, x.data_ptr())
-        outs = []
-        for name in self.outputs:
-            o = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self._dtype(name),
-                            device="cuda")
-            outs.append(o)
-            self.context.set_tensor_address(name, o.data_ptr())
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise mo.ModeloptError("tensorrt: execute_async_v3 failed")
-        self.stream.synchronize()
-        return [o.float() for o in outs]
-
-    def synchronize(self) -> None:
-        self.torch.cuda.synchronize()
-
-    def _release(self) -> None:
-        self.context = None
-        self.engine = None
-
-
-def check_profile(p: dict[str, list[int]] | None, name: str, shape: tuple[int, ...]) -> None:
-    """InputSpecError when ``shape`` lies outside the engine's optimization profile ``p``."""
-    if not p:
-        return
-    for j, (d, lo, hi) in enumerate(zip(shape, p["min"], p["max"])):
-        if not lo <= d <= hi:
-            raise mo.InputSpecError(
-                f"tensorrt: input {name!r} dim {j} is {d}, outside the engine's optimization "
-                f"profile [{lo}, {hi}] (min {p['min']}, max {p['max']}); rebuild the engine "
-                "with a wider range (min_batch / max_batch, profile_min / profile_max).")
 
 
 class TrtBackend(mo.Backend):
