@@ -30,6 +30,7 @@ _EXAMPLES = {
     "run": """examples:
   modelopt run docs/recipes/digits-int8.toml
   modelopt run recipe.toml --dry-run          check components, export chains and data needs
+                                              (exit 1: a component is not available here)
   modelopt run recipe.toml --json --out out/  the report as JSON on stdout, files in out/""",
 }
 
@@ -195,15 +196,10 @@ def _type_name(tp: Any) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .recipe import plan_recipe, run_recipe
+    from .recipe import run_recipe
 
     if args.dry_run:
-        lines = plan_recipe(args.recipe)
-        if args.json:
-            print(json.dumps({"recipe": args.recipe, "ok": True, "plan": lines}, indent=2))
-        else:
-            print("\n".join(lines) + "\nrecipe OK (nothing was run)")
-        return 0
+        return _dry_run(args)
     quiet = args.quiet or args.json
     say = (lambda *a, **k: None) if quiet else print
     report = run_recipe(args.recipe, progress=args.progress, out_dir=args.out, say=say)
@@ -211,6 +207,28 @@ def _run(args: argparse.Namespace) -> int:
         print(report.to_json())
     else:
         report.print()
+    return 0
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """``modelopt run --dry-run``: the plan; exit 1 when a component the recipe uses cannot
+    run on this machine (the recipe is valid, but a run here would stop)."""
+    from .recipe import UNAVAILABLE, plan_recipe, unavailable_here
+
+    lines = plan_recipe(args.recipe)
+    missing = unavailable_here(lines)
+    if args.json:
+        print(json.dumps({"recipe": args.recipe, "ok": not missing, "valid": True,
+                          "runnable": not missing, "plan": lines,
+                          "unavailable": [m[len(UNAVAILABLE):] for m in missing]}, indent=2))
+    else:
+        print("\n".join(lines) + ("\nrecipe valid but not runnable here (nothing was run)"
+                                  if missing else "\nrecipe OK (nothing was run)"))
+    if missing:
+        print(f"modelopt run: the recipe is valid but cannot run on this machine: "
+              f"{len(missing)} component(s) not available here (listed above); a run here "
+              "would stop before building the model.", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -260,12 +278,14 @@ def _parser_and_commands() -> tuple[argparse.ArgumentParser,
     p.add_argument("recipe", help="path to the recipe file")
     p.add_argument("--dry-run", action="store_true",
                    help="check the recipe (components, configs, export chains, data needs, "
-                        "backends) without running it")
+                        "backends) without running it; exit 1 when a component it uses is "
+                        "not available on this machine")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--out", help="write report.md, report.json and the artifact here "
-                                 "(overrides the recipe's [output] dir)")
+    p.add_argument("--out", help="write report.md, report.json, report.html and the final "
+                                 "artifact (final-artifact/) here (overrides the recipe's "
+                                 "[output] dir)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="hide progress bars")
+                   help="no progress bars: one line per training epoch instead")
     _plugin_commands(sub, common)
     return ap, dict(sub.choices)
 
@@ -282,6 +302,25 @@ def _plugin_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         p.set_defaults(fn=cmd.run)
 
 
+class _ProgressLines(logging.Handler):
+    """Prints the progress lines (one per training epoch, one per search trial) to the
+    current ``sys.stderr``, indented, as the command's own step lines are."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"  {self.format(record)}", file=sys.stderr, flush=True)
+
+
+def _show_progress_lines(show: bool) -> None:
+    """Route the ``modelopt.progress`` logger (see ``modelopt_core.training.PROGRESS_LOG``)
+    to stderr: its lines show with ``--no-progress`` too, not with ``--quiet``."""
+    log = logging.getLogger("modelopt.progress")
+    for h in [h for h in log.handlers if isinstance(h, _ProgressLines)]:
+        log.removeHandler(h)
+    log.addHandler(_ProgressLines())
+    log.setLevel(logging.INFO if show else logging.WARNING)
+    log.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``modelopt`` console script."""
     args = _parser().parse_args(argv)
@@ -290,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else
                         logging.ERROR if args.quiet else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    _show_progress_lines(not args.quiet)
     try:
         return args.fn(args)
     except ModeloptError as e:

@@ -42,14 +42,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, ModeloptError, close_names
+from .outputs import FINAL, link_folder
 
 if TYPE_CHECKING:
     from .plugins import PluginManager
 
 DEFAULT_PROFILERS = ("accuracy", "latency", "size")
 
-__all__ = ["TOP_KEYS", "build_model", "build_session", "check_keys", "import_callable",
-           "load_recipe", "plan_recipe", "run_recipe"]
+__all__ = ["TOP_KEYS", "UNAVAILABLE", "build_model", "build_session", "check_keys",
+           "check_runnable", "import_callable", "load_recipe", "plan_recipe", "run_recipe",
+           "unavailable_here"]
 
 #: the top-level keys of a recipe
 TOP_KEYS = {"model", "model_kwargs", "weights", "example_inputs", "data", "train", "steps",
@@ -88,6 +90,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"recipe {p}: cannot parse ({e}).") from e
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {p}: the top level must be a table/object.")
+    if "search" in data:
+        raise ConfigError(f"recipe {p} is a search recipe (it has a [search] table): run it with "
+                          f"`modelopt optimize {p}`. `modelopt run` runs recipes of [[steps]].")
     check_keys(f"recipe {p}", data, TOP_KEYS)
     for table, valid in _TABLES.items():
         if table in data:
@@ -161,14 +166,17 @@ def build_model(model: Any, kwargs: Any = None, where: str = "recipe") -> Any:
         raise ConfigError(f"{where}: model {model!r} with {kwargs or {}}: {e}") from e
 
 
+#: how :func:`plan_recipe` starts a line naming what this machine lacks
+UNAVAILABLE = "not available here: "
 def plan_recipe(path: str | Path, plugins: PluginManager | None = None) -> list[str]:
     """Check a recipe without running anything heavy: the model and data callables import,
     every step's component exists and takes its config, the formats chain (exports have a
     path, optimizers accept the format they get), steps find the data they need, every
     backend and profiler exists and each backend runs some artifact of the pipeline.
     Returns the plan as lines, ending with one ``not available here: ...`` line per component
-    this machine lacks (its optional dependencies or hardware: the recipe is valid, but a run
-    here stops at it); raises :class:`ConfigError` naming the first problem."""
+    this machine lacks, naming the step or table that uses it (its optional dependencies or
+    hardware: the recipe is valid, but it cannot run here; see :func:`unavailable_here`);
+    raises :class:`ConfigError` naming the first problem."""
     from .plugins import get_plugin_manager
 
     p = Path(path)
@@ -181,8 +189,23 @@ def plan_recipe(path: str | Path, plugins: PluginManager | None = None) -> list[
         lines.append(f"data from {r['data']}")
     if "train" in r:
         lines.append(f"train {r['train']}")
-    fmt, formats = "torch", ["torch"]
     missing: list[str] = []
+    formats = _plan_steps(r, pm, lines, missing)
+    _plan_compare(r.get("compare", {}), pm, formats, lines, missing)
+    if r.get("output", {}).get("dir"):
+        lines.append(f"write to {r['output']['dir']}")
+    return lines + list(dict.fromkeys(missing))
+
+
+def unavailable_here(plan: list[str]) -> list[str]:
+    """The lines of a :func:`plan_recipe` plan that name a component this machine lacks."""
+    return [line for line in plan if line.startswith(UNAVAILABLE)]
+
+
+def _plan_steps(r: dict[str, Any], pm: Any, lines: list[str], missing: list[str]) -> list[str]:
+    """Check the recipe's steps (see :func:`plan_recipe`), adding a plan line per step and a
+    line per unavailable component to ``missing``; returns the formats the pipeline makes."""
+    fmt, formats = "torch", ["torch"]
     for i, st in enumerate(r.get("steps", [])):
         st = dict(st)
         verb = "apply" if "apply" in st else "export"
@@ -193,12 +216,12 @@ def plan_recipe(path: str | Path, plugins: PluginManager | None = None) -> list[
                 chain = pm.export_path(fmt, name)
                 for j, info in enumerate(chain):
                     info.cls(**(st if j == len(chain) - 1 else {}))
-                    missing += _unavailable("exporter", info.cls)
+                    missing += _unavailable(where, "exporter", info.cls)
                 fmt = name
             else:
                 cls = pm.get("optimizer", name).cls
                 cls(**st)
-                missing += _unavailable("optimizer", cls)
+                missing += _unavailable(where, "optimizer", cls)
                 if fmt not in cls.accepts:
                     raise ConfigError(f"{name!r} takes {list(cls.accepts)} artifacts but gets "
                                       f"{fmt!r} here; add an export step before it.")
@@ -209,14 +232,19 @@ def plan_recipe(path: str | Path, plugins: PluginManager | None = None) -> list[
             raise ConfigError(f"{where}: {e}") from e
         formats.append(fmt)
         lines.append(f"step {i + 1}: {verb} {name} {st or ''} -> {fmt}".replace(" {}", ""))
-    cmp = r.get("compare", {})
+    return formats
+
+
+def _plan_compare(cmp: dict[str, Any], pm: Any, formats: list[str], lines: list[str],
+                  missing: list[str]) -> None:
+    """Check ``[compare]``'s backends and profilers (see :func:`plan_recipe`)."""
     for b in cmp.get("backends", ["torch"]):
         try:
             cls = pm.get("backend", b).cls
         except ModeloptError as e:
             raise ConfigError(f"recipe [compare] backends: {e}") from e
         accepts = cls.accepts
-        missing += _unavailable("backend", cls)
+        missing += _unavailable("[compare] backends", "backend", cls)
         if not set(accepts) & set(formats):
             raise ConfigError(f"recipe [compare]: backend {b!r} runs {list(accepts)} artifacts, "
                               f"but the pipeline makes only {sorted(set(formats))}; drop it or "
@@ -228,23 +256,41 @@ def plan_recipe(path: str | Path, plugins: PluginManager | None = None) -> list[
             raise ConfigError(f"recipe [compare] profilers: {e}") from e
     lines.append(f"compare on {cmp.get('backends', ['torch'])} with "
                  f"{cmp.get('profilers', list(DEFAULT_PROFILERS))}")
-    if r.get("output", {}).get("dir"):
-        lines.append(f"write to {r['output']['dir']}")
-    return lines + list(dict.fromkeys(missing))
 
 
-def _unavailable(kind: str, cls: Any) -> list[str]:
+def _unavailable(where: str, kind: str, cls: Any) -> list[str]:
     ok, why = cls.availability()
-    return [] if ok else [f"not available here: {kind} {cls.name!r} ({why})"]
+    return [] if ok else [f"{UNAVAILABLE}{where}: {kind} {cls.name!r} ({why})"]
+
+
+def check_runnable(path: str | Path, plugins: PluginManager | None = None) -> list[str]:
+    """The plan of the recipe at ``path`` (:func:`plan_recipe`) when every component it uses
+    runs here; else :class:`BackendUnavailableError` naming each step (or ``[compare]``
+    backend) that cannot, before anything is built or trained."""
+    from .errors import BackendUnavailableError
+
+    lines = plan_recipe(path, plugins)
+    missing = unavailable_here(lines)
+    if missing:
+        said = "; ".join(m[len(UNAVAILABLE):] for m in missing)
+        raise BackendUnavailableError(
+            f"recipe {path} cannot run on this machine, so nothing was run (the model was not "
+            f"built or trained): {said}. Run it where those are available (install what the "
+            "reasons name), or drop those steps or backends from the recipe.")
+    return lines
 
 
 def run_recipe(path: str | Path, progress: bool = True, out_dir: str | Path | None = None,
                say: Any = print) -> Any:
     """Run a recipe: build the model (training it when the recipe has ``[train]``), apply the
-    steps, compare, write outputs (to ``out_dir`` when given, else ``[output].dir``).
+    steps, compare, write outputs (to ``out_dir`` when given, else ``[output].dir``):
+    ``report.md``, ``report.json``, ``report.html`` and the final artifact in
+    ``final-artifact/`` (see :func:`~modelopt_core.outputs.write_outputs`; ``artifact``, the
+    name older versions wrote, links to it). Every check comes first
+    (:func:`check_runnable`): nothing runs for a recipe that cannot finish here.
     Returns the :class:`~modelopt_core.Report`; ``say`` receives the progress lines."""
     p = Path(path)
-    plan_recipe(p)  # every check first: nothing runs for a recipe that cannot finish
+    check_runnable(p)
     r = load_recipe(p)
     s = build_session(p, r, progress=progress, say=say)
     for i, st in enumerate(r.get("steps", [])):
@@ -266,11 +312,10 @@ def run_recipe(path: str | Path, progress: bool = True, out_dir: str | Path | No
     report.title = cmp.get("title", f"modelopt run {p.name}")
     out = out_dir or r.get("output", {}).get("dir")
     if out:
-        out = Path(out)
-        report.to_markdown(out / "report.md")
-        report.to_json(out / "report.json")
-        s.current.save(out / "artifact")
-        say(f"wrote {out}/report.md, report.json and artifact/")
+        from .outputs import write_outputs
+
+        write_outputs(report, s.current, Path(out), say, command="run")
+        link_folder(Path(out), "artifact", FINAL)  # the name older versions wrote
     return report
 
 

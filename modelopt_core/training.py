@@ -5,9 +5,10 @@ Features: epochs or a step budget, Adam/AdamW/SGD, per-step LR schedules (cosine
 none; optional warmup), gradient clipping, mixed precision (bf16 autocast; fp16 autocast +
 GradScaler on CUDA), evaluation each epoch, early stopping, checkpoint/resume in safe formats
 (safetensors + JSON, never pickle), per-epoch reseeding (a resumed run is bit-identical to an
-uninterrupted one), a progress bar with loss and metric, and DistributedDataParallel when
-``torch.distributed`` is initialised (gloo on CPU, nccl on CUDA; launch with ``torchrun``).
-torch is imported lazily so ``import modelopt_core`` stays light.
+uninterrupted one), a progress bar with the loss and the best metric (or loss), or without a
+bar one line per epoch with elapsed time and ETA (:data:`PROGRESS_LOG`), and
+DistributedDataParallel when ``torch.distributed`` is initialised (gloo on CPU, nccl on CUDA;
+launch with ``torchrun``). torch is imported lazily so ``import modelopt_core`` stays light.
 
 Sparsity kept: a step that zeroes weights one by one (``prune.unstructured``, ``prune.global``,
 ``prune.iterative``'s unstructured mode) lists those parameters in its lineage Step's restore
@@ -43,7 +44,7 @@ from .interfaces import as_input_tuple
 
 __all__ = ["TrainConfig", "TrainResult", "fit", "kd_loss", "load_checkpoint_weights",
            "SPARSE_RECORD", "sparse_param_names", "zero_masks", "apply_masks", "kept_zeros",
-           "KeptZeros"]
+           "KeptZeros", "PROGRESS_LOG", "clock", "eta_text"]
 
 log = logging.getLogger("modelopt.training")
 
@@ -176,7 +177,7 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig | None = N
     best_state = None
     stopped = False
     model.train()
-    bar = _progress(total, ctx, rank, initial=state["step"])
+    bar = _Progress(total, ctx, rank, state["step"], has_metric=eval_fn is not None)
     try:
         for epoch in range(state["epoch"], epochs):
             if state["step"] >= total:
@@ -243,8 +244,7 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig | None = N
                 apply_masks(kept)
                 state["step"] += 1
                 run_loss, n = run_loss + float(seen), n + 1
-                bar.update(1)
-                bar.set_postfix(_postfix(epoch, run_loss / n, state["best"]), refresh=False)
+                bar.step(epoch, run_loss / n, state["best"])
                 if cfg.log_every and state["step"] % cfg.log_every == 0 and rank == 0:
                     log.info("step %d: loss %.4f lr %.3g", state["step"], run_loss / n, lr)
             if dist_on:
@@ -266,7 +266,7 @@ def fit(model: Any, train_data: Iterable[Any], *, config: TrainConfig | None = N
             if on_epoch_end is not None:
                 on_epoch_end(epoch, model)
             if rank == 0:
-                log.info("epoch %d/%d: %s", epoch + 1, epochs, rec)
+                bar.epoch_done(epochs, rec, state)  # the log line; the progress line without a bar
                 if ckpt is not None:
                     _save_ckpt(ckpt / "last", model, extra, opt, scaler, state, cfg,
                                extra_state)
@@ -609,27 +609,80 @@ def _evaluate(model: Any, eval_fn: Any, dist_on: bool, rank: int, device: Any) -
     return float(value[0])
 
 
-def _postfix(epoch: int, loss: float, best: float | None) -> dict[str, str]:
+#: the logger of the lines that say how a long run is going when no progress bar does: one
+#: per training epoch here (and one per search trial in modelopt_search). The ``modelopt``
+#: command shows its INFO lines on stderr unless ``--quiet``; a program sees them when it
+#: configures logging (e.g. ``logging.basicConfig(level=logging.INFO)``).
+PROGRESS_LOG = "modelopt.progress"
+
+
+def clock(seconds: float) -> str:
+    """``seconds`` as ``m:ss`` (``h:mm:ss`` from an hour on), as progress lines show time."""
+    s = max(0, round(seconds))
+    h, m = divmod(s, 3600)
+    return f"{h}:{m // 60:02d}:{m % 60:02d}" if h else f"{m // 60}:{m % 60:02d}"
+
+
+def eta_text(elapsed_s: float, done: float, total: float) -> str:
+    """``"elapsed 0:12, ETA 1:05"``: the time so far, and the time left at the pace of the
+    ``done`` units of ``total`` finished so far (``ETA ?`` before the first)."""
+    left = "?" if done <= 0 else clock(elapsed_s / done * max(total - done, 0))
+    return f"elapsed {clock(elapsed_s)}, ETA {left}"
+
+
+def _best_label(has_metric: bool, best: float) -> tuple[str, str]:
+    """What ``best`` is (the loop keeps the metric, or minus the train loss without one):
+    ``("best_metric", "97.5")`` or ``("best_loss", "0.1234")``."""
+    return ("best_metric", f"{best:.4g}") if has_metric else ("best_loss", f"{-best:.4f}")
+
+
+def _postfix(epoch: int, loss: float, best: float | None,
+             has_metric: bool = False) -> dict[str, str]:
     d = {"ep": str(epoch + 1), "loss": f"{loss:.4f}"}
     if best is not None:
-        d["best"] = f"{best:.4g}"
+        key, value = _best_label(has_metric, best)
+        d[key] = value
     return d
 
 
-class _NoBar:
-    def update(self, n: int) -> None: ...
-    def set_postfix(self, *a: Any, **k: Any) -> None: ...
-    def close(self) -> None: ...
+class _Progress:
+    """How :func:`fit` says how training goes: a tqdm bar (rank 0, when ``ctx`` shows progress:
+    loss, and ``best_metric`` or ``best_loss``, elapsed and ETA), else one line per epoch on
+    the :data:`PROGRESS_LOG` logger (loss, metric, the best so far, elapsed and ETA)."""
 
+    def __init__(self, total: int, ctx: Any, rank: int, initial: int, has_metric: bool) -> None:
+        self.total, self.initial, self.has_metric = total, initial, has_metric
+        self.t0 = time.perf_counter()
+        self.bar = None
+        if rank == 0 and (ctx is None or getattr(ctx, "show_progress", True)):
+            from tqdm.auto import tqdm
 
-def _progress(total: int, ctx: Any, rank: int, initial: int) -> Any:
-    show = rank == 0 and (ctx is None or getattr(ctx, "show_progress", True))
-    if not show:
-        return _NoBar()
-    from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc="train", leave=False,
+                            dynamic_ncols=True, disable=None if ctx is None else False)
 
-    return tqdm(total=total, initial=initial, desc="train", leave=False, dynamic_ncols=True,
-                disable=None if ctx is None else False)
+    def step(self, epoch: int, loss: float, best: float | None) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(_postfix(epoch, loss, best, self.has_metric), refresh=False)
+
+    def epoch_done(self, epochs: int, rec: dict[str, Any], state: dict[str, Any]) -> None:
+        """Log epoch ``rec``; without a bar, say it on :data:`PROGRESS_LOG` too."""
+        log.info("epoch %d/%d: %s", rec["epoch"], epochs, rec)
+        if self.bar is not None and not getattr(self.bar, "disable", False):
+            return
+        text = f"train epoch {rec['epoch']}/{epochs}: loss {rec['train_loss']:.4f}"
+        if "metric" in rec:
+            text += f", metric {rec['metric']:.4g}"
+        if state["best"] is not None:
+            key, value = _best_label(self.has_metric, state["best"])
+            text += f" ({key.replace('_', ' ')} {value})"
+        done = state["step"] - self.initial
+        text += "; " + eta_text(time.perf_counter() - self.t0, done, self.total - self.initial)
+        logging.getLogger(PROGRESS_LOG).info(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # ---- checkpoints: safetensors for tensors, JSON for scalars ------------------------------

@@ -31,7 +31,7 @@ def test_recipe_runs_steps_and_writes_outputs(tmp_path):
     assert main(["run", str(tmp_path / "r.json"), "--no-progress"]) == 0
     rows = json.loads((tmp_path / "out" / "report.json").read_text())["rows"]
     assert [r["step"] for r in rows] == ["original", "1:onnx", "2:onnx.quantize_static"]
-    art = mo.load_artifact(tmp_path / "out" / "artifact")
+    art = mo.load_artifact(tmp_path / "out" / "final-artifact")
     assert art.format == "onnx"
 
 
@@ -80,7 +80,8 @@ def test_every_shipped_recipe_runs(recipe, tmp_path, capsys):
         assert all(r["accuracy"] >= 95 for r in rows), [r["accuracy"] for r in rows]
     assert report["environment"]["cores"] >= 1
     assert (tmp_path / "report.md").is_file()
-    assert (tmp_path / "artifact" / "manifest.json").is_file()
+    assert (tmp_path / "final-artifact" / "manifest.json").is_file()
+    assert (tmp_path / "report.html").is_file()
 
 
 def test_dry_run_checks_without_running(tmp_path, capsys):
@@ -126,9 +127,10 @@ def test_dry_run_names_a_component_this_machine_cannot_run(tmp_path, capsys):
                              "compare": {"backends": ["torch", "tensorrt"]}})
     # the recipe is valid (it runs on a GPU machine); the plan says what this one lacks
     lines = mo.recipe.plan_recipe(path)
-    assert lines[-1] == f"not available here: backend 'tensorrt' ({why})"
-    assert main(["run", str(path), "--dry-run"]) == 0
-    assert "not available here: backend 'tensorrt'" in capsys.readouterr().out
+    assert lines[-1] == f"not available here: [compare] backends: backend 'tensorrt' ({why})"
+    assert main(["run", str(path), "--dry-run"]) == 1  # valid, but it cannot run here
+    assert "not available here: [compare] backends: backend 'tensorrt'" in \
+        capsys.readouterr().out
 
 
 def test_recipe_folder_is_importable_for_the_model(tmp_path, capsys):
