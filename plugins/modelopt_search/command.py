@@ -49,7 +49,7 @@ def setup(p: argparse.ArgumentParser) -> None:
                                               "(default: [search] trials, else 20)")
     p.add_argument("--time-budget-s", type=float, help="stop starting trials after this long")
     p.add_argument("--out", help="output folder: study.db, trials.json, report.*, best/ "
-                                 "(default: [output] dir)")
+                                 "(final-artifact/ links to it) (default: [output] dir)")
     p.add_argument("--storage", help="Optuna RDB URL shared by workers (default: "
                                      "sqlite:///OUT/study.db)")
     p.add_argument("--study-name", help="study name in the storage")
@@ -124,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             print("no trial met the accuracy budget yet; see the report")
         names = ("study.db", "trials.json", "report.md", "report.json", "report.html",
-                 "report.html.error", "best")
-        wrote = [n + ("/" if n == "best" else "") for n in names
+                 "report.html.error", "best", "final-artifact")
+        wrote = [n + ("/" if n in ("best", "final-artifact") else "") for n in names
                  if (res.out_dir / n).exists()]
         print(f"wrote {res.out_dir}/: {', '.join(wrote)}")
     return 0

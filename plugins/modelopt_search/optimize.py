@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 
 import modelopt_core as mo
+from modelopt_core.outputs import FINAL, link_folder
 
 from .budget import (  # noqa: F401 (re-exported: importable from here as before)
     ACCURACY_CONTROL_EVALS,
@@ -176,7 +177,7 @@ def _search(session: mo.Session, search: _Search, study: Any, full: dict[str, An
     search.baseline = dict(study.user_attrs["baseline"])
     # the first estimate of a measurement: the baseline's (a resumed study: as stored)
     search.record("measure", float(study.user_attrs.get("baseline_s", 1.0)))
-    budget = _Budget(budget_trials, time_budget_s, t0, reserve_s=reserve)
+    budget = _SpokenBudget(search, budget_trials, time_budget_s, t0, reserve_s=reserve)
     _run_trials(study, search, budget,
                 None if time_budget_s is None else time_budget_s - reserve, t0)
     rows = trial_rows(study)
@@ -198,9 +199,70 @@ def _search(session: mo.Session, search: _Search, study: Any, full: dict[str, An
         notes = end_notes(search, budget, rows, best, t0, time_budget_s, confirm_note)
         # (the confirmed figures go on the rows here)
         report = search.write(study, rows, notes)
+        if (out / "best").is_dir():  # the final artifact, named as every command names it
+            link_folder(out, FINAL, "best")
     keys = ("objective", "size_mb") if objective != "size" else ("objective",)
     art = search.artifacts.get(best["trial"]) if best is not None else None
     recipe = search.best_recipe or (_recipe_of(study, best["trial"]) if best else None)
     return SearchResult(best=art, best_recipe=recipe,
                         best_row=best, pareto=pareto_front(rows, keys), report=report,
                         study=study, out_dir=out)
+
+
+#: the unit of each objective in the per-trial lines
+_UNITS = {"latency": "ms", "size": "MB", "energy": "J"}
+
+
+class _SpokenBudget(_Budget):
+    """The budget, saying one line per finished trial on ``modelopt.progress`` (shown by the
+    ``modelopt`` command, ``--no-progress`` or not): the trial, its recipe and outcome, the
+    best so far, elapsed time and ETA."""
+
+    def __init__(self, search: _Search, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.search = search
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        import logging
+        import statistics
+
+        from modelopt_core.training import PROGRESS_LOG, clock
+
+        super().__call__(study, trial)
+        log = logging.getLogger(PROGRESS_LOG)
+        if not log.isEnabledFor(logging.INFO):
+            return
+        row = trial.user_attrs.get("row") or {}
+        count = f"{self.ran}/{self.trials}" if self.trials is not None else str(self.ran)
+        best = best_row(trial_rows(study), "objective")
+        unit = _UNITS.get(self.search.objective, "")
+        said = "" if best is None else \
+            f"; best: trial {best['trial']} ({best['objective']:.4g} {unit})"
+        elapsed = time.perf_counter() - self.search.t0
+        eta = None
+        if self.trials is not None and self.durations:
+            eta = statistics.mean(self.durations) * max(self.trials - self.ran, 0)
+        if self.time_s is not None:
+            left = max(self.time_s - elapsed, 0.0)
+            eta = left if eta is None else min(eta, left)
+        log.info("trial %d [%s]: %s: %s%s; elapsed %s, ETA %s", trial.number, count,
+                 row.get("recipe", "?"), _outcome(trial, row, unit), said, clock(elapsed),
+                 "?" if eta is None else clock(eta))
+
+
+def _outcome(trial: Any, row: dict[str, Any], unit: str) -> str:
+    """What became of a trial, in a few words (see :class:`_SpokenBudget`)."""
+    if "duplicate_of" in row:
+        return f"the recipe of trial {row['duplicate_of']} again (not re-run)"
+    if row.get("skipped"):
+        return f"skipped ({row['skipped']})"
+    if row.get("no_op"):
+        return f"pruned ({row['no_op']} left the model unchanged)"
+    if row.get("pruned_at"):
+        return f"pruned ({row['pruned_at']} drops accuracy to {row.get('accuracy', 0):.4g})"
+    if row.get("error") or trial.state.name == "FAIL":
+        return f"failed ({str(row.get('error', 'see the report'))[:160]})"
+    if not isinstance(row.get("objective"), (int, float)):
+        return trial.state.name.lower()
+    return (f"accuracy {row['accuracy']:.4g} (drop {row['accuracy_drop']:.3g}), "
+            f"{row['objective']:.4g} {unit}, {'feasible' if row['feasible'] else 'infeasible'}")

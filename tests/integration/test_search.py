@@ -248,7 +248,7 @@ def test_cli_optimize(digits, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| trial 0 |" in text and "\nbest: trial " in text
     assert text.rstrip().endswith(f"wrote {tmp_path / 'o'}/: study.db, trials.json, report.md, "
-                                  "report.json, report.html, best/")
+                                  "report.json, report.html, best/, final-artifact/")
     assert main(["optimize", str(tmp_path / "missing.toml")]) == 1
     assert "no such file" in capsys.readouterr().err
 
