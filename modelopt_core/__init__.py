@@ -9,7 +9,8 @@ from __future__ import annotations
 from . import data, recipe, training
 from .artifact import ArtifactProps, ModelArtifact, Step, TensorSpec, load_artifact
 from .config import (build_config, choice, config, config_fields, config_to_data, field,
-                     floats, in_range, ints, positive, search_space, space_from_data)
+                     floats, in_range, ints, parse_options, positive, search_space,
+                     space_from_data)
 from .data import check_batch
 from .training import kd_loss
 from .errors import (AccuracyBudgetError, ArtifactError, ArtifactWriteError, BackendUnavailableError, ConfigError,
@@ -50,7 +51,7 @@ __all__ = [
     "Optimizer", "Exporter", "Backend", "Runner", "Profiler", "Format", "BytesFormat", "Component", "Context",
     "as_input_tuple", "hookimpl", "PluginManager", "get_plugin_manager", "load_runner",
     "config", "field", "build_config", "config_to_data", "config_fields", "in_range",
-    "positive", "choice", "ints", "floats", "search_space", "space_from_data",
+    "positive", "choice", "ints", "floats", "search_space", "space_from_data", "parse_options",
     "ModeloptError", "AccuracyBudgetError", "ConfigError", "UnknownComponentError", "FormatError", "NoExportPathError",
     "PluginLoadError", "DuplicateComponentError", "ArtifactError", "ArtifactWriteError",
     "UnsafeArtifactError",

@@ -112,6 +112,16 @@ def _opt_tol(inst: Any, attr: attrs.Attribute, value: Any) -> None:
                             f"{value!r}")
 
 
+def _opt_options(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and (v is None or isinstance(v, (str, int, float, bool)))
+            for k, v in value.items()):
+        raise ArtifactError(f"props.{attr.name}: expected an object of option name -> string, "
+                            f"number, bool or null, got {value!r}")
+
+
 @attrs.define(frozen=True)
 class ArtifactProps:
     """Facts about an artifact that components act on (typed, unlike free-form ``metadata``):
@@ -129,6 +139,14 @@ class ArtifactProps:
     check_atol: float | None = attrs.field(default=None, validator=_opt_tol)
     #: the precision a torch model only simulates ("int8": fake-quant in float), for reports
     simulated: str | None = attrs.field(default=None, validator=_opt_str)
+    #: the runtime this artifact was measured and chosen on (a backend name) and its config
+    #: options (e.g. the search's best: ``inference_num_threads``, ``performance_hint``):
+    #: runners, ``modelopt compare``, ``serve`` and ``bench-serve`` use them unless told
+    #: otherwise. Set by :meth:`ModelArtifact.with_runtime`; a later step drops them (its
+    #: model is a new one, not measured yet)
+    runtime: str | None = attrs.field(default=None, validator=_opt_str)
+    runtime_options: dict[str, Any] | None = attrs.field(default=None, validator=_opt_options,
+                                                         hash=False)
 
     def to_data(self) -> dict[str, Any]:
         """Plain JSON data (unset fields left out)."""
@@ -187,8 +205,22 @@ class ModelArtifact:
         props = changes.pop("props", None)
         if isinstance(props, dict):  # a partial update of the typed properties
             props = attrs.evolve(self.props, **props)
-        changes["props"] = props if props is not None else self.props
+        props = props if props is not None else self.props
+        # a new step makes a new model: the runtime chosen for this one is not carried
+        changes["props"] = attrs.evolve(props, runtime=None, runtime_options=None)
         return attrs.evolve(self, lineage=self.lineage + (step,), metadata=meta, **changes)
+
+    def with_runtime(self, backend: str, options: dict[str, Any] | None = None) -> ModelArtifact:
+        """This artifact (the same model, lineage and files) carrying the runtime it is to
+        run on: backend ``backend`` with config ``options`` (plain JSON values). Runners,
+        ``modelopt compare``, ``serve`` and ``bench-serve`` use them unless told otherwise;
+        they are saved in the manifest (``props.runtime`` / ``props.runtime_options``)."""
+        if not isinstance(backend, str) or not backend:
+            raise ArtifactError(f"with_runtime: backend must be a backend name, got "
+                                f"{backend!r}.")
+        props = attrs.evolve(self.props, runtime=backend,
+                             runtime_options=dict(options) if options else None)
+        return attrs.evolve(self, props=props)
 
     # ---- persistence -----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import math
 import types
 import typing
 import warnings
+from collections.abc import Sequence
 from typing import Any, Literal, Union
 
 import attrs
@@ -30,6 +31,7 @@ __all__ = [
     "field",
     "floats",
     "ints",
+    "parse_options",
     "search_space",
     "space_from_data",
 ]
@@ -371,3 +373,22 @@ def positive(inst: Any, attr: attrs.Attribute, value: Any) -> None:
     """attrs validator: value > 0 (None allowed)."""
     if value is not None and value <= 0:
         raise ConfigError(f"config key {attr.name!r} must be > 0, got {value!r}.")
+
+
+def parse_options(items: Sequence[str], flag: str = "--backend-option") -> dict[str, Any]:
+    """``KEY=VALUE`` command-line items (``--backend-option performance_hint=LATENCY``) as a
+    dict; a value parses as JSON when it can (``2`` -> 2, ``true`` -> True), else stays a
+    string. :class:`ConfigError` naming ``flag`` for an item without ``=`` or a key."""
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} "
+                              "inference_num_threads=2.")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out

@@ -100,3 +100,30 @@ def column_clash(cls: type[Profiler], plugin: str, dist: str,
             continue
         return err
     return ""
+
+
+def summarize(pm: Any, origins: Iterable[tuple[str, str, str]]) -> dict[str, Any]:
+    """What ``PluginManager.summary`` returns: plugins (from ``origins``: name, distribution,
+    version) with their components and availability, failed plugins, commands, services."""
+    plugins: dict[str, dict[str, Any]] = {}
+    for name, dist, ver in origins:
+        plugins[name] = {"distribution": dist, "version": ver, "components": []}
+    for info in pm.components():
+        ok, why = info.cls.availability()
+        entry = {"kind": info.kind, "name": info.name, "available": ok,
+                 "reason": why, "description": info.cls.describe()}
+        # the same keys and types for every kind: formats taken, format made (exporters)
+        if info.kind == "exporter":
+            entry["accepts"], entry["produces"] = [info.cls.source], info.cls.target
+        else:
+            entry["accepts"] = list(getattr(info.cls, "accepts", ())) or (
+                [info.name] if info.kind == "format" else [])
+            entry["produces"] = None
+        plugins.setdefault(info.plugin, {"distribution": info.distribution,
+                                         "version": info.version, "components": []})
+        plugins[info.plugin]["components"].append(entry)
+    added = {kind: [{"name": i.name, "plugin": i.plugin, "distribution": i.distribution,
+                     "help": i.help} for i in infos]
+             for kind, infos in (("commands", pm.commands()),
+                                 ("services", pm.services()))}
+    return {"plugins": plugins, "failed": [attrs.asdict(f) for f in pm.failed], **added}

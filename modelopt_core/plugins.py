@@ -18,16 +18,16 @@ import traceback
 from collections import deque
 from typing import Any
 
-import attrs
 import pluggy
 
 from . import _registry, hookspecs
-from .errors import (ArtifactError, DuplicateComponentError, FormatError, NoExportPathError,
+from .errors import (ArtifactError, BackendUnavailableError, DuplicateComponentError,
+                     FormatError, NoExportPathError,
                      PluginLoadError, UnknownComponentError, close_names)
 from .interfaces import (Backend, BytesFormat, Column, Component, Context, Exporter, Format,
                          Optimizer, Profiler, Runner)
 from .plugin_records import (CORE_DISTRIBUTION, CommandInfo, ComponentInfo, FailedPlugin,
-                             ServiceInfo, column_clash)
+                             ServiceInfo, column_clash, summarize)
 
 __all__ = ["PluginManager", "FailedPlugin", "ComponentInfo", "CommandInfo", "ServiceInfo",
            "ENTRY_POINT_GROUP", "get_plugin_manager", "load_runner"]
@@ -299,6 +299,28 @@ class PluginManager:
                 f"no installed plugin saves or loads format {name!r} (formats here: {known}); "
                 "install the plugin that provides it.") from None
 
+    def runtime_for(self, artifact: Any, backend: str | None = None,
+                    options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        """The backend and config options ``artifact`` runs with: ``backend`` when given, else
+        the runtime it carries (``props.runtime``, e.g. the search's best), else the available
+        backend that declares itself the reference for its format (``reference_for``), else
+        any available backend that runs it. The options are the artifact's own
+        (``props.runtime_options``, when that backend is its runtime) updated with
+        ``options``. :class:`BackendUnavailableError` when nothing runs the format here."""
+        props = artifact.props
+        name = backend or props.runtime
+        if name is None:
+            infos = [i for i in self.components("backend")
+                     if artifact.format in i.cls.accepts and i.cls.availability()[0]]
+            ref = [i for i in infos if artifact.format in i.cls.reference_for]
+            if not infos:
+                raise BackendUnavailableError(
+                    f"no available backend runs {artifact.format!r} artifacts "
+                    f"({artifact.name}); see `modelopt plugins`, or pass a backend.")
+            name = (ref or infos)[0].name
+        own = dict(props.runtime_options or {}) if name == props.runtime else {}
+        return name, {**own, **dict(options or {})}
+
     def export_path(self, source: str, target: str) -> list[ComponentInfo]:
         """Shortest chain of exporters from ``source`` to ``target`` format (BFS)."""
         if source == target:
@@ -327,28 +349,7 @@ class PluginManager:
     def summary(self) -> dict[str, Any]:
         """Plain-data description of plugins, components and availability, and the
         commands and services plugins add (name, plugin, distribution, help; for the CLI)."""
-        plugins: dict[str, dict[str, Any]] = {}
-        for name, dist, ver in self._origin.values():
-            plugins[name] = {"distribution": dist, "version": ver, "components": []}
-        for info in self.components():
-            ok, why = info.cls.availability()
-            entry = {"kind": info.kind, "name": info.name, "available": ok,
-                     "reason": why, "description": info.cls.describe()}
-            # the same keys and types for every kind: formats taken, format made (exporters)
-            if info.kind == "exporter":
-                entry["accepts"], entry["produces"] = [info.cls.source], info.cls.target
-            else:
-                entry["accepts"] = list(getattr(info.cls, "accepts", ())) or (
-                    [info.name] if info.kind == "format" else [])
-                entry["produces"] = None
-            plugins.setdefault(info.plugin, {"distribution": info.distribution,
-                                             "version": info.version, "components": []})
-            plugins[info.plugin]["components"].append(entry)
-        added = {kind: [{"name": i.name, "plugin": i.plugin, "distribution": i.distribution,
-                         "help": i.help} for i in infos]
-                 for kind, infos in (("commands", self.commands()),
-                                     ("services", self.services()))}
-        return {"plugins": plugins, "failed": [attrs.asdict(f) for f in self.failed], **added}
+        return summarize(self, self._origin.values())
 
 
 _default: PluginManager | None = None
@@ -365,11 +366,14 @@ def get_plugin_manager() -> PluginManager:
 _registry.install(get_plugin_manager)  # the default manager, for the modules below this one
 
 
-def load_runner(artifact: Any, backend: str = "torch", *, plugins: PluginManager | None = None,
-                **options: Any) -> Runner:
+def load_runner(artifact: Any, backend: str | None = None, *,
+                plugins: PluginManager | None = None, **options: Any) -> Runner:
     """A runner of ``artifact`` on ``backend`` (config ``options``) without a Session: what
-    ``Session.runner`` does, for a saved artifact served or compared on its own."""
+    ``Session.runner`` does, for a saved artifact served or compared on its own. Without a
+    backend it runs on the runtime the artifact carries, with its options (see
+    :meth:`PluginManager.runtime_for`)."""
     pm = plugins or get_plugin_manager()
+    backend, options = pm.runtime_for(artifact, backend, options)
     return pm.backend_for(artifact, backend, options).load(
         artifact, Context(plugins=pm, show_progress=False))
 

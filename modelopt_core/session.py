@@ -296,11 +296,15 @@ class Session:
 
     # ---- running and measuring ------------------------------------------------------------
 
-    def runner(self, backend: str = "torch", artifact: ModelArtifact | None = None,
+    def runner(self, backend: str | None = None, artifact: ModelArtifact | None = None,
                **options: Any) -> Runner:
         """A callable running ``artifact`` (default: current) on ``backend``: torch tensors
-        in, torch tensors out, shaped like the original model's outputs."""
-        return self._make_runner(artifact or self.current, backend, **options)
+        in, torch tensors out, shaped like the original model's outputs. Without a backend:
+        the runtime the artifact carries (``props.runtime`` and its options), else the
+        reference backend of its format (``torch`` for the original)."""
+        art = artifact or self.current
+        backend, options = self.pm.runtime_for(art, backend, options)
+        return self._make_runner(art, backend, **options)
 
     def _make_runner(self, artifact: ModelArtifact, backend: str, **options: Any) -> Runner:
         return self.pm.backend_for(artifact, backend, options).load(artifact, self.context())

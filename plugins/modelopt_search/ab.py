@@ -22,10 +22,6 @@ from modelopt_core.recipe import build_model
 __all__ = ["bootstrap_ratio_ci", "compare_artifacts", "interleaved_times", "run_compare",
            "setup_compare"]
 
-#: the default backend of a format when several run it
-_PREFERRED = {"onnx": "onnxruntime", "torch": "torch"}
-
-
 def bootstrap_ratio_ci(a: Any, b: Any, *, n: int = 2000, seed: int = 0,
                        level: float = 0.95) -> tuple[float, float, float]:
     """(median(b) / median(a), low, high): the ratio of medians with a percentile bootstrap
@@ -65,20 +61,18 @@ def _load(path: str | Path, which: str, pm: Any, model: Any = None) -> mo.ModelA
         raise type(e)(f"compare: artifact {which}: {msg}") from None
 
 
-def _backend(art: mo.ModelArtifact, name: str | None, which: str, pm: Any) -> Any:
-    if name is not None:
-        try:
-            return type(pm.backend_for(art, name))
-        except mo.FormatError as e:
-            raise mo.FormatError(f"compare: artifact {which} ({art.path}): {e}") from e
-    runs = [i.cls for i in pm.components("backend")
-            if art.format in i.cls.accepts and i.cls.availability()[0]]
-    if not runs:
-        raise mo.BackendUnavailableError(
-            f"compare: no available backend runs artifact {which} ({art.path}, format "
-            f"{art.format!r}); see `modelopt plugins`.")
-    pref = _PREFERRED.get(art.format, art.format)
-    return next((c for c in runs if c.name == pref), runs[0])
+def _backend(art: mo.ModelArtifact, name: str | None, which: str, pm: Any,
+             options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The backend class and config options artifact ``which`` runs with: ``name`` when
+    given, else the runtime the artifact carries (a search's best: its backend and options),
+    else its format's reference backend; ``options`` override the artifact's own."""
+    try:
+        name, opts = pm.runtime_for(art, name, options)
+        pm.backend_for(art, name, opts)  # typed: the format, the config, availability
+    except (mo.FormatError, mo.BackendUnavailableError, mo.ConfigError,
+            mo.UnknownComponentError) as e:
+        raise type(e)(f"compare: artifact {which} ({art.path}): {e}") from e
+    return pm.get("backend", name).cls, opts
 
 
 def _inputs(specs: tuple[mo.TensorSpec, ...], seed: int) -> tuple[Any, ...]:
@@ -140,13 +134,15 @@ def interleaved_times(runners: list[Any], xs: tuple[Any, ...], *, runs: int, war
 def compare_artifacts(path_a: str | Path, path_b: str | Path, *, backend_a: str | None = None,
                       backend_b: str | None = None, runs: int = 300, warmup: int = 20,
                       block: int = 10, bootstrap: int = 2000, seed: int = 0,
-                      model_a: Any = None, model_b: Any = None,
-                      plugins: Any = None) -> dict[str, Any]:
+                      model_a: Any = None, model_b: Any = None, plugins: Any = None,
+                      backend_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measure the latency of artifacts A and B side by side and their size on disk.
 
-    ``runs`` timed calls per side, in interleaved blocks of ``block`` calls; ``backend_b``
-    defaults to ``backend_a``, which defaults to the preferred available backend of A's
-    format. Returns plain data: per side path, format, backend, p50/p95 ms, size MB; the
+    ``runs`` timed calls per side, in interleaved blocks of ``block`` calls. Each side runs
+    on the runtime it carries (``props.runtime`` with its options: a search's ``best/`` is
+    measured as the search measured it), else on its format's reference backend;
+    ``backend_a`` overrides A's, ``backend_b`` B's (default: ``backend_a`` when given);
+    ``backend_options`` override both sides' options. Returns plain data: per side path, format, backend, p50/p95 ms, size MB; the
     latency ratio B/A of the medians with its bootstrap 95% CI and verdict ("B faster", "B
     slower" or "no significant difference"); the size ratio B/A and verdict. ``model_a`` /
     ``model_b``: module skeletons for torch (weights-only) artifacts, as for
@@ -167,10 +163,11 @@ def compare_artifacts(path_a: str | Path, path_b: str | Path, *, backend_a: str 
             f"compare: A ({path_a}) and B ({path_b}) take different inputs: "
             f"{[s.to_data() for s in sa]} vs {[s.to_data() for s in sb]}.")
     xs = _inputs(sa, seed)
-    classes = [_backend(arts[0], backend_a, "A", pm),
-               _backend(arts[1], backend_b or backend_a, "B", pm)]
+    chosen = [_backend(arts[0], backend_a, "A", pm, backend_options),
+              _backend(arts[1], backend_b or backend_a, "B", pm, backend_options)]
+    classes = [c for c, _ in chosen]
     ctx = mo.Context(example_inputs=xs, plugins=pm, show_progress=False)
-    runners = [cls().load(art, ctx) for cls, art in zip(classes, arts)]
+    runners = [cls(**opts).load(art, ctx) for (cls, opts), art in zip(chosen, arts)]
     try:  # A B, B A, A B...
         times = interleaved_times(runners, xs, runs=runs, warmup=warmup, block=block)
     finally:
@@ -186,6 +183,7 @@ def compare_artifacts(path_a: str | Path, path_b: str | Path, *, backend_a: str 
     sides = {}
     for key, art, cls, t, size in zip("ab", arts, classes, ms, sizes):
         sides[key] = {"path": str(art.path), "format": art.format, "backend": cls.name,
+                      "backend_options": chosen["ab".index(key)][1],
                       "latency_p50_ms": float(np.median(t)),
                       "latency_p95_ms": float(np.quantile(t, 0.95)), "latency_n": int(t.size),
                       "size_mb": size / 2**20, "size_bytes": size}
@@ -195,6 +193,10 @@ def compare_artifacts(path_a: str | Path, path_b: str | Path, *, backend_a: str 
             "inputs": {s.name: list(x.shape) for s, x in zip(sa, xs)},
             "runs": runs, "block": block, "bootstrap": bootstrap, "seed": seed,
             "environment": describe_environment()}
+
+
+def _opts(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(options.items())) or "(defaults)"
 
 
 def verdict_line(res: dict[str, Any]) -> str:
@@ -217,6 +219,10 @@ def setup_compare(parser: argparse.ArgumentParser) -> None:
                         help="backend for A (and B unless --backend-b); default: the preferred "
                              "available backend of the artifact's format")
     parser.add_argument("--backend-b", default=None, help="backend for B")
+    parser.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a backend config option for both sides (repeatable), overriding "
+                             "the options an artifact carries; values parse as JSON when "
+                             "they can")
     parser.add_argument("--runs", type=int, default=300, help="timed calls per artifact")
     parser.add_argument("--warmup", type=int, default=20, help="untimed calls per artifact")
     parser.add_argument("--seed", type=int, default=0, help="seed of inputs and bootstrap")
@@ -229,13 +235,16 @@ def run_compare(args: argparse.Namespace) -> int:
     model = build_model(*model_options(args), where="compare")
     res = compare_artifacts(args.a, args.b, backend_a=args.backend, backend_b=args.backend_b,
                             runs=args.runs, warmup=args.warmup, seed=args.seed,
-                            model_a=model, model_b=model)
+                            model_a=model, model_b=model,
+                            backend_options=mo.parse_options(args.backend_option))
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
     rows = [("", "A", "B", "B/A"),
             ("artifact", res["a"]["path"], res["b"]["path"], ""),
             ("backend", res["a"]["backend"], res["b"]["backend"], ""),
+            ("options", _opts(res["a"]["backend_options"]), _opts(res["b"]["backend_options"]),
+             ""),
             ("p50 ms", f"{res['a']['latency_p50_ms']:.3f}", f"{res['b']['latency_p50_ms']:.3f}",
              f"{res['latency']['ratio_b_over_a']:.3f}"),
             ("p95 ms", f"{res['a']['latency_p95_ms']:.3f}", f"{res['b']['latency_p95_ms']:.3f}",

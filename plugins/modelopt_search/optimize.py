@@ -204,6 +204,8 @@ def _search(session: mo.Session, search: _Search, study: Any, full: dict[str, An
     keys = ("objective", "size_mb") if objective != "size" else ("objective",)
     art = search.artifacts.get(best["trial"]) if best is not None else None
     recipe = search.best_recipe or (_recipe_of(study, best["trial"]) if best else None)
+    if art is not None and recipe:  # the best runs as it was measured (runner, serve...)
+        art = art.with_runtime(recipe["backend"], recipe.get("backend_options"))
     return SearchResult(best=art, best_recipe=recipe,
                         best_row=best, pareto=pareto_front(rows, keys), report=report,
                         study=study, out_dir=out)

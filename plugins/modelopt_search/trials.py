@@ -250,11 +250,16 @@ class _Search(_Clock):
 
     def save_best(self, study: Any, row: dict[str, Any],
                   recipe: dict[str, Any] | None = None) -> None:
-        self.artifacts[row["trial"]].save(self.out / "best", overwrite=True,
-                                            plugins=self.s.pm)
-        write_json(self.out / "best.json", {
-            "trial": row["trial"], "row": row,
-            "recipe": recipe or _recipe_of(study, row["trial"])})
+        """``best/`` (the artifact, carrying the runtime it was measured on: backend and
+        options, so a runner, `modelopt compare` or `serve` of it runs it the same way) and
+        ``best.json`` (its row and recipe)."""
+        recipe = recipe or _recipe_of(study, row["trial"])
+        art = self.artifacts[row["trial"]]
+        if recipe:
+            art = art.with_runtime(recipe["backend"], recipe.get("backend_options"))
+            self.artifacts[row["trial"]] = art
+        art.save(self.out / "best", overwrite=True, plugins=self.s.pm)
+        write_json(self.out / "best.json", {"trial": row["trial"], "row": row, "recipe": recipe})
 
     # ---- at the end ---------------------------------------------------------------------
 

@@ -87,7 +87,9 @@ class ServeState:
         else:  # a loaded artifact's own name is its last step's; the folder says more
             self.artifact = load_served(Path(artifact), self.model)
             self.name = Path(artifact).name
-        self.backend = backend
+        from .replicas import runtime_of
+
+        self.backend = runtime_of(self.artifact, backend)[0]
         self.options = dict(options)
         self.pool: Any = None
         self.cache: Any = None
@@ -225,7 +227,7 @@ def load_served(path: Path, model: Any = None) -> Any:
         raise
 
 
-def create_app(artifact: Any, backend: str = "onnxruntime", **options: Any) -> FastAPI:
+def create_app(artifact: Any, backend: str | None = None, **options: Any) -> FastAPI:
     """A FastAPI app serving ``artifact`` (a ``ModelArtifact`` or a saved artifact folder) on
     ``backend`` through a :class:`~modelopt_serve.DynamicBatcher`.
 

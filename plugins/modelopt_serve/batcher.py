@@ -112,7 +112,7 @@ class DynamicBatcher:
             t.start()
 
     @classmethod
-    def from_artifact(cls, artifact: Any, backend: str = "onnxruntime", *, workers: int = 1,
+    def from_artifact(cls, artifact: Any, backend: str | None = None, *, workers: int = 1,
                       options: Mapping[str, Any] | None = None, mode: str = "auto",
                       cores: int | None = None, **batcher_options: Any) -> DynamicBatcher:
         """A batcher over a new :class:`ReplicaPool` it owns (closed with the batcher)."""

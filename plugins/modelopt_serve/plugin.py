@@ -35,12 +35,14 @@ def _need(module: str, hint: str) -> None:
 
 def _setup_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifact", help="a saved artifact folder (ModelArtifact.save)")
-    p.add_argument("--backend", default="onnxruntime",
-                   help="any registered backend: onnxruntime, openvino, torch... (default "
-                        "onnxruntime)")
+    p.add_argument("--backend", default=None,
+                   help="any registered backend: onnxruntime, openvino, torch... (default: "
+                        "the runtime the artifact carries, e.g. a search's best, with its "
+                        "options; else its format's reference backend)")
     p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a backend config option (repeatable), e.g. --backend-option "
-                        "device=CPU; values parse as JSON when they can")
+                        "device=CPU, overriding the options the artifact carries; values "
+                        "parse as JSON when they can")
     p.add_argument("--max-batch-size", type=int, default=32,
                    help="most rows per model run; 1 turns batching off (default 32)")
     p.add_argument("--max-delay-ms", type=float, default=5.0,
@@ -92,17 +94,7 @@ def _setup_serve(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    import json
-
-    backend_options: dict[str, Any] = {}
-    for item in args.backend_option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise mo.ConfigError(f"--backend-option {item!r}: expected KEY=VALUE.")
-        try:
-            backend_options[key] = json.loads(value)
-        except ValueError:
-            backend_options[key] = value
+    backend_options = mo.parse_options(args.backend_option)
     try:
         preferred = tuple(int(x) for x in args.preferred_batch_sizes.split(",") if x.strip())
     except ValueError:

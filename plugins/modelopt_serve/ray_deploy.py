@@ -21,7 +21,7 @@ RAY_HINT = 'pip install -e ".[serve-ray]"'
 
 
 def ray_app(artifact_path: str | Path, *, num_replicas: int = 2,
-            backend: str = "onnxruntime", num_cpus: float = 1.0,
+            backend: str | None = None, num_cpus: float = 1.0,
             ray_actor_options: dict[str, Any] | None = None, **options: Any) -> Any:
     """A Ray Serve application serving the artifact folder at ``artifact_path`` with
     ``num_replicas`` replicas of ``num_cpus`` CPUs each; ``options`` go to

@@ -40,6 +40,14 @@ def load_runner(artifact: mo.ModelArtifact, backend: str, options: Mapping[str, 
     return mo.load_runner(artifact, backend, plugins=plugins, **dict(options or {}))
 
 
+def runtime_of(artifact: mo.ModelArtifact, backend: str | None,
+               plugins: Any = None) -> tuple[str, dict[str, Any]]:
+    """The backend ``artifact`` is served on (``backend``, else the runtime it carries, else
+    its format's reference backend) and the options it carries for that backend."""
+    pm = plugins or mo.get_plugin_manager()
+    return pm.runtime_for(artifact, backend)
+
+
 def thread_option(backend: str, plugins: Any = None) -> str | None:
     """The config field of ``backend`` that sets its CPU thread count (the class's
     ``thread_option`` trait), or None."""
@@ -65,8 +73,10 @@ class ReplicaPool(_ProcessWorkers):
     """``workers`` runners of one artifact; :meth:`run` runs flat inputs on a free one.
 
     ``artifact`` is a :class:`~modelopt_core.ModelArtifact` or a saved artifact's path.
-    ``options`` are the backend's config options (shared by every replica); the thread
-    option is filled in per replica unless given. ``mode``: ``"auto"`` (threads for
+    ``backend`` None: the runtime the artifact carries (a search's best), else its format's
+    reference backend. ``options`` are the backend's config options (shared by every
+    replica), over those the artifact carries; the thread option is filled in per replica
+    (the cores split between the replicas) unless given. ``mode``: ``"auto"`` (threads for
     backends whose class declares ``releases_gil``, processes otherwise), ``"thread"`` or
     ``"process"``.
     ``cores``: the cores to split (default: those this process may run on).
@@ -80,7 +90,7 @@ class ReplicaPool(_ProcessWorkers):
     RESTART_WINDOW_S = 60.0
 
     def __init__(self, artifact: mo.ModelArtifact | str | os.PathLike[str],
-                 backend: str = "onnxruntime", workers: int = 1,
+                 backend: str | None = None, workers: int = 1,
                  options: Mapping[str, Any] | None = None, mode: str = "auto",
                  cores: int | None = None, max_restarts: int = 5, model: Any = None) -> None:
         if isinstance(artifact, (str, os.PathLike)):
@@ -91,6 +101,7 @@ class ReplicaPool(_ProcessWorkers):
             raise ServeError(f"ReplicaPool: mode must be 'auto', 'thread' or 'process', not "
                              f"{mode!r}.")
         self.artifact = artifact
+        backend, carried = runtime_of(artifact, backend)
         self.backend = backend
         self.workers = int(workers)
         self.mode = ("thread" if releases_gil(backend) else "process") \
@@ -107,8 +118,14 @@ class ReplicaPool(_ProcessWorkers):
         self.restarts = 0
         self._restart_times: list[float] = []
         self.notes: list[str] = []
-        self.options = dict(options or {})
+        self.options = {**carried, **dict(options or {})}
         field = thread_option(backend)
+        if field is not None and field in carried and field not in (options or {}):
+            self.notes.append(
+                f"the artifact was measured with {field}={carried[field]}; serving splits "
+                f"the cores instead ({self.threads_per_replica} per replica; pass "
+                f"--backend-option {field}=N to set it)")
+            del self.options[field]
         if field is None:
             self.notes.append(f"backend {backend!r} declares no thread option (Backend."
                               "thread_option); its threads are left as they are")

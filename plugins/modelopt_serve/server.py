@@ -30,7 +30,7 @@ __all__ = ["MAX_HEADER_BYTES", "protocol_class", "serve", "serve_in_thread", "se
 MAX_HEADER_BYTES = 64 * 1024
 
 
-def serve(artifact: str | Path | Any, *, backend: str = "onnxruntime", host: str = "127.0.0.1",
+def serve(artifact: str | Path | Any, *, backend: str | None = None, host: str = "127.0.0.1",
           port: int = 8000, log_level: str = "info", graceful_s: float = 30.0,
           **options: Any) -> int:
     """Serve ``artifact`` over HTTP until SIGTERM/SIGINT; ``options`` go to
@@ -55,7 +55,7 @@ def serve(artifact: str | Path | Any, *, backend: str = "onnxruntime", host: str
 
 
 @contextlib.contextmanager
-def serve_in_thread(artifact: Any, *, backend: str = "onnxruntime", host: str = "127.0.0.1",
+def serve_in_thread(artifact: Any, *, backend: str | None = None, host: str = "127.0.0.1",
                     port: int = 0, ready_timeout_s: float = 60.0, **options: Any
                     ) -> Iterator[str]:
     """Serve in a background thread of this process (notebooks, tests): yields the base URL
@@ -96,7 +96,7 @@ def serve_in_thread(artifact: Any, *, backend: str = "onnxruntime", host: str = 
         thread.join(timeout=60)
 
 
-def serve_ray(artifact: str | Path, *, backend: str = "onnxruntime", host: str = "127.0.0.1",
+def serve_ray(artifact: str | Path, *, backend: str | None = None, host: str = "127.0.0.1",
               port: int = 8000, num_replicas: int = 2, log_level: str = "info",
               **options: Any) -> int:
     """Serve ``artifact`` on Ray Serve (:func:`~modelopt_serve.ray_deploy.ray_app`) with its HTTP
