@@ -38,7 +38,7 @@ EXAMPLES = """examples:
 
 _SEARCH_KEYS = {"target", "objective", "max_accuracy_drop", "trials", "time_budget_s",
                 "storage", "study_name", "seed", "space", "runtime_options",
-                "profiler_options", "threads"}
+                "profiler_options", "threads", "profilers"}
 
 
 def setup(p: argparse.ArgumentParser) -> None:
@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         study_name=args.study_name or search.get("study_name"),
         seed=args.seed if args.seed is not None else search.get("seed", 0), out_dir=out,
         runtime_options=search.get("runtime_options"),
-        profiler_options=search.get("profiler_options"), threads=search.get("threads"))
+        profiler_options=search.get("profiler_options"), threads=search.get("threads"),
+        profilers=search.get("profilers"))
     if args.json:
         print(json.dumps({"out_dir": str(res.out_dir), "best": res.best_row,
                           "best_recipe": res.best_recipe, "pareto": res.pareto}, indent=2,

@@ -101,9 +101,12 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
              out_dir: str | Path | None = None, seed: int = 0,
              runtime_options: dict[str, Any] | None = None,
              profiler_options: dict[str, dict[str, Any]] | None = None,
-             threads: int | None = None) -> SearchResult:
+             threads: int | None = None, profilers: list[str] | None = None) -> SearchResult:
     """Search recipes for ``target`` minimizing ``objective`` within ``max_accuracy_drop``
-    points of ``eval_fn``; see :meth:`modelopt_core.Session.optimize`."""
+    points of ``eval_fn``; see :meth:`modelopt_core.Session.optimize`. ``profilers``: the
+    profilers every trial runs besides the search's own (accuracy, latency, size); None:
+    every available profiler an installed plugin outside modelopt-core registers, so its
+    columns reach the tables."""
 
     if session.eval_fn is None:
         raise SearchError("optimize: the session needs eval_fn (callable(runner) -> float, "
@@ -142,13 +145,29 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
             rt[t][key] = threads
     popts = {"latency": {"min_time_s": 0.2, "warmup": 5}, **(profiler_options or {})}
     search = _Search(session, targets, objective, float(max_accuracy_drop), full, out, rt,
-                     popts, threads)
+                     popts, threads, extra_profilers(session.pm, profilers))
     study = open_study(storage, name, seed, ["maximize", "minimize"])
     try:
         return _search(session, search, study, full, targets, objective, budget_trials,
                        time_budget_s, threads, t0)
     except storage_errors() as e:  # the storage failed mid-search (a damaged file...)
         raise storage_error(storage, e) from e
+
+
+def extra_profilers(pm: Any, names: list[str] | None) -> list[str]:
+    """The profilers a trial runs besides the search's own: ``names`` (each must be
+    registered and available here), or None: every available one from an installed plugin
+    outside modelopt-core (a third-party metric shows in the search's tables too)."""
+    own = {"accuracy", "latency", "size", "energy"}
+    if names is None:
+        return [i.name for i in pm.components("profiler") if i.name not in own
+                and i.distribution != mo.CORE_DISTRIBUTION and i.cls.availability()[0]]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise SearchError(f"optimize: profilers must be a list of profiler names, got "
+                          f"{names!r}.")
+    for n in names:
+        pm.get("profiler", n).cls.ensure_available()  # unknown: the close names; typed
+    return [n for n in names if n not in own]
 
 
 def _search(session: mo.Session, search: _Search, study: Any, full: dict[str, Any],

@@ -76,7 +76,7 @@ def end_notes(search: _Search, budget: _Budget, rows: list[dict[str, Any]],
                      + ("; ..." if len(search.skipped) > 8 else ""))
     if confirm_note:
         notes.append(confirm_note)
-    notes += search.lost + sorted(set(search.dead_targets.values()))
+    notes += search.lost + search.dropped + sorted(set(search.dead_targets.values()))
     if search.confirmed and best is not None:
         batch = (search.profiler_options.get("latency") or {}).get("batch_size")
         notes.append(

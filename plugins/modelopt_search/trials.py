@@ -39,12 +39,17 @@ OBJECTIVES = {"latency": ("latency", ("latency_p50_ms",)),
 class _Search(_Clock):
     def __init__(self, session: mo.Session, target: list[str], objective: str, max_drop: float,
                  space: dict[str, Any], out: Path, runtime_options: dict[str, Any],
-                 profiler_options: dict[str, dict[str, Any]], threads: int | None) -> None:
+                 profiler_options: dict[str, dict[str, Any]], threads: int | None,
+                 extra_profilers: list[str] | None = None) -> None:
         self.s, self.target, self.objective, self.max_drop = session, target, objective, max_drop
         self.space, self.out = space, out
         self.runtime_options = runtime_options
         self.profiler_options = profiler_options
         self.threads = threads
+        #: profilers of installed plugins every trial runs too (their columns in the tables);
+        #: one that raises is dropped for the rest of the search, with a note
+        self.extra_profilers = list(extra_profilers or [])
+        self.dropped: list[str] = []  # what was dropped on the way (a broken profiler), why
         self.best_recipe: dict[str, Any] | None = None  # the confirmed best's (its threads)
         self.baseline: dict[str, Any] = {}
         self.environment = _environment()  # the machine: described once, in every report
@@ -74,7 +79,7 @@ class _Search(_Clock):
         names = ["accuracy", "latency", "size"]
         if self.objective == "energy":
             names.append("energy")
-        return names
+        return names + self.extra_profilers
 
     def metric(self, row: dict[str, Any]) -> float:
         keys = OBJECTIVES[self.objective][1]
@@ -95,9 +100,16 @@ class _Search(_Clock):
             lat["min_time_s"] = float(lat.get("min_time_s", 0.2)) / 4
             lat["warmup"] = 1
             popts = {**popts, "latency": lat}
-        rep = s.compare(backends=[backend], profilers=self.profilers(), artifacts=[art],
-                        backend_options={backend: options},
-                        profiler_options=popts)
+        try:
+            rep = s.compare(backends=[backend], profilers=self.profilers(), artifacts=[art],
+                            backend_options={backend: options}, profiler_options=popts)
+        except Exception as e:  # a plugin's profiler that breaks: measured without it
+            if not self.extra_profilers or isinstance(e, mo.ModeloptError):
+                raise
+            self.dropped.append(f"profiler(s) {self.extra_profilers} dropped from the search: "
+                                f"{type(e).__name__}: {str(e)[:200]}")
+            self.extra_profilers = []
+            return self.measure(s, art, backend, options, short)
         row = dict(rep.rows[0])
         if row.get("error") and "accuracy" not in row:
             raise mo.StepError(f"optimize: measuring on {backend!r} failed: {row['error']}")

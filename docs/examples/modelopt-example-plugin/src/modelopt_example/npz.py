@@ -133,6 +133,21 @@ def run_layers(layers: list[dict[str, Any]], x: Any) -> Any:
     return x
 
 
+def layer_macs(layers: list[dict[str, Any]], x: Any) -> int:
+    """Multiply-accumulates of one pass of the layer list on array ``x`` (the products of
+    ``linear`` and ``conv2d`` layers; the others are elementwise or cheap)."""
+    macs = 0
+    for layer in layers:
+        y = run_layers([layer], x)
+        if layer["op"] == "linear":
+            macs += y.size * layer["weight"].shape[1]
+        elif layer["op"] == "conv2d":
+            w = layer["weight"]
+            macs += y.size * w.shape[1] * w.shape[2] * w.shape[3]
+        x = y
+    return int(macs)
+
+
 def _conv2d(x: Any, layer: dict[str, Any]) -> Any:
     """NCHW convolution as one matrix product (im2col over a sliding-window view)."""
     import numpy as np
