@@ -84,3 +84,37 @@ def test_deliberately_bad_imports_break_every_contract(tmp_path):
         f"modelopt_torch.backends -> modelopt_onnx (l.{bad['plugin']})" in out, out[-4000:]
     assert f"modelopt_quant.plugin -> modelopt_core.artifact (l.{bad['private']})" in out
     assert ".tables -> .report" in out or ".report -> .tables" in out, out[-4000:]
+
+
+# ---- sizes (issue 25): no function over ~80 lines, no module over ~400 ----------------------
+
+#: the one exception the issue names: training.fit / training.py, which the scale-out issue
+#: splits into a Trainer
+SIZE_EXCEPTIONS = {"modelopt_core/training.py"}
+MAX_FUNCTION_LINES, MAX_MODULE_LINES = 80, 400
+
+
+def _sources() -> list[Path]:
+    roots = [ROOT / "modelopt_core", ROOT / "modelopt_demo", ROOT / "plugins",
+             ROOT / "docs" / "examples" / "modelopt-example-plugin" / "src"]
+    return sorted(p for r in roots for p in r.rglob("*.py"))
+
+
+def test_no_function_and_no_module_is_too_long():
+    import ast
+
+    too_long = []
+    for p in _sources():
+        rel = p.relative_to(ROOT).as_posix()
+        if rel in SIZE_EXCEPTIONS:
+            continue
+        text = p.read_text()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{rel}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    too_long.append(f"{rel}:{node.lineno} {node.name}: {n} lines")
+    assert not too_long, ("split these (functions <= 80 lines, modules <= 400): "
+                          + "; ".join(too_long))
