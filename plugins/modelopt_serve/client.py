@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 from modelopt_core.errors import ConfigError
 
 from . import codec
+from .errors import ServeError
 
 __all__ = ["check_url", "load_test", "make_inputs", "percentile", "run_load"]
 
@@ -112,9 +113,7 @@ async def run_load(url: str, *, concurrency: int = 8, requests: int = 200,
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(base, connector=connector, timeout=timeout) as client:
-        async with client.get("/spec") as r:
-            r.raise_for_status()
-            spec = await r.json()
+        spec = await _spec(client, base, timeout_s)
         rng = random.Random(seed)
         hot = [codec.encode_inputs(make_inputs(spec["inputs"], seed + 1_000_000 + i),
                                    media_type) for i in range(max(1, hot_set))]
@@ -155,6 +154,29 @@ async def run_load(url: str, *, concurrency: int = 8, requests: int = 200,
             "duration_s": elapsed, "throughput_rps": ok / elapsed if elapsed > 0 else 0.0,
             "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95),
             "p99_ms": percentile(lat, 99)}
+
+
+async def _spec(client: Any, base: str, timeout_s: float) -> dict[str, Any]:
+    """The server's ``GET /spec``; :class:`ServeError` saying what is wrong when nothing
+    listens at ``base``, it does not answer in time, or it is not a modelopt server."""
+    import aiohttp
+
+    try:
+        async with client.get("/spec") as r:
+            if r.status != 200:
+                raise ServeError(f"bench-serve: {base} answered GET /spec with HTTP {r.status}: "
+                                 "is it a modelopt server (`modelopt serve ARTIFACT`)?")
+            return await r.json()
+    except aiohttp.ClientConnectorError as e:
+        raise ServeError(f"bench-serve: nothing listens at {base} ({e.os_error.strerror or e}); "
+                         "start the server first (`modelopt serve ARTIFACT --port N`) or fix "
+                         "the URL.") from None
+    except asyncio.TimeoutError:
+        raise ServeError(f"bench-serve: {base} did not answer GET /spec within {timeout_s:g} "
+                         "s; is the server still loading (GET /ready)?") from None
+    except (aiohttp.ContentTypeError, ValueError) as e:
+        raise ServeError(f"bench-serve: {base} answered GET /spec with something that is not "
+                         f"JSON ({type(e).__name__}): is it a modelopt server?") from None
 
 
 def load_test(url: str, **kwargs: Any) -> dict[str, Any]:
