@@ -14,21 +14,49 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_flags", "describe_environment"]
+__all__ = ["cpu_flags", "cpu_line", "describe_environment", "isa_line"]
 
 #: distributions whose versions every report records (absent ones are left out)
 LIBRARIES = ("modelopt-core", "torch", "onnx", "onnxruntime", "onnxscript", "openvino",
              "tensorrt", "numpy", "transformers")
 
 
-def _cpu_model() -> str:
+def _cpuinfo() -> list[str]:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        return Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
+        return []
+
+
+def _cpu_model() -> str:
+    for line in _cpuinfo():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.machine()  # (not platform.processor(): it forks `uname -p`)
+
+
+def _cpu_topology() -> dict[str, Any]:
+    """``physical_cores`` (distinct (package, core) pairs) and ``cpu_id`` (vendor, family,
+    model: what a virtual machine's generic model name such as "AMD EPYC" leaves out), as far
+    as /proc/cpuinfo tells them."""
+    cores: set[tuple[str, str]] = set()
+    fields: dict[str, str] = {}
+    package = ""
+    for line in _cpuinfo():
+        key, _, value = (x.strip() for x in line.partition(":"))
+        if key == "physical id":
+            package = value
+        elif key == "core id":
+            cores.add((package, value))
+        elif key in ("vendor_id", "cpu family", "model") and key not in fields:
+            fields[key] = value
+    out: dict[str, Any] = {}
+    if cores:
+        out["physical_cores"] = len(cores)
+    if "cpu family" in fields:
+        out["cpu_id"] = (f"{fields.get('vendor_id', '?')} family {fields['cpu family']} "
+                         f"model {fields.get('model', '?')}")
+    return out
 
 
 def _platform() -> str:
@@ -42,28 +70,72 @@ def _platform() -> str:
     return f"{u.sysname}-{u.release}-{u.machine}" + (f"-with-{lib}{version}" if lib else "")
 
 
+#: the CPU features that decide which INT8/BF16 kernels run, as /proc/cpuinfo names them
+ISA_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
+             "amx_int8", "amx_bf16")
+
+
 def cpu_flags() -> list[str]:
     """The CPU features that decide which INT8/BF16 kernels run (x86 Linux only)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return sorted(f for f in ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16",
-                                          "amx_tile", "amx_int8", "amx_bf16") if f in flags)
-    except OSError:
-        pass
+    for line in _cpuinfo():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return sorted(f for f in ISA_FLAGS if f in flags)
     return []
 
 
+def isa_line(flags: list[str] | None) -> str:
+    """The ISA features that matter for INT8/BF16 speed, in words: ``"AVX2, AVX-VNNI,
+    AVX-512 (VNNI, BF16), no AMX"``; ``"ISA not recorded"`` for None (an older record),
+    ``""`` for an empty list (not x86 Linux: nothing read)."""
+    if flags is None:
+        return "ISA not recorded"
+    if not flags:
+        return ""
+    f = set(flags)
+    parts = [name for flag, name in (("avx2", "AVX2"), ("avx_vnni", "AVX-VNNI")) if flag in f]
+    if "avx512f" in f:
+        sub = [n for flag, n in (("avx512_vnni", "VNNI"), ("avx512_bf16", "BF16")) if flag in f]
+        parts.append("AVX-512" + (f" ({', '.join(sub)})" if sub else ""))
+    amx = [n for flag, n in (("amx_int8", "INT8"), ("amx_bf16", "BF16")) if flag in f]
+    parts.append(f"AMX ({', '.join(amx)})" if amx or "amx_tile" in f else "no AMX")
+    return ", ".join(parts)
+
+
+_ARCHES = ("x86_64", "AMD64", "i386", "i686", "aarch64", "arm64", "?")
+
+
+def cpu_line(env: dict[str, Any]) -> str:
+    """The machine class a figure belongs to, in one line: CPU model (family/model), cores
+    and hardware threads (and how many are usable here), ISA features. E.g. ``"AMD EPYC
+    (AuthenticAMD family 26 model 2), 2 cores / 2 threads, AVX2, AVX-VNNI, AVX-512 (VNNI,
+    BF16), no AMX"``."""
+    cpu = str(env.get("cpu", "?"))
+    if cpu in _ARCHES:  # an older record: the architecture, no model name
+        cpu = f"CPU model not recorded ({cpu})"
+    parts = [cpu + (f" ({env['cpu_id']})" if env.get("cpu_id") else "")]
+    threads, cores = env.get("cores"), env.get("physical_cores")
+    if threads:
+        usable = env.get("cores_usable", threads)
+        text = f"{cores} cores / {threads} threads" if cores else f"{threads} cores"
+        parts.append(text if usable == threads else f"{text} ({usable} usable)")
+    isa = isa_line(env.get("cpu_flags"))
+    if isa:
+        parts.append(isa)
+    return ", ".join(parts)
+
+
 def describe_environment() -> dict[str, Any]:
-    """Plain data: platform, CPU model and flags, logical and usable cores, torch threads
+    """Plain data: platform, CPU model, family/model and ISA flags, hardware threads
+    (``cores``), physical and usable cores, torch threads
     (when torch is loaded), 1-minute load average, library versions."""
     env: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": _platform(),
         "cpu": _cpu_model(),
         "cpu_flags": cpu_flags(),
-        "cores": os.cpu_count(),
+        "cores": os.cpu_count(),  # logical CPUs (hardware threads)
+        **_cpu_topology(),
     }
     if hasattr(os, "sched_getaffinity"):
         env["cores_usable"] = len(os.sched_getaffinity(0))

@@ -1,7 +1,10 @@
 """Report: the comparison table of a session's artifacts, as Markdown, JSON, HTML or rich text.
 
 The first row is the baseline; ratios (``speedup``, ``size_ratio``, ``accuracy_delta``) are
-computed against it, so figures measured side by side in one run compare fairly.
+computed against it, so figures measured side by side in one run compare fairly. In a lineage
+(``Session.compare`` over a history) a step slower or larger than its input, beyond noise, is
+flagged (``regression``) and named in a summary line; :meth:`Report.best` picks the best
+measured row within an accuracy budget (see :mod:`~modelopt_core.report_rows`).
 """
 
 from __future__ import annotations
@@ -14,19 +17,23 @@ from typing import TYPE_CHECKING, Any
 
 from . import tables
 from .persist import write_text_atomic
+from .report_rows import Choice, best_row, flag_regressions, regression_summary
 from .tables import environment_line, order_columns, pareto_indices
 
 if TYPE_CHECKING:
     from .plugins import PluginManager
 
-__all__ = ["Report", "pareto_indices"]
+__all__ = ["Choice", "Report", "pareto_indices"]
 
-_TEXT = ("step", "format", "backend", "error", "note")
+_TEXT = ("step", "format", "backend", "error", "note", "regression", "regression_input")
+#: prose that wraps in the terminal table (names and numbers never do)
+_WRAPS = ("note", "error", "regression")
 #: columns a narrow terminal drops first (the Markdown and JSON reports keep them all); the
-#: columns of other profilers go after "avg_watts"
-_DROP_ORDER = ("format", "peak_rss_mb", "rss_growth_mb", "avg_watts", "latency_p95_ms", "params",
-               "sparsity", "peak_memory_mb",
-               "throughput_per_s", "size_ratio", "note", "accuracy_delta", "size_mb")
+#: columns of other profilers go after "avg_watts"; CPU memory stays longer than the details,
+#: and longer than the regression marks (the summary line under the table says them too)
+_DROP_ORDER = ("format", "rss_growth_mb", "avg_watts", "latency_p95_ms", "params", "sparsity",
+               "peak_memory_mb", "throughput_per_s", "regression", "peak_rss_mb", "size_ratio",
+               "note", "accuracy_delta", "size_mb")
 #: columns a narrow terminal always keeps
 _KEEP = ("step", "backend", "accuracy", "latency_p50_ms", "speedup", "joules_per_inference",
          "error")
@@ -72,6 +79,7 @@ class Report:
         self._plugins = plugins
         self._specs: Mapping[str, Any] | None = None
         self._add_ratios()
+        flag_regressions(self.rows, self.cell)
 
     @property
     def column_specs(self) -> Mapping[str, Any]:
@@ -87,6 +95,25 @@ class Report:
     def cell(self, col: str, v: Any) -> str:
         """The text of value ``v`` in column ``col``."""
         return tables.fmt(col, v, self.column_specs)
+
+    @property
+    def regression_summary(self) -> str | None:
+        """One line naming each lineage step slower or larger than its input beyond noise
+        (the rows flagged in the ``regression`` column), or None when none is."""
+        return regression_summary(self.rows)
+
+    def best(self, objective: str = "latency", max_accuracy_drop: float | None = None, *,
+             backends: list[str] | None = None) -> Choice | None:
+        """The best measured row: lowest p50 (``objective="latency"``), or ``"size"``,
+        ``"throughput"``, ``"accuracy"`` or any column a profiler declares with ``better``;
+        among the rows without an error (on ``backends``, default all) whose accuracy is
+        within ``max_accuracy_drop`` points of the baseline's (None: no budget). Returns a
+        :class:`~modelopt_core.report_rows.Choice` (``index``, ``row``, ``step``, ``backend``,
+        ``history_index``: ``session.history[history_index]`` is its artifact in a
+        ``Session.compare`` report, and ``reason``, one line), or None when no row
+        qualifies. See :func:`~modelopt_core.report_rows.best_row` for the errors."""
+        return best_row(self.rows, objective, max_accuracy_drop, backends=backends,
+                        specs=self.column_specs, cell=self.cell)
 
     def _add_ratios(self) -> None:
         if not self.rows:
@@ -130,19 +157,24 @@ class Report:
 
     def to_markdown(self, path: str | os.PathLike[str] | None = None,
                     columns: list[str] | None = None) -> str:
-        """A Markdown table with human headers and fixed decimals, then the lineage notes and
-        the environment; written atomically to ``path`` when given."""
+        """The title, the machine it was measured on (CPU model, cores/threads, ISA
+        features), a Markdown table with human headers and fixed decimals, the line naming
+        the steps that made things worse, then the lineage notes; written atomically to
+        ``path`` when given."""
         cols = columns or self.columns
-        lines = [f"### {self.title}", "",
-                 "| " + " | ".join(self.header(c) for c in cols) + " |",
-                 "|" + "|".join("---" for _ in cols) + "|"]
+        lines = [f"### {self.title}", ""]
+        if self.environment:  # the machine class first: no figure is read without it
+            lines += ["Measured on: " + environment_line(self.environment), ""]
+        lines += ["| " + " | ".join(self.header(c) for c in cols) + " |",
+                  "|" + "|".join("---" for _ in cols) + "|"]
         for r in self.rows:
             lines.append("| " + " | ".join(_md(self.cell(c, r.get(c))) for c in cols) + " |")
+        summary = self.regression_summary
+        if summary:
+            lines += ["", f"**{summary}**"]
         if any(self.notes.values()):
             lines += ["", "Notes:"]
             lines += [f"- {step}: {n}" for step, ns in self.notes.items() for n in ns]
-        if self.environment:
-            lines += ["", "Measured on: " + environment_line(self.environment)]
         text = "\n".join(lines) + "\n"
         if path is not None:
             write_text_atomic(Path(path), text)
@@ -172,7 +204,8 @@ class Report:
 
     def print(self, columns: list[str] | None = None, file: Any = None) -> None:
         """Print the table to the terminal (rich on a terminal, fitted to its width; Markdown
-        otherwise)."""
+        otherwise): the machine first, then the table and the steps that made things
+        worse."""
         import sys
 
         cols = columns or self.columns
@@ -183,11 +216,14 @@ class Report:
         from rich.console import Console
         from rich.table import Table
 
-        console = Console(file=out)
+        console = Console(file=out, highlight=False)
         cols, hidden = self._fit(cols, console.width)
+        if self.environment:
+            console.print("measured on: " + environment_line(self.environment),
+                          style="dim", markup=False)
         t = Table(title=self.title, header_style="bold")
         for c in cols:
-            wraps = c in ("note", "error")  # long prose wraps; names and numbers never
+            wraps = c in _WRAPS  # long prose wraps; names and numbers never
             t.add_column(self.header(c), justify="left" if c in _TEXT else "right",
                          no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")
         for r in self.rows:
@@ -197,9 +233,8 @@ class Report:
             console.print(f"({len(hidden)} column(s) hidden to fit {console.width} columns: "
                           f"{', '.join(self.header(c) for c in hidden)}; see the Markdown/JSON "
                           "report)", style="dim", markup=False)
-        if self.environment:
-            console.print("measured on: " + environment_line(self.environment),
-                          style="dim", markup=False)
+        if self.regression_summary:
+            console.print(self.regression_summary, style="bold yellow", markup=False)
 
     def _fit(self, cols: list[str], width: int) -> tuple[list[str], list[str]]:
         """Drop the least important columns until the table fits ``width`` characters
@@ -207,7 +242,7 @@ class Report:
 
         def need(c: str) -> int:
             cells = [self.cell(c, r.get(c)) for r in self.rows]
-            if c in ("note", "error"):
+            if c in _WRAPS:
                 return 15
             if c in _TEXT:
                 return min(max([len(x) for x in cells] + [len(c)]), 24) + 3

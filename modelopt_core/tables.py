@@ -1,13 +1,15 @@
 """The report's cells and columns, shared by the Markdown/terminal table (``report``) and the
 HTML page (``report_html``): headers with units, cell formatting and column order (from the
 report's own columns and the ones the profilers declare), the Pareto front, the environment
-line. Imports nothing of the core, so neither report module imports the other's
-internals back."""
+line. Imports nothing of the core but the environment's description, so neither
+report module imports the other's internals back."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
+
+from .environment import cpu_line
 
 
 class OwnColumn(NamedTuple):
@@ -30,6 +32,9 @@ OWN_COLUMNS: dict[str, OwnColumn] = {
     "accuracy_delta": OwnColumn("Δ accuracy", lambda v: f"{v:+.2f}", 11),
     "speedup": OwnColumn("speedup", lambda v: f"{v:.2f}x", 22),
     "size_ratio": OwnColumn("smaller", lambda v: f"{v:.2f}x", 41),
+    # a lineage step slower or larger than its input (report_rows.flag_regressions)
+    "regression": OwnColumn("worse than its input", None, 999),
+    "regression_input": OwnColumn("input", None, 1001, table=False),
     "note": OwnColumn("note", None, 1000),
 }
 RESERVED_COLUMNS = frozenset(OWN_COLUMNS) | {"error"}
@@ -99,12 +104,10 @@ def fmt(col: str, v: Any, specs: Mapping[str, Any] | None = None) -> str:
 
 
 def environment_line(env: dict[str, Any]) -> str:
-    """One line: CPU, cores, threads, load, key library versions."""
-    parts = [str(env.get("cpu", "?"))]
-    if env.get("cores"):
-        usable = env.get("cores_usable", env["cores"])
-        parts.append(f"{env['cores']} cores" if usable == env["cores"]
-                     else f"{usable} of {env['cores']} cores usable")
+    """One line: the machine class (CPU model, cores/threads, the ISA features that decide
+    INT8/BF16 speed: :func:`~modelopt_core.environment.cpu_line`), torch threads, load, key
+    library versions."""
+    parts = [cpu_line(env)]
     if env.get("torch_threads"):
         parts.append(f"{env['torch_threads']} torch threads")
     if env.get("load_1min") is not None:
