@@ -12,6 +12,7 @@ import torch
 
 import modelopt_core as mo
 
+from ..demo import choose_final
 from .dataset import load_detection_data
 from .models import YoloDetector
 from .pipeline import PIPELINE, detection_session, run_pipeline
@@ -28,16 +29,22 @@ SIZES: dict[str, dict[str, int]] = {
              "calib": 4, "latency_iters": 3},
 }
 DEMO_COLUMNS = ["step", "backend", "accuracy", "accuracy_delta", "latency_p50_ms",
-                "speedup", "size_mb", "size_ratio"]
+                "speedup", "size_mb", "size_ratio", "peak_rss_mb", "regression"]
+#: the accuracy budget the final artifact is chosen within: points of mAP@0.5 (%), the bar
+#: docs/detection.md sets for slim + KD + INT8
+MAX_ACCURACY_DROP = 1.5
 
 
 def run_detection_demo(out_dir: str | Path = "modelopt-detect-out", epochs: int = 30,
                        progress: bool = True, quiet: bool = False,
                        backends: tuple[str, ...] = ("torch", "openvino"),
-                       size: str | None = None) -> mo.Report:
+                       size: str | None = None,
+                       max_accuracy_drop: float = MAX_ACCURACY_DROP) -> mo.Report:
     """Train, optimize, compare; writes ``report.md``, ``report.json`` (and ``report.html``
-    when the Report can render it) and the final artifact. ``size`` picks a preset of
-    :data:`SIZES` (default: ``$MODELOPT_DETECT_SIZE`` or ``"default"``)."""
+    when the Report can render it) and the final artifact: the fastest measured step within
+    ``max_accuracy_drop`` mAP@0.5 points of the original (see
+    :func:`~modelopt_demo.demo.choose_final`). ``size`` picks a preset of :data:`SIZES`
+    (default: ``$MODELOPT_DETECT_SIZE`` or ``"default"``)."""
     say = (lambda *a: None) if quiet else print
     size = size or os.environ.get("MODELOPT_DETECT_SIZE", "default")
     if size not in SIZES:
@@ -60,21 +67,22 @@ def run_detection_demo(out_dir: str | Path = "modelopt-detect-out", epochs: int 
             "openvino.quantize": {"calibration_batches": cfg["calib"]}}
     steps = [(m, n, dict(c, **over.get(n, {}))) for m, n, c in PIPELINE]
     run_pipeline(s, steps, say)  # slim -> feature KD (+ detection loss) -> OpenVINO -> INT8
-    say("[3/3] measuring every step (mAP@0.5 as accuracy, latency, size)...")
+    say("[3/3] measuring every step (mAP@0.5 as accuracy, latency, size, memory)...")
     avail = {i.name for i in s.pm.components("backend") if i.cls.availability()[0]}
     kw = {"backends": [b for b in backends if b in avail] or ["torch"],
-          "profilers": ["accuracy", "latency", "size"],
+          "profilers": ["accuracy", "latency", "size", "memory"],
           "profiler_options": {"latency": {"iterations": cfg["latency_iters"],
                                            "min_time_s": 0.3 * (size != "tiny")}}}
     report = s.compare(**kw)
     report.title = (f"modelopt demo: YOLO-style detector on digits ({canvas}x{canvas}, batch 1;"
                     " accuracy = mAP@0.5 %)")
     report.print(columns=[c for c in DEMO_COLUMNS if c in report.columns])
+    final = choose_final(s, report, max_accuracy_drop, say)
     out.mkdir(parents=True, exist_ok=True)
     report.to_markdown(out / "report.md")
     report.to_json(out / "report.json")
     report.to_html(out / "report.html")
-    s.current.save(out / "final-artifact")
+    final.save(out / "final-artifact")
     say(f"wrote {out / 'report.md'}, report.json, report.html and {out / 'final-artifact'} "
         f"({time.perf_counter() - t0:.1f} s in all)")
     return report
