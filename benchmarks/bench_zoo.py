@@ -7,7 +7,7 @@ gets the same thread count (``--threads``, default 2) and every OpenVINO model, 
 peer's, is compiled with the same properties (``INFERENCE_NUM_THREADS``, ``PERFORMANCE_HINT
 LATENCY``, ``INFERENCE_PRECISION_HINT f32`` - our runner's default; a peer's IR run with
 OpenVINO's CPU default would use bf16 for its float ops on CPUs with AVX-512 BF16 / AMX).
-Each section's table is headed by the CPU model and its ISA flags.
+Each section's table is headed by the machine's line (CPU model, cores/threads, ISA features).
 
 Sections (``--only`` picks them, comma-separated):
 
@@ -859,14 +859,14 @@ COLUMNS = ["row", "transformers", "p50_ms", "p50_range_ms", "speed_vs_ref", "vs_
 
 
 def header(sec: dict[str, Any]) -> str:
-    """The line over each table: the CPU, its ISA flags, the load and the timing plan."""
-    m = sec["machine"]
-    flags = ", ".join(m.get("cpu_flags") or []) or "none"
+    """The line over each table: the machine (the line every results table starts with:
+    CPU model, cores/threads, ISA features, load, versions), then the timing plan."""
+    from common import machine_line
+
     quick = " (QUICK: smoke run, not for quoting)" if sec["quick"] else ""
-    return (f"CPU: {m.get('cpu')}, ISA flags: {flags}; "
-            f"{m.get('cores_usable', m.get('cores'))} usable cores, {sec['threads']} threads, "
-            f"load {m.get('load_1min')}; {sec['rounds']} rounds x {sec['repeats']} repeats"
-            f"{quick}; {sec['date']}; reference row: {sec['ref']}")
+    return (f"{machine_line(sec['machine'])}; {sec['threads']} threads timed; "
+            f"{sec['rounds']} rounds x {sec['repeats']} repeats{quick}; {sec['date']}; "
+            f"reference row: {sec['ref']}")
 
 
 def write(sections: dict[str, dict[str, Any]], quick: bool) -> Path:

@@ -80,17 +80,27 @@ def machine() -> dict[str, Any]:
     return describe_environment()
 
 
+def machine_line(env: dict[str, Any]) -> str:
+    """The line at the top of every results table: the machine class (CPU model, cores and
+    threads, AVX-512 VNNI/BF16, AMX...), load and library versions, the same line a Report
+    starts with. A figure is only comparable with figures from the same class of machine."""
+    from modelopt_core.tables import environment_line
+
+    return "Measured on: " + environment_line(env)
+
+
 def write_results(name: str, payload: dict[str, Any], table: list[dict[str, Any]],
                   columns: list[str], title: str, notes: list[str] = ()) -> None:
-    """Write ``results/<name>.json`` and ``results/<name>.md``; a ``--quick`` smoke run
+    """Write ``results/<name>.json`` and ``results/<name>.md`` (the machine's line first: see
+    :func:`machine_line`); a ``--quick`` smoke run
     (``payload["quick"]``) writes under ``results/quick/`` (not kept in git), so it never
     replaces the figures of a full run."""
     folder = RESULTS / "quick" if payload.get("quick") else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     payload = dict(payload, rows=table, machine=machine())
     (folder / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
-    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |",
-             "|" + "---|" * len(columns)]
+    lines = [f"# {title}", "", machine_line(payload["machine"]), "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in table:
         lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
     lines += [""] + [f"- {n}" for n in notes]
