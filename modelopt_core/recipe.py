@@ -27,7 +27,11 @@ profiler_options = {latency = {min_time_s = 0.5}}
 backend_options = {onnxruntime = {intra_op_num_threads = 2}}
 
 [output]
-dir = "out/digits-int8"
+dir = "out/digits-int8"                        # report.md/.json/.html and final-artifact/
+final = "latency"                              # the final artifact: the best measured row by
+max_accuracy_drop = 1.0                        # latency | size | throughput | accuracy within
+                                               # this many points of the original's accuracy
+                                               # ("last": the last step)
 ```
 The model and data callables are imported from the named modules: a recipe runs code you
 chose, like a Python script does.
@@ -42,7 +46,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, ModeloptError, close_names
-from .outputs import FINAL, link_folder
+from .outputs import (
+    FINAL,
+    FINAL_MAX_DROP,
+    check_final,
+    choose_final,
+    link_folder,
+    write_outputs,
+)
 
 if TYPE_CHECKING:
     from .plugins import PluginManager
@@ -57,7 +68,7 @@ __all__ = ["TOP_KEYS", "UNAVAILABLE", "build_model", "build_session", "check_key
 TOP_KEYS = {"model", "model_kwargs", "weights", "example_inputs", "data", "train", "steps",
         "compare", "output", "input_names"}
 _TABLES = {"compare": {"backends", "profilers", "profiler_options", "backend_options", "title"},
-           "output": {"dir"}}
+           "output": {"dir", "final", "max_accuracy_drop"}}
 _DATA_KEYS = {"calibration_data", "train_data", "eval_fn", "task_loss"}
 
 
@@ -192,9 +203,20 @@ def plan_recipe(path: str | Path, plugins: PluginManager | None = None) -> list[
     missing: list[str] = []
     formats = _plan_steps(r, pm, lines, missing)
     _plan_compare(r.get("compare", {}), pm, formats, lines, missing)
-    if r.get("output", {}).get("dir"):
-        lines.append(f"write to {r['output']['dir']}")
+    out = r.get("output", {})
+    check_final(out.get("final", "latency"), out.get("max_accuracy_drop", FINAL_MAX_DROP),
+                "recipe [output]", pm)
+    if out.get("dir"):
+        lines.append(f"write to {out['dir']}; final artifact: {_final_text(out)}")
     return lines + list(dict.fromkeys(missing))
+
+
+def _final_text(out: dict[str, Any]) -> str:
+    """How ``[output]`` picks the final artifact, in words (the plan's line)."""
+    final = out.get("final", "latency")
+    return "the last step" if final == "last" else (
+        f"the best measured row by {final} within "
+        f"{out.get('max_accuracy_drop', FINAL_MAX_DROP):g} accuracy points of the original")
 
 
 def unavailable_here(plan: list[str]) -> list[str]:
@@ -285,7 +307,8 @@ def run_recipe(path: str | Path, progress: bool = True, out_dir: str | Path | No
     """Run a recipe: build the model (training it when the recipe has ``[train]``), apply the
     steps, compare, write outputs (to ``out_dir`` when given, else ``[output].dir``):
     ``report.md``, ``report.json``, ``report.html`` and the final artifact in
-    ``final-artifact/`` (see :func:`~modelopt_core.outputs.write_outputs`; ``artifact``, the
+    ``final-artifact/``: the best measured one within the accuracy budget (``[output]`` final
+    and max_accuracy_drop, see :func:`~modelopt_core.outputs.choose_final`), not the last step (see :func:`~modelopt_core.outputs.write_outputs`; ``artifact``, the
     name older versions wrote, links to it). Every check comes first
     (:func:`check_runnable`): nothing runs for a recipe that cannot finish here.
     Returns the :class:`~modelopt_core.Report`; ``say`` receives the progress lines."""
@@ -312,9 +335,11 @@ def run_recipe(path: str | Path, progress: bool = True, out_dir: str | Path | No
     report.title = cmp.get("title", f"modelopt run {p.name}")
     out = out_dir or r.get("output", {}).get("dir")
     if out:
-        from .outputs import write_outputs
-
-        write_outputs(report, s.current, Path(out), say, command="run")
+        o = r.get("output", {})
+        final, view = choose_final(s, report, o.get("final", "latency"),
+                                   o.get("max_accuracy_drop", FINAL_MAX_DROP), say,
+                                   cmp.get("backend_options"))
+        write_outputs(report, final, Path(out), say, command="run", **view)
         link_folder(Path(out), "artifact", FINAL)  # the name older versions wrote
     return report
 
