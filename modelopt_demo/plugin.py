@@ -26,7 +26,7 @@ def _setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs (default: 8 classification, 30 detection)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="hide progress bars")
+                   help="no progress bars: one line per training epoch instead")
     p.add_argument("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
                    help="the final artifact is the fastest measured step within this many "
                         "points of the original's accuracy (default: 1.0 top-1 classification, "
