@@ -181,15 +181,18 @@ class Report:
         return text
 
     def to_html(self, path: str | os.PathLike[str] | None = None, *, title: str | None = None,
-                pareto: bool = True) -> str:
-        """A self-contained HTML page (plotly.js embedded: opens offline): the comparison
-        table, Pareto plots of accuracy vs p50 latency (``id="pareto-latency"``) and vs size
-        (``id="pareto-size"``), the lineage notes per row and the machine description; written
-        atomically to ``path`` when given. Raises
+                pareto: bool = True, **view: Any) -> str:
+        """An HTML page that opens offline: the comparison table, Pareto plots of accuracy vs
+        p50 latency (``id="pareto-latency"``) and vs size (``id="pareto-size"``), the lineage
+        notes per row and the machine description; written atomically to ``path`` when given,
+        with plotly.js beside it (``plotly-VERSION.min.js``, shared by the folder's pages;
+        ``shared_script=False``, or no ``path``: embedded). ``view`` marks the page: ``best``
+        (a row index, starred), ``best_label``, ``accuracy_budget``, ``columns``,
+        ``history``, ``summary`` (see :func:`~modelopt_core.report_html.render_html`). Raises
         :class:`~modelopt_core.report_html.ReportDependencyError` when plotly is missing."""
         from .report_html import render_html
 
-        text = render_html(self, title=title, pareto=pareto)
+        text = render_html(self, title=title, pareto=pareto, path=path, **view)
         if path is not None:
             write_text_atomic(Path(path), text)
         return text

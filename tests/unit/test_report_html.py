@@ -129,3 +129,104 @@ def test_pareto_property(points, maximize_y):
     for i, p in enumerate(points):  # every other point is dominated by a front point
         if i not in front:
             assert any(_dominates(f, p, maximize_y) for f in on)
+
+
+# ---- issue 26 item 8: a page a user can share -------------------------------------------
+
+def test_a_written_page_shares_plotly_beside_it_and_stays_small(report, tmp_path):
+    from modelopt_core.report_html import script_name
+
+    page = tmp_path / "out" / "report.html"
+    text = report.to_html(page)
+    js = page.with_name(script_name())
+    assert js.is_file() and js.stat().st_size > 3_000_000  # plotly.js, once, beside it
+    assert f'<script type="text/javascript" src="{js.name}"></script>' in text
+    assert not re.search(r"<script[^>]*\bsrc\s*=\s*[\"']?(https?:)?//", text)  # offline
+    assert len(text.encode()) < 100_000  # was 4.8 MB with plotly.js inside
+    before = js.stat().st_mtime_ns
+    report.to_html(page.with_name("other.html"))  # a second page of the folder shares it
+    assert js.stat().st_mtime_ns == before and len(list(page.parent.glob("*.js"))) == 1
+    inline = report.to_html(tmp_path / "alone.html", shared_script=False)
+    assert len(inline) > 1_000_000 and 'src="plotly' not in inline
+
+
+def test_the_best_row_is_starred_and_noisy_timings_marked(report):
+    report.rows[2].update(latency_noisy=True, latency_iqr_ms=0.5)
+    text = report.to_html(best=1, best_label="final", summary="final: 1:onnx")
+    body = text.split('id="comparison"')[1].split("<tbody>")[1].split("</tbody>")[0]
+    rows = re.findall(r"<tr( class=\"[^\"]*\")?>(.*?)</tr>", body)
+    assert rows[1][0] == ' class="front best"'
+    assert '<span class="star" title="final">★</span> 1:onnx' in rows[1][1]
+    assert sum("★" in r[1] for r in rows) == 1
+    noisy = re.search(r'2\.000 <span class="noisy" title="([^"]*)">~</span>', rows[2][1])
+    assert noisy and "interquartile range 0.5 ms, 25% of the median" in noisy.group(1)
+    assert "~: a noisy timing" in text and "★ final: the chosen row" in text
+    assert '<p id="summary">final: 1:onnx</p>' in text
+    assert '"mode":"markers+text"' not in text  # no labels drawn on the points
+
+
+def test_accuracy_axes_fit_the_points_that_matter():
+    from modelopt_core.report_plots import fitted_range
+
+    ys = [97.5, 75.0, 97.4, 97.3, 96.0]  # an unrecovered step far below the rest
+    lo, hi = fitted_range(ys, floor=96.5, budget=1.0)
+    assert 75.0 < lo < 96.0 and 97.5 < hi < 98.0  # the floor and the near misses shown
+    lo, hi = fitted_range(ys, floor=None, budget=None)  # no budget: near the best
+    assert 75.0 < lo < 96.0
+    assert fitted_range([97.5, 97.0, 96.9], floor=96.5, budget=1.0) is None  # all matter
+    assert fitted_range([97.5], floor=None, budget=None) is None
+
+
+def _figure(report, **view):
+    import plotly.graph_objects as go
+
+    from modelopt_core.report_plots import View, pareto_figure
+
+    v = View(columns=report.columns, **view)
+    return pareto_figure(go, report, v, "latency_p50_ms", "accuracy",
+                         report.pareto_front(), True)
+
+
+def test_budget_line_infeasible_region_toggles_and_star(report):
+    report.rows.append({"step": "4:prune", "backend": "torch", "accuracy": 70.0,
+                        "latency_p50_ms": 9.0, "size_mb": 2.0})
+    fig = _figure(report, best=2, budget=1.0, floor=96.5)
+    line, = [s for s in fig.layout.shapes if s.type == "line"]
+    region, = [s for s in fig.layout.shapes if s.type == "rect"]
+    assert line.y0 == line.y1 == 96.5 and "accuracy budget" in line.name
+    assert region.y0 == 96.5 and region.y1 < 70.0 and "infeasible" in region.name
+    assert 70.0 < fig.layout.yaxis.range[0] < 96.5  # fitted: the pruned step below
+    labels = [b.label for m in fig.layout.updatemenus for b in m.buttons]
+    assert labels == ["fit: points that matter", "all points (+1 below)", "linear x", "log x"]
+    star, = [t for t in fig.data if t.name == "★ best"]
+    assert star.marker.symbol == "star" and star.x == (2.0,)
+    assert [a.text for a in fig.layout.annotations] == ["★ best: 2:onnx.quantize_static"]
+    assert {t.name for t in fig.data} >= {"torch", "onnxruntime", "Pareto front"}
+    assert all(t.mode in ("markers", "lines") for t in fig.data)  # no text on the points
+
+
+def test_a_best_off_a_plotted_front_says_why(report):
+    text = report.to_html(best=0, best_note={"latency_p50_ms": "ranked by size"})
+    assert 'id="pareto-latency-best-note"' in text and "ranked by size" in text
+    assert 'id="pareto-size-best-note"' not in text  # the original is on the size front
+
+
+def test_trial_history_plots_the_best_feasible_so_far():
+    import plotly.graph_objects as go
+
+    from modelopt_core.report_plots import View, history_figure
+
+    rows = [{"step": "original", "accuracy": 97.0}] + [
+        {"step": f"trial {i}", "trial": i, "objective": v, "feasible": ok, "accuracy": 97.0}
+        for i, (v, ok) in enumerate([(5.0, True), (2.0, False), (4.0, True), (4.5, True),
+                                     (3.0, True)])]
+    r = mo.Report(rows)
+    fig = history_figure(go, r, View(columns=r.columns, best=5, history={"title": "p50 ms"}))
+    so_far, = [t for t in fig.data if t.name == "best so far"]
+    assert so_far.x == (0, 1, 2, 3, 4) and so_far.y == (5.0, 5.0, 4.0, 4.0, 3.0)
+    infeasible, = [t for t in fig.data if t.name == "infeasible"]
+    assert infeasible.x == (1,)
+    assert fig.layout.title.text == "p50 ms over trials"
+    page = r.to_html(history={"title": "p50 ms"})
+    assert 'id="trial-history"' in page
+    assert 'id="trial-history-skipped"' in mo.Report(rows[:2]).to_html(history={})
