@@ -56,7 +56,8 @@ def setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="sampler seed")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="hide progress bars")
+                   help="no progress bars: one line per trial (and per training epoch) "
+                        "instead")
 
 
 def load_search_recipe(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -81,6 +82,11 @@ def load_search_recipe(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]
         raise SearchError(f"recipe {p}: the top level must be a table.")
     search = data.pop("search", None)
     if not isinstance(search, dict):
+        if "steps" in data:
+            raise SearchError(f"recipe {p} is a pipeline recipe ([[steps]], no [search] "
+                              f"table): run it with `modelopt run {p}`, or add a [search] "
+                              "table (target, objective, max_accuracy_drop, trials...) to "
+                              "search recipes for its model.")
         raise SearchError(f"recipe {p}: add a [search] table (target, objective, "
                           "max_accuracy_drop, trials...).")
     rc.check_keys(f"recipe {p}: [search]", search, _SEARCH_KEYS)
@@ -118,8 +124,12 @@ def run(args: argparse.Namespace) -> int:
                          default=str))
     else:
         from .optimize import report_columns
+        from .report import UNITS, with_summary
+        from .rows import summary_line
 
-        print(res.report.to_markdown(columns=report_columns(res.report, session.pm)))
+        table = res.report.to_markdown(columns=report_columns(res.report, session.pm))
+        unit = UNITS.get(search.get("objective", "latency"), "")
+        print(with_summary(table, summary_line(res.report.rows[1:], unit)))
         if res.best_row:
             print(f"best: trial {res.best_row['trial']}: {res.best_row['recipe']}")
         else:

@@ -57,3 +57,13 @@ def test_a_training_bar_says_whether_its_best_is_the_metric_or_the_loss():
         finally:
             bar.close()
         assert shown in text and "best=" not in text, text
+
+
+def test_optimize_on_a_pipeline_recipe_says_to_use_run(capsys):
+    """The mirror of `modelopt run` on a search recipe (issue 26, item 7)."""
+    from modelopt_core.cli import main
+
+    recipe = Path(__file__).resolve().parents[2] / "docs" / "recipes" / "digits-int8.toml"
+    assert main(["optimize", str(recipe), "--trials", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "is a pipeline recipe" in err and f"modelopt run {recipe}" in err
