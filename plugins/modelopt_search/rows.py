@@ -1,5 +1,6 @@
 """A search's trial rows (see :func:`.study.trial_rows`) ranked: the feasible ones, the best, the
-Pareto front; and the atomic JSON writes of its output files."""
+Pareto front; the best and the trials tied with it marked (the ``best`` column) and said in one
+line; and the atomic JSON writes of its output files."""
 
 from __future__ import annotations
 
@@ -39,6 +40,45 @@ def pareto_rows(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[
     front = [r for r in ok if not any(
         all(a <= b for a, b in zip(vec(o), vec(r))) and vec(o) != vec(r) for o in ok)]
     return sorted(front, key=lambda r: vec(r)[1])
+
+
+def tie_text(ratio: float, lo: float, hi: float) -> str:
+    """How a trial within noise of the best is marked: its p50 over the best's, 95% CI."""
+    return f"tie within noise (p50 ratio {ratio:.3f}, 95% CI {lo:.3f}-{hi:.3f})"
+
+
+def mark_best(rows: list[dict[str, Any]], best: int | None,
+              ties: dict[int, tuple[float, float, float]], final: bool) -> None:
+    """The ``best`` column: ``"best"`` on trial ``best`` at the end (``final``: it is the
+    final artifact), ``"best so far"`` while the search runs, and on each trial of ``ties``
+    (trial -> p50 ratio to the best's with its 95% CI: within noise) :func:`tie_text`."""
+    for r in rows:
+        r.pop("best", None)
+        if r.get("trial") == best:
+            r["best"] = "best" if final else "best so far"
+        elif final and r.get("trial") in ties:
+            r["best"] = tie_text(*ties[r["trial"]])
+
+
+def summary_line(rows: list[dict[str, Any]], unit: str = "") -> str:
+    """One line naming the best trial (marked by :func:`mark_best`), how it was ranked, and
+    every trial tied with it within noise, or that no trial met the accuracy budget."""
+    best = next((r for r in rows if r.get("best") in ("best", "best so far")), None)
+    if best is None:
+        return "No trial met the accuracy budget yet."
+    final = best["best"] == "best"
+    how = f"{best.get('objective', 0):.4g} {unit}".rstrip()
+    if isinstance(best.get("confirmed_p50_ms"), (int, float)):
+        how = f"p50 {best['confirmed_p50_ms']:.4g} ms re-timed side by side at the end"
+    elif unit == "ms":
+        how += " (its own trial's timing)"
+    line = (f"{'Best' if final else 'Best so far'}: trial {best['trial']} on "
+            f"{best.get('backend', '?')}, {how}" + ("; final-artifact/ holds it" if final else ""))
+    ties = [r for r in rows if str(r.get("best", "")).startswith("tie within noise")]
+    if ties:
+        line += "; " + "; ".join(f"trial {r['trial']}: {r['best']}" for r in ties) + \
+            " (as fast as the best here)"
+    return line + "."
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def test_optimize_finds_a_feasible_faster_artifact_and_resumes(digits, tmp_path)
     md = (out / "report.md").read_text()
     assert "original (torch fp32)" in md and "export onnx" in md
     assert (out / "report.html").stat().st_size > 0
+    _assert_best_marked(out, res.best_row["trial"])
     # the feasible candidates were re-timed side by side; the fastest of them is the best
     confirmed = {t["trial"]: t["confirmed_p50_ms"] for t in trials if "confirmed_p50_ms" in t}
     assert len(confirmed) >= 2 and res.best_row["trial"] == min(confirmed, key=confirmed.get)
@@ -94,6 +96,32 @@ def test_optimize_finds_a_feasible_faster_artifact_and_resumes(digits, tmp_path)
     assert len(ran) == 4  # one more recipe run (repeats drawn on the way are not re-run)
     assert len(json.loads((out / "trials.json").read_text())["trials"]) == \
         len(res2.study.trials)
+
+
+def _assert_best_marked(out, best):
+    """Issue 26 items 3 and 8, as a user reads the output: report.md's best column marks the
+    best trial alone (the others: blank, or a tie within noise with its CI), it is on the
+    Pareto front, the line under the table names it (and any tie); report.html stars the same
+    row and is small, plotly.js beside it."""
+    md = (out / "report.md").read_text()
+    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [dict(zip(head, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
+    marked = {r["step"]: r["best"] for r in rows if r["best"]}
+    assert marked.pop(f"trial {best}") == "best", md
+    assert all(re.fullmatch(r"tie within noise \(p50 ratio \d\.\d{3}, 95% CI "
+                            r"\d\.\d{3}-\d\.\d{3}\)", v) for v in marked.values()), marked
+    assert next(r for r in rows if r["step"] == f"trial {best}")["pareto"] == "True"
+    summary = md.split(lines[-1])[1].strip().splitlines()[0]
+    assert summary.startswith(f"**Best: trial {best} on ") and "final-artifact/" in summary
+    for step in marked:  # a tie is said in the summary line too
+        assert f"{step}: tie within noise (p50 ratio" in summary
+    page = (out / "report.html").read_text()
+    starred = re.search(r'<tr class="[^"]*best[^"]*"><td class="text"><span class="star"'
+                        r'[^>]*>★</span> ([^<]*)</td>', page)
+    assert starred and starred.group(1) == f"trial {best}"
+    assert len(page.encode()) < 300_000 and len(list(out.glob("plotly-*.min.js"))) == 1
+    assert 'id="trial-history"' in page
 
 
 def _prune_only(params):
@@ -247,6 +275,7 @@ def test_cli_optimize(digits, tmp_path, capsys):
     assert main(["optimize", str(recipe), "--out", str(tmp_path / "o"), "--trials", "1"]) == 0
     text = capsys.readouterr().out
     assert "| trial 0 |" in text and "\nbest: trial " in text
+    assert "\n**Best: trial " in text  # the summary line under the terminal table
     assert text.rstrip().endswith(f"wrote {tmp_path / 'o'}/: study.db, trials.json, report.md, "
                                   "report.json, report.html, best/, final-artifact/")
     assert main(["optimize", str(tmp_path / "missing.toml")]) == 1
