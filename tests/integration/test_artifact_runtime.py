@@ -138,3 +138,33 @@ def test_serve_runs_the_carried_runtime_over_a_real_socket(ov_art, digits, tmp_p
     with mo.load_runner(mo.load_artifact(path)) as r:
         want = r(x)
     assert torch.allclose(torch.tensor(got["outputs"]).reshape(want.shape), want, atol=1e-4)
+
+
+def test_compare_of_best_runs_it_as_the_searchs_confirmation_did(digits, tmp_path):
+    """The search's end re-times its contenders side by side and writes the winner's recipe
+    (its fastest thread count included) to best.json; best/ carries exactly that runtime, so
+    `modelopt compare` of best/ against another artifact (here a hand-written ORT INT8, as
+    the demo's final) measures best/ as the confirmation ranked it."""
+    from modelopt_search.ab import compare_artifacts
+
+    m, d = digits
+    s = mo.Session(m, (d.example,), calibration_data=d.calibration[:4],
+                   eval_fn=accuracy_fn(d.test), progress=False)
+    out = tmp_path / "o"
+    s.optimize(target=["onnxruntime", "openvino"], budget_trials=4, out_dir=out, threads=2,
+               space={"prune": ["none"]})
+    recipe = json.loads((out / "best.json").read_text())["recipe"]
+    props = json.loads((out / "best" / "manifest.json").read_text())["props"]
+    assert props["runtime"] == recipe["backend"]
+    assert props.get("runtime_options", {}) == recipe["backend_options"]
+    hand = mo.Session(m, (d.example,), calibration_data=d.calibration[:4], progress=False)
+    hand.export("onnx")
+    demo = hand.apply("onnx.quantize_static").with_runtime("onnxruntime",
+                                                           {"intra_op_num_threads": 1})
+    demo.save(tmp_path / "demo-final")
+    res = compare_artifacts(tmp_path / "demo-final", out / "best", runs=20, warmup=2)
+    assert (res["b"]["backend"], res["b"]["backend_options"]) == (recipe["backend"],
+                                                                  recipe["backend_options"])
+    assert (res["a"]["backend"], res["a"]["backend_options"]) == (
+        "onnxruntime", {"intra_op_num_threads": 1})
+    assert res["latency"]["verdict"] in ("B faster", "B slower", "no significant difference")
