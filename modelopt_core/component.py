@@ -25,8 +25,11 @@ class Component:
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""
     Config: ClassVar[type] = EmptyConfig
-    #: importable modules this component needs; missing ones make it unavailable
+    #: importable modules this component needs; missing ones make it unavailable (the
+    #: distributions providing them are recorded in every report's environment)
     requires: ClassVar[tuple[str, ...]] = ()
+    #: more distributions whose versions the reports record (beyond those of ``requires``)
+    libraries: ClassVar[tuple[str, ...]] = ()
     install_hint: ClassVar[str] = ""
 
     def __init__(self, config: Any = None, **kwargs: Any) -> None:

@@ -16,9 +16,9 @@ from typing import Any
 
 __all__ = ["cpu_flags", "cpu_line", "describe_environment", "isa_line"]
 
-#: distributions whose versions every report records (absent ones are left out)
-LIBRARIES = ("modelopt-core", "torch", "onnx", "onnxruntime", "onnxscript", "openvino",
-             "tensorrt", "numpy", "transformers")
+#: distributions whose versions every report records besides the registered components' own
+#: (absent ones are left out): the core, the model's libraries
+LIBRARIES = ("modelopt-core", "torch", "numpy", "transformers")
 
 
 def _cpuinfo() -> list[str]:
@@ -125,10 +125,39 @@ def cpu_line(env: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def describe_environment() -> dict[str, Any]:
+def component_libraries(plugins: Any = None) -> list[str]:
+    """The distributions the registered components run on, read from the registry (``plugins``,
+    default: the process-wide manager): each component's ``libraries`` and the distributions
+    that provide the modules in its ``requires`` (a plugin's runtime is recorded with no
+    table of names here); installed ones only, sorted."""
+    from . import _registry
+
+    pm = plugins if plugins is not None else _registry.default_plugins()
+    by_module = _module_distributions()
+    names: set[str] = set()
+    for info in pm.components():
+        names.update(getattr(info.cls, "libraries", ()))
+        for mod in getattr(info.cls, "requires", ()):
+            names.update(by_module.get(str(mod).split(".")[0], ()))
+    return sorted(names)
+
+
+_MODULE_DISTS: dict[str, list[str]] | None = None
+
+
+def _module_distributions() -> dict[str, list[str]]:
+    """importlib.metadata's top-level module -> distributions map, read once."""
+    global _MODULE_DISTS
+    if _MODULE_DISTS is None:
+        _MODULE_DISTS = dict(md.packages_distributions())
+    return _MODULE_DISTS
+
+
+def describe_environment(plugins: Any = None) -> dict[str, Any]:
     """Plain data: platform, CPU model, family/model and ISA flags, hardware threads
     (``cores``), physical and usable cores, torch threads
-    (when torch is loaded), 1-minute load average, library versions."""
+    (when torch is loaded), 1-minute load average, library versions (:data:`LIBRARIES` and
+    :func:`component_libraries` of ``plugins``)."""
     env: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": _platform(),
@@ -146,7 +175,7 @@ def describe_environment() -> dict[str, Any]:
     if hasattr(os, "getloadavg"):
         env["load_1min"] = round(os.getloadavg()[0], 2)
     versions = {}
-    for name in LIBRARIES:
+    for name in dict.fromkeys(LIBRARIES + tuple(component_libraries(plugins))):
         try:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:

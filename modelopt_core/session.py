@@ -356,7 +356,8 @@ class Session:
                    f"{sorted({a.format for a in arts})}): no rows for them")
             log.warning(msg)
             notes["compare"] = [msg]
-        return Report(rows, environment=describe_environment(), notes=notes, plugins=self.pm)
+        return Report(rows, environment=describe_environment(self.pm), notes=notes,
+                      plugins=self.pm)
 
 
 def _row_note(art: ModelArtifact) -> str:

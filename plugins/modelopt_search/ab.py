@@ -192,7 +192,7 @@ def compare_artifacts(path_a: str | Path, path_b: str | Path, *, backend_a: str 
             "size": {"ratio_b_over_a": size_ratio, "verdict": size_verdict},
             "inputs": {s.name: list(x.shape) for s, x in zip(sa, xs)},
             "runs": runs, "block": block, "bootstrap": bootstrap, "seed": seed,
-            "environment": describe_environment()}
+            "environment": describe_environment(pm)}
 
 
 def _opts(options: dict[str, Any]) -> str:

@@ -52,7 +52,7 @@ class _Search(_Clock):
         self.dropped: list[str] = []  # what was dropped on the way (a broken profiler), why
         self.best_recipe: dict[str, Any] | None = None  # the confirmed best's (its threads)
         self.baseline: dict[str, Any] = {}
-        self.environment = _environment()  # the machine: described once, in every report
+        self.environment = _environment(session.pm)  # the machine: once, in every report
         self.artifacts: dict[int, mo.ModelArtifact] = {}  # the contenders found here
         self.confirmed: dict[int, tuple[float, int | None]] = {}  # the end: trial ->
         # (side-by-side p50 ms, at its fastest thread count)
@@ -64,6 +64,8 @@ class _Search(_Clock):
         self.dead_targets: dict[str, str] = {}
         super().__init__()  # the time budget: see _Clock
         self.skipped: list[str] = []  # trials not run, with why
+        #: what the final report says first: the accuracy metric, the steps left out
+        self.notes: list[str] = []
         self.stop_reason: str | None = None
 
     # ---- one trial -------------------------------------------------------------------
@@ -116,7 +118,9 @@ class _Search(_Clock):
         return row
 
     def torch_accuracy(self, s: mo.Session) -> float:
-        with s.runner("torch") as r:
+        """The eval_fn of the session's current artifact on its format's reference backend
+        (torch for a torch step)."""
+        with s.runner() as r:
             return float(s.eval_fn(r))
 
     def __call__(self, trial: Any) -> tuple[float, float]:
@@ -124,7 +128,8 @@ class _Search(_Clock):
 
         claim_trial(trial)  # first: from now on no other worker takes it for a dead one's
         recipe = sample_recipe(trial, self.target, self.space, self.s.pm,
-                               self.runtime_options, max_drop=self.max_drop)
+                               self.runtime_options, max_drop=self.max_drop,
+                               source=self.s.original.format)
         trial.set_user_attr("recipe", recipe)
         base_acc = self.baseline["accuracy"]
         row: dict[str, Any] = {"step": f"trial {trial.number}", "backend": recipe["backend"],
@@ -344,9 +349,9 @@ def _why(row: dict[str, Any]) -> str:
     return f"{said}" if said else "it reported nothing for it"
 
 
-def _environment() -> dict[str, Any]:
+def _environment(pm: Any) -> dict[str, Any]:
     from modelopt_core import describe_environment
 
-    return describe_environment()
+    return describe_environment(pm)
 
 
