@@ -33,7 +33,8 @@ table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; }
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .table-wrap { overflow-x: auto; max-width: 100%; }
-td.num { white-space: nowrap; } td.text { max-width: 32em; overflow-wrap: anywhere; }
+td.num { white-space: nowrap; } td.text { max-width: 32em; overflow-wrap: break-word; }
+td.long { min-width: 14em; }
 tr.front td { background: #eef7ee; }
 tr.best td { background: #fff4c7; font-weight: 600; } tr.best td:first-child { border-left: 4px solid #f2b701; }
 .star { color: #b58900; } .noisy { color: #b35900; cursor: help; }
@@ -160,12 +161,13 @@ def _table(report: Any, view: View, front_rows: set[int]) -> list[str]:
         cells = []
         for k, c in enumerate(cols):
             text = esc(report.cell(c, r.get(c)))
+            kind = "num" if is_num(r.get(c)) else "text long" if len(text) > 40 else "text"
             if k == 0 and i == view.best:
                 text = f'<span class="star" title="{esc(view.best_label)}">★</span> {text}'
             if r.get("latency_noisy") and c in ("latency_p50_ms", "latency_p95_ms") and text:
                 noisy = True
                 text += f' <span class="noisy" title="{esc(_noise_title(r))}">{NOISY}</span>'
-            cells.append(f'<td class="{"num" if is_num(r.get(c)) else "text"}">{text}</td>')
+            cells.append(f'<td class="{kind}">{text}</td>')
         cls = " ".join(n for n, on in (("front", i in front_rows), ("best", i == view.best))
                        if on)
         attr = f' class="{cls}"' if cls else ""

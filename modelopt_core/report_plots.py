@@ -93,7 +93,8 @@ def _traces(go: Any, report: Any, view: View, idx: list[int], x: str, y: str) ->
             backends.append(b)
     out = []
     for k, b in enumerate(backends):
-        mine = [i for i in idx if str(rows[i].get("backend", "?")) == b]
+        mine = sorted((i for i in idx if str(rows[i].get("backend", "?")) == b),
+                      key=lambda i: bool(rows[i].get("latency_noisy")))  # legend: a filled one
         out.append(go.Scatter(
             x=[rows[i][x] for i in mine], y=[rows[i][y] for i in mine], mode="markers", name=b,
             marker={"size": 10, "color": PALETTE[k % len(PALETTE)],

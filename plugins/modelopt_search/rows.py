@@ -75,9 +75,10 @@ def summary_line(rows: list[dict[str, Any]], unit: str = "") -> str:
     line = (f"{'Best' if final else 'Best so far'}: trial {best['trial']} on "
             f"{best.get('backend', '?')}, {how}" + ("; final-artifact/ holds it" if final else ""))
     ties = [r for r in rows if str(r.get("best", "")).startswith("tie within noise")]
-    if ties:
-        line += "; " + "; ".join(f"trial {r['trial']}: {r['best']}" for r in ties) + \
-            " (as fast as the best here)"
+    if ties:  # "tie within noise with trial 2 (p50 ratio 1.02, 95% CI 0.99-1.07) and ..."
+        line += "; tie within noise with " + " and ".join(
+            f"trial {r['trial']} ({r['best'].partition('(')[2]}" for r in ties) + \
+            ": as fast as it here"
     return line + "."
 
 

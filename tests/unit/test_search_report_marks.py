@@ -69,7 +69,8 @@ def test_the_confirmed_best_and_its_tie_are_marked_in_report_md_and_the_page(tmp
     summary = md.split("| trial 4 |")[1].split("\n")[2]
     assert summary.startswith("**Best: trial 2 on onnxruntime, p50 0.0284 ms re-timed side by "
                               "side at the end; final-artifact/ holds it")
-    assert "trial 0: tie within noise (p50 ratio 1.021, 95% CI 0.992-1.071)" in summary
+    assert summary.endswith("; tie within noise with trial 0 (p50 ratio 1.021, 95% CI "
+                            "0.992-1.071): as fast as it here.**")
     page = (tmp_path / "report.html").read_text()
     best_tr = re.search(r'<tr class="[^"]*\bbest\b[^"]*">(.*?)</tr>', page).group(1)
     assert "★" in best_tr and ">best<" in best_tr and "trial 2" in best_tr
