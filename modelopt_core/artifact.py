@@ -360,8 +360,10 @@ def _load_bare_file(p: Path, model: Any, plugins: PluginManager) -> ModelArtifac
     """A bare model file, read by the Format that claims its suffix."""
     for info in plugins.components("format"):
         if p.suffix in info.cls.suffixes:
-            obj = info.cls().load_file(p, model, plugins)
-            return ModelArtifact(info.name, obj, path=str(p),
+            handler = info.cls()
+            obj = handler.load_file(p, model, plugins)
+            inputs, outputs = handler.file_specs(obj)
+            return ModelArtifact(info.name, obj, inputs, outputs, path=str(p),
                                  lineage=(Step("load", "load", config={"path": str(p)}),))
     known = sorted({x for i in plugins.components("format") for x in i.cls.suffixes})
     raise ArtifactError(f"{p}: unknown file type {p.suffix!r}; expected an artifact folder or "

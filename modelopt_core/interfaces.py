@@ -211,6 +211,12 @@ class Format(Component):
         """Read a bare file with one of :attr:`suffixes` (not an artifact folder)."""
         raise ArtifactError(f"{path}: format {self.name!r} cannot load bare files.")
 
+    def file_specs(self, model: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        """(input specs, output specs) that a model read by :meth:`load_file` declares itself
+        (an ONNX graph's inputs and outputs): a bare file has no manifest to hold them.
+        ``((), ())`` (the default) when the format cannot tell."""
+        return (), ()
+
     def runtime_source(self, model: Any) -> AbstractContextManager[bytes | str]:
         """The in-memory ``model`` as a runtime opens it, for backends and exporters that
         hand it to another runtime (reach the format through the registry:

@@ -62,6 +62,13 @@ class OnnxFormat(mo.Format):
     def load_file(self, path: Path, model: Any, plugins: Any) -> Any:
         return _load_onnx(path)
 
+    def file_specs(self, model: Any) -> tuple[tuple[mo.TensorSpec, ...],
+                                              tuple[mo.TensorSpec, ...]]:
+        """The graph's own input and output specs (see :mod:`.specs`)."""
+        from .specs import graph_specs
+
+        return graph_specs(model)
+
     def runtime_source(self, model: Any) -> contextlib.AbstractContextManager[bytes | str]:
         """The ModelProto as ONNX Runtime (or OpenVINO) opens it: its bytes, or over
         protobuf's 2 GiB a temporary copy saved with external data, deleted on exit (see
