@@ -122,15 +122,18 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
             or max_accuracy_drop < 0:
         raise SearchError(f"optimize: max_accuracy_drop must be a number >= 0, got "
                           f"{max_accuracy_drop!r}.")
-    if target == "all":  # every runtime available here (the registry's targets)
-        target = sorted(registry_targets(session.pm))
+    source = session.original.format  # torch; an ONNX file's original is onnx
+    if target == "all":  # every runtime available here that takes the original
+        target = sorted(registry_targets(session.pm, source))
     targets = [target] if isinstance(target, str) else list(target)
     if not targets or len(set(targets)) != len(targets):
         raise SearchError(f"optimize: target must name one runtime or list distinct ones, "
                           f"got {target!r}.")
     for t in targets:
-        check_target(t, session.pm)
-    full = target_spaces(targets, space, session.pm, session.train_data is not None)
+        check_target(t, session.pm, source)
+    said: list[str] = []
+    full = target_spaces(targets, space, session.pm, session.train_data is not None, source,
+                         said)
     tname = "+".join(targets)
     out = Path(out_dir or f"modelopt-search-{tname}-{objective}")
     out.mkdir(parents=True, exist_ok=True)
@@ -139,19 +142,28 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
     ro = dict(runtime_options or {})
     rt = {}
     for t in targets:  # runtime_options: flat (one target) or keyed by target
-        rt[t] = dict(ro.get(t, {}) if set(ro) <= set(registry_targets(session.pm)) and ro else ro)
+        rt[t] = dict(ro.get(t, {}) if set(ro) <= set(registry_targets(session.pm, source))
+                     and ro else ro)
         key = thread_option_of(t, session.pm)
         if threads is not None and key:
             rt[t][key] = threads
     popts = {"latency": {"min_time_s": 0.2, "warmup": 5}, **(profiler_options or {})}
     search = _Search(session, targets, objective, float(max_accuracy_drop), full, out, rt,
                      popts, threads, extra_profilers(session.pm, profilers))
+    search.notes = _metric_note(session) + said
     study = open_study(storage, name, seed, ["maximize", "minimize"])
     try:
         return _search(session, search, study, full, targets, objective, budget_trials,
                        time_budget_s, threads, t0)
     except storage_errors() as e:  # the storage failed mid-search (a damaged file...)
         raise storage_error(storage, e) from e
+
+
+def _metric_note(session: mo.Session) -> list[str]:
+    """What the accuracy column measures, when the session's ``eval_fn`` says (its
+    ``metric`` attribute: the no-code entry's top-1 accuracy or agreement)."""
+    metric = getattr(session.eval_fn, "metric", None)
+    return [f"accuracy: {metric}"] if isinstance(metric, str) and metric else []
 
 
 def extra_profilers(pm: Any, names: list[str] | None) -> list[str]:
@@ -183,10 +195,12 @@ def _search(session: mo.Session, search: _Search, study: Any, full: dict[str, An
     search.set_budget(t0, time_budget_s, reserve)
     if "baseline" not in study.user_attrs:
         t = time.perf_counter()
-        base = search.measure(session, session.original, "torch",
-                              {thread_option_of("torch", session.pm): threads}
-                              if threads else {})
-        base["step"] = "original (torch fp32)"
+        orig = session.original  # measured on its format's reference backend
+        ref = session.pm.runtime_for(orig)[0]
+        key = thread_option_of(ref, session.pm)
+        base = search.measure(session, orig, ref, {key: threads} if threads and key else {})
+        base["step"] = "original (torch fp32)" if orig.format == "torch" else \
+            f"original ({orig.format} on {ref})"
         search.metric(base)  # fails fast when the objective cannot be measured here
         study.set_user_attr("baseline", _plain(base))
         study.set_user_attr("baseline_s", time.perf_counter() - t)
@@ -215,7 +229,8 @@ def _search(session: mo.Session, search: _Search, study: Any, full: dict[str, An
         rows = trial_rows(study)
         if best is not None:
             best = next(r for r in rows if r["trial"] == (winner or best)["trial"])
-        notes = end_notes(search, budget, rows, best, t0, time_budget_s, confirm_note)
+        notes = search.notes + end_notes(search, budget, rows, best, t0, time_budget_s,
+                                         confirm_note)
         # (the confirmed figures go on the rows here)
         report = search.write(study, rows, notes)
         if (out / "best").is_dir():  # the final artifact, named as every command names it

@@ -32,6 +32,7 @@ from .runtimes import (  # noqa: F401 (unavailable_targets: importable from here
     targets,
     thread_option_of,
     unavailable_targets,
+    unreachable_steps,
 )
 from .runtimes import (
     targets as _registry_targets,  # (target_spaces has a parameter targets)
@@ -163,11 +164,11 @@ FALLBACK_SHARE = 0.8
 
 def sample_recipe(trial: Any, target: str | list[str], space: dict[str, Any], pm: Any,
                   fixed_runtime: dict[str, Any] | None = None,
-                  max_drop: float | None = None) -> dict[str, Any]:
+                  max_drop: float | None = None, source: str = "torch") -> dict[str, Any]:
     """Draw one recipe on an Optuna trial (define-by-run). With several targets (a list),
     ``space`` and ``fixed_runtime`` map each target to its own, and the trial draws the
     target first (parameter ``target``; the precision and runtime parameters are then named
-    per target)."""
+    per target). ``source``: the original's format (no export step to it)."""
     tag = ""
     if not isinstance(target, str):
         if len(target) == 1:
@@ -177,7 +178,7 @@ def sample_recipe(trial: Any, target: str | list[str], space: dict[str, Any], pm
             target = trial.suggest_categorical("target", list(target))
             space, fixed_runtime = space[target], (fixed_runtime or {}).get(target)
             tag = f".{target}"
-    fmt, backend = check_target(target, pm)
+    fmt, backend = check_target(target, pm, source)
     steps: list[dict[str, Any]] = []
     prune = trial.suggest_categorical("prune", space["prune"])
     if prune != "none":
@@ -187,7 +188,7 @@ def sample_recipe(trial: Any, target: str | list[str], space: dict[str, Any], pm
             steps.append(_sample_component(trial, recovery, space, pm))
     precision = trial.suggest_categorical(f"precision{tag}", space["precision"])
     prec_cls = pm.get("optimizer", precision).cls if precision != "none" else None
-    if fmt != "torch" and (prec_cls is None or fmt in prec_cls.accepts):
+    if fmt != source and (prec_cls is None or fmt in prec_cls.accepts):
         steps.append({"export": fmt, **space["fixed"].get(f"export.{fmt}", {})})
     if len(space["graph"]) > 1 or space["graph"] != ["none"]:
         graph = trial.suggest_categorical(f"graph{tag}", space["graph"])
@@ -230,8 +231,9 @@ def starting_recipes(space: dict[str, Any], pm: Any,
     ``targets`` (``space`` then maps each to its own), the cheap rungs of every target come
     before the expensive rungs of any."""
     if targets is not None and len(targets) > 1:
-        out = []
+        ladders = []
         for t in targets:
+            ladders.append([])
             for p in starting_recipes(space[t], pm):
                 p["target"] = t
                 p[f"precision.{t}"] = p.pop("precision")
@@ -239,8 +241,11 @@ def starting_recipes(space: dict[str, Any], pm: Any,
                     p[f"graph.{t}"] = p.pop("graph")
                 for k in [k for k in p if k.startswith("runtime.")]:
                     p[f"runtime.{t}.{k[8:]}"] = p.pop(k)
-                out.append(p)
-        return sorted(out, key=_params_expensive)  # stable: each target's order kept
+                ladders[-1].append(p)
+        # the targets take turns (each one's plain export first: a short search sees them
+        # all); stable: each target's own order kept
+        out = [ld[i] for i in range(max(map(len, ladders))) for ld in ladders if i < len(ld)]
+        return sorted(out, key=_params_expensive)
     if targets is not None:
         space = space[targets[0]]
     out: list[dict[str, Any]] = []
@@ -370,11 +375,13 @@ def _defaults(name: str, space: dict[str, Any], pm: Any) -> dict[str, Any]:
 
 
 def target_spaces(targets: list[str], override: dict[str, Any] | None, pm: Any,
-                  has_train: bool) -> dict[str, dict[str, Any]]:
+                  has_train: bool, source: str = "torch",
+                  notes: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """target -> its checked space; an override's ``precision``/``runtime`` may be keyed
-    by target (``{"openvino": [...], "onnxruntime": [...]}``)."""
+    by target (``{"openvino": [...], "onnxruntime": [...]}``). Steps an original of format
+    ``source`` cannot reach are left out, each stage's once in ``notes``."""
     out = {}
-    have = _registry_targets(pm)
+    have = _registry_targets(pm, source)
     for t in targets:
         o = dict(override or {})
         for key in ("graph", "precision", "runtime"):
@@ -383,5 +390,8 @@ def target_spaces(targets: list[str], override: dict[str, Any] | None, pm: Any,
                     o[key] = o[key][t]
                 else:
                     del o[key]
-        out[t] = check_space(merge_space(t, o, pm), pm, has_train)
+        space, said = unreachable_steps(merge_space(t, o, pm), pm, source)
+        out[t] = check_space(space, pm, has_train)
+        if notes is not None:
+            notes += [n for n in said if n not in notes]
     return out
