@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from .cli_options import add_model_options, model_options  # noqa: F401 (re-exported)
 from .errors import ModeloptError
 
 _EXAMPLES = {
@@ -31,38 +32,14 @@ _EXAMPLES = {
   modelopt run docs/recipes/digits-int8.toml
   modelopt run recipe.toml --dry-run          check components, export chains and data needs
                                               (exit 1: a component is not available here)
-  modelopt run recipe.toml --json --out out/  the report as JSON on stdout, files in out/""",
+  modelopt run recipe.toml --json --out out/  the report as JSON on stdout, files in out/
+  modelopt run --model model.onnx --calibration calib.npz
+                                              no recipe: INT8 (ONNX Runtime static
+                                              quantization), measured; final-artifact/ the
+                                              fastest within 1 accuracy point
+  modelopt run --model model.onnx --calibration calib/ --eval eval.npz steps.toml
+                                              a recipe's [[steps]]/[compare]/[output] on it""",
 }
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """``--model MODULE:CALLABLE`` and ``--model-kwargs JSON``: the architecture of a
-    torch-format artifact (weights and lineage only), for commands that load one."""
-    parser.add_argument("--model", default=None, metavar="MODULE:CALLABLE",
-                        help="the architecture of a torch-format artifact (its weights load "
-                             "into what this returns), e.g. modelopt_demo.models:SmallCNN")
-    parser.add_argument("--model-kwargs", default=None, metavar="JSON",
-                        help='keyword arguments of --model, e.g. \'{"width": 16}\'')
-
-
-def model_options(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | None]:
-    """``(--model, --model-kwargs parsed)`` of :func:`add_model_options`, checked."""
-    from .errors import ConfigError
-
-    text = getattr(args, "model_kwargs", None)
-    if text is None:
-        return args.model, None
-    if args.model is None:
-        raise ConfigError("--model-kwargs goes with --model MODULE:CALLABLE.")
-    try:
-        kwargs = json.loads(text)
-    except ValueError as e:
-        raise ConfigError(f"--model-kwargs {text!r}: not JSON ({e}); give an object like "
-                          '\'{"width": 16}\'.') from None
-    if not isinstance(kwargs, dict):
-        raise ConfigError(f"--model-kwargs {text!r}: expected a JSON object of keyword "
-                          "arguments.")
-    return args.model, kwargs
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -196,13 +173,25 @@ def _type_name(tp: Any) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .cli_options import nocode_session
     from .recipe import run_recipe
 
-    if args.dry_run:
-        return _dry_run(args)
     quiet = args.quiet or args.json
     say = (lambda *a, **k: None) if quiet else print
-    report = run_recipe(args.recipe, progress=args.progress, out_dir=args.out, say=say)
+    session = nocode_session(args, progress=args.progress)
+    if session is None and args.recipe is None:
+        from .errors import ConfigError
+
+        raise ConfigError("run: give a recipe, or a model with no recipe: modelopt run "
+                          "--model model.onnx --calibration data.npz.")
+    if args.dry_run:
+        return _dry_run(args, session)
+    if session is not None:
+        from .nocode_run import run_nocode
+
+        report = run_nocode(args, session, say)
+    else:
+        report = run_recipe(args.recipe, progress=args.progress, out_dir=args.out, say=say)
     if args.json:
         print(report.to_json())
     else:
@@ -210,12 +199,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dry_run(args: argparse.Namespace) -> int:
+def _dry_run(args: argparse.Namespace, session: Any = None) -> int:
     """``modelopt run --dry-run``: the plan; exit 1 when a component the recipe uses cannot
-    run on this machine (the recipe is valid, but a run here would stop)."""
+    run on this machine (the recipe is valid, but a run here would stop). ``session``: the
+    model of ``--model`` (loaded, its data checked)."""
     from .recipe import UNAVAILABLE, plan_recipe, unavailable_here
 
-    lines = plan_recipe(args.recipe)
+    if session is not None:
+        from .nocode_run import dry_run
+
+        lines = dry_run(args, session)
+    else:
+        lines = plan_recipe(args.recipe)
     missing = unavailable_here(lines)
     if args.json:
         print(json.dumps({"recipe": args.recipe, "ok": not missing, "valid": True,
@@ -274,8 +269,13 @@ def _parser_and_commands() -> tuple[argparse.ArgumentParser,
     p.add_argument("component", help="component or command name, e.g. onnx.quantize_static "
                                      "or serve")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = add("run", "run a pipeline recipe (TOML/JSON): model, data, steps, comparison", _run)
-    p.add_argument("recipe", help="path to the recipe file")
+    p = add("run", "run a pipeline recipe (TOML/JSON): model, data, steps, comparison; or "
+                   "a model file with no recipe (--model model.onnx --calibration data.npz)",
+            _run)
+    p.add_argument("recipe", nargs="?",
+                   help="path to the recipe file (with --model: its [[steps]], [compare] and "
+                        "[output] only; without one, --model gets the default pipeline)")
+    add_model_options(p, original=True)
     p.add_argument("--dry-run", action="store_true",
                    help="check the recipe (components, configs, export chains, data needs, "
                         "backends) without running it; exit 1 when a component it uses is "
@@ -283,7 +283,7 @@ def _parser_and_commands() -> tuple[argparse.ArgumentParser,
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--out", help="write report.md, report.json, report.html and the final "
                                  "artifact (final-artifact/) here (overrides the recipe's "
-                                 "[output] dir)")
+                                 "[output] dir; with --model, default modelopt-run-out)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars: one line per training epoch instead")
     _plugin_commands(sub, common)

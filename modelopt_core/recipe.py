@@ -39,12 +39,11 @@ chose, like a Python script does.
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .callables import build_model, import_callable
 from .errors import ConfigError, ModeloptError, close_names
 from .outputs import (
     FINAL,
@@ -85,8 +84,15 @@ def check_keys(where: str, got: Any, valid: set[str]) -> None:
                           f"{', '.join(sorted(valid))}.")
 
 
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read and validate a recipe file (``.toml`` or ``.json``)."""
+#: what ``modelopt run --model ... --calibration ...`` gives instead of the recipe
+MODEL_KEYS = {"model", "model_kwargs", "weights", "example_inputs", "data", "train",
+              "input_names"}
+
+
+def load_recipe(path: str | Path, model_given: bool = False) -> dict[str, Any]:
+    """Read and validate a recipe file (``.toml`` or ``.json``). ``model_given``: the model
+    and its data come from ``--model``/``--calibration``, so the recipe holds its steps,
+    ``[compare]`` and ``[output]`` only."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"recipe {p}: no such file.")
@@ -105,6 +111,11 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"recipe {p} is a search recipe (it has a [search] table): run it with "
                           f"`modelopt optimize {p}`. `modelopt run` runs recipes of [[steps]].")
     check_keys(f"recipe {p}", data, TOP_KEYS)
+    if model_given and MODEL_KEYS & set(data):
+        raise ConfigError(f"recipe {p}: --model and --calibration give the model and its "
+                          f"data, so the recipe may hold only [[steps]], [compare] and "
+                          f"[output]; drop {sorted(MODEL_KEYS & set(data))} from it, or run "
+                          "it without --model.")
     for table, valid in _TABLES.items():
         if table in data:
             check_keys(f"recipe {p}: [{table}]", data[table], valid)
@@ -119,9 +130,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"recipe {p}: [train] needs training data: add data = "
                           "\"module:callable\" returning {'train_data': ...}.")
     for k in ("model", "example_inputs"):
-        if k not in data:
+        if k not in data and not model_given:
             raise ConfigError(f"recipe {p}: missing required key {k!r}.")
-    shapes = data["example_inputs"]
+    shapes = data.get("example_inputs", [[1]])
     if not (isinstance(shapes, list) and shapes and all(
             isinstance(s, list) and s and all(isinstance(d, int) and d > 0 for d in s)
             for s in shapes)):
@@ -133,48 +144,6 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"recipe {p}: step {i + 1} needs exactly one of 'apply' "
                               f"(an optimizer name) or 'export' (a target format), got {st}.")
     return data
-
-
-def import_callable(ref: str, field: str, folder: Path | None = None,
-                    where: str = "recipe") -> Any:
-    """The callable named by ``ref`` (``"package.module:callable"``), importing its module
-    with ``folder`` and the working directory on ``sys.path``; a :class:`ConfigError` that
-    names ``where`` and ``field`` when it is malformed, missing or not callable."""
-    mod, _, attr = ref.partition(":") if isinstance(ref, str) else ("", "", "")
-    if not mod or not attr:
-        raise ConfigError(f"{where}: {field} must look like 'package.module:callable', "
-                          f"got {ref!r}.")
-    extra = [str(x) for x in (folder, Path.cwd()) if x is not None
-             and str(x) not in sys.path]
-    sys.path[:0] = extra  # the recipe's folder and the working directory are importable
-    try:
-        obj = getattr(importlib.import_module(mod), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"{where}: cannot import {field} {ref!r}: {e}") from e
-    finally:
-        for x in extra:
-            sys.path.remove(x)
-    if not callable(obj):
-        raise ConfigError(f"{where}: {field} {ref!r} is not callable.")
-    return obj
-
-
-def build_model(model: Any, kwargs: Any = None, where: str = "recipe") -> Any:
-    """An architecture to load a torch-format artifact's weights into: ``model`` itself (an
-    ``nn.Module``, or None), or what the ``"package.module:callable"`` it names returns when
-    called with ``kwargs`` (a mapping)."""
-    if not isinstance(model, str):
-        if kwargs:
-            raise ConfigError(f"{where}: model_kwargs go with model='package.module:callable'; "
-                              f"pass a built model without them.")
-        return model
-    if kwargs is not None and not isinstance(kwargs, dict):
-        raise ConfigError(f"{where}: model_kwargs must be a mapping of keyword arguments, got "
-                          f"{type(kwargs).__name__}.")
-    try:
-        return import_callable(model, "model", where=where)(**(kwargs or {}))
-    except TypeError as e:
-        raise ConfigError(f"{where}: model {model!r} with {kwargs or {}}: {e}") from e
 
 
 #: how :func:`plan_recipe` starts a line naming what this machine lacks
@@ -224,10 +193,12 @@ def unavailable_here(plan: list[str]) -> list[str]:
     return [line for line in plan if line.startswith(UNAVAILABLE)]
 
 
-def _plan_steps(r: dict[str, Any], pm: Any, lines: list[str], missing: list[str]) -> list[str]:
+def _plan_steps(r: dict[str, Any], pm: Any, lines: list[str], missing: list[str],
+                fmt: str = "torch", has_data: bool = False) -> list[str]:
     """Check the recipe's steps (see :func:`plan_recipe`), adding a plan line per step and a
-    line per unavailable component to ``missing``; returns the formats the pipeline makes."""
-    fmt, formats = "torch", ["torch"]
+    line per unavailable component to ``missing``; returns the formats the pipeline makes
+    from an original of format ``fmt`` (``has_data``: calibration data comes with it)."""
+    formats = [fmt]
     for i, st in enumerate(r.get("steps", [])):
         st = dict(st)
         verb = "apply" if "apply" in st else "export"
@@ -247,7 +218,8 @@ def _plan_steps(r: dict[str, Any], pm: Any, lines: list[str], missing: list[str]
                 if fmt not in cls.accepts:
                     raise ConfigError(f"{name!r} takes {list(cls.accepts)} artifacts but gets "
                                       f"{fmt!r} here; add an export step before it.")
-                if cls.needs and "data" not in r:
+                if cls.needs and "data" not in r and not (
+                        has_data and set(cls.needs) <= {"calibration_data", "eval_fn"}):
                     raise ConfigError(f"{name!r} needs {list(cls.needs)}: add data = "
                                       "\"module:callable\" to the recipe.")
         except ModeloptError as e:
@@ -316,6 +288,13 @@ def run_recipe(path: str | Path, progress: bool = True, out_dir: str | Path | No
     check_runnable(p)
     r = load_recipe(p)
     s = build_session(p, r, progress=progress, say=say)
+    return run_pipeline(s, r, f"modelopt run {p.name}", out_dir, say)
+
+
+def run_pipeline(s: Any, r: dict[str, Any], title: str, out_dir: str | Path | None = None,
+                 say: Any = print) -> Any:
+    """The recipe ``r``'s steps, comparison and outputs on the session ``s`` (see
+    :func:`run_recipe`); ``title``: the report's unless ``[compare]`` gives one."""
     for i, st in enumerate(r.get("steps", [])):
         st = dict(st)
         verb = "apply" if "apply" in st else "export"
@@ -332,7 +311,10 @@ def run_recipe(path: str | Path, progress: bool = True, out_dir: str | Path | No
                        profilers=cmp.get("profilers", list(DEFAULT_PROFILERS)),
                        backend_options=cmp.get("backend_options"),
                        profiler_options=cmp.get("profiler_options"))
-    report.title = cmp.get("title", f"modelopt run {p.name}")
+    report.title = cmp.get("title", title)
+    metric = getattr(s.eval_fn, "metric", None)  # what the accuracy column is, when it says
+    if isinstance(metric, str) and metric:
+        report.notes.setdefault("accuracy", []).insert(0, metric)
     out = out_dir or r.get("output", {}).get("dir")
     if out:
         o = r.get("output", {})
