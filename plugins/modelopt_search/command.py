@@ -31,6 +31,13 @@ from typing import Any
 __all__ = ["EXAMPLES", "load_search_recipe", "run", "setup"]
 
 EXAMPLES = """examples:
+  modelopt optimize --model model.onnx --calibration calib.npz
+                                   no recipe: every runtime here that takes the model,
+                                   accuracy = agreement with the original on held-out
+                                   calibration samples (add --eval eval.npz for top-1)
+  modelopt optimize --model model.pt2 --calibration calib/ --eval eval.npz --trials 40
+  modelopt optimize --model mypkg.models:build --model-kwargs '{"width": 16}' \\
+                    --calibration calib.npz --target openvino
   modelopt optimize docs/recipes/digits-search.toml
   modelopt optimize recipe.toml --trials 40 --time-budget-s 1800 --out out/search
   modelopt optimize recipe.toml --storage postgresql://user:pw@db/modelopt  (one study,
@@ -43,13 +50,28 @@ _SEARCH_KEYS = {"target", "objective", "max_accuracy_drop", "trials", "time_budg
 
 def setup(p: argparse.ArgumentParser) -> None:
     """Arguments of ``modelopt optimize``."""
-    p.add_argument("recipe", help="TOML/JSON recipe: model, data (as for `modelopt run`) and "
-                                  "a [search] table")
+    from modelopt_core.cli import add_model_options
+
+    p.add_argument("recipe", nargs="?",
+                   help="TOML/JSON recipe: model, data (as for `modelopt run`) and a [search] "
+                        "table; or, instead, --model and --calibration")
+    add_model_options(p, original=True)
+    p.add_argument("--target", help="runtime(s) to search, comma-separated, or 'all': every "
+                                    "runtime available here that takes the model (default: "
+                                    "the recipe's [search] target; with --model: all)")
+    p.add_argument("--objective", choices=["latency", "size", "energy"],
+                   help="what to minimize (default: [search] objective, else latency)")
+    p.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
+                   help="accuracy points (%%) the result may lose (default: [search] "
+                        "max_accuracy_drop, else 1.0)")
+    p.add_argument("--threads", type=int, help="the runtime's thread count (default: "
+                                               "[search] threads, else the runtime's own)")
     p.add_argument("--trials", type=int, help="trials this run adds to the study "
                                               "(default: [search] trials, else 20)")
     p.add_argument("--time-budget-s", type=float, help="stop starting trials after this long")
     p.add_argument("--out", help="output folder: study.db, trials.json, report.*, best/ "
-                                 "(final-artifact/ links to it) (default: [output] dir)")
+                                 "(final-artifact/ links to it) (default: [output] dir, else "
+                                 "modelopt-search-out)")
     p.add_argument("--storage", help="Optuna RDB URL shared by workers (default: "
                                      "sqlite:///OUT/study.db)")
     p.add_argument("--study-name", help="study name in the storage")
@@ -97,16 +119,42 @@ def load_search_recipe(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]
     return data, search
 
 
+def _session(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(the session, the recipe's run part, its [search] table with the flags laid over it):
+    from the recipe, or from --model/--calibration (no recipe: every runtime here)."""
+    from modelopt_core.cli_options import nocode_session
+
+    from .errors import SearchError
+
+    progress = getattr(args, "progress", False)
+    if args.model is not None and args.recipe is not None:
+        raise SearchError(f"optimize: give a recipe ({args.recipe}) or --model, not both: "
+                          "the recipe names its own model.")
+    session = nocode_session(args, progress=progress)
+    if session is None:
+        if args.recipe is None:
+            raise SearchError("optimize: give a search recipe, or a model with no recipe: "
+                              "modelopt optimize --model model.onnx --calibration data.npz.")
+        from modelopt_core.recipe import build_session
+
+        r, search = load_search_recipe(args.recipe)
+        session = build_session(args.recipe, r, progress=progress, say=lambda *a: None)
+    else:
+        r, search = {}, {"target": "all"}
+    flags = {"target": args.target, "objective": args.objective,
+             "max_accuracy_drop": args.max_accuracy_drop, "threads": args.threads}
+    search = {**search, **{k: v for k, v in flags.items() if v is not None}}
+    if isinstance(search.get("target"), str) and "," in search["target"]:
+        search["target"] = [t.strip() for t in search["target"].split(",") if t.strip()]
+    return session, r, search
+
+
 def run(args: argparse.Namespace) -> int:
     """``modelopt optimize``: run (or resume) the search; print the best recipe."""
     import json
 
-    r, search = load_search_recipe(args.recipe)
+    session, r, search = _session(args)
     out = args.out or r.get("output", {}).get("dir") or "modelopt-search-out"
-    from modelopt_core.recipe import build_session
-
-    session = build_session(args.recipe, r, progress=getattr(args, "progress", False),
-                            say=lambda *a: None)
     trials = args.trials if args.trials is not None else search.get("trials", 20)
     res = session.optimize(
         target=search.get("target", "onnxruntime"), objective=search.get("objective", "latency"),
@@ -130,6 +178,9 @@ def run(args: argparse.Namespace) -> int:
         table = res.report.to_markdown(columns=report_columns(res.report, session.pm))
         unit = UNITS.get(search.get("objective", "latency"), "")
         print(with_summary(table, summary_line(res.report.rows[1:], unit)))
+        metric = getattr(session.eval_fn, "metric", None)
+        if metric:
+            print(f"accuracy: {metric}")
         if res.best_row:
             print(f"best: trial {res.best_row['trial']}: {res.best_row['recipe']}")
         else:
