@@ -71,11 +71,24 @@ def choose_final(session: Any, report: Any, final: str = "latency",
     else:
         opts = (backend_options or {}).get(choice.backend)
         art = session.history[choice.history_index].with_runtime(choice.backend, opts)
-        why = f"{choice.step} on {choice.backend}: the {choice.reason}"
+        why = f"{choice.step} on {choice.backend}: the {choice.reason}" + _not_last(report,
+                                                                               choice)
         view = {"best": choice.index, "best_label": "final", "accuracy_budget": max_drop}
     report.notes.setdefault("final", []).append(f"final artifact: {why}")
     say(f"final artifact: {why}")
     return art, view
+
+
+def _not_last(report: Any, choice: Any) -> str:
+    """"; the last step, STEP on BACKEND, is not it (p50 ...)" when the choice is not the
+    report's last row, else ""."""
+    last = report.rows[-1]
+    if last.get("step") == choice.step:
+        return ""
+    p50 = last.get("latency_p50_ms")
+    return (f"; the last step, {last.get('step')} on {last.get('backend')}, is not it"
+            + (f" (p50 {report.cell('latency_p50_ms', p50)} ms)"
+               if isinstance(p50, (int, float)) else ""))
 
 
 def write_outputs(report: Any, final: Any, out: Path, say: Any = print,

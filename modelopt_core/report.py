@@ -188,10 +188,12 @@ class Report:
         with plotly.js beside it (``plotly-VERSION.min.js``, shared by the folder's pages;
         ``shared_script=False``, or no ``path``: embedded). ``view`` marks the page: ``best``
         (a row index, starred), ``best_label``, ``accuracy_budget``, ``columns``,
-        ``history``, ``summary`` (see :func:`~modelopt_core.report_html.render_html`). Raises
+        ``history``, ``summary`` (see :func:`~modelopt_core.report_html.render_html`; default:
+        the line naming the steps that made things worse, if any). Raises
         :class:`~modelopt_core.report_html.ReportDependencyError` when plotly is missing."""
         from .report_html import render_html
 
+        view.setdefault("summary", self.regression_summary)
         text = render_html(self, title=title, pareto=pareto, path=path, **view)
         if path is not None:
             write_text_atomic(Path(path), text)

@@ -7,7 +7,6 @@ with a message.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Any
 import torch
 
 import modelopt_core as mo
-from modelopt_core import ReportDependencyError
 
 from .data import accuracy_fn, load_digits_data
 from .models import SmallCNN
@@ -64,30 +62,6 @@ def run_steps(s: mo.Session, steps: Sequence[tuple[str, str, dict[str, Any]]],
         say(f"      - {art.name} ({time.perf_counter() - t:.1f} s){': ' + notes if notes else ''}")
 
 
-def choose_final(s: mo.Session, report: mo.Report, max_accuracy_drop: float,
-                 say: Callable[..., Any] = print) -> mo.ModelArtifact:
-    """The demo's final artifact: the best measured one (lowest p50 latency,
-    :meth:`~modelopt_core.Report.best`) within ``max_accuracy_drop`` points of the original's
-    accuracy, not simply the last step, carrying the backend it was measured on as its
-    runtime; says which and why (and adds it to the report's notes, under ``final``)."""
-    choice = report.best("latency", max_accuracy_drop)
-    if choice is None or choice.history_index is None:
-        why = (f"the last step, {s.current.name}: no row was measured within the accuracy "
-               f"budget (drop <= {max_accuracy_drop:g})")
-        art = s.current
-    else:
-        art = s.history[choice.history_index].with_runtime(choice.backend)
-        why = f"{choice.step} on {choice.backend}: the {choice.reason}"
-        last = report.rows[-1]
-        if last.get("step") != choice.step:
-            why += (f"; the last step, {last.get('step')} on {last.get('backend')}, is not it"
-                    + (f" (p50 {report.cell('latency_p50_ms', last['latency_p50_ms'])} ms)"
-                       if isinstance(last.get("latency_p50_ms"), (int, float)) else ""))
-    report.notes.setdefault("final", []).append(f"final artifact: {why}")
-    say(f"final artifact: {why}")
-    return art
-
-
 def run_demo(out_dir: str | Path = "modelopt-demo-out", epochs: int = 8,
              backends: tuple[str, ...] = ("torch", "onnxruntime"), progress: bool = True,
              pipeline: list[tuple[str, str, dict[str, Any]]] | None = None,
@@ -113,17 +87,18 @@ def run_demo(out_dir: str | Path = "modelopt-demo-out", epochs: int = 8,
                        profiler_options={"latency": {"iterations": 50}})
     report.title = "modelopt demo: SmallCNN on digits (batch 1)"
     report.print(columns=[c for c in DEMO_COLUMNS if c in report.columns])
-    final = choose_final(s, report, max_accuracy_drop, say)
-    out.mkdir(parents=True, exist_ok=True)
-    report.to_markdown(out / "report.md")
-    report.to_json(out / "report.json")
-    written = [out / "report.md", out / "report.json"]
-    try:
-        report.to_html(out / "report.html")
-        written.append(out / "report.html")
-    except ReportDependencyError as e:  # plotly missing: the other reports still stand
-        print(f"modelopt demo: no report.html: {e}", file=sys.stderr)
-    final.save(out / "final-artifact")
-    say(f"wrote {', '.join(map(str, written))} and {out / 'final-artifact'} "
-        f"({time.perf_counter() - t0:.1f} s in all)")
+    finish(s, report, out, max_accuracy_drop, say, t0)
     return report
+
+
+def finish(s: mo.Session, report: mo.Report, out: Path, max_accuracy_drop: float,
+           say: Callable[..., Any], t0: float) -> None:
+    """The demo's final artifact, the best measured step within ``max_accuracy_drop`` points
+    of the original's accuracy (not simply the last step; :func:`modelopt_core.outputs.
+    choose_final`), and the output folder every command writes (reports with the final
+    marked on the HTML page, ``final-artifact/``)."""
+    from modelopt_core.outputs import choose_final, write_outputs
+
+    final, view = choose_final(s, report, "latency", max_accuracy_drop, say)
+    write_outputs(report, final, out, say=say, command="demo", **view)
+    say(f"      ({time.perf_counter() - t0:.1f} s in all)")

@@ -12,7 +12,7 @@ import torch
 
 import modelopt_core as mo
 
-from ..demo import choose_final
+from ..demo import finish
 from .dataset import load_detection_data
 from .models import YoloDetector
 from .pipeline import PIPELINE, detection_session, run_pipeline
@@ -43,7 +43,7 @@ def run_detection_demo(out_dir: str | Path = "modelopt-detect-out", epochs: int 
     """Train, optimize, compare; writes ``report.md``, ``report.json`` (and ``report.html``
     when the Report can render it) and the final artifact: the fastest measured step within
     ``max_accuracy_drop`` mAP@0.5 points of the original (see
-    :func:`~modelopt_demo.demo.choose_final`). ``size`` picks a preset of :data:`SIZES`
+    :func:`~modelopt_demo.demo.finish`). ``size`` picks a preset of :data:`SIZES`
     (default: ``$MODELOPT_DETECT_SIZE`` or ``"default"``)."""
     say = (lambda *a: None) if quiet else print
     size = size or os.environ.get("MODELOPT_DETECT_SIZE", "default")
@@ -77,12 +77,5 @@ def run_detection_demo(out_dir: str | Path = "modelopt-detect-out", epochs: int 
     report.title = (f"modelopt demo: YOLO-style detector on digits ({canvas}x{canvas}, batch 1;"
                     " accuracy = mAP@0.5 %)")
     report.print(columns=[c for c in DEMO_COLUMNS if c in report.columns])
-    final = choose_final(s, report, max_accuracy_drop, say)
-    out.mkdir(parents=True, exist_ok=True)
-    report.to_markdown(out / "report.md")
-    report.to_json(out / "report.json")
-    report.to_html(out / "report.html")
-    final.save(out / "final-artifact")
-    say(f"wrote {out / 'report.md'}, report.json, report.html and {out / 'final-artifact'} "
-        f"({time.perf_counter() - t0:.1f} s in all)")
+    finish(s, report, out, max_accuracy_drop, say, t0)
     return report

@@ -37,6 +37,9 @@ def test_the_final_artifact_is_the_fastest_step_within_the_budget(tmp_path, caps
     assert "RSS MB" in md and "RSS MB" in text  # CPU memory in the demo's table
     assert isinstance(rows[0]["peak_rss_mb"], float) and rows[0]["peak_rss_mb"] > 10
     assert report.best("latency", 1.0).step == "original"
+    page = (out / "report.html").read_text()  # the final is starred on the page, the
+    assert '<span class="star" title="final">★</span> original' in page  # worse step named
+    assert "1 step made things worse than its input" in page
 
 
 def test_the_default_demo_saves_what_its_report_calls_best(tmp_path, capsys):
