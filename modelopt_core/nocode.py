@@ -12,7 +12,7 @@ with the same options build their :class:`~modelopt_core.Session` here. ``MODEL`
 - a saved modelopt artifact folder of a non-torch format (ONNX, OpenVINO...).
 
 The data (:mod:`.samples`) is cut into batches of ``batch_size`` samples (default: the
-model's fixed batch, else 8); the first batch is the example input, so latency is timed at
+model's fixed batch, whose leftover samples are dropped, else 8); the first batch is the example input, so latency is timed at
 that batch. The accuracy metric, in percent (points), is top-1 accuracy against ``--eval``'s
 labels, else the agreement of each model with the original's outputs on the last quarter of
 the calibration batches (at least one), held back from calibration (see
@@ -121,6 +121,9 @@ class Top1:
     def __init__(self, batches: list[tuple[Any, ...]], labels: Any, source: str) -> None:
         import torch
 
+        if not batches:
+            raise DataError(f"--eval {source}: {len(labels)} labelled sample(s), fewer than "
+                            "one batch of the model's fixed batch size.")
         self.batches = batches
         self.labels = torch.from_numpy(labels)
         self.metric = f"top-1 accuracy (%) on {len(labels)} labelled samples ({source})"
@@ -192,7 +195,7 @@ def nocode_session(ref: str, calibration: str, eval_path: str | None = None,
     model = orig.model
     s = Session(model, batches[0], calibration_data=batches, eval_fn=evaluate,
                 input_names=None if isinstance(model, ModelArtifact) else names,
-                progress=progress, plugins=plugins)
+                dynamic_batch=not fixed, progress=progress, plugins=plugins)
     holder["s"] = s
     return s
 

@@ -191,3 +191,27 @@ def test_bad_model_references_are_typed_errors(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(mo.ArtifactError, match=r"junk\.onnx: not a readable ONNX model"):
         nocode_session(str(tmp_path / "junk.onnx"), c)
+
+
+def test_a_fixed_batch_is_the_batch_size(tmp_path):
+    import torch
+
+    ns: dict = {}
+    from nocode_files import FACTORY
+
+    exec(FACTORY, ns)  # noqa: S102 (the test's own source)
+    ep = torch.export.export(ns["build"](4), (torch.randn(4, *SHAPE),))  # batch fixed at 4
+    torch.export.save(ep, str(tmp_path / "fixed.pt2"))
+    np.savez(tmp_path / "c.npz", pixels=samples(18))
+    s = nocode_session(str(tmp_path / "fixed.pt2"), str(tmp_path / "c.npz"))
+    assert s.original.inputs[0].shape == (4, *SHAPE)  # not made dynamic
+    # 18 samples: 4 batches of 4 (the last 2 samples cannot make one), 1 held back
+    assert [int(b[0].shape[0]) for b in s.calibration_data] == [4, 4, 4]
+    with pytest.raises(mo.ConfigError, match="--batch-size 8: the model takes a fixed batch "
+                                             "of 4"):
+        nocode_session(str(tmp_path / "fixed.pt2"), str(tmp_path / "c.npz"), batch_size=8)
+    np.savez(tmp_path / "e.npz", pixels=samples(3), labels=np.zeros(3, np.int64))
+    with pytest.raises(mo.DataError, match=r"e\.npz: 3 labelled sample\(s\), fewer than one "
+                                           "batch"):
+        nocode_session(str(tmp_path / "fixed.pt2"), str(tmp_path / "c.npz"),
+                       str(tmp_path / "e.npz"))
