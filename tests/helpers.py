@@ -68,3 +68,17 @@ def trained_digits_cnn(epochs: int = 3) -> tuple[Any, Any]:
     fit(m, d.train, config=TrainConfig(epochs=epochs, lr=3e-3, seed=0),
         ctx=mo.Context(show_progress=False))
     return m.eval(), d
+
+
+def terminal_text(report: Any) -> str:
+    """What ``report.print()`` shows on a terminal (a tty: the rich table), colours removed."""
+    import io
+    import re
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Tty()
+    report.print(file=out)
+    return re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())

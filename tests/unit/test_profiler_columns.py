@@ -8,12 +8,12 @@ The plugin manager is fed fake entry points, as in ``test_core_plugins.py``.
 from __future__ import annotations
 
 import importlib.metadata as md
-import io
-import re
 import types
 
 import pytest
 import torch
+
+from helpers import terminal_text
 
 import modelopt_core as mo
 
@@ -105,23 +105,12 @@ def test_undeclared_metric_stays_out_of_the_table():
     assert "widgets_per_s" in rep.to_dict()["columns"]
 
 
-class Tty(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def _terminal(rep: mo.Report) -> str:
-    out = Tty()
-    rep.print(file=out)
-    return re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
-
-
 def test_plugin_metric_shows_in_the_terminal_table(widgets_pm, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
-    text = _terminal(mo.Report(ROWS, plugins=widgets_pm))
+    text = terminal_text(mo.Report(ROWS, plugins=widgets_pm))
     assert "widgets/s" in text and "12,345.7 w" in text and "p50 ms" in text
     monkeypatch.setenv("COLUMNS", "60")  # too narrow: hidden, and said so by its header
-    narrow = _terminal(mo.Report(ROWS, plugins=widgets_pm))
+    narrow = terminal_text(mo.Report(ROWS, plugins=widgets_pm))
     assert "12,345.7 w" not in narrow and "hidden" in narrow and "widgets/s" in narrow
     assert "p50 ms" in narrow
 

@@ -6,24 +6,19 @@ profiler's peak RSS and its growth are columns of the Markdown and terminal tabl
 
 from __future__ import annotations
 
-import io
 import json
-import re
 import sys
 from pathlib import Path
 
 import torch
+
+from helpers import terminal_text
 
 import modelopt_core as mo
 from modelopt_core.environment import cpu_flags, cpu_line, describe_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = {"avx2": "AVX2", "avx_vnni": "AVX-VNNI", "avx512_vnni": "VNNI", "avx512_bf16": "BF16"}
-
-
-class Tty(io.StringIO):
-    def isatty(self):
-        return True
 
 
 def _report() -> mo.Report:
@@ -55,9 +50,7 @@ def test_the_report_header_names_the_machine_class():
                 assert NAMES[flag] in head, flag
         assert ("AMX (" in head) == any(f.startswith("amx") for f in cpu_flags())
         assert ("no AMX" in head) != ("AMX (" in head)
-    out = Tty()
-    rep.print(file=out)
-    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
+    text = terminal_text(rep)
     assert text.startswith("measured on: ")  # before the table
 
 
@@ -103,8 +96,6 @@ def test_cpu_memory_is_in_the_markdown_and_terminal_tables():
     assert "| RSS MB | RSS +MB |" in header
     cells = next(line for line in md.splitlines() if line.startswith("| original"))
     assert f"| {rep.rows[0]['peak_rss_mb']:.0f} |" in cells
-    out = Tty()
-    rep.print(file=out)  # 80 columns: details go first, peak RSS stays
-    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
+    text = terminal_text(rep)  # 80 columns: details go first, peak RSS stays
     table = text[text.index("┏"):text.index("┘")]
     assert "RSS MB" in table and f"{rep.rows[0]['peak_rss_mb']:.0f}" in table

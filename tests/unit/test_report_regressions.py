@@ -7,26 +7,15 @@ from, is flagged against its input on its own backend; differences within noise 
 
 from __future__ import annotations
 
-import io
-import re
 
 import pytest
 import torch
 
+from helpers import terminal_text
+
 import modelopt_core as mo
 
 FAST = {"latency": {"min_time_s": 0.1, "iterations": 20}}
-
-
-class Tty(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def _terminal(report: mo.Report) -> str:
-    out = Tty()
-    report.print(file=out)
-    return re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +49,7 @@ def test_a_slower_larger_step_is_flagged_in_markdown_and_terminal(fake_quant):
     summary = ("1 step made things worse than its input (beyond noise): 1:quantize.static on "
                "torch is slower (p50 ")
     assert summary in md and "than its input original" in md
-    text = _terminal(rep)
+    text = terminal_text(rep)
     assert " ".join(summary.split()) in " ".join(text.split())  # wrapped at the width
 
 
