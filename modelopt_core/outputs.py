@@ -108,6 +108,7 @@ def write_outputs(report: Any, final: Any, out: Path, say: Any = print,
     try:
         report.to_html(out / "report.html", **view)
         written.append("report.html")
+        written += sorted(f.name for f in out.glob("plotly-*.min.js"))  # the page's script
     except ReportDependencyError as e:  # plotly missing: the other reports still stand
         print(f"modelopt {command}: no report.html: {e}", file=sys.stderr)
     if final is not None:

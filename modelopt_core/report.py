@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from .report_rows import Choice, best_row, flag_regressions, regression_summary
 from .tables import environment_line, order_columns, pareto_indices
 
 if TYPE_CHECKING:
+    from .interfaces import Column
     from .plugins import PluginManager
 
 __all__ = ["Choice", "Report", "pareto_indices"]
@@ -71,12 +72,16 @@ class Report:
     def __init__(self, rows: list[dict[str, Any]], title: str = "modelopt comparison",
                  environment: dict[str, Any] | None = None,
                  notes: dict[str, list[str]] | None = None,
-                 plugins: PluginManager | None = None) -> None:
+                 plugins: PluginManager | None = None,
+                 columns: Sequence[Column] = ()) -> None:
         self.title = title
         self.rows = [dict(r) for r in rows]
         self.environment = dict(environment or {})
         self.notes = {k: list(v) for k, v in (notes or {}).items()}
         self._plugins = plugins
+        #: columns the caller declares for keys of its own (a search's ``confirmed_p50_ms``):
+        #: header, format and order as a profiler's
+        self._own = {c.name: c for c in columns}
         self._specs: Mapping[str, Any] | None = None
         self._add_ratios()
         flag_regressions(self.rows, self.cell)
@@ -85,7 +90,7 @@ class Report:
     def column_specs(self) -> Mapping[str, Any]:
         """The profilers' declared columns (:class:`~modelopt_core.Column`) by name."""
         if self._specs is None:
-            self._specs = declared_columns(self._plugins)
+            self._specs = {**declared_columns(self._plugins), **self._own}
         return self._specs
 
     def header(self, col: str) -> str:

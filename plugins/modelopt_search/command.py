@@ -189,5 +189,8 @@ def run(args: argparse.Namespace) -> int:
                  "report.html.error", "best", "final-artifact")
         wrote = [n + ("/" if n in ("best", "final-artifact") else "") for n in names
                  if (res.out_dir / n).exists()]
+        if "report.html" in wrote:  # the page's script, beside it
+            at = wrote.index("report.html") + 1
+            wrote[at:at] = sorted(f.name for f in res.out_dir.glob("plotly-*.min.js"))
         print(f"wrote {res.out_dir}/: {', '.join(wrote)}")
     return 0

@@ -35,7 +35,9 @@ def test_run_writes_the_reports_and_final_artifact_as_the_demo_does(tmp_path, ca
     out = tmp_path / "out"
     assert main(["run", str(tmp_path / "r.json"), "--no-progress", "--out", str(out)]) == 0
     said = capsys.readouterr().out
-    assert f"wrote {out}/: report.md, report.json, report.html, final-artifact/" in said
+    script = next(out.glob("plotly-*.min.js")).name  # report.html's script, beside it
+    assert (f"wrote {out}/: report.md, report.json, report.html, {script}, final-artifact/"
+            in said)
     html = (out / "report.html").read_text()
     assert html.lstrip().lower().startswith("<!doctype html") and "1:onnx" in html
     assert mo.load_artifact(out / "final-artifact").format == "onnx"

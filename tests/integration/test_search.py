@@ -276,8 +276,10 @@ def test_cli_optimize(digits, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| trial 0 |" in text and "\nbest: trial " in text
     assert "\n**Best: trial " in text  # the summary line under the terminal table
+    script = next((tmp_path / "o").glob("plotly-*.min.js")).name  # report.html's, beside it
     assert text.rstrip().endswith(f"wrote {tmp_path / 'o'}/: study.db, trials.json, report.md, "
-                                  "report.json, report.html, best/, final-artifact/")
+                                  f"report.json, report.html, {script}, best/, "
+                                  "final-artifact/")
     assert main(["optimize", str(tmp_path / "missing.toml")]) == 1
     assert "no such file" in capsys.readouterr().err
 

@@ -65,6 +65,9 @@ def test_the_confirmed_best_and_its_tie_are_marked_in_report_md_and_the_page(tmp
     assert rows["trial 3"]["best"] == "" and rows["trial 4"]["best"] == ""
     assert rows["trial 2"]["pareto"] == "True"  # the best is on the front it is reported with
     assert rows["trial 2"]["noisy"] == "True"  # the noisy timing is marked in the table
+    # the end's re-timing under its own headers, not raw key names
+    assert rows["trial 2"]["side-by-side p50 ms"] == "0.0284"
+    assert rows["trial 2"]["threads"] == "1" and "confirmed_p50_ms" not in md
     # the summary line, right under the table
     summary = md.split("| trial 4 |")[1].split("\n")[2]
     assert summary.startswith("**Best: trial 2 on onnxruntime, p50 0.0284 ms re-timed side by "
