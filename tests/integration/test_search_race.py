@@ -221,7 +221,10 @@ def test_two_workers_killed_and_resumed_together(tmp_path):
     s = Setup(tmp_path)
     killed: set[int] = set()
     for _ in range(2):
-        ws = [s.worker(trials=3, hold=True) for _ in range(2)]
+        # a budget the held workers never reach: a worker whose draws are no-ops (pruned
+        # before any evaluation) or whose baseline came from the study could otherwise run
+        # its 3 trials to the end before its eval_fn holds it (seen on a loaded machine)
+        ws = [s.worker(trials=20, hold=True) for _ in range(2)]
         try:
             held = s.running_of(ws)
         finally:
