@@ -15,6 +15,12 @@ from modelopt_core.cli import main
 
 
 def test_the_final_artifact_is_the_fastest_step_within_the_budget(tmp_path, capsys):
+    """The demo saves the row its report calls best, says which and why, and names a step
+    that made things worse. Which row is best is a timing: a simulated INT8 step on torch is
+    slower than its input, far beyond noise on a quiet machine (then the original is saved,
+    not the last step); on a loaded one the two can tie within noise, and a tie goes to the
+    smaller artifact. The not-the-last-step choice without timing is in test_cli_run_final
+    (the last step over the accuracy budget), through the same chooser."""
     from modelopt_demo.demo import run_demo
 
     out = tmp_path / "demo"
@@ -23,23 +29,24 @@ def test_the_final_artifact_is_the_fastest_step_within_the_budget(tmp_path, caps
     text = capsys.readouterr().out
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert [r["step"] for r in rows] == ["original", "1:quantize.static"]
-    assert rows[1]["latency_p50_ms"] > rows[0]["latency_p50_ms"]  # the last step is slower
+    choice = report.best("latency", 1.0)
     manifest = json.loads((out / "final-artifact" / "manifest.json").read_text())
-    assert [st["component"] for st in manifest["lineage"]] == ["original"]  # not the last
+    want = ["original"] if choice.step == "original" else ["original", "quantize.static"]
+    assert [st["component"] for st in manifest["lineage"]] == want  # what the report chose
     assert manifest["props"]["runtime"] == "torch"  # the backend it was chosen on
-    assert "final artifact: original on torch: the fastest measured row within the accuracy " \
-           "budget (at most 1 below the baseline's" in text
-    assert "the last step, 1:quantize.static on torch, is not it (p50 " in text
-    assert "1 step made things worse than its input (beyond noise): 1:quantize.static on " \
-           "torch is slower" in text
+    assert f"final artifact: {choice.step} on torch: the " in text
     md = (out / "report.md").read_text()
-    assert "- final: final artifact: original on torch" in md  # the choice is in the report
+    assert f"- final: final artifact: {choice.step} on torch" in md  # the choice is in it
+    page = (out / "report.html").read_text()  # the final is starred on the page
+    assert f'<span class="star" title="final">★</span> {choice.step}' in page
+    if choice.step == "original":  # the last step was slower beyond noise
+        assert "the last step, 1:quantize.static on torch, is not it (p50 " in text
+    if rows[1].get("regression"):  # flagged: said under the tables and on the page
+        assert "1 step made things worse than its input (beyond noise): 1:quantize.static " \
+               "on torch is" in text
+        assert "1 step made things worse than its input" in page
     assert "RSS MB" in md and "RSS MB" in text  # CPU memory in the demo's table
     assert isinstance(rows[0]["peak_rss_mb"], float) and rows[0]["peak_rss_mb"] > 10
-    assert report.best("latency", 1.0).step == "original"
-    page = (out / "report.html").read_text()  # the final is starred on the page, the
-    assert '<span class="star" title="final">★</span> original' in page  # worse step named
-    assert "1 step made things worse than its input" in page
 
 
 def test_the_default_demo_saves_what_its_report_calls_best(tmp_path, capsys):
