@@ -115,23 +115,14 @@ class AccuracyGate:
 
 
 def _backend_for(session: Any, art: ModelArtifact) -> str:
-    # the backends that declare themselves the reference for the format (Backend
-    # .reference_for) first, then any other that accepts it
-    infos = session.pm.components("backend")
-    names = [i.name for i in infos if art.format in getattr(i.cls, "reference_for", ())] + \
-        [i.name for i in infos]
-    for name in names:
-        if name is None:
-            continue
-        try:
-            cls = session.pm.get("backend", name).cls
-        except Exception:
-            continue
-        if art.format in cls.accepts and cls.availability()[0]:
-            return name
-    raise DataError(f"accuracy gate: no available backend runs {art.format!r} artifacts, so "
-                    f"step {art.name!r} cannot be evaluated; drop max_accuracy_drop or install "
-                    "a runtime for that format.")
+    """The evaluator of ``art``: its format's reference backend (``PluginManager.
+    reference_backend``); DataError when no available backend runs the format."""
+    name = session.pm.reference_backend(art.format)
+    if name is None:
+        raise DataError(f"accuracy gate: no available backend runs {art.format!r} artifacts, "
+                        f"so step {art.name!r} cannot be evaluated; drop max_accuracy_drop or "
+                        "install a runtime for that format.")
+    return name
 
 
 class Agreement:

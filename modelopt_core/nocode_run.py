@@ -45,13 +45,8 @@ def default_recipe(fmt: str, pm: Any) -> dict[str, Any]:
 def _reference_backends(fmt: str, steps: list[dict[str, Any]], pm: Any) -> list[str]:
     """The available reference backend of every format the steps make from ``fmt``."""
     formats = [fmt] + [st["export"] for st in steps if "export" in st]
-    backends: list[str] = []
-    for f in formats:
-        for info in pm.components("backend"):
-            if f in info.cls.reference_for and info.cls.availability()[0] \
-                    and info.name not in backends:
-                backends.append(info.name)
-    return backends
+    found = (pm.reference_backend(f) for f in formats)
+    return list(dict.fromkeys(b for b in found if b is not None))
 
 
 def _recipe(args: argparse.Namespace, fmt: str, pm: Any) -> dict[str, Any]:

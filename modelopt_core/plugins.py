@@ -299,25 +299,28 @@ class PluginManager:
                 f"no installed plugin saves or loads format {name!r} (formats here: {known}); "
                 "install the plugin that provides it.") from None
 
+    def reference_backend(self, fmt: str) -> str | None:
+        """The available backend that declares itself the reference for format ``fmt``
+        (``Backend.reference_for``), else any available backend that runs it; None if
+        none does."""
+        infos = [i for i in self.components("backend")
+                 if fmt in i.cls.accepts and i.cls.availability()[0]]
+        ref = [i for i in infos if fmt in i.cls.reference_for]
+        return (ref or infos)[0].name if infos else None
+
     def runtime_for(self, artifact: Any, backend: str | None = None,
                     options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """The backend and config options ``artifact`` runs with: ``backend`` when given, else
-        the runtime it carries (``props.runtime``, e.g. the search's best), else the available
-        backend that declares itself the reference for its format (``reference_for``), else
-        any available backend that runs it. The options are the artifact's own
+        the runtime it carries (``props.runtime``, e.g. the search's best), else its format's
+        :meth:`reference_backend`. The options are the artifact's own
         (``props.runtime_options``, when that backend is its runtime) updated with
         ``options``. :class:`BackendUnavailableError` when nothing runs the format here."""
         props = artifact.props
-        name = backend or props.runtime
+        name = backend or props.runtime or self.reference_backend(artifact.format)
         if name is None:
-            infos = [i for i in self.components("backend")
-                     if artifact.format in i.cls.accepts and i.cls.availability()[0]]
-            ref = [i for i in infos if artifact.format in i.cls.reference_for]
-            if not infos:
-                raise BackendUnavailableError(
-                    f"no available backend runs {artifact.format!r} artifacts "
-                    f"({artifact.name}); see `modelopt plugins`, or pass a backend.")
-            name = (ref or infos)[0].name
+            raise BackendUnavailableError(
+                f"no available backend runs {artifact.format!r} artifacts "
+                f"({artifact.name}); see `modelopt plugins`, or pass a backend.")
         own = dict(props.runtime_options or {}) if name == props.runtime else {}
         return name, {**own, **dict(options or {})}
 

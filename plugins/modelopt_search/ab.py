@@ -63,16 +63,15 @@ def _load(path: str | Path, which: str, pm: Any, model: Any = None) -> mo.ModelA
 
 def _backend(art: mo.ModelArtifact, name: str | None, which: str, pm: Any,
              options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-    """The backend class and config options artifact ``which`` runs with: ``name`` when
-    given, else the runtime the artifact carries (a search's best: its backend and options),
-    else its format's reference backend; ``options`` override the artifact's own."""
+    """The configured backend and options artifact ``which`` runs with: ``name`` when given,
+    else the runtime the artifact carries (a search's best: its backend and options), else its
+    format's reference backend; ``options`` override the artifact's own."""
     try:
         name, opts = pm.runtime_for(art, name, options)
-        pm.backend_for(art, name, opts)  # typed: the format, the config, availability
+        return pm.backend_for(art, name, opts), opts  # typed: format, config, availability
     except (mo.FormatError, mo.BackendUnavailableError, mo.ConfigError,
             mo.UnknownComponentError) as e:
         raise type(e)(f"compare: artifact {which} ({art.path}): {e}") from e
-    return pm.get("backend", name).cls, opts
 
 
 def _inputs(specs: tuple[mo.TensorSpec, ...], seed: int) -> tuple[Any, ...]:
@@ -165,9 +164,9 @@ def compare_artifacts(path_a: str | Path, path_b: str | Path, *, backend_a: str 
     xs = _inputs(sa, seed)
     chosen = [_backend(arts[0], backend_a, "A", pm, backend_options),
               _backend(arts[1], backend_b or backend_a, "B", pm, backend_options)]
-    classes = [c for c, _ in chosen]
+    classes = [type(b) for b, _ in chosen]
     ctx = mo.Context(example_inputs=xs, plugins=pm, show_progress=False)
-    runners = [cls(**opts).load(art, ctx) for (cls, opts), art in zip(chosen, arts)]
+    runners = [b.load(art, ctx) for (b, _), art in zip(chosen, arts)]
     try:  # A B, B A, A B...
         times = interleaved_times(runners, xs, runs=runs, warmup=warmup, block=block)
     finally:
