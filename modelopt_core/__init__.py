@@ -25,6 +25,7 @@ from .numerics import check_finite_weights, first_nonfinite
 from .plugins import PluginManager, get_plugin_manager, load_runner
 from .quiet import quiet
 from .report import Report
+from .stats import bootstrap_ratio_ci, latency_verdict
 from .session import Session
 from .environment import cpu_flags
 from .verify import (check_inputs_for, check_outputs, check_reference, max_errors,
@@ -64,5 +65,5 @@ __all__ = [
     "Choice", "describe_environment", "export_dynamic_shapes", "flatten_outputs", "leaf_names",
     "order_inputs", "structured_view", "unflatten_outputs", "read_json", "write_text_atomic",
     "CORE_DISTRIBUTION", "ReportDependencyError", "check_records", "rebuild_structure",
-    "record_structure", "Column",
+    "record_structure", "Column", "bootstrap_ratio_ci", "latency_verdict",
 ]

@@ -4,7 +4,8 @@ Both artifacts run the same inputs (built from A's input specs, symbolic dims se
 interleaved blocks (A B B A A B ...), so drift of the machine's load or clock hits both sides
 alike. The latency verdict rests on a bootstrap 95% confidence interval of the ratio of the
 medians (B / A): each side's per-call times are resampled independently; an interval that
-contains 1 means "no significant difference". ``modelopt compare A B`` is the command line.
+contains 1 means "no significant difference" (:mod:`modelopt_core.stats`, which a server's
+live ``GET /variants`` verdict uses too). ``modelopt compare A B`` is the command line.
 """
 
 from __future__ import annotations
@@ -18,30 +19,10 @@ from typing import Any
 import modelopt_core as mo
 from modelopt_core.cli import add_model_options, model_options
 from modelopt_core.recipe import build_model
+from modelopt_core.stats import bootstrap_ratio_ci, latency_verdict
 
 __all__ = ["bootstrap_ratio_ci", "compare_artifacts", "interleaved_times", "run_compare",
            "setup_compare"]
-
-def bootstrap_ratio_ci(a: Any, b: Any, *, n: int = 2000, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float, float]:
-    """(median(b) / median(a), low, high): the ratio of medians with a percentile bootstrap
-    interval at ``level``, resampling ``a`` and ``b`` independently ``n`` times (numpy,
-    seeded). The interval is widened to cover the point estimate if resampling put it outside
-    (tiny, lumpy samples)."""
-    import numpy as np
-
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.size == 0 or b.size == 0 or np.any(a <= 0) or np.any(b <= 0) \
-            or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        raise mo.DataError("bootstrap_ratio_ci: needs non-empty samples of finite, positive "
-                           "times.")
-    point = float(np.median(b) / np.median(a))
-    rng = np.random.default_rng(seed)
-    ma = np.median(a[rng.integers(0, a.size, (n, a.size))], axis=1)
-    mb = np.median(b[rng.integers(0, b.size, (n, b.size))], axis=1)
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(mb / ma, [alpha, 1 - alpha])
-    return point, min(float(lo), point), max(float(hi), point)
 
 
 def _load(path: str | Path, which: str, pm: Any, model: Any = None) -> mo.ModelArtifact:
@@ -173,8 +154,7 @@ def compare_artifacts(path_a: str | Path, path_b: str | Path, *, backend_a: str 
         for r in runners:
             r.close()
     ms = [np.asarray(t) * 1e3 for t in times]
-    ratio, lo, hi = bootstrap_ratio_ci(ms[0], ms[1], n=bootstrap, seed=seed)
-    verdict = "B slower" if lo > 1 else "B faster" if hi < 1 else "no significant difference"
+    latency = latency_verdict(ms[0], ms[1], n=bootstrap, seed=seed)  # as GET /variants
     sizes = [_size_bytes(a) for a in arts]
     size_ratio = sizes[1] / sizes[0] if sizes[0] else None
     size_verdict = ("same size" if sizes[0] == sizes[1] else
@@ -187,7 +167,7 @@ def compare_artifacts(path_a: str | Path, path_b: str | Path, *, backend_a: str 
                       "latency_p95_ms": float(np.quantile(t, 0.95)), "latency_n": int(t.size),
                       "size_mb": size / 2**20, "size_bytes": size}
     return {**sides,
-            "latency": {"ratio_b_over_a": ratio, "ci95": [lo, hi], "verdict": verdict},
+            "latency": latency,
             "size": {"ratio_b_over_a": size_ratio, "verdict": size_verdict},
             "inputs": {s.name: list(x.shape) for s, x in zip(sa, xs)},
             "runs": runs, "block": block, "bootstrap": bootstrap, "seed": seed,
