@@ -70,7 +70,9 @@ class Capture:
         self.seed, self.shard_size, self.flush_s = seed, max(1, shard_size), flush_s
         self.seen = self.eligible = self.next_id = 0
         self.error: str | None = None  # set when capture turned itself off
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the reservoir's state; held briefly, never for I/O
+        self._flushing = threading.Lock()
+        self._counted = (-1, -1, -1)  # (seen, eligible, next_id) in the manifest on disk
         self._wake = threading.Event()
         self._closed = False
         self._logged: set[str] = set()
@@ -147,24 +149,31 @@ class Capture:
     def flush(self) -> None:
         """Write the kept samples and rewrite the shards that lost samples, then the manifest
         (on the writer thread, or by :meth:`close`). A disk error turns capture off."""
-        if self.error is not None:
-            return
+        with self._flushing:  # one flush at a time (the writer's, a caller's, close's)
+            if self.error is None:
+                self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             batch = dict(self._pending)
             self._pending.clear()
             gone = set(self._dead)
             small = [f for f, s in self._shards.items() if len(s["ids"]) < self.shard_size // 4]
             dirty = sorted({self._where[i] for i in gone} | (set(small) if batch else set()))
-        if not batch and not dirty:
+            # the reservoir as of now: these counters with the kept samples now on disk or in
+            # the batch, whatever arrives while it is written (a crash loses later traffic,
+            # never the consistency of what is on disk)
+            counted = (self.seen, self.eligible, self.next_id)
+        if not batch and not dirty and self._counted == counted:
             return
         try:
-            self._write(batch, gone, dirty)
+            self._write(batch, gone, dirty, counted)
         except Exception as e:  # noqa: BLE001 - OSError mostly; capture stops, serving goes on
             self.error = f"{type(e).__name__}: {e}"
             self._log_once("capture_failed", self.error, level=logging.ERROR)
 
     def _write(self, batch: dict[int, tuple[tuple[Any, ...], float]], gone: set[int],
-               dirty: list[str]) -> None:
+               dirty: list[str], counted: tuple[int, int, int]) -> None:
         """Shards of the live rows of ``dirty`` plus ``batch``; then the manifest; then the old
         files go."""
         rows: list[tuple[int, tuple[Any, ...], float]] = []
@@ -182,7 +191,7 @@ class Capture:
         for group in groups.values():
             for at in range(0, len(group), self.shard_size):
                 part = group[at:at + self.shard_size]
-                name = self._write_shard([r[1] for r in part])
+                name = self._write_shard([r[1] for r in part], [r[0] for r in part])
                 made[name] = {"ids": [r[0] for r in part], "times": [r[2] for r in part]}
                 self._note_meta(part[0][1])
         with self._lock:
@@ -193,18 +202,21 @@ class Capture:
                 self._shards[name] = s
                 self._where.update(dict.fromkeys(s["ids"], name))
             self._dead -= gone  # replaced while being written: in _dead, gone next time
-            manifest = self._manifest()
+            manifest = self._manifest(counted)
         _write_json(self.folder / MANIFEST, manifest)
+        self._counted = counted
         for f in dirty:
             if f not in made:
                 (self.folder / f).unlink(missing_ok=True)
 
-    def _write_shard(self, samples: list[tuple[Any, ...]]) -> str:
-        """``shard-<hash of the arrays>.npz``, written to a temporary name and renamed."""
+    def _write_shard(self, samples: list[tuple[Any, ...]], ids: list[int]) -> str:
+        """``shard-<hash>.npz``, written to a temporary name and renamed. The hash is of the
+        arrays and of the samples' capture numbers: two shards of equal requests (a health
+        probe's) are still two files."""
         import numpy as np
 
         arrays = {n: np.stack([s[j] for s in samples]) for j, n in enumerate(self.input_names)}
-        h = hashlib.sha256()
+        h = hashlib.sha256(json.dumps(ids).encode())
         for n, a in arrays.items():
             h.update(f"{n}|{a.dtype.str}|{a.shape}|".encode())
             h.update(np.ascontiguousarray(a).tobytes())
@@ -228,14 +240,14 @@ class Capture:
             self._meta = {"dtypes": {n: a.dtype.str for n, a in zip(self.input_names, sample)},
                           "shapes": {n: list(a.shape) for n, a in zip(self.input_names, sample)}}
 
-    def _manifest(self) -> dict[str, Any]:
+    def _manifest(self, counted: tuple[int, int, int]) -> dict[str, Any]:
         """What ``capture.json`` says (lock held)."""
         shards = [{"file": f, "count": len(s["ids"]), "first": min(s["times"]),
                    "last": max(s["times"]), "ids": s["ids"], "times": s["times"]}
                   for f, s in self._shards.items()]
         return {"format": FORMAT, "input_names": self.input_names, **self._meta,
                 "rate": self.rate, "max_samples": self.max_samples, "seed": self.seed,
-                "seen": self.seen, "eligible": self.eligible, "next_id": self.next_id,
+                "seen": counted[0], "eligible": counted[1], "next_id": counted[2],
                 "kept": sum(s["count"] for s in shards), "started": self.started,
                 "updated": time.time(), "outputs": False, "shards": shards}
 
@@ -251,7 +263,7 @@ class Capture:
                 raise ConfigError(
                     f"capture {self.folder}: not a capture folder (no {MANIFEST}) and it holds "
                     f"data files {data[:3]}; capture into a new or empty folder.")
-            _write_json(self.folder / MANIFEST, self._manifest())
+            _write_json(self.folder / MANIFEST, self._manifest((0, 0, 0)))
             return
         if m["input_names"] != self.input_names:
             raise ConfigError(
