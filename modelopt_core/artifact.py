@@ -235,8 +235,15 @@ class ModelArtifact:
         refused with :class:`ArtifactError`. The model's files are written by the Format
         registered for its format in ``plugins`` (default: the process-wide manager);
         ``options`` go to it (e.g. ``external_data_threshold=`` for ONNX). A failed save
-        raises ArtifactError (with ``errno`` for OS errors) and changes nothing.
+        raises ArtifactError (with ``errno`` for OS errors) and changes nothing. Under
+        ``torchrun`` (several processes) rank 0 alone writes; the others wait for it.
         """
+        from .strategy import on_main
+
+        return on_main(lambda: self._save(path, overwrite, plugins, **options), str(path))
+
+    def _save(self, path: str | os.PathLike[str], overwrite: bool,
+              plugins: PluginManager | None, **options: Any) -> Path:
         target = Path(path).resolve()
         _fs.check_target(target, overwrite)
         try:

@@ -15,7 +15,7 @@ import difflib
 from typing import Any, ClassVar, Literal
 
 import modelopt_core as mo
-from modelopt_core.training import kept_zeros
+from modelopt_core.sparsity import kept_zeros
 
 from .common import (DistillConfig, first_output, frozen_copy, history_data, kd_loss,
                      resolve_teacher, run_fit, summary_notes)

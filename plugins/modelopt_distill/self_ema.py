@@ -12,7 +12,7 @@ import copy
 from typing import Any, ClassVar, Literal
 
 import modelopt_core as mo
-from modelopt_core.training import kept_zeros
+from modelopt_core.sparsity import kept_zeros
 
 from .common import (DistillBase, first_output, frozen_copy, history_data, kd_loss, run_fit,
                      summary_notes)

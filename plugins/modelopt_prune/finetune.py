@@ -59,13 +59,14 @@ def finetune(model: Any, ctx: mo.Context, who: str, *, epochs: int, lr: float,
 
     ``keep_zero`` names parameters of ``model`` whose current zeros stay exactly zero
     (unstructured pruning: masks from ``param == 0`` now, re-applied after every step)."""
-    from modelopt_core.training import TrainConfig, fit, zero_masks
+    from modelopt_core.sparsity import KeepZeros, zero_masks
+    from modelopt_core.training import TrainConfig, fit
 
     data = ctx.training_batches(who)
     eval_fn = (lambda m: float(ctx.eval_fn(m))) if evaluate and ctx.eval_fn else None
     res = fit(model, data, config=TrainConfig(epochs=epochs, lr=lr), ctx=ctx,
               loss_fn=make_loss(ctx, distill, temperature, alpha, extra), eval_fn=eval_fn,
-              masks=zero_masks(model, list(keep_zero))[0] if keep_zero else None)
+              callbacks=[KeepZeros(zero_masks(model, list(keep_zero))[0])] if keep_zero else ())
     model.eval()
     return res
 

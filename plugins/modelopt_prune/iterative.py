@@ -63,7 +63,7 @@ class IterativePrune(mo.Optimizer):
     install_hint = "pip install torch-pruning"
 
     def apply(self, artifact: mo.ModelArtifact, ctx: mo.Context) -> mo.ModelArtifact:
-        from modelopt_core.training import SPARSE_RECORD, KeptZeros, kept_zeros, zero_masks
+        from modelopt_core.sparsity import SPARSE_RECORD, KeptZeros, kept_zeros, zero_masks
 
         cfg = self.config
         model = copy_model(artifact)
@@ -126,7 +126,7 @@ class IterativePrune(mo.Optimizer):
                       earlier: list[str]) -> mo.ModelArtifact:
         """Gradual magnitude pruning: each round raises the sparsity, then fine-tunes with
         every zero kept; the last round reaches exactly ``round(ratio * n)`` zeros."""
-        from modelopt_core.training import SPARSE_RECORD
+        from modelopt_core.sparsity import SPARSE_RECORD
 
         from .common import prunable_layers, resolve_names
 

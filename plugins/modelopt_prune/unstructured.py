@@ -2,7 +2,7 @@
 across layers). Exactly ``round(amount * n)`` weights are zeroed (per layer, or over all the
 selected weights for global), written into the weights themselves: no masks, no ``*_orig``
 tensors, no forward hooks remain. The step's restore record lists the pruned tensors
-(``modelopt_core.training.SPARSE_RECORD``), so every later training step (distillation, QAT,
+(``modelopt_core.sparsity.SPARSE_RECORD``), so every later training step (distillation, QAT,
 fine-tuning) keeps their zeros fixed (see :mod:`modelopt_core.training`)."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class _MagnitudeBase(mo.Optimizer):
                   and getattr(m, "weight", None) is not None}
         if not layers:
             return noop(self, artifact, ctx, f"no {'/'.join(cfg.layer_types)} layers to prune")
-        from modelopt_core.training import SPARSE_RECORD, kept_zeros
+        from modelopt_core.sparsity import SPARSE_RECORD, kept_zeros
 
         earlier = sorted(kept_zeros(model, artifact).masks)  # sparse tensors of earlier steps
         groups: dict[str, list[Any]] = {}

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import modelopt_core as mo
-from modelopt_core.training import TrainConfig, fit, kept_zeros
+from modelopt_core.sparsity import kept_zeros
+from modelopt_core.training import TrainConfig, fit
 
 from .static import Observer, noop, quant_metadata, quant_props, spec_from
 
