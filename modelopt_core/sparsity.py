@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError
+from .trainer import Callback
 
 __all__ = ["SPARSE_RECORD", "sparse_param_names", "zero_masks", "apply_masks", "kept_zeros",
            "KeptZeros", "KeepZeros"]
@@ -71,7 +72,7 @@ def apply_masks(masks: Any) -> None:
             p.masked_fill_(~keep, 0)
 
 
-class KeepZeros:
+class KeepZeros(Callback):
     """Trainer callback: the masked-out entries of the named parameters stay exactly zero.
 
     ``masks`` maps parameter names of the trained model to boolean keep-masks of their shape

@@ -124,8 +124,10 @@ class Trainer:
         self.improved = self.should_stop = False
 
     def _call(self, hook: str, *args: Any) -> None:
-        for cb in self.callbacks:
-            getattr(cb, hook)(self, *args)
+        for cb in self.callbacks:  # a callback may define only some hooks (duck-typed)
+            fn = getattr(cb, hook, None)
+            if fn is not None:
+                fn(self, *args)
 
     def fit(self, train_data: Iterable[Any]) -> TrainResult:
         """Run the loop over ``train_data`` (an iterable of ``(inputs, targets)``)."""
