@@ -6,7 +6,7 @@ or pycuda (plugins import their heavy dependencies when used).
 
 from __future__ import annotations
 
-from . import data, recipe, training
+from . import data, recipe, sparsity, training
 from .artifact import ArtifactProps, ModelArtifact, Step, TensorSpec, load_artifact
 from .config import (build_config, choice, config, config_fields, config_to_data, field,
                      floats, in_range, ints, parse_options, positive, search_space,
@@ -58,7 +58,7 @@ __all__ = [
     "UnsafeArtifactError",
     "InputSpecError", "RunnerClosedError", "StepError", "DataError",
     "BackendUnavailableError", "NumericalError", "ExportError",
-    "TrainingError", "__version__", "recipe", "training", "kd_loss",
+    "TrainingError", "__version__", "recipe", "training", "sparsity", "kd_loss",
     "quiet", "data", "check_batch", "first_nonfinite", "check_finite_weights",
     "check_outputs", "check_reference", "cpu_flags",
     "check_inputs_for", "reference_outputs", "tile_batch", "max_errors",
