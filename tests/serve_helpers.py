@@ -36,12 +36,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def metric_values(text: str) -> dict[tuple[str, tuple], float]:
-    """{(sample name, sorted labels): value} of a Prometheus exposition."""
+def metric_values(text: str, variant: str | None = None) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of a Prometheus exposition, without the
+    ``variant`` label: summed over the variants, or only ``variant``'s samples (and those
+    that carry no variant, like ``process_*``) when it is given."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    out: dict[tuple[str, tuple], float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            labels = dict(s.labels)
+            v = labels.pop("variant", None)
+            if variant is not None and v is not None and v != variant:
+                continue
+            key = (s.name, tuple(sorted(labels.items())))
+            out[key] = out.get(key, 0.0) + s.value
+    return out
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:

@@ -3,7 +3,9 @@
 Routes: ``POST /predict`` (JSON or binary tensors, see :mod:`modelopt_serve.codec`),
 ``GET /health`` (liveness), ``GET /ready`` (503 until the replicas are loaded and while
 shutting down), ``GET /spec`` (input specs, for clients), ``GET /metrics`` (Prometheus, see
-:mod:`modelopt_serve.metrics`). The replicas load in FastAPI's lifespan (in a worker thread, so
+:mod:`modelopt_serve.metrics`), ``GET``/``POST /variants`` and ``POST /feedback`` (several
+artifacts behind one server, :mod:`modelopt_serve.variants`; every ``/predict`` answer says
+which variant answered in ``X-Variant`` and carries an ``X-Request-Id``). The replicas load in FastAPI's lifespan (in a worker thread, so
 ``/health`` answers at once) and the batcher drains on shutdown. Every failed request (status
 400 and up) is logged as one JSON line on the ``modelopt.serve`` logger (5xx at WARNING, the
 others at INFO); with ``access_log=True`` every request is. Every error answer, unknown routes
@@ -16,13 +18,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import attrs
-
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
@@ -40,6 +42,7 @@ from .errors import (
     ReadTimeoutError,
     ReplicaCrashedError,
     RequestTimeoutError,
+    UnknownVariantError,
 )
 from .http_io import (
     READ_TIMEOUT_KEY,
@@ -50,6 +53,10 @@ from .http_io import (
     read_timeout_message,
 )
 from .metrics import ServeMetrics
+from .routing import CLIENT_KEY_HEADER, FORCE_HEADER
+from .state import ServeState, load_served  # noqa: F401 (importable from here as before)
+from .variant_routes import variant_routes
+from .variants import VariantSet, build_variants
 from .watch import _watch
 
 __all__ = ["ServeState", "create_app", "error_status"]
@@ -59,6 +66,8 @@ log = logging.getLogger("modelopt.serve")
 
 def error_status(exc: BaseException) -> int:
     """The HTTP status of a failed request."""
+    if isinstance(getattr(exc, "http_status", None), int):  # variants, admin, feedback
+        return exc.http_status  # type: ignore[attr-defined]
     if isinstance(exc, codec.BadRequestError):
         return exc.status
     if isinstance(exc, InputSpecError):
@@ -74,162 +83,24 @@ def error_status(exc: BaseException) -> int:
     return 500
 
 
-class ServeState:
-    """What one app holds: the artifact, and once loaded its replica pool, cache and batcher."""
-
-    def __init__(self, artifact: Any, backend: str, options: dict[str, Any]) -> None:
-        import modelopt_core as mo
-        from modelopt_core.recipe import build_model
-
-        self.model = build_model(options.get("model"), options.get("model_kwargs"), "serve")
-        if isinstance(artifact, mo.ModelArtifact):
-            self.artifact, self.name = artifact, artifact.name
-        else:  # a loaded artifact's own name is its last step's; the folder says more
-            self.artifact = load_served(Path(artifact), self.model)
-            self.name = Path(artifact).name
-        from .replicas import runtime_of
-
-        self.backend = runtime_of(self.artifact, backend)[0]
-        self.options = dict(options)
-        self.pool: Any = None
-        self.cache: Any = None
-        self.batcher: Any = None
-        self.load_error: str | None = None
-        self.shutting_down = False
-        #: called (from the loading thread) when the replicas fail to load; the CLI stops
-        self.on_load_failed: Any = None
-        self.metrics = ServeMetrics(self.stats, self.health)
-
-    @property
-    def ready(self) -> bool:
-        return (self.batcher is not None and not self.shutting_down
-                and self.pool.down is None)
-
-    def health(self) -> dict[str, Any]:
-        """What the alerting rules watch besides the batcher: readiness, queue capacity and
-        replica restarts."""
-        return {"ready": self.ready, "queue_capacity": self.options["max_queue"],
-                "replica_restarts": self.pool.restarts if self.pool is not None else 0}
-
-    def stats(self) -> dict[str, Any] | None:
-        return self.batcher.stats() if self.batcher is not None else None
-
-    def load(self) -> None:
-        """Build the replica pool, the cache and the batcher (blocking: run it in a thread)."""
-        from .batcher import DynamicBatcher
-        from .cache import ResultCache
-        from .replicas import ReplicaPool
-
-        o = self.options
-        try:
-            self.pool = ReplicaPool(self.artifact, backend=self.backend, workers=o["workers"],
-                                    options=o["backend_options"], mode=o["mode"],
-                                    cores=o["cores"], max_restarts=o["max_restarts"],
-                                    model=self.model)
-            if o["cache_size"] > 0:
-                self.cache = ResultCache(max_entries=o["cache_size"],
-                                         max_bytes=int(o["cache_mb"] * 2**20),
-                                         ttl_s=o["cache_ttl_s"])
-            batcher = DynamicBatcher(
-                self.pool, max_batch_size=o["max_batch_size"], max_delay_ms=o["max_delay_ms"],
-                max_idle_ms=o["max_idle_ms"],
-                preferred_batch_sizes=tuple(o["preferred_batch_sizes"]),
-                max_queue=o["max_queue"], timeout_s=o["timeout_s"], cache=self.cache)
-        except Exception as e:
-            self.load_error = f"{type(e).__name__}: {e}"
-            log.error(json.dumps({"event": "load_failed", "artifact": self.name,
-                                  "backend": self.backend, "error": self.load_error}))
-            self._free()
-            if self.on_load_failed is not None:
-                self.on_load_failed()
-            raise
-        warm_ms = self.warm_up()
-        if o["freeze_gc"]:
-            # a server process's startup objects (torch, the runtime, FastAPI: ~200k) live as
-            # long as it does; frozen, the collector stops rescanning them, and its full
-            # collections stop stalling every request in flight (~65-90 ms each, measured)
-            import gc
-
-            gc.collect()
-            gc.freeze()
-        self.batcher = batcher  # ready (and /ready says so) once warmed up
-        log.info(json.dumps({"event": "ready", "artifact": self.name,
-                             "backend": self.backend, "workers": o["workers"],
-                             "warmup_ms": warm_ms}))
-
-    def warm_up(self) -> float | None:
-        """Take a request's whole path once per replica before ``/ready``: each codec's
-        decode and encode and a run of the model on a spec-shaped input. Without it the first
-        client request pays the codecs' lazy imports (``safetensors.torch`` pulls in about a
-        second of torch modules) on the event loop, stalling every request in flight behind it,
-        plus the runtime's first-run allocations. Returns the milliseconds it took, or None
-        when it failed (logged; the server still serves: the model may refuse random inputs).
-        """
-        from .client import make_inputs
-
-        t0 = time.perf_counter()
-        specs = self.artifact.inputs
-        try:
-            named = make_inputs([s.to_data() for s in specs], seed=0)
-            bodies = {m: codec.encode_inputs(named, m) for m in codec.MEDIA_TYPES}
-            flat = [codec.decode_inputs(bodies[m], m, specs) for m in codec.MEDIA_TYPES][0]
-            # the model: every thread replica, or as many runs as there are worker processes
-            for r in self.pool.runners or [None] * self.pool.size:
-                out = r.run_flat(list(flat)) if r is not None else self.pool.run(list(flat))
-            result = self.pool.unflatten(out)
-            for m in codec.MEDIA_TYPES:
-                codec.encode_outputs(result, m)
-        except Exception as e:  # noqa: BLE001 - reported, not fatal
-            log.warning(json.dumps({"event": "warmup_failed", "artifact": self.name,
-                                    "error": f"{type(e).__name__}: {e}"}))
-            return None
-        return round(1e3 * (time.perf_counter() - t0), 1)
-
-    def close(self) -> None:
-        """Drain the batcher, then free the replicas."""
-        self.shutting_down = True
-        self._free()
-
-    def _free(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close(drain=True)
-        if self.pool is not None:
-            self.pool.close()
-
-    def spec(self) -> dict[str, Any]:
-        """What a client needs to build requests."""
-        a = self.artifact
-        return {"artifact": self.name, "format": a.format, "backend": self.backend,
-                "inputs": [s.to_data() for s in a.inputs],
-                "outputs": a.io.get("outputs"), "media_types": list(codec.MEDIA_TYPES),
-                "max_batch_size": self.options["max_batch_size"],
-                "max_body_mb": self.options["max_body_mb"]}
-
-
-def load_served(path: Path, model: Any = None) -> Any:
-    """``load_artifact(path, model=model)``, telling how to serve a torch-format artifact (its
-    architecture is code, not in the folder) when ``model`` is missing."""
-    import modelopt_core as mo
-
-    try:
-        return mo.load_artifact(path, model=model)
-    except mo.ArtifactError as e:
-        if model is None and "weights only" in str(e):
-            import re
-
-            named = re.search(r"model=([\w.]+)\.(\w+)\(", str(e))  # the class it recorded
-            ref = f"{named[1]}:{named[2]}" if named else "package.module:Class"
-            raise mo.ArtifactError(
-                f"serve: {e} To serve it, name the architecture: `modelopt serve {path} "
-                f"--model {ref} [--model-kwargs JSON]`, or create_app(..., "
-                f"model=...) / ReplicaPool(..., model=...) from Python; or serve an exported "
-                f"artifact (ONNX, OpenVINO) instead.") from None
-        raise
-
-
-def create_app(artifact: Any, backend: str | None = None, **options: Any) -> FastAPI:
+def create_app(artifact: Any, backend: str | None = None, *,
+               variants: Mapping[str, Any] | None = None, shadow: Sequence[str] = (),
+               name: str | None = None, admin_token: str | None = None,
+               split_seed: int | None = None, feedback_max: int = 100_000,
+               capture: Mapping[str, Any] | None = None, **options: Any) -> FastAPI:
     """A FastAPI app serving ``artifact`` (a ``ModelArtifact`` or a saved artifact folder) on
     ``backend`` through a :class:`~modelopt_serve.DynamicBatcher`.
+
+    Variants (:mod:`modelopt_serve.variants`): ``variants`` maps more names to artifacts
+    (``path``, ``(path, weight_percent)`` or ``{"artifact", "weight", "backend", "model",
+    "model_kwargs", "backend_options"}``), each served by its own replicas and batcher with
+    these options; ``shadow`` names variants that get a copy of the primary's traffic, never
+    answering; ``name`` is the primary's variant name (default: its folder's);
+    ``admin_token`` guards ``POST /variants`` (default: ``MODELOPT_ADMIN_TOKEN``; none: the
+    route refuses); ``split_seed`` makes the random split repeatable; ``feedback_max`` bounds
+    the request ids ``POST /feedback`` can label; ``capture`` (``folder``, ``rate``,
+    ``max_samples``, optional ``seed``) keeps a sample of the primary's request inputs
+    (:mod:`modelopt_serve.capture`).
 
     Options (:class:`ServeConfig`, one typed object; its defaults in ``DEFAULTS``): ``workers``, ``backend_options`` (dict for the backend's
     config), ``mode``, ``cores``, ``max_restarts`` (the replica pool); ``max_batch_size``,
@@ -249,38 +120,71 @@ def create_app(artifact: Any, backend: str | None = None, **options: Any) -> Fas
     bounds the headers with it, at the protocol level).
     """
     cfg = mo.build_config(ServeConfig, dict(options), "create_app")
-    state = ServeState(artifact, backend, attrs.asdict(cfg, recurse=False))
+    opts = attrs.asdict(cfg, recurse=False)
+    metrics = ServeMetrics()
+    state = ServeState(artifact, backend, opts, name, metrics)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        loading = asyncio.create_task(asyncio.to_thread(state.load))
-        if not state.options["load_in_background"]:
-            await loading
-        watching = None
-        if state.options["stats_interval_s"]:
-            from .watch import RequestWindow
+    def make_state(art: Any, be: str | None, overrides: dict[str, Any], vname: str) -> Any:
+        o = attrs.asdict(mo.build_config(ServeConfig, {**options, **overrides},
+                                         f"create_app variant {vname!r}"), recurse=False)
+        return ServeState(art, be if be is not None else backend, o, vname, metrics)
 
-            state.metrics.window = RequestWindow()  # the first window: from startup on
-            watching = asyncio.create_task(_watch(state, loading))
-        try:
-            yield
-        finally:
-            state.shutting_down = True
-            if watching is not None:
-                watching.cancel()
-            with contextlib.suppress(Exception):  # a failed load was logged already
-                await loading
-            await asyncio.to_thread(state.close)
-            log.info(json.dumps({"event": "stopped", "artifact": state.name}))
-
-    app = FastAPI(title=f"modelopt serve: {state.name}", lifespan=lifespan,
+    vs = build_variants(state, variants or {}, make_state, tuple(shadow), split_seed,
+                        feedback_max)
+    metrics.extra.append(vs.metric_families)
+    token = admin_token if admin_token is not None else os.environ.get("MODELOPT_ADMIN_TOKEN")
+    app = FastAPI(title=f"modelopt serve: {state.name}", lifespan=_lifespan(vs),
                   docs_url=None, redoc_url=None)
     app.state.serve = state
+    app.state.variants = vs
+    app.state.capture = _capture(capture, state) if capture else None
     app.add_middleware(_AccessLog, every=bool(state.options["access_log"]))
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _server_error)
-    _routes(app, state)
+    _routes(app, vs)
+    variant_routes(app, vs, token or None)
     return app
+
+
+def _capture(options: Mapping[str, Any], state: ServeState) -> Any:
+    """The primary's traffic capture (``folder``, ``rate``, ``max_samples``, ``seed``)."""
+    from .capture import Capture
+
+    return Capture(input_names=[s.name for s in state.artifact.inputs], **options)
+
+
+def _lifespan(vs: VariantSet) -> Any:
+    """Load every variant (each in a worker thread, so ``/health`` answers at once), watch
+    each, and on shutdown drain and free them all."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        states = list(vs.states.values())
+        loading = [asyncio.create_task(asyncio.to_thread(st.load)) for st in states]
+        if not states[0].options["load_in_background"]:
+            await asyncio.gather(*loading, return_exceptions=True)
+        watching = []
+        if states[0].options["stats_interval_s"]:
+            from .watch import RequestWindow
+
+            for st, task in zip(states, loading):
+                st.metrics.window = RequestWindow()  # the first window: from startup on
+                watching.append(asyncio.create_task(_watch(st, task)))
+        try:
+            yield
+        finally:
+            for st in states:
+                st.shutting_down = True
+            for w in watching:
+                w.cancel()
+            await asyncio.gather(*loading, return_exceptions=True)  # failures were logged
+            await asyncio.gather(*(asyncio.to_thread(st.close) for st in states))
+            if app.state.capture is not None:
+                await asyncio.to_thread(app.state.capture.close)
+            log.info(json.dumps({"event": "stopped", "artifact": states[0].name,
+                                 "variants": list(vs.states)}))
+
+    return lifespan
 
 
 async def _server_error(request: Request, exc: Exception) -> JSONResponse:
@@ -299,7 +203,8 @@ async def _http_error(request: Request, exc: Any) -> JSONResponse:
     status = exc.status_code
     if status == 404:
         detail = (f"no route {request.method} {request.url.path}; the routes are POST /predict, "
-                  "GET /health, /ready, /spec and /metrics.")
+                  "GET /health, /ready, /spec, /metrics, GET and POST /variants and POST "
+                  "/feedback.")
     elif status == 405:
         allowed = (exc.headers or {}).get("Allow", "")
         detail = (f"{request.method} is not allowed on {request.url.path}"
@@ -310,10 +215,8 @@ async def _http_error(request: Request, exc: Any) -> JSONResponse:
                         status_code=status, headers=exc.headers)
 
 
-def _routes(app: FastAPI, state: ServeState) -> None:
-    limit = int(state.options["max_body_mb"] * 2**20)
-    inflated = limit * codec.NPZ_INFLATE_FACTOR
-    read_timeout = state.options["read_timeout_s"]
+def _routes(app: FastAPI, vs: VariantSet) -> None:
+    state = vs.states[vs.primary]
 
     @app.get("/health")
     async def health() -> Any:
@@ -321,36 +224,65 @@ def _routes(app: FastAPI, state: ServeState) -> None:
 
     @app.get("/ready")
     async def ready() -> Any:
-        if state.ready:
-            return {"status": "ready", "artifact": state.name, "backend": state.backend}
-        down = state.pool.down if state.pool is not None and state.batcher is not None else None
-        status = ("shutting down" if state.shutting_down else
-                  "failed" if state.load_error or down else "loading")
-        return JSONResponse({"status": status, "detail": state.load_error or down},
-                            status_code=503)
+        live = vs.live_states
+        # shadows still loading count too (a failed one does not: it only stops shadowing)
+        live += [st for st in vs.states.values() if st not in live and st.loading]
+        if all(st.ready for st in live):
+            return {"status": "ready", "artifact": state.name, "backend": state.backend,
+                    "variants": [st.variant for st in live]}
+        st = next(st for st in live if not st.ready)
+        down = st.pool.down if st.pool is not None and st.batcher is not None else None
+        status = ("shutting down" if st.shutting_down else
+                  "failed" if st.load_error or down else "loading")
+        return JSONResponse({"status": status, "variant": st.variant,
+                             "detail": st.load_error or down}, status_code=503)
 
     @app.get("/spec")
     async def spec() -> Any:
-        return state.spec()
+        return {**state.spec(), "variants": list(vs.states)}
 
     @app.get("/metrics")
     async def metrics() -> Any:
         body, ctype = state.metrics.render()
         return Response(body, media_type=ctype)
 
+    _predict_route(app, vs)
+
+
+def _predict_route(app: FastAPI, vs: VariantSet) -> None:
+    """``POST /predict``: routed to a variant, answered with ``X-Variant`` and
+    ``X-Request-Id``; the primary's answers are mirrored to the shadows and offered to the
+    capture once built."""
+    state = vs.states[vs.primary]
+    limit = int(state.options["max_body_mb"] * 2**20)
+    inflated = limit * codec.NPZ_INFLATE_FACTOR
+    read_timeout = state.options["read_timeout_s"]
+
     @app.post("/predict")
     async def predict(request: Request) -> Any:
         t0 = time.perf_counter()
-        m = state.metrics
+        rid = uuid.uuid4().hex
+        try:
+            name = vs.router.pick(request.headers.get(FORCE_HEADER),
+                                  request.headers.get(CLIENT_KEY_HEADER))
+        except UnknownVariantError as e:  # answered by no variant: counted as the primary's
+            name, routing = vs.primary, e
+        else:
+            routing = None
+        st = vs.states[name]
+        m = st.metrics
         m.in_flight.inc()
         read = False  # the whole body was read (else an error answer closes the connection)
+        headers = {"X-Variant": name, "X-Request-Id": rid}
         try:
+            if routing is not None:
+                raise routing
             out_type = codec.response_type(request.headers.get("accept"),
                                            request.headers.get("content-type"))
-            if not state.ready:
+            if not st.ready:
                 raise BatcherClosedError("the server is " + (
-                    "shutting down" if state.shutting_down else "not ready (loading replicas"
-                    + (f" failed: {state.load_error}" if state.load_error else "") + ")"
+                    "shutting down" if st.shutting_down else "not ready (loading replicas"
+                    + (f" failed: {st.load_error}" if st.load_error else "") + ")"
                 ) + "; retry, or check GET /ready.")
             try:
                 body = await _read_body(request, limit, read_timeout)
@@ -362,23 +294,30 @@ def _routes(app: FastAPI, state: ServeState) -> None:
                 ) from None
             read = True
             inputs = await _off_loop(len(body), codec.decode_inputs, body,
-                                     request.headers.get("content-type"), state.artifact.inputs,
+                                     request.headers.get("content-type"), st.artifact.inputs,
                                      inflated)
-            result = await state.batcher.submit_async(*inputs)
+            t_model = time.perf_counter()
+            result = await st.batcher.submit_async(*inputs)
+            vs.answered(name, rid, result, time.perf_counter() - t_model)
             request.scope["modelopt.rows"] = int(inputs[0].shape[0]) if inputs else 0
             payload = await _off_loop(_nbytes(result), codec.encode_outputs, result, out_type)
         except Exception as e:
             status = error_status(e)
             if status >= 500 and not isinstance(e, ModeloptError):
                 log.exception("predict failed")
-            headers = {"Retry-After": "1"} if status == 503 else {}
+            if status == 503:
+                headers["Retry-After"] = "1"
             if not read:  # the rest of the body would be read for nothing: close instead
                 headers["Connection"] = "close"
             m.observe(status, time.perf_counter() - t0, type(e).__name__)
             request.scope["modelopt.error"] = type(e).__name__
             return JSONResponse({"error": type(e).__name__, "detail": str(e)},
-                                status_code=status, headers=headers or None)
+                                status_code=status, headers=headers)
         finally:
             m.in_flight.dec()
         m.observe(200, time.perf_counter() - t0)
-        return Response(payload, media_type=out_type)
+        if name == vs.primary:  # after the answer is built: never on the client's time
+            vs.mirror(inputs, result, rid)
+            if app.state.capture is not None:
+                app.state.capture.offer(inputs)
+        return Response(payload, media_type=out_type, headers=headers)

@@ -27,7 +27,8 @@ from modelopt_core.errors import ConfigError
 from . import codec
 from .errors import ServeError
 
-__all__ = ["check_url", "load_test", "make_inputs", "percentile", "run_load"]
+__all__ = ["check_url", "fetch_variants", "load_test", "make_inputs", "percentile", "run_load",
+           "variants_table"]
 
 MAX_REQUESTS = 1_000_000
 MAX_DURATION_S = 3600.0
@@ -88,11 +89,12 @@ def make_inputs(specs: list[dict[str, Any]], seed: int, sizes: dict[str, int] | 
 async def run_load(url: str, *, concurrency: int = 8, requests: int = 200,
                    duration_s: float | None = None, repeat_fraction: float = 0.0,
                    media_type: str = codec.TENSORS, allow_remote: bool = False,
-                   timeout_s: float = 30.0, seed: int = 0, hot_set: int = 8) -> dict[str, Any]:
+                   timeout_s: float = 30.0, seed: int = 0, hot_set: int = 8,
+                   headers: dict[str, str] | None = None) -> dict[str, Any]:
     """Send ``requests`` (or as many as fit in ``duration_s``) ``/predict`` requests with
     ``concurrency`` in flight; returns counts and latency percentiles:
-    ``{"requests", "ok", "errors", "status_counts", "throughput_rps", "p50_ms", "p95_ms",
-    "p99_ms", "duration_s", ...}``."""
+    ``{"requests", "ok", "errors", "status_counts", "variant_counts" (answers by their
+    ``X-Variant``), "throughput_rps", "p50_ms", "p95_ms", "p99_ms", "duration_s", ...}``."""
     base = check_url(url, allow_remote)
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise ConfigError(f"bench-serve: concurrency must be 1..{MAX_CONCURRENCY}, got "
@@ -122,9 +124,10 @@ async def run_load(url: str, *, concurrency: int = 8, requests: int = 200,
                  for i in range(min(requests, MAX_FRESH))]
         latencies: list[float] = []
         statuses: Counter[str] = Counter()
+        variants: Counter[str] = Counter()  # who answered (X-Variant), by the server's word
         sent = 0
         deadline = time.perf_counter() + (duration_s or MAX_DURATION_S)
-        headers = {"content-type": media_type, "accept": media_type}
+        headers = {**(headers or {}), "content-type": media_type, "accept": media_type}
 
         async def worker() -> None:
             nonlocal sent
@@ -138,6 +141,8 @@ async def run_load(url: str, *, concurrency: int = 8, requests: int = 200,
                     async with client.post("/predict", data=body, headers=headers) as r:
                         await r.read()
                         key = str(r.status)
+                        if "x-variant" in r.headers:
+                            variants[r.headers["x-variant"]] += 1
                 except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                     key = type(e).__name__
                 latencies.append(1e3 * (time.perf_counter() - t0))
@@ -149,7 +154,8 @@ async def run_load(url: str, *, concurrency: int = 8, requests: int = 200,
     lat = sorted(latencies)
     ok = statuses.get("200", 0)
     return {"url": base, "requests": sent, "ok": ok, "errors": sent - ok,
-            "status_counts": dict(statuses), "concurrency": concurrency,
+            "status_counts": dict(statuses), "variant_counts": dict(variants),
+            "concurrency": concurrency,
             "repeat_fraction": repeat_fraction, "media_type": media_type,
             "duration_s": elapsed, "throughput_rps": ok / elapsed if elapsed > 0 else 0.0,
             "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95),
@@ -182,3 +188,61 @@ async def _spec(client: Any, base: str, timeout_s: float) -> dict[str, Any]:
 def load_test(url: str, **kwargs: Any) -> dict[str, Any]:
     """:func:`run_load` from synchronous code (its own event loop)."""
     return asyncio.run(run_load(url, **kwargs))
+
+
+def fetch_variants(url: str, allow_remote: bool = False, timeout_s: float = 30.0
+                   ) -> dict[str, Any]:
+    """The server's ``GET /variants`` (its live verdict per variant)."""
+    import httpx
+
+    base = check_url(url, allow_remote)
+    r = httpx.get(f"{base}/variants", timeout=timeout_s)
+    if r.status_code != 200:
+        raise ServeError(f"bench-serve: {base} answered GET /variants with HTTP {r.status_code}"
+                         ": is it a modelopt server of this version?")
+    return r.json()
+
+
+def variants_table(report: dict[str, Any]) -> list[str]:
+    """``GET /variants`` as lines: per variant its role, weight, requests, error rate,
+    p50/p99 with their 95% intervals, throughput, agreement and feedback accuracy, and the
+    verdict against the primary in ``modelopt compare``'s words."""
+
+    def ci(v: list[float] | None) -> str:
+        return "-" if not v else f"{v[0]:.2f} ({v[1]:.2f}-{v[2]:.2f})"
+
+    lines = [(f"{'variant':<14} {'role':<8} {'weight':>6} {'requests':>8} {'err%':>6} "
+              f"{'p50 ms (95% CI)':>22} {'p99 ms (95% CI)':>24} {'req/s':>8}")]
+    for name, v in report["variants"].items():
+        lat = v["latency_ms"]
+        err = "-" if v["error_rate"] is None else f"{100 * v['error_rate']:.2f}"
+        rps = "-" if v["throughput_rps"] is None else f"{v['throughput_rps']:.1f}"
+        lines.append(f"{name:<14} {v['role']:<8} {v['weight']:>6.1f} {v['requests']:>8} "
+                     f"{err:>6} {ci(lat['p50']):>22} {ci(lat['p99']):>24} {rps:>8}")
+    primary = report["primary"]
+    for name, v in report["variants"].items():
+        ag = v.get("agreement")
+        if ag:
+            top1 = "-" if ag["top1_agreement"] is None else f"{ag['top1_agreement']:.4f}"
+            cos = "-" if ag["cosine_mean"] is None else f"{ag['cosine_mean']:.6f}"
+            mae = "-" if ag["max_abs_error"] is None else f"{ag['max_abs_error']:.4g}"
+            lines.append(f"{name} (shadow) vs {primary}: {ag['compared']} compared, "
+                         f"{ag['dropped']} dropped, {ag['failed']} failed; top-1 agreement "
+                         f"{top1}, mean cosine {cos}, max abs error {mae}")
+        fb = v["feedback"]
+        if fb["labelled_rows"]:
+            lines.append(f"{name}: feedback accuracy {fb['accuracy']:.4f} over "
+                         f"{fb['labelled_rows']} labelled rows")
+        vs = v.get("vs_primary")
+        if vs is None:
+            continue
+        if vs["verdict"] is None:
+            lines.append(f"verdict {name} vs {primary}: none yet ({vs['reason']}).")
+            continue
+        r, (lo, hi) = vs["ratio_b_over_a"], vs["ci95"]
+        what = {"B faster": "faster", "B slower": "slower"}.get(vs["verdict"],
+                                                               "no significant difference")
+        lines.append(f"verdict {name} vs {primary}: {what} (p50 ratio {name}/{primary} "
+                     f"{r:.3f}, 95% CI {lo:.3f} to {hi:.3f}; {vs['basis']}, n {vs['n_a']}/"
+                     f"{vs['n_b']}).")
+    return lines

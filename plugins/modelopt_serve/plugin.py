@@ -18,11 +18,14 @@ SERVE_EXAMPLES = """examples:
   modelopt serve out/model-int8 --backend openvino --workers 2 --cache-size 10000 --port 8080
   modelopt serve out/model-int8 --ray --workers 2      # Ray Serve, 2 replicas
   modelopt serve out/pruned --backend torch --model modelopt_demo.models:SmallCNN  # torch format
-  curl -s localhost:8000/ready; curl -s localhost:8000/metrics"""
+  modelopt serve out/fp32 --name fp32 --variant int8=out/int8:10 --admin-token $TOKEN  # 90/10
+  modelopt serve out/fp32 --variant int8=out/int8 --shadow int8   # int8 mirrors, never answers
+  curl -s localhost:8000/variants; curl -s localhost:8000/ready; curl -s localhost:8000/metrics"""
 
 BENCH_EXAMPLES = """examples:
   modelopt bench-serve http://127.0.0.1:8000 --concurrency 32 --requests 2000
-  modelopt bench-serve http://127.0.0.1:8000 --duration-s 30 --repeat-fraction 0.5 --json"""
+  modelopt bench-serve http://127.0.0.1:8000 --duration-s 30 --repeat-fraction 0.5 --json
+  modelopt bench-serve http://127.0.0.1:8000 --requests 2000 --compare-variants"""
 
 
 def _need(module: str, hint: str) -> None:
@@ -87,10 +90,57 @@ def _setup_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--p99-alert-ms", type=float, default=500.0,
                    help="a stats window whose p99 latency is above this is logged as an "
                         "anomaly (default 500)")
+    _setup_variants(p)
     add_model_options(p)
     p.add_argument("--ray", action="store_true",
                    help="serve on Ray Serve (RAY_ADDRESS, else a local Ray) with --workers "
                         "replicas; needs the [serve-ray] extra")
+
+
+def _setup_variants(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("variants (A/B, canary, shadow), feedback and traffic capture")
+    g.add_argument("--name", default=None,
+                   help="the served artifact's variant name (X-Variant, the metrics' variant "
+                        "label; default: its folder's name)")
+    g.add_argument("--variant", action="append", default=[], metavar="NAME=PATH[:WEIGHT]",
+                   help="serve another artifact too (repeatable), with WEIGHT percent of the "
+                        "traffic; variants without a weight share what is left equally "
+                        "(`--variant int8=out/int8:10`: 90/10). X-Variant: NAME forces one, "
+                        "X-Client-Key: KEY keeps a client on one")
+    g.add_argument("--shadow", action="append", default=[], metavar="NAME",
+                   help="a --variant that only mirrors the primary's traffic off the response "
+                        "path: its answers are compared (GET /variants), never returned")
+    g.add_argument("--admin-token", default=None,
+                   help="token that POST /variants (set weights, promote) requires "
+                        "(default: $MODELOPT_ADMIN_TOKEN; neither: POST /variants is off)")
+    g.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the random traffic split (default: from the OS)")
+    g.add_argument("--feedback-max", type=int, default=100_000,
+                   help="request ids remembered for POST /feedback (default 100000)")
+    g.add_argument("--capture", default=None, metavar="DIR",
+                   help="keep a bounded random sample of the primary's request inputs in DIR "
+                        "(npz shards; never the outputs), for --calibration-from")
+    g.add_argument("--capture-rate", type=float, default=0.01,
+                   help="share of request rows eligible for capture (default 0.01)")
+    g.add_argument("--capture-max", type=int, default=10_000,
+                   help="most samples kept in the capture folder (default 10000)")
+
+
+def _variant_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The app options of the variant flags (create_app's keywords)."""
+    from modelopt_serve.routing import parse_variant
+
+    variants = {}
+    for text in args.variant:
+        name, path, weight = parse_variant(text)
+        if name in variants:
+            raise mo.ConfigError(f"--variant {text!r}: the name {name!r} is used twice.")
+        variants[name] = (path, weight)
+    capture = None if args.capture is None else {
+        "folder": args.capture, "rate": args.capture_rate, "max_samples": args.capture_max}
+    return {"variants": variants, "shadow": tuple(args.shadow), "name": args.name,
+            "admin_token": args.admin_token, "split_seed": args.split_seed,
+            "feedback_max": args.feedback_max, "capture": capture}
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,12 +176,13 @@ def _run_serve(args: argparse.Namespace) -> int:
         from modelopt_serve.server import serve_ray
 
         return serve_ray(args.artifact, backend=args.backend, host=args.host, port=args.port,
-                         num_replicas=args.workers, log_level=level, **_options(args))
+                         num_replicas=args.workers, log_level=level, **_options(args),
+                         **_variant_options(args))
     from modelopt_serve.server import serve
 
     return serve(args.artifact, backend=args.backend, host=args.host, port=args.port,
                  workers=args.workers, mode=args.replica_mode, log_level=level,
-                 **_options(args))
+                 **_options(args), **_variant_options(args))
 
 
 def _setup_bench(p: argparse.ArgumentParser) -> None:
@@ -146,6 +197,12 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
                    help="request body format (default tensors: safetensors bytes)")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a non-loopback host")
+    p.add_argument("--client-key", default=None,
+                   help="send X-Client-Key with every request (sticky to one variant)")
+    p.add_argument("--compare-variants", action="store_true",
+                   help="then print the server's live verdict per variant (GET /variants): "
+                        "p50/p99 with 95%% CIs, throughput, errors, shadow agreement, and "
+                        "faster / slower / no significant difference, as modelopt compare")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -159,14 +216,24 @@ def _run_bench(args: argparse.Namespace) -> int:
     media = {"tensors": codec.TENSORS, "json": codec.JSON, "npz": codec.NPZ}[args.format]
     res = load_test(args.url, concurrency=args.concurrency, requests=args.requests,
                     duration_s=args.duration_s, repeat_fraction=args.repeat_fraction,
-                    media_type=media, allow_remote=args.allow_remote)
+                    media_type=media, allow_remote=args.allow_remote,
+                    headers={"X-Client-Key": args.client_key} if args.client_key else None)
+    if args.compare_variants:
+        from modelopt_serve.client import fetch_variants
+
+        res["variants"] = fetch_variants(args.url, args.allow_remote)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
         print(f"{res['requests']} requests ({res['ok']} ok, {res['errors']} errors) in "
               f"{res['duration_s']:.2f} s: {res['throughput_rps']:.1f} req/s, p50 "
               f"{res['p50_ms']:.2f} ms, p95 {res['p95_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms; "
-              f"status {res['status_counts']}")
+              f"status {res['status_counts']}"
+              + (f"; answered by {res['variant_counts']}" if res["variant_counts"] else ""))
+        if args.compare_variants:
+            from modelopt_serve.client import variants_table
+
+            print("\n".join(variants_table(res["variants"])))
     return 0 if res["errors"] == 0 else 1
 
 

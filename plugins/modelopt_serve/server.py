@@ -43,13 +43,16 @@ def serve(artifact: str | Path | Any, *, backend: str | None = None, host: str =
     app = create_app(artifact, backend=backend, **{"freeze_gc": True, **options})
     server = uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level,
                                            timeout_graceful_shutdown=graceful_s))
-    state = app.state.serve
-    state.on_load_failed = lambda: setattr(server, "should_exit", True)
+    live = app.state.variants.live_states  # a shadow that fails to load only stops shadowing
+    for state in live:
+        state.on_load_failed = lambda: setattr(server, "should_exit", True)
     with _quiet_reraise():
         server.run()
-    if state.load_error:
+    failed = [st for st in live if st.load_error]
+    if failed:
         logging.getLogger("modelopt.serve").error(
-            f"modelopt serve: the replicas did not load ({state.load_error}); stopped.")
+            f"modelopt serve: the replicas of {failed[0].variant!r} did not load "
+            f"({failed[0].load_error}); stopped.")
         return 1
     return 0 if server.started else 1
 

@@ -5,7 +5,9 @@ since the last one (requests, throughput, 4xx/5xx, p50/p99, batches, queue, cach
 one ``{"event": "anomaly", "kind": ...}`` warning for each condition of
 ``docs/serving-alerts.yml`` that holds in it: not ready, over 5% of requests answered 5xx,
 p99 over ``p99_alert_ms``, the queue over 80% full, replica processes restarted, resident
-memory 1.5x what it was once the replicas were loaded. :func:`assess` is the pure part.
+memory 1.5x what it was once the replicas were loaded. Each variant of a server
+(:mod:`modelopt_serve.variants`) has its own window and lines, naming it in ``variant``.
+:func:`assess` is the pure part.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .app import ServeState
+    from .state import ServeState
 
 __all__ = ["MIN_REQUESTS", "RequestWindow", "assess", "rss_bytes"]
 
@@ -139,7 +141,8 @@ async def _watch(state: ServeState, loading: Any) -> None:
                                  rss_bytes(), baseline, state.options["p99_alert_ms"])
         if state.shutting_down:
             return
-        log.info(json.dumps({**line, "artifact": state.name}))
+        who = {"artifact": state.name, "variant": state.variant}
+        log.info(json.dumps({**line, **who}))
         for a in anomalies:
-            log.warning(json.dumps({**a, "artifact": state.name}))
+            log.warning(json.dumps({**a, **who}))
         before, restarts, t0 = now, health["replica_restarts"], t1

@@ -25,7 +25,7 @@ from modelopt_serve import codec
 from modelopt_serve.client import load_test
 from modelopt_serve.replicas import load_runner
 from modelopt_serve.server import serve_in_thread
-from prometheus_client.parser import text_string_to_metric_families
+from serve_helpers import metric_values  # noqa: E402 (summed over the variant label)
 
 import modelopt_core as mo
 
@@ -73,15 +73,6 @@ def request_inputs(art, seed: int) -> dict[str, torch.Tensor]:
 def expected(direct, inputs) -> dict[str, torch.Tensor]:
     art, runner = direct
     return runner(*(inputs[s.name] for s in art.inputs))
-
-
-def metric_values(text: str) -> dict[tuple[str, tuple], float]:
-    """{(sample name, sorted labels): value} of a Prometheus exposition."""
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def test_predict_json_and_binary_match_the_runner(artifact_path, direct):
@@ -261,7 +252,8 @@ def test_ready_reports_a_failed_load_and_predict_gets_503(artifact_path):
         r = c.post("/predict", json={"inputs": []})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert "not ready" in r.json()["detail"]
-        assert "modelopt_serve_ready 0.0" in c.get("/metrics").text  # what alerts watch
+        # what alerts watch
+        assert metric_values(c.get("/metrics").text)[("modelopt_serve_ready", ())] == 0
 
 
 def test_a_dead_process_replica_is_replaced_then_the_budget_stops_it(artifact_path, direct):
