@@ -27,6 +27,9 @@ from .quiet import quiet
 from .report import Report
 from .stats import bootstrap_ratio_ci, latency_verdict
 from .session import Session
+from .steps import RecipeStep
+from .plan import Plan
+from .step_cache import StepCache
 from .environment import cpu_flags
 from .verify import (check_inputs_for, check_outputs, check_reference, max_errors,
                      reference_outputs, tile_batch)
@@ -66,4 +69,5 @@ __all__ = [
     "order_inputs", "structured_view", "unflatten_outputs", "read_json", "write_text_atomic",
     "CORE_DISTRIBUTION", "ReportDependencyError", "check_records", "rebuild_structure",
     "record_structure", "Column", "bootstrap_ratio_ci", "latency_verdict",
+    "RecipeStep", "Plan", "StepCache",
 ]

@@ -93,13 +93,19 @@ class Context:
     def export(self, artifact: ModelArtifact, target: str, **config: Any) -> ModelArtifact:
         """``artifact`` exported to format ``target`` through the session's exporters (for
         components that measure on another runtime); ``config`` goes to the last exporter of
-        the chain. The session's history is not touched."""
+        the chain (:func:`~modelopt_core.plan.export_chain`, the one chain builder; every
+        link checked and available before any runs, each held to the component contract).
+        The session's history is not touched."""
+        from .plan import export_chain
+        from .steps import run_checked
+
         pm = self.plugins or _registry.default_plugins()
-        chain = pm.export_path(artifact.format, target)
-        for i, info in enumerate(chain):
-            inst = info.cls(**(config if i == len(chain) - 1 else {}))
-            info.cls.ensure_available()
-            artifact = inst.export(artifact, self)
+        insts = export_chain(pm, artifact.format, target, config)  # all checked first
+        for inst in insts:
+            type(inst).ensure_available()
+        for inst in insts:
+            art = artifact
+            artifact = run_checked(inst, art, lambda inst=inst, art=art: inst.export(art, self))
         return artifact
 
     def runner(self, artifact: ModelArtifact, backend: str = "torch", **options: Any) -> Runner:

@@ -53,6 +53,8 @@ from .outputs import (
     link_folder,
     write_outputs,
 )
+from .plan import UNAVAILABLE, plan_steps, unavailable_line
+from .steps import as_steps, run_steps
 
 if TYPE_CHECKING:
     from .plugins import PluginManager
@@ -138,16 +140,10 @@ def load_recipe(path: str | Path, model_given: bool = False) -> dict[str, Any]:
             for s in shapes)):
         raise ConfigError(f"recipe {p}: example_inputs must be a list of shapes, e.g. "
                           "[[1, 3, 224, 224]].")
-    for i, st in enumerate(data.get("steps", [])):
-        verbs = [v for v in ("apply", "export") if v in st]
-        if len(verbs) != 1:
-            raise ConfigError(f"recipe {p}: step {i + 1} needs exactly one of 'apply' "
-                              f"(an optimizer name) or 'export' (a target format), got {st}.")
+    as_steps(data.get("steps", []), f"recipe {p}: step")  # each a RecipeStep
     return data
 
 
-#: how :func:`plan_recipe` starts a line naming what this machine lacks
-UNAVAILABLE = "not available here: "
 def plan_recipe(path: str | Path, plugins: PluginManager | None = None) -> list[str]:
     """Check a recipe without running anything heavy: the model and data callables import,
     every step's component exists and takes its config, the formats chain (exports have a
@@ -195,38 +191,19 @@ def unavailable_here(plan: list[str]) -> list[str]:
 
 def _plan_steps(r: dict[str, Any], pm: Any, lines: list[str], missing: list[str],
                 fmt: str = "torch", has_data: bool = False) -> list[str]:
-    """Check the recipe's steps (see :func:`plan_recipe`), adding a plan line per step and a
-    line per unavailable component to ``missing``; returns the formats the pipeline makes
-    from an original of format ``fmt`` (``has_data``: calibration data comes with it)."""
-    formats = [fmt]
-    for i, st in enumerate(r.get("steps", [])):
-        st = dict(st)
-        verb = "apply" if "apply" in st else "export"
-        name = st.pop(verb)
-        where = f"recipe step {i + 1} ({verb} {name!r})"
-        try:
-            if verb == "export":
-                chain = pm.export_path(fmt, name)
-                for j, info in enumerate(chain):
-                    info.cls(**(st if j == len(chain) - 1 else {}))
-                    missing += _unavailable(where, "exporter", info.cls)
-                fmt = name
-            else:
-                cls = pm.get("optimizer", name).cls
-                cls(**st)
-                missing += _unavailable(where, "optimizer", cls)
-                if fmt not in cls.accepts:
-                    raise ConfigError(f"{name!r} takes {list(cls.accepts)} artifacts but gets "
-                                      f"{fmt!r} here; add an export step before it.")
-                if cls.needs and "data" not in r and not (
-                        has_data and set(cls.needs) <= {"calibration_data", "eval_fn"}):
-                    raise ConfigError(f"{name!r} needs {list(cls.needs)}: add data = "
-                                      "\"module:callable\" to the recipe.")
-        except ModeloptError as e:
-            raise ConfigError(f"{where}: {e}") from e
-        formats.append(fmt)
-        lines.append(f"step {i + 1}: {verb} {name} {st or ''} -> {fmt}".replace(" {}", ""))
-    return formats
+    """Check the recipe's steps with the one planner (:func:`~modelopt_core.plan.plan_steps`),
+    adding a plan line per step and a line per unavailable component to ``missing``;
+    returns the formats the pipeline makes from an original of format ``fmt``
+    (``has_data``: calibration data and an eval_fn come with it)."""
+    if "data" in r:  # the data callable's keys are known only when it runs
+        has = None
+    else:
+        has = (lambda n: has_data and n in ("calibration_data", "eval_fn"))
+    plan = plan_steps(pm, r.get("steps", []), fmt, has,
+                      'add data = "module:callable" to the recipe.')
+    lines += plan.lines
+    missing += plan.unavailable
+    return list(plan.formats)
 
 
 def _plan_compare(cmp: dict[str, Any], pm: Any, formats: list[str], lines: list[str],
@@ -238,7 +215,7 @@ def _plan_compare(cmp: dict[str, Any], pm: Any, formats: list[str], lines: list[
         except ModeloptError as e:
             raise ConfigError(f"recipe [compare] backends: {e}") from e
         accepts = cls.accepts
-        missing += _unavailable("[compare] backends", "backend", cls)
+        missing += unavailable_line("[compare] backends", "backend", cls)
         if not set(accepts) & set(formats):
             raise ConfigError(f"recipe [compare]: backend {b!r} runs {list(accepts)} artifacts, "
                               f"but the pipeline makes only {sorted(set(formats))}; drop it or "
@@ -250,11 +227,6 @@ def _plan_compare(cmp: dict[str, Any], pm: Any, formats: list[str], lines: list[
             raise ConfigError(f"recipe [compare] profilers: {e}") from e
     lines.append(f"compare on {cmp.get('backends', ['torch'])} with "
                  f"{cmp.get('profilers', list(DEFAULT_PROFILERS))}")
-
-
-def _unavailable(where: str, kind: str, cls: Any) -> list[str]:
-    ok, why = cls.availability()
-    return [] if ok else [f"{UNAVAILABLE}{where}: {kind} {cls.name!r} ({why})"]
 
 
 def check_runnable(path: str | Path, plugins: PluginManager | None = None) -> list[str]:
@@ -295,16 +267,7 @@ def run_pipeline(s: Any, r: dict[str, Any], title: str, out_dir: str | Path | No
                  say: Any = print) -> Any:
     """The recipe ``r``'s steps, comparison and outputs on the session ``s`` (see
     :func:`run_recipe`); ``title``: the report's unless ``[compare]`` gives one."""
-    for i, st in enumerate(r.get("steps", [])):
-        st = dict(st)
-        verb = "apply" if "apply" in st else "export"
-        name = st.pop(verb)
-        try:
-            art = getattr(s, verb)(name, **st)
-        except ModeloptError as e:  # same error type, with the step it came from
-            raise type(e)(f"recipe step {i + 1} ({verb} {name!r}): {e}") from e
-        say(f"step {i + 1}: {verb} {name} -> {art.format} "
-            f"({art.lineage[-1].duration_s:.1f} s)")
+    run_steps(s, r.get("steps", []), say)  # the one step runner (planned first)
     cmp = r.get("compare", {})
     say("measuring every step...")
     report = s.compare(backends=cmp.get("backends", ["torch"]),

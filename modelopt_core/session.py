@@ -14,7 +14,6 @@ from typing import Any
 import attrs
 
 from .artifact import ModelArtifact
-from .environment import describe_environment
 from .gate import AccuracyGate, recover
 from .errors import (AccuracyBudgetError, DataError, FormatError, InputSpecError, ModeloptError,
                      StepError)
@@ -63,6 +62,9 @@ class Session:
             boxes and drops the raw feature maps it also returns). Every artifact and runner
             then has just these; training steps still see the model's whole training-mode
             output. Default: all.
+        step_cache: a folder (or a :class:`~modelopt_core.step_cache.StepCache`): a step
+            computed before on the same input, config, component version and data is loaded
+            from it instead of recomputed (see :mod:`modelopt_core.step_cache`).
 
     ``example_inputs`` may be a dict of named tensors for a model called with keyword inputs
     (Hugging Face style, ``model(**inputs)``); the model may return a tensor, a tuple, a dict or
@@ -82,7 +84,8 @@ class Session:
                  dynamic_batch: bool = True,
                  dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
                  max_accuracy_drop: float | None = None, on_budget: str = "raise",
-                 recover: bool = True, outputs: Sequence[int | str] | None = None) -> None:
+                 recover: bool = True, outputs: Sequence[int | str] | None = None,
+                 step_cache: Any = None) -> None:
         import torch
 
         keyword = isinstance(example_inputs, Mapping)
@@ -112,6 +115,7 @@ class Session:
         self.device = device
         self.progress = progress
         self.recover = bool(recover)
+        self.step_cache = _step_cache(step_cache)
         self.holdout_batches: list[tuple[Any, ...]] = []
         self.gate: AccuracyGate | None = None
         if max_accuracy_drop is not None:
@@ -214,14 +218,14 @@ class Session:
 
         ``config`` goes to the last exporter of the chain.
         """
-        chain = self.pm.export_path(self.current.format, target)
-        if not chain:
-            raise FormatError(f"export: the current artifact is already {target!r}.")
+        from .plan import export_chain
+
         # every link's config and availability is checked before any runs
-        insts = [info.cls(**(config if i == len(chain) - 1 else {}))
-                 for i, info in enumerate(chain)]
-        for info in chain:
-            info.cls.ensure_available()
+        insts = export_chain(self.pm, self.current.format, target, config)
+        if not insts:
+            raise FormatError(f"export: the current artifact is already {target!r}.")
+        for inst in insts:
+            type(inst).ensure_available()
         before = len(self._history)
         try:
             for inst in insts:
@@ -241,12 +245,15 @@ class Session:
             raise AccuracyBudgetError(
                 f"{inst.kind} {inst.name!r}: the current artifact ({art.name}) was rejected by "
                 "the accuracy gate; call session.discard() first, then try another step.")
+        from .steps import check_output
+
         ctx = self.context()
         if eval_fn is not None and ctx.eval_fn is None:  # a recovery measuring agreement
             ctx = attrs.evolve(ctx, eval_fn=eval_fn)
         elapsed = timed()
         try:
-            out = fn(ctx)
+            out = fn(ctx) if self.step_cache is None else \
+                self.step_cache.run(self, inst, art, ctx, fn)
         except ModeloptError:
             raise
         except Exception as e:  # a library's own error inside a step: say which step
@@ -255,9 +262,7 @@ class Session:
                 f"{inst.kind} {inst.name!r} failed on {art.name!r} ({art.format}): "
                 f"{type(e).__name__}: {first}. The history is unchanged; the original "
                 "exception is chained (run with --verbose, or see __cause__).") from e
-        if not isinstance(out, ModelArtifact) or len(out.lineage) != len(art.lineage) + 1:
-            raise ModeloptError(f"{inst.kind} {inst.name!r} broke the contract: it must return a "
-                                "new ModelArtifact with exactly one more lineage step.")
+        check_output(inst, art, out)
         plugin, version = component_origin(self.pm, type(inst))
         last = out.lineage[-1]
         step = attrs.evolve(last, plugin=plugin, version=version, duration_s=round(elapsed(), 4),
@@ -270,6 +275,34 @@ class Session:
         if self.gate is not None and raise_budget:
             self.gate.raise_for(out)
         return out
+
+    def plan(self, steps: Iterable[Any], where: str = "step", first: int = 1) -> Any:
+        """Check ``steps`` (:class:`~modelopt_core.RecipeStep` s, their data or recipe
+        tables) from the current artifact without running anything: configs, the format
+        chain, the data each needs and what this machine lacks. Returns a
+        :class:`~modelopt_core.Plan`; the first invalid step raises ConfigError."""
+        from .plan import plan_steps
+
+        return plan_steps(self.pm, steps, self.current.format,
+                          lambda n: getattr(self, n, None) is not None,
+                          "pass it to Session(...).", where, first)
+
+    def run(self, steps: Iterable[Any], say: Callable[[str], Any] | None = None) -> ModelArtifact:
+        """Plan ``steps`` (:meth:`plan`; a step this machine cannot run refuses them all
+        before any runs), then apply/export each; returns the newest artifact."""
+        from .steps import run_steps
+
+        return run_steps(self, steps, say, where="step")
+
+    def fork(self, artifact: ModelArtifact | None = None, *, progress: bool | None = None,
+             accuracy_gate: bool = True) -> Session:
+        """A new session on the same data, plugins, options and step cache whose history is
+        this one's up to ``artifact`` (default: the current one); an artifact not in the
+        history starts the fork's own (it is then the fork's original). ``accuracy_gate``:
+        False drops the gate in the fork. This session is not changed."""
+        from .steps import fork_session
+
+        return fork_session(self, artifact, progress, accuracy_gate)
 
     def discard(self) -> ModelArtifact:
         """Drop the newest artifact (e.g. one the accuracy gate rejected); returns it. The
@@ -316,60 +349,16 @@ class Session:
                 profiler_options: dict[str, dict[str, Any]] | None = None) -> Report:
         """Profile every artifact (default: the whole history) on every backend that runs its
         format; returns a :class:`Report` whose first row is the baseline."""
-        backend_options = backend_options or {}
-        profiler_options = profiler_options or {}
-        profs = [self.pm.get("profiler", p).cls(**profiler_options.get(p, {}))
-                 for p in profilers]
-        rows = []
-        measured: dict[str, list[str]] = {}
-        arts = list(artifacts) if artifacts is not None else self.history
-        pairs = [(idx, art, b) for idx, art in enumerate(arts) for b in backends
-                 if art.format in self.pm.get("backend", b).cls.accepts]
-        for idx, art, b in self.context().progress(pairs, len(pairs), "measuring"):
-            bcls = self.pm.get("backend", b).cls
-            ok, why = bcls.availability()
-            row: dict[str, Any] = {"step": _label(idx, art), "format": art.format,
-                                   "backend": b}
-            note = _row_note(art)
-            if note:
-                row["note"] = note
-            if not ok:
-                row["error"] = f"unavailable: {why}"
-                rows.append(row)
-                continue
-            ctx = self.context()
-            with self._make_runner(art, b, **backend_options.get(b, {})) as runner:
-                for prof in profs:
-                    try:
-                        row.update(prof.profile(runner, art, ctx))
-                    except ModeloptError as e:
-                        row.setdefault("error", f"{prof.name}: {e}")
-            rows.append(row)
-            if ctx.notes:  # what the measurement itself warned about (noise...)
-                measured[f"{row['step']} on {b}"] = list(ctx.notes)
-        notes = {_label(i, a): list(a.lineage[-1].notes) for i, a in enumerate(arts)
-                 if a.lineage and a.lineage[-1].notes}
-        notes.update(measured)
-        unused = [b for b in backends if not any(p[2] == b for p in pairs)]
-        if unused:
-            msg = (f"backend(s) {unused} run no artifact of this comparison (formats "
-                   f"{sorted({a.format for a in arts})}): no rows for them")
-            log.warning(msg)
-            notes["compare"] = [msg]
-        return Report(rows, environment=describe_environment(self.pm), notes=notes,
-                      plugins=self.pm)
+        from .measure import compare_artifacts
+
+        return compare_artifacts(self, backends, profilers, artifacts, backend_options,
+                                 profiler_options)
 
 
-def _row_note(art: ModelArtifact) -> str:
-    """What a reader must know to read a row right: simulated precision, steps that did
-    nothing."""
-    if art.lineage and any("no-op" in n for n in art.lineage[-1].notes):
-        return "no-op: the step changed nothing"
-    if art.format == "torch" and art.props.simulated:
-        return (f"simulated {art.props.simulated.upper()} (fake-quant in float; export for "
-                "real speed)")
-    return ""
+def _step_cache(value: Any) -> Any:
+    """``Session(step_cache=...)``: None, a StepCache, or the folder of one."""
+    if value is None:
+        return None
+    from .step_cache import StepCache
 
-
-def _label(idx: int, art: ModelArtifact) -> str:
-    return "original" if idx == 0 else f"{idx}:{art.name}"
+    return value if isinstance(value, StepCache) else StepCache(value)

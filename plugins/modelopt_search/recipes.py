@@ -54,12 +54,11 @@ def describe_recipe(recipe: dict[str, Any], pm: Any = None) -> str:
                          if k not in defaults or not _same(defaults[k], v))
 
     parts = []
-    for st in recipe["steps"]:
-        if "export" in st:
-            parts.append(f"export {st['export']}")
+    for st in map(mo.RecipeStep.from_data, recipe["steps"]):
+        if st.verb == "export":
+            parts.append(f"export {st.name}")
         else:
-            opts = shown("optimizer", st["apply"], {k: v for k, v in st.items() if k != "apply"})
-            parts.append(f"{st['apply']}({opts})")
+            parts.append(f"{st.name}({shown('optimizer', st.name, st.config)})")
     opts = shown("backend", recipe["backend"], dict(recipe["backend_options"]))
     return " > ".join(parts or ["fp32"]) + f" @ {recipe['backend']}" + \
         (f"({opts})" if opts else "")

@@ -165,6 +165,7 @@ def end_notes(search: _Search, budget: _Budget, rows: list[dict[str, Any]],
     if confirm_note:
         notes.append(confirm_note)
     notes += search.lost + search.dropped + sorted(set(search.dead_targets.values()))
+    notes += cache_notes(search.step_cache)
     if search.confirmed and best is not None:
         batch = (search.profiler_options.get("latency") or {}).get("batch_size")
         notes.append(
@@ -179,6 +180,22 @@ def end_notes(search: _Search, budget: _Budget, rows: list[dict[str, Any]],
             + ("; within noise of it (a tie): " + ", ".join(
                 f"trial {n} (p50 ratio {r:.3f}, 95% CI {lo:.3f}-{hi:.3f})"
                 for n, (r, lo, hi) in search.ties.items()) if search.ties else ""))
+    return notes
+
+
+def cache_notes(cache: mo.StepCache | None) -> list[str]:
+    """What the step cache did in this process: steps loaded (cache hits) and computed, what
+    was not cached and why, damaged entries recomputed."""
+    if cache is None:
+        return []
+    st = cache.stats()
+    notes = [f"step cache {st['folder']}: {st['hits']} step(s) loaded (cache hits), "
+             f"{st['computed']} computed here ({st['stored']} stored)"]
+    if st["uncached"]:
+        notes.append("not cached: " + "; ".join(st["uncached"][:4]))
+    if st["corrupt"]:
+        notes.append("step cache entries that failed to verify, recomputed: "
+                     + "; ".join(st["corrupt"][:4]))
     return notes
 
 

@@ -79,6 +79,9 @@ def summary_line(rows: list[dict[str, Any]], unit: str = "") -> str:
         line += "; tie within noise with " + " and ".join(
             f"trial {r['trial']} ({r['best'].partition('(')[2]}" for r in ties) + \
             ": as fast as it here"
+    hits = sum(r.get("cache_hits") or 0 for r in rows)
+    if hits:  # steps loaded from the step cache instead of recomputed
+        line += f". Step cache: {hits} step(s) loaded, not recomputed"
     return line + "."
 
 

@@ -210,6 +210,8 @@ def sample_recipe(trial: Any, target: str | list[str], space: dict[str, Any], pm
     for opt, data in space["runtime"].items():
         sp = mo.space_from_data(data, f"search space runtime.{opt}")
         options[opt] = sp.suggest(trial, f"runtime{tag}.{opt}")
+    steps = [mo.RecipeStep.from_data(st, f"optimize: trial step {i + 1}").to_recipe()
+             for i, st in enumerate(steps)]  # plain data, as a run recipe's [[steps]]
     return {"target": target, "steps": steps, "backend": backend, "backend_options": options}
 
 

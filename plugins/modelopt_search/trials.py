@@ -67,15 +67,30 @@ class _Search(_Clock):
         #: what the final report says first: the accuracy metric, the steps left out
         self.notes: list[str] = []
         self.stop_reason: str | None = None
+        self.step_cache: mo.StepCache | None = None
+        self.use_cache()
 
     # ---- one trial -------------------------------------------------------------------
 
+    def use_cache(self, step_cache: Any = None) -> None:
+        """The step cache trials share (see :class:`modelopt_core.StepCache`): ``step_cache``
+        (a folder or a StepCache; False: none), else the session's, else ``step-cache/`` in
+        the search's folder (a resumed or second search reuses it)."""
+        if step_cache is False or step_cache == "off":
+            self.step_cache = None
+        elif isinstance(step_cache, mo.StepCache):
+            self.step_cache = step_cache
+        elif step_cache is not None:
+            self.step_cache = mo.StepCache(step_cache)
+        else:
+            self.step_cache = self.s.step_cache or mo.StepCache(self.out / "step-cache")
+
     def child(self) -> mo.Session:
-        s = self.s
-        return mo.Session(s.original, s.example_inputs, calibration_data=s.calibration_data,
-                          train_data=s.train_data, eval_fn=s.eval_fn, task_loss=s.task_loss,
-                          device=s.device,
-                          plugins=s.pm, progress=False)
+        """A trial's session: the original, the search session's data and the shared step
+        cache, no accuracy gate (the search holds the budget itself), quiet."""
+        child = self.s.fork(self.s.original, progress=False, accuracy_gate=False)
+        child.step_cache = self.step_cache
+        return child
 
     def profilers(self) -> list[str]:
         names = ["accuracy", "latency", "size"]
@@ -172,6 +187,13 @@ class _Search(_Clock):
             row.update(skipped=dead, feasible=False)
             trial.set_user_attr("row", row)
             raise optuna.TrialPruned(dead)
+        hits = self.step_cache.hits if self.step_cache is not None else 0
+        try:  # the one planner: configs, formats, data, availability, before any step
+            s.plan(steps, where="trial step").raise_unavailable(f"trial {trial.number}")
+        except mo.ModeloptError as e:
+            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            trial.set_user_attr("row", row)
+            raise
         for i, st in enumerate(steps):
             key = _step_key(st)
             if self.step_estimate(key) > self.left():  # the deadline, between steps
@@ -183,14 +205,10 @@ class _Search(_Clock):
                 self.stop_reason = f"stopped before the time budget: trial {trial.number} {why}"
                 trial.study.stop()
                 raise optuna.TrialPruned(why)
-            st = dict(st)
             before = s.current
             t = time.perf_counter()
             try:
-                if "export" in st:
-                    s.export(st.pop("export"), **st)
-                else:
-                    s.apply(st.pop("apply"), **st)
+                s.run([mo.RecipeStep.from_data(st)])
             except mo.ModeloptError as e:
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 trial.set_user_attr("row", row)
@@ -199,7 +217,10 @@ class _Search(_Clock):
                         f"target {recipe.get('target')!r} skipped: the original model does not "
                         f"export to it (trial {trial.number}: {row['error'][:160]})")
                 raise
-            self.record(key, time.perf_counter() - t)
+            if not _cache_hit(s.current):  # a load is not what the step costs
+                self.record(key, time.perf_counter() - t)
+            if self.step_cache is not None:  # steps loaded, not recomputed
+                row["cache_hits"] = self.step_cache.hits - hits
             if _unchanged(before, s.current):  # the recipe without this step is in the space
                 row.update(no_op=steps[i]["apply"], feasible=False)
                 trial.set_user_attr("row", row)
@@ -329,6 +350,11 @@ def _same_recipe(trial: Any, recipe: dict[str, Any]) -> Any:
             return t
     return None
 
+
+
+def _cache_hit(art: mo.ModelArtifact) -> bool:
+    """Whether ``art`` was loaded from the step cache (see :class:`modelopt_core.StepCache`)."""
+    return bool((art.metadata.get("step_cache") or {}).get("lineage") == len(art.lineage))
 
 
 def _unchanged(before: mo.ModelArtifact, after: mo.ModelArtifact) -> bool:
