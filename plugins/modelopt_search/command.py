@@ -45,7 +45,7 @@ EXAMPLES = """examples:
 
 _SEARCH_KEYS = {"target", "objective", "max_accuracy_drop", "trials", "time_budget_s",
                 "storage", "study_name", "seed", "space", "runtime_options",
-                "profiler_options", "threads", "profilers"}
+                "profiler_options", "threads", "profilers", "step_cache"}
 
 
 def setup(p: argparse.ArgumentParser) -> None:
@@ -76,6 +76,9 @@ def setup(p: argparse.ArgumentParser) -> None:
                                      "sqlite:///OUT/study.db)")
     p.add_argument("--study-name", help="study name in the storage")
     p.add_argument("--seed", type=int, help="sampler seed")
+    p.add_argument("--step-cache", metavar="DIR",
+                   help="folder of computed steps trials reuse (shared by workers; 'off': "
+                        "none; default: [search] step_cache, else OUT/step-cache)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars: one line per trial (and per training epoch) "
@@ -165,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed if args.seed is not None else search.get("seed", 0), out_dir=out,
         runtime_options=search.get("runtime_options"),
         profiler_options=search.get("profiler_options"), threads=search.get("threads"),
-        profilers=search.get("profilers"))
+        profilers=search.get("profilers"),
+        step_cache=args.step_cache or search.get("step_cache"))
     if args.json:
         print(json.dumps({"out_dir": str(res.out_dir), "best": res.best_row,
                           "best_recipe": res.best_recipe, "pareto": res.pareto}, indent=2,

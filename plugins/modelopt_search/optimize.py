@@ -101,12 +101,15 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
              out_dir: str | Path | None = None, seed: int = 0,
              runtime_options: dict[str, Any] | None = None,
              profiler_options: dict[str, dict[str, Any]] | None = None,
-             threads: int | None = None, profilers: list[str] | None = None) -> SearchResult:
+             threads: int | None = None, profilers: list[str] | None = None,
+             step_cache: Any = None) -> SearchResult:
     """Search recipes for ``target`` minimizing ``objective`` within ``max_accuracy_drop``
     points of ``eval_fn``; see :meth:`modelopt_core.Session.optimize`. ``profilers``: the
     profilers every trial runs besides the search's own (accuracy, latency, size); None:
     every available profiler an installed plugin outside modelopt-core registers, so its
-    columns reach the tables."""
+    columns reach the tables. ``step_cache``: the folder of the steps trials share (see
+    :class:`modelopt_core.StepCache`; False: none); default: the session's, else
+    ``out_dir/step-cache``."""
 
     if session.eval_fn is None:
         raise SearchError("optimize: the session needs eval_fn (callable(runner) -> float, "
@@ -151,6 +154,7 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
     search = _Search(session, targets, objective, float(max_accuracy_drop), full, out, rt,
                      popts, threads, extra_profilers(session.pm, profilers))
     search.notes = _metric_note(session) + said
+    search.use_cache(step_cache)
     study = open_study(storage, name, seed, ["maximize", "minimize"])
     try:
         return _search(session, search, study, full, targets, objective, budget_trials,
