@@ -26,7 +26,8 @@ import attrs
 from .artifact import TensorSpec
 from .errors import DataError
 
-__all__ = ["FORMAT", "MANIFEST", "Captured", "read_captured", "read_manifest"]
+__all__ = ["FORMAT", "MANIFEST", "Captured", "CapturedEval", "apply_flags", "nocode_args",
+           "read_captured", "read_manifest", "use_captured"]
 
 #: the manifest's file name in a capture folder
 MANIFEST = "capture.json"
@@ -169,3 +170,158 @@ def _named(f: Path, m: dict[str, Any], field: str) -> dict[str, Any]:
     if missing:
         raise DataError(f"{field} {f}: no array {missing[0]!r}; capture into a new folder.")
     return {n: got[n] for n in m["input_names"]}
+
+
+class CapturedEval:
+    """An ``eval_fn`` (``fn``) whose ``metric`` says what it measures and on which captured
+    traffic the result was calibrated (the search prints it under the table and in its
+    report's notes)."""
+
+    def __init__(self, fn: Any, metric: Any, calibrated: str | None,
+                 fingerprint: str | None = None) -> None:
+        self.fn, self._metric, self.calibrated = fn, metric, calibrated
+        if fingerprint is not None:  # what the step cache keys on (:mod:`.fingerprint`)
+            self.modelopt_fingerprint = fingerprint
+
+    @property
+    def metric(self) -> str:
+        m = self._metric() if callable(self._metric) else self._metric
+        return m + (f"; calibrated on {self.calibrated}" if self.calibrated else "")
+
+    def __call__(self, runner: Any) -> float:
+        return float(self.fn(runner))
+
+
+def use_captured(session: Any, calibration_from: str | Path | None,
+                 eval_from: str | Path | None, batch_size: int | None = None) -> None:
+    """Point ``session`` at captured traffic: ``calibration_from``'s samples become its
+    calibration data; ``eval_from``'s, its ``eval_fn``: agreement with the session's original
+    model (the production model) in percent. The same folder for both is split (a quarter,
+    at least one batch, held out; never calibrated on). Without ``eval_from`` the session
+    keeps its ``eval_fn`` (a recipe's labelled data), whose ``metric`` then also names the
+    calibration samples."""
+    from .gate import Agreement
+    from .nocode import AgreementPercent
+    from .samples import batch_samples
+
+    specs = session.original.inputs or None
+    fixed = specs[0].shape[0] if specs and specs[0].shape else None
+    size = _batch(specs, batch_size)
+    cal = read_captured(calibration_from, specs) if calibration_from else None
+    ev = read_captured(eval_from, specs, "--eval-from") if eval_from else None
+    if cal is not None and ev is not None and cal.folder.resolve() == ev.folder.resolve():
+        _enough_to_split(cal, size)
+        cal, ev = cal.split(max(size, cal.count // 4))
+    for got, flag in ((cal, "--calibration-from"), (ev, "--eval-from")):
+        if got is not None and got.count < size and isinstance(fixed, int):
+            raise DataError(f"{flag} {got.folder}: {got.count} sample(s), fewer than the "
+                            f"model's fixed batch of {size}; capture more traffic.")
+    keep = not isinstance(fixed, int)
+    if cal is not None:
+        session.calibration_data = batch_samples(cal.arrays, size, keep_partial=keep)
+    calibrated = cal.describe() if cal is not None else None
+    if ev is not None:
+        held = batch_samples(ev.arrays, size, keep_partial=keep)
+        original = session.original
+        agree = AgreementPercent(Agreement(held, lambda: session.runner(artifact=original)))
+        who = "a quarter of the capture held out from calibration" if cal is not None and \
+            cal.folder.resolve() == ev.folder.resolve() else "captured traffic"
+
+        def metric() -> str:
+            agree.agreement.reference_outputs()  # its kind is known once the original ran
+            return (f"{agree.agreement.kind} with the production model (%) on {ev.describe()}"
+                    f": {who}, no labels")
+
+        session.eval_fn = CapturedEval(agree, metric, calibrated,
+                                       _agreement_fingerprint(ev, original))
+    elif calibrated is not None and session.eval_fn is not None:
+        fn = session.eval_fn
+        session.eval_fn = CapturedEval(
+            fn, getattr(fn, "metric", None) or "the recipe's eval_fn", calibrated)
+
+
+def _batch(specs: tuple[TensorSpec, ...] | None, batch_size: int | None) -> int:
+    """Samples per batch: the model's fixed batch, else ``--batch-size``, else 8."""
+    from .nocode import DEFAULT_BATCH
+
+    fixed = specs[0].shape[0] if specs and specs[0].shape else None
+    return fixed if isinstance(fixed, int) else (batch_size or DEFAULT_BATCH)
+
+
+def _enough_to_split(cal: Captured, size: int) -> None:
+    if cal.count < 2 * size:
+        raise DataError(
+            f"--calibration-from {cal.folder}: {cal.count} captured sample(s); a quarter (at "
+            f"least one batch of {size}) is held out to measure agreement and the rest "
+            f"calibrates, so at least {2 * size} are needed (better {8 * size}): let the "
+            "server capture longer (--capture-rate, --capture-max), or measure on labelled "
+            "data (--eval) or another capture (--eval-from).")
+
+
+def _agreement_fingerprint(ev: Captured, original: Any) -> str | None:
+    """Agreement with ``original`` on ``ev``'s samples: the samples' bytes and what the
+    original computes (None, uncached, when it cannot be hashed)."""
+    import hashlib
+
+    try:
+        from .fingerprint import artifact_hash
+
+        h = hashlib.sha256(f"captured-agreement:{artifact_hash(original)}".encode())
+    except Exception:  # noqa: BLE001 - no faithful fingerprint: the step is not cached
+        return None
+    for name, a in ev.arrays.items():
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def nocode_args(args: Any) -> Any:
+    """``args`` of ``modelopt optimize`` for the no-code session: ``--calibration-from DIR``
+    stands in for ``--calibration`` (the shards read as they are, then :func:`apply_flags`
+    splits them); :class:`ConfigError` for flags that contradict each other."""
+    import argparse
+
+    from .errors import ConfigError
+
+    cal, ev = getattr(args, "calibration_from", None), getattr(args, "eval_from", None)
+    if cal and getattr(args, "calibration", None):
+        raise ConfigError(f"--calibration {args.calibration} and --calibration-from {cal}: "
+                          "give one (the captured traffic, or your own data).")
+    if ev and getattr(args, "eval_data", None):
+        raise ConfigError(f"--eval {args.eval_data} and --eval-from {ev}: give one (labels, "
+                          "or agreement with the production model on captured traffic).")
+    if cal and getattr(args, "model", None) is not None:
+        _precheck(cal, args)
+        return argparse.Namespace(**{**vars(args), "calibration": cal})
+    return args
+
+
+def _precheck(folder: str, args: Any) -> None:
+    """The errors of a capture folder that does not fit ``--model`` (:class:`DataError`
+    naming the folder and the flag), before the no-code entry reads its shards as plain
+    data: the manifest, samples, input names, shapes and dtypes."""
+    from .cli_options import model_options
+    from .nocode import load_original
+
+    specs = None
+    ref, kwargs = model_options(args)
+    if ref is not None and (Path(ref).suffix in (".onnx", ".pt2") or Path(ref).is_dir()):
+        specs = load_original(ref, kwargs).specs  # a callable's inputs come from the data
+    got = read_captured(folder, specs)
+    ev = getattr(args, "eval_from", None)
+    if getattr(args, "eval_data", None) is None and (ev is None or Path(ev).resolve()
+                                                     == Path(folder).resolve()):
+        _enough_to_split(got, _batch(specs, getattr(args, "batch_size", None)))
+
+
+def apply_flags(session: Any, args: Any) -> None:
+    """``--calibration-from`` / ``--eval-from`` applied to the session (:func:`use_captured`);
+    with ``--model`` and neither ``--eval`` nor ``--eval-from``, the calibration capture's
+    held-out quarter measures agreement (there are no other data)."""
+    cal, ev = getattr(args, "calibration_from", None), getattr(args, "eval_from", None)
+    if not cal and not ev:
+        return
+    if cal and not ev and getattr(args, "model", None) is not None and \
+            getattr(args, "eval_data", None) is None:
+        ev = cal
+    use_captured(session, cal, ev, getattr(args, "batch_size", None))

@@ -56,6 +56,14 @@ def setup(p: argparse.ArgumentParser) -> None:
                    help="TOML/JSON recipe: model, data (as for `modelopt run`) and a [search] "
                         "table; or, instead, --model and --calibration")
     add_model_options(p, original=True)
+    p.add_argument("--calibration-from", metavar="DIR",
+                   help="calibrate on traffic a server captured (`modelopt serve --capture "
+                        "DIR`) instead of the recipe's or --calibration data")
+    p.add_argument("--eval-from", metavar="DIR",
+                   help="accuracy = agreement with the production model (the recipe's or "
+                        "--model) on captured traffic, no labels; the same DIR as "
+                        "--calibration-from is split, never calibrated and measured on the "
+                        "same samples")
     p.add_argument("--target", help="runtime(s) to search, comma-separated, or 'all': every "
                                     "runtime available here that takes the model (default: "
                                     "the recipe's [search] target; with --model: all)")
@@ -125,6 +133,7 @@ def load_search_recipe(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]
 def _session(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """(the session, the recipe's run part, its [search] table with the flags laid over it):
     from the recipe, or from --model/--calibration (no recipe: every runtime here)."""
+    from modelopt_core.captured import apply_flags, nocode_args
     from modelopt_core.cli_options import nocode_session
 
     from .errors import SearchError
@@ -133,7 +142,7 @@ def _session(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, A
     if args.model is not None and args.recipe is not None:
         raise SearchError(f"optimize: give a recipe ({args.recipe}) or --model, not both: "
                           "the recipe names its own model.")
-    session = nocode_session(args, progress=progress)
+    session = nocode_session(nocode_args(args), progress=progress)
     if session is None:
         if args.recipe is None:
             raise SearchError("optimize: give a search recipe, or a model with no recipe: "
@@ -144,6 +153,7 @@ def _session(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, A
         session = build_session(args.recipe, r, progress=progress, say=lambda *a: None)
     else:
         r, search = {}, {"target": "all"}
+    apply_flags(session, args)  # --calibration-from / --eval-from: captured traffic
     flags = {"target": args.target, "objective": args.objective,
              "max_accuracy_drop": args.max_accuracy_drop, "threads": args.threads}
     search = {**search, **{k: v for k, v in flags.items() if v is not None}}
