@@ -134,6 +134,23 @@ def _local_world() -> int:
 
 
 _PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+_SINGLE: dict[tuple[Any, ...], Any] = {}
+
+
+def _single_fabric(accel: str, devices: Any, precision: str) -> Any:
+    """A one-process Fabric, kept per (accelerator, devices, precision): building one scans
+    every installed package's entry points (~0.1 s), and a training step may call fit many
+    times. Stateless between runs, except fp16's GradScaler: that one is never shared."""
+    from lightning_fabric import Fabric
+
+    key = (accel, devices, precision)
+    if precision == "16-mixed" or key not in _SINGLE:
+        fabric = Fabric(accelerator=accel, devices=list(devices) if accel == "cuda" else 1,
+                        precision=precision)
+        if precision == "16-mixed":
+            return fabric
+        _SINGLE[key] = fabric
+    return _SINGLE[key]
 
 
 class Strategy:
@@ -159,7 +176,7 @@ class Strategy:
             self.fabric.launch()  # joins the existing group: nothing is spawned
         else:
             devices = [device.index or 0] if accel == "cuda" else 1
-            self.fabric = Fabric(accelerator=accel, devices=devices, precision=prec)
+            self.fabric = _single_fabric(accel, tuple(devices) if accel == "cuda" else 1, prec)
 
     @classmethod
     def resolve(cls, choice: str, device: Any, precision: str, warn: Any) -> Strategy:
