@@ -208,3 +208,31 @@ def test_calibration_from_typed_errors(tmp_path):
     (cap / MANIFEST).write_text("{not json")
     with pytest.raises(DataError, match="unreadable"):
         read_captured(cap, spec)
+
+
+def test_one_capture_for_both_purposes_is_split_never_shared(tmp_path):
+    """``--calibration-from DIR --eval-from DIR``: a quarter held out (at least one batch),
+    the rest calibrates, no sample in both; the metric says how many and when."""
+    import torch
+
+    import modelopt_core as mo
+    from modelopt_core.captured import use_captured
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    s = mo.Session(model, (torch.randn(2, 4),), progress=False)
+    c = Capture(tmp_path, 1.0, 100, ["input"], seed=0, flush_s=60)
+    c.offer([np.arange(240, dtype=np.float32).reshape(60, 4)])
+    c.close()
+    use_captured(s, tmp_path, tmp_path)
+    cal = torch.cat([b[0] for b in s.calibration_data])
+    held = torch.cat([b[0] for b in s.eval_fn.fn.agreement.batches])
+    assert len(cal) == 45 and len(held) == 15
+    rows = {tuple(r.tolist()) for r in cal}
+    assert not rows & {tuple(r.tolist()) for r in held}
+    assert len(rows | {tuple(r.tolist()) for r in held}) == 60
+    assert s.eval_fn(s.runner()) == 100.0  # the production model agrees with itself
+    metric = s.eval_fn.metric
+    assert metric.startswith("top-1 agreement with the production model (%) on 15 captured")
+    assert f"calibrated on 45 captured sample(s) from {tmp_path}" in metric
+    assert isinstance(s.eval_fn.modelopt_fingerprint, str)  # the step cache can key on it
