@@ -44,6 +44,9 @@ __all__ = ["Capture"]
 
 log = logging.getLogger("modelopt.serve")
 
+#: the lock file of a folder being captured into (one writer at a time)
+LOCK = ".capture.lock"
+
 
 class Capture:
     """A restartable reservoir sample of request inputs in ``folder`` (see the module doc).
@@ -84,7 +87,15 @@ class Capture:
         self._meta: dict[str, Any] = {"dtypes": None, "shapes": None}
         self.started = time.time()
         self._rng = _stream(seed, 0)
-        self._restore()
+        fresh = not (self.folder / LOCK).exists()
+        self._lockfile = _lock(self.folder)
+        try:
+            self._restore()
+        except BaseException:
+            self._lockfile.close()
+            if fresh:  # leave a folder that is not ours as it was
+                (self.folder / LOCK).unlink(missing_ok=True)
+            raise
         self._writer = threading.Thread(target=self._run, name="modelopt-capture", daemon=True)
         self._writer.start()
 
@@ -303,13 +314,34 @@ class Capture:
         self._closed = True
         self._wake.set()
         self._writer.join()
-        self.flush()
+        try:
+            self.flush()
+        finally:
+            self._lockfile.close()  # another server may capture into the folder now
 
     def _log_once(self, event: str, error: str, level: int = logging.WARNING) -> None:
         if event not in self._logged:
             self._logged.add(event)
             log.log(level, json.dumps({"event": event, "folder": str(self.folder),
                                        "error": error[:300]}))
+
+
+def _lock(folder: Path) -> Any:
+    """``folder/.capture.lock``, locked for this Capture (released on close or when the
+    process dies): two servers capturing into one folder would overwrite each other's
+    manifest."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / LOCK, "a+")  # noqa: SIM115 - held until close()
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise ConfigError(f"capture {folder}: another server (or Capture) is capturing into "
+                          "this folder; give each server its own folder (for example "
+                          "DIR/replica-1, DIR/replica-2).") from None
+    return f
 
 
 def _stream(seed: int | None, seen: int) -> random.Random:

@@ -164,7 +164,7 @@ def test_outputs_never_stored(tmp_path):
     m = json.loads((tmp_path / MANIFEST).read_text())
     assert m["outputs"] is False
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("shard-")) \
-        == [MANIFEST]
+        == [".capture.lock", MANIFEST]
     for s in m["shards"]:
         with np.load(tmp_path / s["file"]) as z:
             assert z.files == ["x"]
@@ -181,10 +181,15 @@ def test_start_refuses_foreign_folders(tmp_path):
     with pytest.raises(ConfigError, match="not a capture folder") as e:
         Capture(data, 0.5, 10, ["x"])
     assert str(data) in str(e.value)
-    assert (data / "calib.npy").exists()  # the user's file is untouched
+    assert [f.name for f in data.iterdir()] == ["calib.npy"]  # the folder is untouched
     Capture(tmp_path / "cap", 1.0, 10, ["x"]).close()
     with pytest.raises(ConfigError, match=r"inputs \['x'\].*takes \['y'\]"):
         Capture(tmp_path / "cap", 1.0, 10, ["y"])
+    first = Capture(tmp_path / "cap", 1.0, 10, ["x"])  # one writer per folder
+    with pytest.raises(ConfigError, match="another server .* is capturing into"):
+        Capture(tmp_path / "cap", 1.0, 10, ["x"])
+    first.close()
+    Capture(tmp_path / "cap", 1.0, 10, ["x"]).close()  # free again once closed
 
 
 def test_calibration_from_typed_errors(tmp_path):
