@@ -49,3 +49,54 @@ def test_torchrun_two_processes_match_one_and_rank0_writes(tmp_path):
     assert manifest["lineage"][-1]["duration_s"] == r0["step_s"]
     left = sorted(p.name for p in (tmp_path / "two").iterdir())
     assert left == ["distilled", "rank0.json", "rank1.json"]  # no temp folder of a 2nd writer
+
+
+STEPS_SCRIPT = '''
+import hashlib, json, os, sys
+import torch
+import modelopt_core as mo
+from modelopt_core.training import TrainConfig, fit
+from modelopt_demo.data import accuracy_fn, load_digits_data
+from modelopt_demo.models import SmallCNN
+
+torch.set_num_threads(1)
+d = load_digits_data(batch_size=32)
+train = [b for b in d.train if len(b[1]) == 32][:12]
+torch.manual_seed(0)
+m = SmallCNN(width=8)
+fit(m, train, config=TrainConfig(epochs=1, strategy="single"))
+s = mo.Session(m.eval(), (d.example,), train_data=train, eval_fn=accuracy_fn(d.test),
+               progress=False)
+s.apply("prune.unstructured", amount=0.5)
+s.apply("distill.self_ema", epochs=1)
+s.apply("prune.iterative", rounds=2, epochs_per_round=1, method="unstructured", ratio=0.7,
+        distill=True)
+a = s.apply("quantize.qat", epochs=1)
+h = hashlib.sha256()
+for k, v in a.model.state_dict().items():
+    h.update(k.encode() + v.detach().contiguous().numpy().tobytes())
+rec = {"sha": h.hexdigest(),
+       "zeros": [int((p == 0).sum()) for p in s.history[3].model.parameters()],
+       "history": [x.metadata.get("train_history") for x in s.history[1:]]}
+with open(os.path.join(sys.argv[1], "rank" + os.environ["RANK"] + ".json"), "w") as f:
+    json.dump(rec, f)
+'''
+
+
+def test_torchrun_self_ema_prune_finetune_and_qat_agree_across_ranks(tmp_path):
+    """The other training steps through the Session under torchrun: both ranks end with the
+    same weights (and kept zeros) and the same histories."""
+    script = tmp_path / "steps.py"
+    script.write_text(STEPS_SCRIPT)
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", str(script), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0 == r1
+    assert sum(r0["zeros"]) > 0  # the unstructured zeros were kept
+    # data-parallel, not two copies training alone: each rank took 6 of the 12 batches
+    assert r0["history"][1][0]["steps"] == 6
