@@ -52,7 +52,8 @@ PREFIX = "modelopt_serve"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-#: answered requests per variant kept for the live verdict (``GET /variants``)
+#: answered requests per variant kept for the live verdict (``GET /variants``; its largest
+#: ``window``)
 RECENT = 5000
 
 

@@ -1,4 +1,5 @@
-"""The routes of :mod:`modelopt_serve.variants`: ``GET /variants`` (the live verdict),
+"""The routes of :mod:`modelopt_serve.variants`: ``GET /variants[?window=N]`` (the live
+verdict over each variant's newest N answers, default 1000),
 ``POST /variants`` (set weights or promote, behind the admin token) and ``POST /feedback``
 (labels for answered requests).
 
@@ -19,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from .errors import AdminAuthError, AdminDisabledError, ServeError, VariantConfigError
+from .variants import VERDICT_SAMPLES
 
 __all__ = ["variant_routes"]
 
@@ -60,8 +62,14 @@ def variant_routes(app: FastAPI, vs: Any, token: str | None) -> None:
     """Add the routes to ``app`` for the :class:`~modelopt_serve.variants.VariantSet` ``vs``."""
 
     @app.get("/variants")
-    async def variants() -> Any:
-        return await asyncio.to_thread(vs.report)  # the bootstrap: off the event loop
+    async def variants(window: str = str(VERDICT_SAMPLES)) -> Any:
+        try:  # the bootstrap runs off the event loop
+            if not window.isdigit():
+                raise VariantConfigError(f"GET /variants: window={window!r}; expected a "
+                                         "count of answers per variant, e.g. ?window=500.")
+            return await asyncio.to_thread(vs.report, int(window))
+        except ServeError as e:
+            return _error(e)
 
     @app.post("/variants")
     async def set_variants(request: Request) -> Any:

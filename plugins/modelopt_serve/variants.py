@@ -27,14 +27,16 @@ from .errors import VariantConfigError, VariantSpecError
 from .feedback import FeedbackLog
 from .routing import Router
 
-__all__ = ["MIN_VERDICT", "VERDICT_SAMPLES", "VariantSet", "check_specs"]
+__all__ = ["MAX_WINDOW", "MIN_VERDICT", "VERDICT_SAMPLES", "VariantSet", "check_specs"]
 
 log = logging.getLogger("modelopt.serve")
 
 #: fewer answered requests per side than this: no verdict yet
 MIN_VERDICT = 20
-#: the newest answers per side the verdict uses (bounds the bootstrap's cost per GET)
+#: the newest answers per side the verdict uses by default (``GET /variants?window=N``: N)
 VERDICT_SAMPLES = 1000
+#: the most a ``window`` may ask for (each side's newest; bounds the bootstrap's cost)
+MAX_WINDOW = 5000
 
 
 def _spec_key(spec: Any) -> tuple[Any, ...]:
@@ -66,7 +68,7 @@ class VariantSet:
         self.agreement = {n: Agreement() for n in self.states}
         self.feedback = FeedbackLog(feedback_max)
         #: per variant: (monotonic end, seconds) of batcher submit -> result, the newest
-        self.model_times = {n: collections.deque(maxlen=VERDICT_SAMPLES) for n in self.states}
+        self.model_times = {n: collections.deque(maxlen=MAX_WINDOW) for n in self.states}
         primary = self.states[self.primary]
         for n, st in self.states.items():
             if n != self.primary:
@@ -124,18 +126,22 @@ class VariantSet:
 
     # ---- reporting -----------------------------------------------------------------------
 
-    def report(self) -> dict[str, Any]:
-        """``GET /variants``: the split, and per variant its figures and verdict."""
+    def report(self, window: int = VERDICT_SAMPLES) -> dict[str, Any]:
+        """``GET /variants``: the split, and per variant its figures and verdict over its
+        newest ``window`` answers."""
+        if not MIN_VERDICT <= window <= MAX_WINDOW:
+            raise VariantConfigError(f"GET /variants: window={window}; expected "
+                                     f"{MIN_VERDICT}..{MAX_WINDOW} answers per variant.")
         t = self.router.table
         return {"primary": self.primary, "shadows": list(t.shadows),
-                "weights": dict(t.weights), "version": t.version,
-                "variants": {n: self._one(n, st) for n, st in self.states.items()}}
+                "weights": dict(t.weights), "version": t.version, "window": window,
+                "variants": {n: self._one(n, st, window) for n, st in self.states.items()}}
 
-    def _one(self, name: str, st: Any) -> dict[str, Any]:
+    def _one(self, name: str, st: Any, window: int) -> dict[str, Any]:
         role = ("primary" if name == self.primary else
                 "shadow" if name in self.shadows else "live")
         m = st.metrics
-        recent = list(m.recent)
+        recent = list(m.recent)[-window:]
         ok = [s * 1e3 for _, s, code in recent if code == 200]
         counts = dict(m.counts)
         total = sum(counts.values())
@@ -149,23 +155,27 @@ class VariantSet:
             "feedback": self.feedback.accuracy(name)}
         if role == "shadow":
             out["agreement"] = self.agreement[name].summary()
-            out["model_ms"] = _latency([s * 1e3 for _, s in self.model_times[name]])
+            out["model_ms"] = _latency([s * 1e3 for _, s in
+                                        list(self.model_times[name])[-window:]])
         if name != self.primary:
-            out["vs_primary"] = self._verdict(name, role)
+            out["vs_primary"] = self._verdict(name, role, window)
         return out
 
-    def _verdict(self, name: str, role: str) -> dict[str, Any]:
+    def _verdict(self, name: str, role: str, window: int) -> dict[str, Any]:
         """B (this variant) against A (the primary), as ``modelopt compare`` says it: live
         variants on their request latency, shadows on their model time (submit to result;
-        a shadow's requests skip the HTTP decode and encode)."""
+        a shadow's requests skip the HTTP decode and encode); each side's newest ``window``
+        answers, cut to the span of time both cover."""
         if role == "shadow":
             basis = "model time (batcher submit to result)"
-            a = [s for _, s in self.model_times[self.primary]]
-            b = [s for _, s in self.model_times[name]]
+            ta, tb = (list(self.model_times[n])[-window:] for n in (self.primary, name))
         else:
             basis = "request latency (200 answers)"
-            a, b = (_ok_seconds(self.states[n].metrics.recent) for n in (self.primary, name))
-        a, b = a[-VERDICT_SAMPLES:], b[-VERDICT_SAMPLES:]
+            ta, tb = (_ok(self.states[n].metrics.recent)[-window:]
+                      for n in (self.primary, name))
+        # the same stretch of time on both sides: a load that drifts hits both alike
+        since = max(ta[0][0] if ta else 0.0, tb[0][0] if tb else 0.0)
+        a, b = ([s for t, s in side if t >= since] for side in (ta, tb))
         out: dict[str, Any] = {"basis": basis, "n_a": len(a), "n_b": len(b)}
         if min(len(a), len(b)) < MIN_VERDICT:
             return {**out, "verdict": None, "reason": f"fewer than {MIN_VERDICT} answered "
@@ -188,8 +198,9 @@ class VariantSet:
                                           GaugeMetricFamily)
 
 
-def _ok_seconds(recent: Any) -> list[float]:
-    return [s for _, s, code in list(recent) if code == 200]
+def _ok(recent: Any) -> list[tuple[float, float]]:
+    """(end, seconds) of the 200 answers."""
+    return [(t, s) for t, s, code in list(recent) if code == 200]
 
 
 def _latency(ms: list[float]) -> dict[str, Any]:
