@@ -16,8 +16,10 @@ data-parallel with no distributed code of its own. Fabric and torch are imported
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from .errors import ConfigError
@@ -137,6 +139,19 @@ _PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 _SINGLE: dict[tuple[Any, ...], Any] = {}
 
 
+@contextlib.contextmanager
+def _fabric_quiet() -> Iterator[None]:
+    """Fabric's INFO lines ("Using bfloat16 Automatic Mixed Precision") go to stderr through
+    its own handler; while it is set up they are held back (warnings still show)."""
+    logger = logging.getLogger("lightning_fabric")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _single_fabric(accel: str, devices: Any, precision: str) -> Any:
     """A one-process Fabric, kept per (accelerator, devices, precision): building one scans
     every installed package's entry points (~0.1 s), and a training step may call fit many
@@ -145,8 +160,9 @@ def _single_fabric(accel: str, devices: Any, precision: str) -> Any:
 
     key = (accel, devices, precision)
     if precision == "16-mixed" or key not in _SINGLE:
-        fabric = Fabric(accelerator=accel, devices=list(devices) if accel == "cuda" else 1,
-                        precision=precision)
+        with _fabric_quiet():
+            fabric = Fabric(accelerator=accel, devices=list(devices) if accel == "cuda" else 1,
+                            precision=precision)
         if precision == "16-mixed":
             return fabric
         _SINGLE[key] = fabric
@@ -170,10 +186,12 @@ class Strategy:
         self.world, self.rank = world_info() if kind == "ddp" else (1, 0)
         if kind == "ddp":
             local = _local_world()
-            self.fabric = Fabric(accelerator=accel, devices=local,
-                                 num_nodes=max(1, self.world // local), precision=prec,
-                                 strategy=DDPStrategy(cluster_environment=_group_environment()))
-            self.fabric.launch()  # joins the existing group: nothing is spawned
+            with _fabric_quiet():
+                self.fabric = Fabric(accelerator=accel, devices=local,
+                                     num_nodes=max(1, self.world // local), precision=prec,
+                                     strategy=DDPStrategy(
+                                         cluster_environment=_group_environment()))
+                self.fabric.launch()  # joins the existing group: nothing is spawned
         else:
             devices = [device.index or 0] if accel == "cuda" else 1
             self.fabric = _single_fabric(accel, tuple(devices) if accel == "cuda" else 1, prec)
