@@ -172,6 +172,10 @@ def _run_serve(args: argparse.Namespace) -> int:
             raise mo.ConfigError("--replica-mode applies to modelopt serve's own replicas; "
                                  "with --ray every replica is a Ray actor process already: "
                                  "leave it out.")
+        if args.capture:
+            raise mo.ConfigError("--capture writes one folder from one process; with --ray "
+                                 "every replica is a process: capture on a modelopt serve "
+                                 "without --ray.")
         _need("ray", 'pip install -e ".[serve-ray]"')
         from modelopt_serve.server import serve_ray
 

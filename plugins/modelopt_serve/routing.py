@@ -167,6 +167,15 @@ class Router:
             self.table = self._build(new, tuple(shadows), t.version + 1)
             return self.table
 
+    def apply(self, weights: Mapping[str, float], shadows: Sequence[str], version: int) -> bool:
+        """Take a table decided elsewhere (another Ray replica's promotion, through
+        :mod:`modelopt_serve.ray_deploy`'s store) when ``version`` is newer than ours."""
+        with self._update:
+            if version <= self.table.version or set(weights) != set(self.names):
+                return False
+            self.table = self._build(dict(weights), tuple(shadows), version)
+            return True
+
     def _known(self, name: Any) -> None:
         if name not in self.names:
             raise VariantConfigError(f"POST /variants: {name!r} is not a variant of this "

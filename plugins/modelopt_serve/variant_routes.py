@@ -88,6 +88,8 @@ def variant_routes(app: FastAPI, vs: Any, token: str | None) -> None:
             table = vs.router.update(weights=weights, promote=body.get("promote"))
         except ServeError as e:
             return _error(e)
+        if vs.on_change is not None:
+            vs.on_change(table)
         log.info(json.dumps({"event": "variants_changed", "weights": table.weights,
                              "shadows": list(table.shadows), "version": table.version}))
         return {"weights": table.weights, "shadows": list(table.shadows),

@@ -67,6 +67,8 @@ class VariantSet:
         self.router = router
         self.agreement = {n: Agreement() for n in self.states}
         self.feedback = FeedbackLog(feedback_max)
+        #: called with the new table after ``POST /variants`` changed it (Ray: shares it)
+        self.on_change: Any = None
         #: per variant: (monotonic end, seconds) of batcher submit -> result, the newest
         self.model_times = {n: collections.deque(maxlen=MAX_WINDOW) for n in self.states}
         primary = self.states[self.primary]
