@@ -289,3 +289,24 @@ def test_cli_serves_variants(arts):
         assert load_test(server.url, requests=50)["variant_counts"] == {"A": 50}
         m = server.metrics()
         assert m[("modelopt_serve_requests_total", (("status", "200"),))] == 450
+
+
+def test_capture_keeps_only_the_primarys_inputs(arts, tmp_path):
+    from modelopt_core.captured import read_captured
+
+    cap = tmp_path / "capture"
+    sent_a = []
+    with serve_in_thread(arts["A"], name="A", variants={"B": arts["B"]}, shadow=[],
+                         capture={"folder": cap, "rate": 1.0, "max_samples": 1000, "seed": 0},
+                         **FAST) as url, httpx.Client() as c:
+        for i in range(60):
+            x = torch.randn(1, 8)
+            who = ("A", "B")[i % 3 == 0]  # 40 to A, 20 to B
+            assert _post(c, url, arts, x, x_variant=who).headers["x-variant"] == who
+            if who == "A":
+                sent_a.append(x)
+    got = read_captured(cap, mo.load_artifact(arts["A"]).inputs)  # closed: flushed
+    assert got.count == 40  # B's requests were not captured
+    rows = torch.from_numpy(got.arrays[arts["name"]])
+    want = torch.cat(sent_a)
+    assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, want.tolist()))
