@@ -11,7 +11,10 @@ constants, names), their defaults, the values their closures hold and the module
 functions/data they name (to a small depth): two ``eval_fn`` lambdas over different test
 sets differ; an ``eval_fn`` whose behaviour depends on state it does not hold (a file it
 reads, a global it mutates) cannot be seen: give such an object a string attribute
-``modelopt_fingerprint`` that names its state, or a ``Session(data_fingerprint=...)``.
+``modelopt_fingerprint`` that names its state, or a ``StepCache(dir, data_fingerprint=...)``.
+A dataset object is fingerprinted by its attributes: one that reads files as it is iterated
+is seen by the paths it holds, not by the files' bytes (name their version in
+``modelopt_fingerprint`` when they change in place).
 """
 
 from __future__ import annotations

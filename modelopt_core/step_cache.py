@@ -115,8 +115,9 @@ class StepCache:
         cache when computed before, else computed and stored."""
         try:
             key, parts = self.key(session, inst, art, ctx)
-        except Unfingerprintable as e:
-            why = f"{inst.kind} {inst.name!r} not cached: {e}"
+        except Exception as e:  # noqa: BLE001 - what cannot be keyed is computed, not cached
+            said = str(e) if isinstance(e, Unfingerprintable) else f"{type(e).__name__}: {e}"
+            why = f"{inst.kind} {inst.name!r} not cached: {said[:300]}"
             if why not in self.uncached:
                 self.uncached.append(why)
                 log.info("step cache: %s", why)
