@@ -142,3 +142,41 @@ def test_kd_loss_is_one_public_function():
     import modelopt_distill
 
     assert mo.kd_loss is training.kd_loss is modelopt_distill.kd_loss
+
+
+def _save_on_two_ranks(rank, folder):
+    """One process of a 2-process gloo group: save an artifact twice (the second save fails on
+    rank 0), record what each save returned."""
+    import json
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank,
+                            world_size=2)
+    try:
+        art = mo.Session(model(), (torch.randn(1, 6),), progress=False).current
+        got = {"ok": str(art.save(Path(folder) / "art"))}
+        blocker = Path(folder) / "blocker"
+        if rank == 0:
+            blocker.write_text("a file, not an artifact folder")  # rank 0's save fails
+        try:
+            art.save(blocker)
+        except mo.ArtifactError as e:
+            got["error"] = str(e)
+        (Path(folder) / f"r{rank}.json").write_text(json.dumps(got))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_artifact_save_in_a_group_rank0_writes_others_wait_and_share_failure(tmp_path):
+    import json
+
+    import torch.multiprocessing as tmp
+
+    tmp.spawn(_save_on_two_ranks, args=(str(tmp_path),), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"r{r}.json").read_text()) for r in (0, 1))
+    assert r0["ok"] == r1["ok"] and (tmp_path / "art" / "manifest.json").exists()
+    # rank 0's own error; rank 1 is told that rank 0 failed, and wrote nothing
+    assert "blocker" in r0["error"] and "rank 0" in r1["error"]
+    assert "wrote nothing" in r1["error"] and (tmp_path / "blocker").is_file()
