@@ -11,7 +11,8 @@
   ``module:callable`` model, whose input rank is known only from the data, every file holds
   several samples (save one sample with a leading dim of 1).
 - a folder of ``.npz`` files, each like ``data.npz`` (several samples per input), for models
-  with several inputs.
+  with several inputs. A capture folder (``modelopt serve --capture DIR``) is one; its own
+  flag, ``--calibration-from DIR`` (:mod:`.captured`), reads it through its manifest.
 
 ``--eval`` is ``eval.npz`` (the inputs as above plus ``labels``: one integer class per sample)
 or ``labels.npy`` (one integer class per calibration sample: the last quarter of the
