@@ -222,8 +222,7 @@ def use_captured(session: Any, calibration_from: str | Path | None,
     calibrated = cal.describe() if cal is not None else None
     if ev is not None:
         held = batch_samples(ev.arrays, size, keep_partial=keep)
-        original = session.original
-        agree = AgreementPercent(Agreement(held, lambda: session.runner(artifact=original)))
+        agree = AgreementPercent(Agreement(held, _Reference(session.original)))
         who = "a quarter of the capture held out from calibration" if cal is not None and \
             cal.folder.resolve() == ev.folder.resolve() else "captured traffic"
 
@@ -233,11 +232,24 @@ def use_captured(session: Any, calibration_from: str | Path | None,
                     f": {who}, no labels")
 
         session.eval_fn = CapturedEval(agree, metric, calibrated,
-                                       _agreement_fingerprint(ev, original))
+                                       _agreement_fingerprint(ev, session.original))
     elif calibrated is not None and session.eval_fn is not None:
         fn = session.eval_fn
         session.eval_fn = CapturedEval(
             fn, getattr(fn, "metric", None) or "the recipe's eval_fn", calibrated)
+
+
+class _Reference:
+    """The production model's runner, on the runtime it carries (else its format's reference
+    backend): a plain object, so the eval_fn pickles to search workers (``--ray``)."""
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+
+    def __call__(self) -> Any:
+        from .plugins import load_runner
+
+        return load_runner(self.original)
 
 
 def _batch(specs: tuple[TensorSpec, ...] | None, batch_size: int | None) -> int:

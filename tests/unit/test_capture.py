@@ -241,3 +241,7 @@ def test_one_capture_for_both_purposes_is_split_never_shared(tmp_path):
     assert metric.startswith("top-1 agreement with the production model (%) on 15 captured")
     assert f"calibrated on 45 captured sample(s) from {tmp_path}" in metric
     assert isinstance(s.eval_fn.modelopt_fingerprint, str)  # the step cache can key on it
+    import cloudpickle  # search workers on Ray get the eval_fn pickled
+
+    again = cloudpickle.loads(cloudpickle.dumps(s.eval_fn))
+    assert again(s.runner()) == 100.0 and again.metric == metric
