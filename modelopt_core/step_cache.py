@@ -7,10 +7,12 @@ recovery, another precision or target) and a second search over the same recipe 
 artifact of the session's history before it (the original is the distillation teacher and the
 accuracy reference), the step (component kind, name, its whole config with defaults), the
 component (its class, plugin and version, and modelopt's version), and a fingerprint of
-everything the step could consume (:mod:`modelopt_core.fingerprint`): the example inputs,
-``calibration_data``, ``train_data``, ``eval_fn``, ``task_loss`` and the device. Every step
-is given the session's whole data (its ``needs`` list what it requires, not what it may
-read), so all of it is in the key.
+everything the step could consume (:mod:`modelopt_core.fingerprint`): ``calibration_data``,
+``train_data``, ``eval_fn``, ``task_loss``, the device, and the example inputs' shapes and
+dtypes. Every step is given the session's whole data (its ``needs`` list what it requires,
+not what it may read), so all of it is in the key. The example inputs' values are not: they
+only trace the model (a recipe's are random numbers), so a result traced on other values is
+as valid as a recomputation's.
 
 **Not cached** (said once per reason in :attr:`StepCache.uncached`, and in the step's notes):
 a step whose data cannot be fingerprinted faithfully (a one-shot iterator, an object of
@@ -51,7 +53,7 @@ log = logging.getLogger("modelopt")
 
 #: bump when the key or the entry layout changes
 CACHE_VERSION = 1
-_DATA = ("example_inputs", "calibration_data", "train_data", "eval_fn", "task_loss")
+_DATA = ("calibration_data", "train_data", "eval_fn", "task_loss")
 
 
 def key_of(parts: dict[str, Any]) -> str:
@@ -96,6 +98,8 @@ class StepCache:
             data["declared"] = self.data_fingerprint
         for name in _DATA:
             data[name] = data_fingerprint(getattr(ctx, name), name)
+        # example inputs fix shapes and dtypes (a recipe's are random values)
+        data["example_inputs"] = [[str(x.dtype), list(x.shape)] for x in ctx.example_inputs]
         parts = {
             "cache": CACHE_VERSION, "input": artifact_hash(art),
             "history": [artifact_hash(a) for a in ctx.history],

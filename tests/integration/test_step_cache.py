@@ -160,3 +160,55 @@ def test_trials_share_a_prefix_and_a_second_search_reuses_every_step(tmp_path):
     md = (tmp_path / "b" / "report.md").read_text()
     assert f"Step cache: {hits} step(s) loaded" in md and "0 computed here" in md
     assert res.best is not None
+
+
+HELPER = '''
+import torch
+from modelopt_demo.data import accuracy_fn, load_digits_data
+from modelopt_demo.models import SmallCNN
+
+def model(path):
+    m = SmallCNN(width=8)
+    m.load_state_dict(torch.load(path))
+    return m.eval()
+
+def data():
+    d = load_digits_data()
+    return {"calibration_data": d.calibration[:4], "train_data": d.train[:6],
+            "eval_fn": accuracy_fn(d.test)}
+'''
+
+
+def test_cli_second_optimize_loads_its_steps_from_the_given_cache(tmp_path, capsys):
+    from modelopt_core.cli import main
+
+    m, _ = trained_digits_cnn()
+    torch.save(m.state_dict(), tmp_path / "w.pt")
+    (tmp_path / "cache_helper.py").write_text(HELPER)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'''
+model = "cache_helper:model"
+model_kwargs = {{path = "{tmp_path / 'w.pt'}"}}
+example_inputs = [[1, 1, 8, 8]]
+data = "cache_helper:data"
+[search]
+target = "torch"
+trials = 1
+threads = 1
+max_accuracy_drop = 50.0
+profiler_options = {{latency = {{min_time_s = 0.02, warmup = 1}}}}
+[search.space]
+prune = ["prune.structured"]
+recovery = ["distill.logits"]
+precision = ["none"]
+[search.space.fixed]
+"prune.structured" = {{ratio = 0.3, importance = "l1", scope = "local"}}
+"distill.logits" = {{epochs = 1, temperature = 4.0, alpha = 0.5}}
+''')
+    assert main(["optimize", str(recipe), "--out", str(tmp_path / "o1")]) == 0
+    assert "Step cache" not in capsys.readouterr().out  # all computed the first time
+    assert main(["optimize", str(recipe), "--out", str(tmp_path / "o2"),
+                 "--step-cache", str(tmp_path / "o1" / "step-cache")]) == 0
+    text = capsys.readouterr().out
+    assert "Step cache: 2 step(s) loaded, not recomputed." in text  # the terminal summary
+    assert not (tmp_path / "o2" / "step-cache").exists()
