@@ -10,6 +10,8 @@ import pytest
 # make ``from helpers import state_hash`` work from every test folder
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pg_fixture import postgres_server, postgres_url  # noqa: F401 (a real PostgreSQL)
+
 
 def pytest_configure(config):
     """Under pytest-xdist each worker is one process per core: one torch thread each, so the
