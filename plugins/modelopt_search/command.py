@@ -41,7 +41,12 @@ EXAMPLES = """examples:
   modelopt optimize docs/recipes/digits-search.toml
   modelopt optimize recipe.toml --trials 40 --time-budget-s 1800 --out out/search
   modelopt optimize recipe.toml --storage postgresql://user:pw@db/modelopt  (one study,
-                                   several machines: run the same command on each)"""
+                                   several machines: run the same command on each)
+  modelopt optimize recipe.toml --ray 10.0.0.5:6379 --storage postgresql://user:pw@db/mo
+                                   trials on every node of a Ray cluster, one study in
+                                   PostgreSQL; best/ confirmed on this machine
+  modelopt optimize recipe.toml --ray   a Ray cluster started here (`ray start --head`), else
+                                   a new local one; the study stays OUT/study.db"""
 
 _SEARCH_KEYS = {"target", "objective", "max_accuracy_drop", "trials", "time_budget_s",
                 "storage", "study_name", "seed", "space", "runtime_options",
@@ -83,6 +88,13 @@ def setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="Optuna RDB URL shared by workers (default: "
                                      "sqlite:///OUT/study.db)")
     p.add_argument("--study-name", help="study name in the storage")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run the trials on a Ray cluster: ADDRESS of its head node (HOST:PORT "
+                        "or ray://HOST:PORT); no ADDRESS: RAY_ADDRESS, a cluster started on "
+                        "this machine, else a new local one. Several machines need --storage "
+                        "postgresql://...")
+    p.add_argument("--ray-workers", type=int, metavar="N",
+                   help="worker slots on the Ray cluster (default: its CPUs / threads)")
     p.add_argument("--seed", type=int, help="sampler seed")
     p.add_argument("--step-cache", metavar="DIR",
                    help="folder of computed steps trials reuse (shared by workers; 'off': "
@@ -175,6 +187,9 @@ def run(args: argparse.Namespace) -> int:
         time_budget_s=args.time_budget_s or search.get("time_budget_s"),
         space=search.get("space"), storage=args.storage or search.get("storage"),
         study_name=args.study_name or search.get("study_name"),
+        executor="local" if getattr(args, "ray", None) is None else "ray",
+        ray_address=getattr(args, "ray", None) or None,
+        ray_workers=getattr(args, "ray_workers", None),
         seed=args.seed if args.seed is not None else search.get("seed", 0), out_dir=out,
         runtime_options=search.get("runtime_options"),
         profiler_options=search.get("profiler_options"), threads=search.get("threads"),

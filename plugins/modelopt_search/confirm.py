@@ -197,13 +197,18 @@ def contenders(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The trials the end of a latency search re-times side by side: the CONFIRM_TOP fastest
     feasible ones by their own trial's timing, then the fastest feasible one of each backend
     not among them (one trial's timing is taken alone: a runtime a few percent behind by it
-    may be ahead side by side)."""
+    may be ahead side by side). Trials timed on different Ray nodes (their ``node``) are
+    ranked per node: timings of different machines are not compared with each other."""
     ranked = ranked_rows(rows, "objective")
-    out = ranked[:CONFIRM_TOP]
-    for r in ranked[CONFIRM_TOP:]:
-        if r.get("backend") not in {o.get("backend") for o in out}:
-            out.append(r)
-    return out
+    out: list[dict[str, Any]] = []
+    for node in dict.fromkeys(r.get("node") for r in ranked):
+        mine = [r for r in ranked if r.get("node") == node]
+        top = mine[:CONFIRM_TOP]
+        for r in mine[CONFIRM_TOP:]:
+            if r.get("backend") not in {o.get("backend") for o in top}:
+                top.append(r)
+        out += top
+    return sorted(out, key=ranked.index)
 
 
 def _block(runs: int) -> int:

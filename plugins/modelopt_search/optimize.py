@@ -102,9 +102,14 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
              runtime_options: dict[str, Any] | None = None,
              profiler_options: dict[str, dict[str, Any]] | None = None,
              threads: int | None = None, profilers: list[str] | None = None,
-             step_cache: Any = None) -> SearchResult:
+             step_cache: Any = None,
+             executor: str = "local", ray_address: str | None = None,
+             ray_workers: int | None = None) -> SearchResult:
     """Search recipes for ``target`` minimizing ``objective`` within ``max_accuracy_drop``
-    points of ``eval_fn``; see :meth:`modelopt_core.Session.optimize`. ``profilers``: the
+    points of ``eval_fn``; see :meth:`modelopt_core.Session.optimize`. ``executor="ray"``:
+    the trials run on the Ray cluster at ``ray_address`` (None: ``RAY_ADDRESS``, a cluster
+    ``ray start`` runs here, else a new local one), ``ray_workers`` worker slots (default:
+    the nodes' CPUs / ``threads``); see :mod:`.ray_search`. ``profilers``: the
     profilers every trial runs besides the search's own (accuracy, latency, size); None:
     every available profiler an installed plugin outside modelopt-core registers, so its
     columns reach the tables. ``step_cache``: the folder of the steps trials share (see
@@ -140,7 +145,47 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
     tname = "+".join(targets)
     out = Path(out_dir or f"modelopt-search-{tname}-{objective}")
     out.mkdir(parents=True, exist_ok=True)
+    cluster = _cluster(executor, ray_address)
     storage = storage or f"sqlite:///{out.resolve()}/study.db"
+    try:
+        return _optimize(session, cluster, ray_workers, targets, objective, max_accuracy_drop,
+                         budget_trials, time_budget_s, full, said, out, storage, study_name,
+                         seed, runtime_options, profiler_options, threads, profilers,
+                         step_cache, t0)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _cluster(executor: str, address: str | None) -> Any:
+    """The Ray cluster the trials run on (``executor="ray"``), or None (this process)."""
+    if executor not in ("local", "ray"):
+        raise SearchError(f"optimize: executor must be 'local' or 'ray', got {executor!r}.")
+    if executor == "local":
+        if address is not None:
+            raise SearchError("optimize: ray_address needs executor='ray'.")
+        return None
+    from .ray_search import connect
+
+    return connect(address)
+
+
+def _optimize(session: mo.Session, cluster: Any, ray_workers: int | None,
+              targets: list[str], objective: str, max_accuracy_drop: float,
+              budget_trials: int | None, time_budget_s: float | None, full: dict[str, Any],
+              said: list[str], out: Path, storage: str, study_name: str | None, seed: int,
+              runtime_options: dict[str, Any] | None,
+              profiler_options: dict[str, dict[str, Any]] | None, threads: int | None,
+              profilers: list[str] | None, step_cache: Any, t0: float) -> SearchResult:
+    """:func:`optimize` once its arguments are checked; ``cluster``: the Ray cluster the
+    trials run on (None: this process)."""
+    here = True  # every worker runs on this machine
+    if cluster is not None:
+        from .ray_search import check_storage
+
+        here = check_storage(cluster, storage, out)
+    source = session.original.format
+    tname = "+".join(targets)
     name = study_name or f"modelopt-{tname}-{objective}"
     ro = dict(runtime_options or {})
     rt = {}
@@ -156,9 +201,22 @@ def optimize(session: mo.Session, target: str | list[str] = "onnxruntime",
     search.notes = _metric_note(session) + said
     search.use_cache(step_cache)
     study = open_study(storage, name, seed, ["maximize", "minimize"])
+    on = None
+    if cluster is not None:
+        from .ray_search import RayTrials
+
+        cache = getattr(search, "step_cache", None)
+        on = RayTrials(cluster, search, study, {
+            "storage": storage, "study_name": name, "seed": seed, "targets": targets,
+            "objective": objective, "max_drop": float(max_accuracy_drop), "space": full,
+            "runtime_options": rt, "profiler_options": popts, "threads": threads,
+            "extra_profilers": search.extra_profilers,
+            "step_cache": str(cache.folder) if here and cache is not None else None,
+            "out": str(out.resolve()) if here else None},
+            ray_workers)
     try:
         return _search(session, search, study, full, targets, objective, budget_trials,
-                       time_budget_s, threads, t0)
+                       time_budget_s, threads, t0, on)
     except storage_errors() as e:  # the storage failed mid-search (a damaged file...)
         raise storage_error(storage, e) from e
 
@@ -188,9 +246,11 @@ def extra_profilers(pm: Any, names: list[str] | None) -> list[str]:
 
 def _search(session: mo.Session, search: _Search, study: Any, full: dict[str, Any],
             targets: list[str], objective: str, budget_trials: int | None,
-            time_budget_s: float | None, threads: int | None, t0: float) -> SearchResult:
+            time_budget_s: float | None, threads: int | None, t0: float,
+            on: Any = None) -> SearchResult:
     """The search itself, on the opened study (see :func:`optimize`); ``t0``: when the
-    call began (the time budget counts from there)."""
+    call began (the time budget counts from there); ``on``: the
+    :class:`.ray_search.RayTrials` that run the trials on a Ray cluster (None: here)."""
     out = search.out
     # the end's reserve: the confirmation (latency) and the final report
     reserve = WRITE_S + (2 * CONFIRM_S if objective == "latency" else 0.0)
@@ -215,8 +275,12 @@ def _search(session: mo.Session, search: _Search, study: Any, full: dict[str, An
     # the first estimate of a measurement: the baseline's (a resumed study: as stored)
     search.record("measure", float(study.user_attrs.get("baseline_s", 1.0)))
     budget = _SpokenBudget(search, budget_trials, time_budget_s, t0, reserve_s=reserve)
-    _run_trials(study, search, budget,
-                None if time_budget_s is None else time_budget_s - reserve, t0)
+    if on is not None:  # on the cluster's workers; their contenders' artifacts come back
+        on.run(budget, None if time_budget_s is None else time_budget_s - reserve, t0)
+        on.save_best()
+    else:
+        _run_trials(study, search, budget,
+                    None if time_budget_s is None else time_budget_s - reserve, t0)
     rows = trial_rows(study)
     best = best_row(rows, "objective")
     saved = search.load_saved_best(rows)  # an earlier run's or another worker's best/

@@ -20,19 +20,9 @@ from typing import Any
 from .errors import SearchError
 from .rows import best_row, pareto_rows, ranked_rows, write_json
 
-__all__ = [
-    "best_row",
-    "claim_trial",
-    "open_study",
-    "owner_is_dead",
-    "pareto_rows",
-    "ranked_rows",
-    "recover_stale",
-    "storage_error",
-    "storage_errors",
-    "trial_rows",
-    "write_json",
-]
+__all__ = ["best_row", "claim_trial", "masked", "open_study", "owner_is_dead", "pareto_rows",
+           "ranked_rows", "recover_stale", "storage_error", "storage_errors", "trial_rows",
+           "write_json"]
 
 
 def _optuna() -> Any:
@@ -54,6 +44,10 @@ def worker_id() -> str:
 
 #: user attribute naming the process that runs a trial (see :func:`claim_trial`)
 OWNER = "owner"
+#: user attribute naming the Ray node and worker slot that runs a trial (see :mod:`.ray_worker`)
+RAY = "ray"
+#: what :func:`claim_trial` records besides: a Ray worker sets ``{RAY: {...}}`` here
+CLAIM_TAGS: dict[str, Any] = {}
 
 
 def _read(path: str) -> str:
@@ -91,6 +85,8 @@ def claim_trial(trial: Any) -> None:
     """Record this process as the one running ``trial`` (the first thing a trial does)."""
     trial.set_user_attr(OWNER, owner_record(trial._trial_id))
     trial.set_user_attr("worker", worker_id())
+    for k, v in CLAIM_TAGS.items():
+        trial.set_user_attr(k, v)
 
 
 def owner_is_dead(owner: Any, trial_id: int) -> bool:
@@ -164,6 +160,17 @@ def _corrupt(path: Path, why: str) -> SearchError:
         "the way to start over in this one.")
 
 
+def masked(storage: str) -> str:
+    """``storage`` for a message: the password of an RDB URL shown as ``***``."""
+    try:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        return make_url(storage).render_as_string(hide_password=True)
+    except (ImportError, ArgumentError, ValueError):  # not a URL: no password to hide
+        return storage
+
+
 def storage_error(storage: str, e: BaseException) -> SearchError:
     """A :class:`SearchError` for an error of the study's storage: a corrupt SQLite file is
     named as such; anything else names the storage and the cause."""
@@ -173,7 +180,7 @@ def storage_error(storage: str, e: BaseException) -> SearchError:
         if why is not None:
             return _corrupt(path, why)
     cause = e.__cause__ or e
-    return SearchError(f"optimize: the study storage {storage!r} failed ({type(cause).__name__}: "
+    return SearchError(f"optimize: the study storage {masked(storage)!r} failed ({type(cause).__name__}: "
                        f"{str(cause)[:300]}). Check that it is reachable and intact; a "
                        "damaged study cannot be resumed: start a new one with a new --out "
                        "folder (or --storage).")
@@ -202,7 +209,7 @@ def _retry_callback(optuna: Any) -> dict[str, Any]:
         def __call__(self, study: Any, trial: Any) -> None:
             trial = copy.deepcopy(trial)
             trial.user_attrs = {k: v for k, v in trial.user_attrs.items()
-                                if k not in (OWNER, "worker")}
+                                if k not in (OWNER, "worker", RAY)}
             super().__call__(study, trial)
 
     return {"heartbeat_stale_trial_callback": Retry(max_retry=1)}
@@ -238,7 +245,8 @@ def open_study(storage: str, study_name: str, seed: int, directions: list[str]) 
                 continue
             if db is not None and _sqlite_problem(db) is not None:
                 raise _corrupt(db, _sqlite_problem(db) or "") from e
-            raise SearchError(f"optimize: cannot open storage {storage!r}: {e}. Give an "
+            raise SearchError(f"optimize: cannot open storage {masked(storage)!r}: "
+                              f"{str(e).replace(storage, masked(storage))[:400]}. Give an "
                               "Optuna RDB URL such as sqlite:///out/study.db or "
                               "postgresql://user:pass@host/db.") from e
     if db is not None:
@@ -254,12 +262,12 @@ def open_study(storage: str, study_name: str, seed: int, directions: list[str]) 
             except optuna.exceptions.DuplicatedStudyError:  # created meanwhile: load it
                 time.sleep(0.2)
         if study is None:
-            raise SearchError(f"optimize: study {study_name!r} in {storage} could not be "
+            raise SearchError(f"optimize: study {study_name!r} in {masked(storage)} could not be "
                               "created or loaded (another worker kept creating it); run "
                               "again.")
         if list(study.directions) != [getattr(optuna.study.StudyDirection, d.upper())
                                       for d in directions]:
-            raise SearchError(f"optimize: study {study_name!r} in {storage} optimizes "
+            raise SearchError(f"optimize: study {study_name!r} in {masked(storage)} optimizes "
                               f"{[d.name.lower() for d in study.directions]}, not "
                               f"{directions}; use another study_name or out_dir.")
         recover_stale(study, lock=_recovery_lock_path(storage, study_name))
@@ -318,12 +326,13 @@ def _host_lock(path: Path | None) -> Iterator[None]:
         yield
 
 
-def recover_stale(study: Any, lock: Path | None = None) -> list[int]:
+def recover_stale(study: Any, lock: Path | None = None, dead: Any = None) -> list[int]:
     """Trials left RUNNING by a killed process of this host are marked failed and their recipe
     re-queued; returns their numbers. A trial counts as a dead worker's only when its owner
     record (:func:`claim_trial`) was written for that very trial by a process of this host
     that is gone: a live worker's trial, one not claimed yet, or one of another machine is
-    never touched (Optuna's heartbeat fails those once stale). Workers of one host recover
+    never touched (Optuna's heartbeat fails those once stale); ``dead(trial)``, given, judges
+    instead (a Ray worker the cluster reports dead). Workers of one host recover
     one at a time (under ``lock``), and a trial another worker finished meanwhile is left as
     it is, so each dead trial is re-queued once."""
     optuna = _optuna()
@@ -332,7 +341,7 @@ def recover_stale(study: Any, lock: Path | None = None) -> list[int]:
         waiting = [dict(t.params) for t in study.get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.WAITING,))]
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            if not owner_is_dead(t.user_attrs.get(OWNER), t._trial_id):
+            if not (dead(t) if dead else owner_is_dead(t.user_attrs.get(OWNER), t._trial_id)):
                 continue
             try:
                 if not study._storage.set_trial_state_values(
@@ -340,10 +349,11 @@ def recover_stale(study: Any, lock: Path | None = None) -> list[int]:
                     continue
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # finished meanwhile (its heartbeat check, another worker)
-            if t.params and dict(t.params) not in waiting:  # (its own failed copy must not
-                study.enqueue_trial(dict(t.params),             # count as "exists")
-                                    user_attrs={"requeued_from": t.number})
-                waiting.append(dict(t.params))
+            # its recipe: as drawn, or (killed before its first draw) as it was queued
+            params = dict(t.params) or dict(t.system_attrs.get("fixed_params") or {})
+            if params and params not in waiting:  # (its own failed copy must not count as
+                study.enqueue_trial(params, user_attrs={"requeued_from": t.number})  # exists)
+                waiting.append(params)
             stale.append(t.number)
     return stale
 
@@ -376,6 +386,9 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
         row.setdefault("step", f"trial {t.number}")
         row["trial"] = t.number
         row["state"] = t.state.name.lower()
+        ray = t.user_attrs.get(RAY)
+        if isinstance(ray, dict):  # where it ran: the Ray node (host/node id)
+            row["node"] = f"{ray.get('host')}/{str(ray.get('node_id'))[:8]}"
         if t.state != optuna.trial.TrialState.COMPLETE:
             row["feasible"] = False
         if t.datetime_start and t.datetime_complete:

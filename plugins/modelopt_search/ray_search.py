@@ -1,0 +1,367 @@
+"""A search on a Ray cluster (``modelopt optimize --ray [ADDRESS]``,
+``Session.optimize(..., executor="ray")``): the driver measures the baseline, then starts one
+Ray task per worker slot (``threads`` CPUs each, in a placement group spread over the
+cluster's nodes); each runs the search's trial loop against the shared Optuna study
+(:mod:`.ray_worker`), as several ``modelopt optimize`` processes sharing one RDB study do.
+The driver follows the study (one line per finished trial, the reports rewritten), puts a
+dead worker's running trial back in the queue and starts a worker for the rest of its share,
+then checks and loads the contenders' artifacts the workers send back; the end's
+side-by-side re-timing (:func:`.confirm.confirm`) runs on the driver's machine alone.
+
+A SQLite study is shared only by the processes of one machine (its claims are serialized by
+a host lock), so with a cluster of several machines the study must be an RDB every node
+reaches (``--storage postgresql://...``): :func:`check_storage` refuses otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+import modelopt_core as mo
+
+from .errors import SearchError
+from .study import RAY, masked, recover_stale, trial_rows
+
+if TYPE_CHECKING:
+    from .budget import _Budget
+    from .trials import _Search
+
+__all__ = ["RayCluster", "connect"]
+
+#: a worker slot whose worker died is started again (for the rest of its trials) this often
+MAX_RESTARTS = 2
+#: seconds the driver waits for the cluster to place the workers' CPUs
+PLACE_S = 120.0
+#: the driver rewrites trials.json and the reports at most this often while workers run
+WRITE_EVERY_S = 5.0
+
+_log = logging.getLogger("modelopt_search.optimize")
+
+
+def _reachable(address: str) -> None:
+    """A typed error naming ``address`` when nothing listens there (``ray.init`` would wait
+    for minutes before failing)."""
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SearchError(f"optimize --ray: {address!r} is not a Ray cluster address; give "
+                          "HOST:PORT of its head node (e.g. 10.0.0.5:6379, what `ray start "
+                          "--head` prints), ray://HOST:10001, or no address for a local one.")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as e:
+        raise SearchError(f"optimize --ray: no Ray cluster answers at {address} ({e}); start "
+                          "one there (`ray start --head`) or give its head node's address "
+                          "(HOST:PORT).") from e
+
+
+@attrs.define
+class RayCluster:
+    """The Ray cluster a search runs on: its address, and whether the search connected to it
+    (then it disconnects at the end)."""
+
+    address: str | None
+    connected_here: bool
+    ray: Any = attrs.field(repr=False)
+
+    def close(self) -> None:
+        if self.connected_here:
+            self.ray.shutdown()
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [n for n in self.ray.nodes() if n.get("Alive")]
+
+    def hosts(self) -> list[tuple[str, str, str]]:
+        """(node id, hostname, boot id) of every live node, each asked on the node itself."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        probe = self.ray.remote(num_cpus=0, max_retries=0)(_where)
+        refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote() for n in self.nodes()]
+        return [(n["NodeID"], *where) for n, where in
+                zip(self.nodes(), self.ray.get(refs, timeout=PLACE_S))]
+
+    def slots(self, cpus: int, workers: int | None) -> int:
+        """Worker slots: ``workers``, else as many of ``cpus`` CPUs as the live nodes hold."""
+        if workers is not None:
+            if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+                raise SearchError(f"optimize: ray_workers must be an integer >= 1, got "
+                                  f"{workers!r}.")
+            return workers
+        n = sum(int(node.get("Resources", {}).get("CPU", 0) // cpus) for node in self.nodes())
+        if n < 1:
+            raise SearchError(f"optimize --ray: no node of the Ray cluster at "
+                              f"{self.address or 'local'} has {cpus} CPU(s) free for a worker "
+                              "(a worker takes the search's thread count); add nodes or "
+                              "lower threads.")
+        return n
+
+
+def _where() -> tuple[str, str]:
+    return socket.gethostname(), _boot_id()
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def connect(address: str | None) -> RayCluster:
+    """Connect to the Ray cluster at ``address`` (None: ``RAY_ADDRESS``, else the cluster
+    ``ray start`` runs on this machine, else a new local one); an existing connection of
+    this process is used as it is."""
+    try:
+        import ray
+    except ImportError as e:
+        raise SearchError('optimize --ray needs Ray: pip install "modelopt-core[serve-ray]" '
+                          "(or ray>=2.30).") from e
+    if address and address not in ("auto", "local"):
+        _reachable(address)
+    if ray.is_initialized():
+        return RayCluster(address, False, ray)
+    try:
+        ray.init(address=address or None, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise SearchError(f"optimize --ray: cannot connect to the Ray cluster at "
+                          f"{address or os.environ.get('RAY_ADDRESS') or 'local'} "
+                          f"({type(e).__name__}: {str(e)[:300]}).") from e
+    return RayCluster(address, True, ray)
+
+
+def check_storage(cluster: RayCluster, storage: str, out: Path) -> bool:
+    """Whether every node of the cluster runs on this machine. A SQLite study only then (the
+    nodes see the file, and the host lock serializes the claims); else a typed error asking
+    for an RDB."""
+    here = (socket.gethostname(), _boot_id())
+    away = sorted({f"{h} ({nid[:8]})" for nid, h, boot in cluster.hosts() if (h, boot) != here})
+    if away and storage.startswith("sqlite"):
+        raise SearchError(
+            f"optimize --ray: the study {masked(storage)} is a SQLite file, which only the "
+            f"processes of one machine can share, and node(s) {away[:4]} of the Ray cluster "
+            f"run on other machines than this one ({here[0]}). Give --storage "
+            "postgresql://USER:PASSWORD@HOST/DB (a database every node reaches; storage= in "
+            f"Python) for the study; {out} stays the output folder here.")
+    return not away
+
+
+def _shares(trials: int | None, slots: int) -> list[int | None]:
+    if trials is None:
+        return [None] * slots
+    return [s for s in (trials // slots + (i < trials % slots) for i in range(slots)) if s]
+
+
+class RayTrials:
+    """The trials of one search on ``cluster``: see the module docstring."""
+
+    def __init__(self, cluster: RayCluster, search: _Search, study: Any,
+                 spec: dict[str, Any], workers: int | None) -> None:
+        self.cluster, self.search, self.study, self.spec = cluster, search, study, spec
+        self.ray = cluster.ray
+        self.cpus = int(search.threads or 1)
+        self.slots = cluster.slots(self.cpus, workers)
+        self.results: list[dict[str, Any]] = []
+        self.seen: set[int] = {r["trial"] for r in trial_rows(study)}
+        self.restarts: dict[str, int] = {}
+        self.notes: list[str] = []
+
+    def run(self, budget: _Budget, time_s: float | None, t0: float) -> None:
+        """Run the trials on the workers until each has run its share of ``budget.trials``
+        (or ``time_s`` from ``t0`` is spent), then load their contenders' artifacts."""
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        try:
+            pieces = self.ray.put(_pieces(self.search.s))
+        except Exception as e:  # any pickling failure: said, typed
+            raise SearchError(f"optimize --ray: the session cannot be sent to the Ray workers "
+                              f"({type(e).__name__}: {str(e)[:300]}); its model, data, "
+                              "eval_fn and task_loss must pickle (cloudpickle): no open files, "
+                              "locks or sockets in eval_fn's closure.") from e
+        shares = _shares(budget.trials, self.slots)
+        pg = placement_group([{"CPU": self.cpus}] * len(shares), strategy="SPREAD")
+        try:
+            self.ray.get(pg.ready(), timeout=PLACE_S)
+        except self.ray.exceptions.GetTimeoutError as e:
+            remove_placement_group(pg)
+            raise SearchError(f"optimize --ray: the cluster did not place {len(shares)} "
+                              f"worker(s) of {self.cpus} CPU(s) within {PLACE_S:.0f} s; give "
+                              "fewer workers (ray_workers) or add nodes.") from e
+        pending: dict[Any, tuple[str, int | None]] = {}
+        try:
+            for i, n in enumerate(shares):
+                ref = self._launch(pieces, pg, i, f"w{i}-{uuid.uuid4().hex[:6]}", n, time_s, t0)
+                pending[ref] = (f"w{i}", n)
+            self._wait(pending, pieces, pg, time_s, t0)
+        finally:
+            for ref in pending:  # left by an error: stopped
+                self.ray.cancel(ref, force=True)
+            remove_placement_group(pg)
+        self._merge(budget)
+        self._load_artifacts()
+
+    def _launch(self, pieces: Any, pg: Any, bundle: int, slot: str, share: int | None,
+                time_s: float | None, t0: float) -> Any:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from .ray_worker import run_worker
+
+        left = None if time_s is None else max(time_s - (time.perf_counter() - t0), 0.0)
+        task = self.ray.remote(num_cpus=self.cpus, max_retries=0)(run_worker)
+        strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle)
+        return task.options(scheduling_strategy=strategy).remote(
+            pieces, self.spec, slot, share, left)
+
+    def _wait(self, pending: dict[Any, tuple[str, int | None]], pieces: Any, pg: Any,
+              time_s: float | None, t0: float) -> None:
+        """Follow the workers until all are done; a dead one's trial is re-queued and a new
+        worker runs the rest of its share (at most MAX_RESTARTS times per slot)."""
+        ray = self.ray
+        written = time.perf_counter()
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            self._progress()
+            if time.perf_counter() - written > WRITE_EVERY_S:
+                with self.search.lock():
+                    self.search.write(self.study, trial_rows(self.study))
+                written = time.perf_counter()
+            for ref in done:
+                name, share = pending.pop(ref)
+                try:
+                    self.results.append(ray.get(ref))
+                except ray.exceptions.RayTaskError as e:
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, mo.ModeloptError):
+                        raise type(cause)(str(cause)) from e
+                    raise SearchError(f"optimize --ray: worker {name} failed: "
+                                      f"{str(e)[:600]}") from e
+                except ray.exceptions.RayError as e:  # the worker or its node died
+                    left = self._recover(name, share, e)
+                    if left is None or left > 0:
+                        slot = f"{name}-r{self.restarts[name]}-{uuid.uuid4().hex[:6]}"
+                        pending[self._launch(pieces, pg, -1, slot, left, time_s, t0)] = \
+                            (name, left)
+        self._progress()
+
+    def _recover(self, name: str, share: int | None, e: BaseException) -> int | None:
+        """The running trials of dead worker ``name`` failed and re-queued (the workers run
+        such copies first); the trials left of its share. A slot that keeps dying:
+        SearchError."""
+        n = self.restarts[name] = self.restarts.get(name, 0) + 1
+        mine = [t for t in self.study.get_trials(deepcopy=False)
+                if str((t.user_attrs.get(RAY) or {}).get("slot", "")).split("-")[0] == name]
+        ids = {t._trial_id for t in mine}
+        requeued = recover_stale(self.study, dead=lambda t: t._trial_id in ids)
+        said = (f"Ray worker {name} died ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+                + (f"; its running trial(s) {requeued} re-queued" if requeued else ""))
+        _log.warning("optimize: %s", said)
+        self.notes.append(said)
+        if n > MAX_RESTARTS:
+            raise SearchError(f"optimize --ray: worker slot {name} died {n} times; last: "
+                              f"{type(e).__name__}: {str(e)[:300]}. Check the cluster's nodes "
+                              "(memory, `ray status`), then run the same command again to "
+                              "resume the study.") from e
+        if share is None:
+            return None
+        ran = sum(1 for t in mine if t.state.is_finished() and t.number not in requeued
+                  and "duplicate_of" not in (t.user_attrs.get("row") or {}))
+        return max(share - ran, 1 if requeued else 0)
+
+    def _progress(self) -> None:
+        """One line per trial finished since the last call (where it ran, its outcome)."""
+        from .optimize import _UNITS, _outcome
+        from .study import _optuna
+
+        log = logging.getLogger("modelopt.progress")  # shown by the modelopt command
+        done = _optuna().trial.TrialState
+        for t in self.study.get_trials(deepcopy=False, states=(
+                done.COMPLETE, done.PRUNED, done.FAIL)):
+            if t.number in self.seen:
+                continue
+            self.seen.add(t.number)
+            row = t.user_attrs.get("row") or {}
+            where = (t.user_attrs.get(RAY) or {}).get("host", "?")
+            log.info("trial %d (on %s): %s: %s", t.number, where, row.get("recipe", "?"),
+                     _outcome(t, row, _UNITS.get(self.search.objective, "")))
+
+    def _merge(self, budget: _Budget) -> None:
+        """The workers' counts and notes, on the driver's search and budget."""
+        s = self.search
+        budget.ran = sum(r["ran"] for r in self.results)
+        budget.stopped_early = next((r["stopped_early"] for r in self.results
+                                     if r["stopped_early"]), None)
+        for r in self.results:
+            s.skipped += r["skipped"]
+            s.lost += r["lost"]
+            s.dropped += [d for d in r["dropped"] if d not in s.dropped]
+            s.dead_targets.update(r["dead_targets"])
+            s.stop_reason = s.stop_reason or r["stop_reason"]
+        hosts = sorted({r["host"] for r in self.results})
+        per_node: dict[str, int] = {}
+        for row in trial_rows(self.study):
+            if row.get("node"):
+                per_node[row["node"]] = per_node.get(row["node"], 0) + 1
+        s.notes.append(
+            f"trials ran on a Ray cluster ({self.cluster.address or 'local'}): "
+            + ", ".join(f"{k}: {v}" for k, v in sorted(per_node.items()))
+            + f" ({len(hosts)} machine(s)); each trial's timing is its own node's, and the "
+            f"side-by-side re-timing that picks the best ran on the driver's machine alone "
+            f"({socket.gethostname()}): timings of different machines are not compared "
+            "with each other")
+        s.notes += self.notes
+
+    def save_best(self) -> None:
+        """``best/`` and ``best.json``: the best trial by its own timing, when a worker sent
+        its artifact (as a local search saves it after each trial); the end's side-by-side
+        re-timing on this machine may replace it."""
+        from .rows import ranked_rows
+
+        top = ranked_rows(trial_rows(self.study), "objective")
+        if top and top[0]["trial"] in self.search.artifacts:
+            with self.search.lock():
+                self.search.save_best(self.study, top[0])
+        elif top and top[0]["trial"] != _saved_trial(self.search.out):
+            self.search.notes.append(
+                f"the artifact of trial {top[0]['trial']} (the best by its own timing) is not "
+                "here: the worker that ran it died before sending it (a killed driver or "
+                "node); best/ holds the best whose artifact is here. Its recipe is in "
+                "trials.json: run it again with `modelopt run`")
+
+    def _load_artifacts(self) -> None:
+        """The contenders' artifacts the workers sent, checked (archive SHA-256, then every
+        file against the manifest) and loaded for the end's re-timing and ``best/``."""
+        from .ray_worker import unpack
+
+        s = self.search
+        orig = s.s.original
+        folder = s.out / ".ray-artifacts"
+        for r in self.results:
+            for n, (blob, sha) in r["artifacts"].items():
+                path = unpack(blob, sha, folder / f"trial-{n}", f"the artifact of trial {n} "
+                              f"(from {r['host']})")
+                s.artifacts[int(n)] = mo.load_artifact(
+                    path, model=orig.model if orig.format == "torch" else None, plugins=s.s.pm)
+
+
+def _saved_trial(out: Path) -> int | None:
+    import json
+
+    try:
+        return int(json.loads((out / "best.json").read_text())["trial"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _pieces(session: mo.Session) -> dict[str, Any]:
+    from .ray_worker import session_pieces
+
+    return session_pieces(session)
