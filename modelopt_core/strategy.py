@@ -41,10 +41,10 @@ def world_info() -> tuple[int, int]:
     return 1, 0
 
 
-def init_from_env() -> bool:
+def init_from_env(device_type: str = "cpu") -> bool:
     """Join the process group described by torchrun's environment (``WORLD_SIZE`` > 1) when
-    none is initialised yet: gloo on CPU, nccl when CUDA is there; destroyed at exit. Returns
-    whether a group of several processes is up afterwards."""
+    none is initialised yet: nccl when training on CUDA (``device_type``), else gloo; destroyed
+    at exit. Returns whether a group of several processes is up afterwards."""
     import torch
     import torch.distributed as dist
 
@@ -59,7 +59,7 @@ def init_from_env() -> bool:
         raise ConfigError(f"training: WORLD_SIZE={os.environ['WORLD_SIZE']} but {missing} "
                           "are not set; launch with torchrun (which sets them all) or unset "
                           "WORLD_SIZE for one process.")
-    cuda = torch.cuda.is_available()
+    cuda = device_type == "cuda" and torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if cuda else "gloo")
@@ -206,7 +206,7 @@ class Strategy:
             precision = "bf16"
         if choice == "single":
             return cls("single", device, precision)
-        grouped = init_from_env() or _initialised()  # torchrun's group, or the caller's
+        grouped = init_from_env(device.type) or _initialised()  # torchrun's group, or the caller's
         if grouped:
             if device.type == "cuda" and device.index is None:
                 import torch
