@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .trials import _Search
 
 
-REPORT_COLUMNS = ["step", "best", "state", "backend", "accuracy", "accuracy_delta",
+REPORT_COLUMNS = ["step", "best", "state", "backend", "node", "accuracy", "accuracy_delta",
                   "latency_p50_ms", "latency_noisy", "confirmed_p50_ms", "confirmed_threads",
                   "speedup", "size_mb", "size_ratio",
                   "objective", "feasible", "pareto",
