@@ -27,14 +27,17 @@ def _flat_numpy(result: Any) -> list[Any]:
 
 
 def top1(result: Any) -> tuple[int, ...] | None:
-    """The top-1 class of each row when the first output is class scores, else None."""
+    """The top-1 class of each row when the first output is class scores, else None (on the
+    request path: only the first output's shape is looked at, nothing is copied)."""
+    from modelopt_core import flatten_outputs
+
     try:
-        first = _flat_numpy(result)[0]
+        first = flatten_outputs(result, "served output")[0][0]
     except Exception:  # noqa: BLE001 - not tensors: no classes
         return None
-    if first.ndim != 2 or first.shape[1] < 2:
+    if first.dim() != 2 or first.shape[1] < 2:
         return None
-    return tuple(int(i) for i in first.argmax(axis=1))
+    return tuple(int(i) for i in first.argmax(dim=1).tolist())
 
 
 class Agreement:

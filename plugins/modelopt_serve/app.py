@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -316,8 +317,16 @@ def _predict_route(app: FastAPI, vs: VariantSet) -> None:
         finally:
             m.in_flight.dec()
         m.observe(200, time.perf_counter() - t0)
-        if name == vs.primary:  # after the answer is built: never on the client's time
-            vs.mirror(inputs, result, rid)
-            if app.state.capture is not None:
-                app.state.capture.offer(inputs)
-        return Response(payload, media_type=out_type, headers=headers)
+        task = None
+        if name == vs.primary and (vs.shadows or app.state.capture is not None):
+            task = BackgroundTask(_after_answer, app, vs, inputs, result, rid)
+        return Response(payload, media_type=out_type, headers=headers, background=task)
+
+
+async def _after_answer(app: FastAPI, vs: VariantSet, inputs: Any, result: Any,
+                        rid: str) -> None:
+    """Once the primary's answer is sent (never on the client's time): a copy to each shadow,
+    the inputs to the capture. Neither raises nor waits."""
+    vs.mirror(inputs, result, rid)
+    if app.state.capture is not None:
+        app.state.capture.offer(inputs)

@@ -100,6 +100,9 @@ def ray_app(artifact_path: str | Path, *, num_replicas: int = 2,
 
     from .app import ServeConfig
 
+    if options.pop("capture", None):
+        raise mo.ConfigError("ray_app: capture writes one folder from one process, and every "
+                             "Ray replica is a process: capture on a server without Ray.")
     app_kw = {k: options.pop(k) for k in _APP_KEYS if k in options}
     app_kw["variants"] = _resolved(app_kw.get("variants") or {})
     # one typed, checked object per replica, sent as plain data (errors here, not in a replica)
