@@ -29,7 +29,7 @@ def _config(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else value
 
 
-@attrs.frozen
+@attrs.frozen(hash=False)
 class RecipeStep:
     """One pipeline step as plain data: ``verb`` (``"apply"``: optimizer ``name``;
     ``"export"``: to format ``name``) and its ``config`` (JSON values; an export's goes to
@@ -55,6 +55,9 @@ class RecipeStep:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"RecipeStep({self.verb} {self.name!r}): config must hold plain "
                               f"JSON values (numbers, strings, lists, tables): {e}.") from None
+
+    def __hash__(self) -> int:  # equal steps hash alike (1 == 1.0: the option names only)
+        return hash((self.verb, self.name, tuple(sorted(self.config))))
 
     def to_data(self) -> dict[str, Any]:
         """``{"verb": ..., "name": ..., "config": {...}}`` (a deep copy)."""

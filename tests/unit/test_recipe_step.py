@@ -28,6 +28,8 @@ _steps = st.builds(mo.RecipeStep, st.sampled_from(["apply", "export"]), _names,
 def test_recipe_step_round_trips_through_json_and_the_recipe_spelling(step):
     assert mo.RecipeStep.from_data(json.loads(json.dumps(step.to_data()))) == step
     assert mo.RecipeStep.from_data(json.loads(json.dumps(step.to_recipe()))) == step
+    again = mo.RecipeStep.from_data(step.to_data())
+    assert hash(again) == hash(step) and len({step, again}) == 1  # hashable, by value
 
 
 def test_recipe_step_reads_both_spellings_and_refuses_bad_ones():
