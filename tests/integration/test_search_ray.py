@@ -84,6 +84,28 @@ def test_session_optimize_on_ray_with_postgres(cluster, postgres_url, tmp_path, 
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+def test_contenders_are_ranked_per_node():
+    """Trials timed on different nodes are not ranked against each other: the fastest few of
+    each node are re-timed side by side at the end."""
+    from modelopt_search.confirm import CONFIRM_TOP, contenders
+
+    def row(trial, node, ms):
+        return {"trial": trial, "backend": "onnxruntime", "objective": ms, "accuracy": 90.0,
+                "state": "complete", "feasible": True, "node": node}
+
+    fast = [row(i, "a/1", 1.0 + i) for i in range(CONFIRM_TOP + 2)]
+    slow = [row(10 + i, "b/2", 5.0 + i) for i in range(CONFIRM_TOP + 2)]  # a slower machine
+    got = [r["trial"] for r in contenders(fast + slow)]
+    assert got == list(range(CONFIRM_TOP)) + [10 + i for i in range(CONFIRM_TOP)]
+
+
+def test_storage_passwords_are_masked():
+    from modelopt_search.study import masked
+
+    assert masked("postgresql://u:s3cret@db:5432/x") == "postgresql://u:***@db:5432/x"
+    assert masked("sqlite:///out/study.db") == "sqlite:///out/study.db"
+
+
 def test_bad_cluster_address_is_a_typed_error(recipe, tmp_path):
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
     p = optimize(recipe, "--ray", address, "--out", str(tmp_path / "out"), timeout=120)
