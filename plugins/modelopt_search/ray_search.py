@@ -289,7 +289,8 @@ class RayTrials:
                 continue
             self.seen.add(t.number)
             row = t.user_attrs.get("row") or {}
-            where = (t.user_attrs.get(RAY) or {}).get("host", "?")
+            ray = t.user_attrs.get(RAY) or {}
+            where = f"{ray.get('host', '?')}/{str(ray.get('node_id', ''))[:8]}"
             log.info("trial %d (on %s): %s: %s", t.number, where, row.get("recipe", "?"),
                      _outcome(t, row, _UNITS.get(self.search.objective, "")))
 
