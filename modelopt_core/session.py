@@ -320,8 +320,10 @@ class Session:
         minimizing ``objective`` (``"latency"``, ``"size"``, ``"energy"``) with at most
         ``max_accuracy_drop`` points of ``eval_fn`` lost; resumable (Optuna study in
         ``out_dir``). ``options``: ``space``, ``storage``, ``study_name``, ``out_dir``,
-        ``seed``, ``runtime_options``, ``profiler_options``, ``threads``, ``step_cache``. Returns a
-        ``modelopt_search.SearchResult``; the original is never changed. See docs/search.md."""
+        ``seed``, ``runtime_options``, ``profiler_options``, ``threads``, ``step_cache``;
+        ``executor="ray"`` (``ray_address``, ``ray_workers``): the trials run on a Ray cluster
+        (docs/scale-out.md). Returns a ``modelopt_search.SearchResult``; the original is never
+        changed. See docs/search.md."""
         search = self.pm.service("search", hint='Session.optimize needs the search plugin: '
                                  'pip install "modelopt-core[search]".')
         return search(self, target, objective, max_accuracy_drop, budget_trials,
