@@ -25,7 +25,6 @@ import torch
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
-from modelopt_demo.models import ResNet18
 from modelopt_search.ab import compare_artifacts
 from modelopt_serve import codec
 from modelopt_serve.client import load_test, make_inputs
@@ -33,6 +32,7 @@ from modelopt_serve.server import serve_in_thread
 
 import modelopt_core as mo
 from modelopt_core.cli import main
+from modelopt_demo.models import ResNet18
 
 FAST = {"stats_interval_s": None, "max_delay_ms": 1.0}
 RES = 64  # ResNet-18's layers on 64x64 images: the gap of 224x224, a CI-sized cost
