@@ -310,3 +310,23 @@ def test_capture_keeps_only_the_primarys_inputs(arts, tmp_path):
     rows = torch.from_numpy(got.arrays[arts["name"]])
     want = torch.cat(sent_a)
     assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, want.tolist()))
+
+
+def test_a_slow_shadow_with_a_full_queue_drops_copies_not_requests(arts, tmp_path):
+    """A shadow ~100x the primary's work with a queue of 1: copies that find it busy are
+    dropped and counted; every client request is still answered by the primary."""
+    wide = torch.nn.Sequential(torch.nn.Linear(8, 2048), torch.nn.ReLU(),
+                               torch.nn.Linear(2048, 2048), torch.nn.ReLU(),
+                               torch.nn.Linear(2048, 4)).eval()
+    s = mo.Session(wide, (torch.randn(1, 8),), progress=False)
+    s.export("onnx")
+    slow = {"artifact": s.current.save(tmp_path / "wide"), "max_queue": 1,
+            "max_batch_size": 1}
+    with serve_in_thread(arts["A"], name="A", variants={"S": slow}, shadow=["S"],
+                         **FAST) as url:
+        res = load_test(url, concurrency=8, requests=300)
+        rep = _wait_compared(url, "S", 300)
+    assert res["ok"] == 300 and res["variant_counts"] == {"A": 300}
+    ag = rep["variants"]["S"]["agreement"]
+    assert ag["compared"] + ag["dropped"] == 300 and ag["failed"] == 0
+    assert ag["compared"] >= 1, ag
