@@ -319,6 +319,11 @@ class RayTrials:
             f"({socket.gethostname()}): timings of different machines are not compared "
             "with each other")
         s.notes += self.notes
+        caches = [r["cache"] for r in self.results if r.get("cache")]
+        if caches:  # the driver's own cache note counts only what it did itself
+            s.notes.append(f"step cache of the Ray workers: {sum(c['hits'] for c in caches)} "
+                           f"step(s) loaded (cache hits), {sum(c['computed'] for c in caches)} "
+                           f"computed ({len(caches)} worker(s))")
 
     def save_best(self) -> None:
         """``best/`` and ``best.json``: the best trial by its own timing, when a worker sent

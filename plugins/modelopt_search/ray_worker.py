@@ -165,6 +165,7 @@ def run_worker(pieces: dict[str, Any], spec: dict[str, Any], slot: str, trials: 
             _run_trials(study, search, budget, time_s, t0)
         except st.storage_errors() as e:
             raise st.storage_error(spec["storage"], e) from e
+        cache = getattr(search, "step_cache", None)
         packed = {}
         for n, art in search.artifacts.items():
             path = art.save(scratch / "out" / f"trial-{n}", plugins=search.s.pm)
@@ -173,7 +174,7 @@ def run_worker(pieces: dict[str, Any], spec: dict[str, Any], slot: str, trials: 
                 "stopped_early": budget.stopped_early, "skipped": search.skipped,
                 "lost": search.lost, "dropped": search.dropped,
                 "dead_targets": search.dead_targets, "stop_reason": search.stop_reason,
-                "artifacts": packed}
+                "cache": cache.stats() if cache is not None else None, "artifacts": packed}
     finally:
         st.CLAIM_TAGS.pop(st.RAY, None)
         shutil.rmtree(scratch, ignore_errors=True)
