@@ -6,6 +6,12 @@ killed mid-trial, and the typed errors of a cluster or a database that is not th
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -112,3 +118,32 @@ def test_bad_cluster_address_is_a_typed_error(recipe, tmp_path):
     assert p.returncode != 0
     assert address in p.stderr and "Ray cluster" in p.stderr, p.stderr[-2000:]
     assert "Traceback" not in p.stderr
+
+
+def test_sqlite_study_refused_when_a_node_is_another_machine(cluster, recipe, tmp_path):
+    """A node whose host is not this one (a raylet in its own UTS namespace: another hostname,
+    as a second machine has) cannot share the out folder's SQLite study: a typed error asks
+    for a PostgreSQL URL. Last in the module: the extra node is stopped at the end."""
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-u", "true"], check=False, capture_output=True).returncode != 0:
+        pytest.skip("needs unshare -u (root, or a user namespace) to give a node another "
+                    "hostname")
+    alive = sum(n["Alive"] for n in ray.nodes())
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    start = (f"hostname modelopt-other-host && exec {ray_cli} start "
+             f"--address={cluster.address} --num-cpus=1 --block")
+    node = subprocess.Popen(["unshare", "-u", "sh", "-c", start], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while sum(n["Alive"] for n in ray.nodes()) <= alive:
+            assert time.monotonic() < deadline and node.poll() is None, "the node did not join"
+            time.sleep(0.5)
+        p = optimize(recipe, "--ray", cluster.address, "--out", str(tmp_path / "out"))
+        assert p.returncode != 0
+        assert "modelopt-other-host" in p.stderr and "--storage postgresql://" in p.stderr, \
+            p.stderr[-2000:]
+        assert "Traceback" not in p.stderr
+    finally:
+        os.killpg(node.pid, signal.SIGTERM)
+        node.wait(timeout=60)
