@@ -18,7 +18,7 @@ import pytest
 import modelopt_core as mo
 from modelopt_demo.models import SmallCNN
 
-pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[serve-ray]'")
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[serve-ray]'")
 optuna = pytest.importorskip("optuna", reason="pip install -e '.[search]'")
 
 from search_ray_helpers import local_cluster, notes, optimize, write_recipe
@@ -145,3 +145,68 @@ def _alive(pid):
     except ProcessLookupError:
         return False
     return True
+
+
+def test_dead_node_trial_is_rerun(cluster, recipe, tmp_path):
+    """A whole node removed mid-trial (its raylet and workers gone): the trial that ran there
+    is failed and re-queued, and the rest of that worker's share runs on the node left. Last
+    in the module: the cluster keeps one node afterwards."""
+    out = tmp_path / "out"
+    head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"]
+                and n.get("Resources", {}).get("node:__internal_head__"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "modelopt_core", "-q", "optimize", str(recipe),
+                          "--json", "--ray", cluster.address, "--out", str(out), "--trials",
+                          "4"], cwd=recipe.parent, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    victim = frozen = None
+    deadline = time.monotonic() + 120
+    try:
+        while victim is None and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            for number, pid, node_id in _running_ray_nodes(out / "study.db"):
+                if node_id == head:
+                    continue
+                # frozen first, so the trial cannot end while the node goes down
+                os.kill(pid, signal.SIGSTOP)
+                frozen = pid
+                if _state(out / "study.db", number) != "RUNNING":  # it ended just before
+                    os.kill(pid, signal.SIGCONT)
+                    frozen = None
+                    break
+                cluster.remove_node(next(n for n in cluster.worker_nodes
+                                         if n.node_id == node_id), allow_graceful=False)
+                victim = number
+                break
+        _, err = p.communicate(timeout=300)
+    finally:
+        if frozen is not None:  # its raylet is gone: a stopped worker never notices
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGKILL)
+    assert victim is not None, "no trial was seen running on the second node"
+    assert p.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="modelopt-torch-latency",
+                              storage=f"sqlite:///{out}/study.db")
+    assert study.trials[victim].state == optuna.trial.TrialState.FAIL
+    again = [t for t in study.trials if t.user_attrs.get("requeued_from") == victim]
+    assert len(again) == 1 and again[0].state.is_finished()
+    assert again[0].user_attrs["ray"]["node_id"] == head  # rerun on the node left
+    ran = [t for t in study.trials if t.state.is_finished() and t.number != victim
+           and "duplicate_of" not in t.user_attrs.get("row", {})]
+    assert len(ran) == 4
+    assert "died" in notes(out)
+
+
+def _running_ray_nodes(db):
+    """[(number, worker pid, Ray node id)] of the trials running on Ray workers, read-only."""
+    if not db.exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            got = con.execute(
+                "SELECT t.number, a.value_json FROM trials t JOIN trial_user_attributes a "
+                "ON a.trial_id = t.trial_id WHERE t.state = 'RUNNING' AND a.key = 'ray'"
+            ).fetchall()
+    except sqlite3.Error:
+        return []
+    return [(n, json.loads(v)["pid"], json.loads(v)["node_id"]) for n, v in got]
