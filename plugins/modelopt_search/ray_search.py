@@ -1,7 +1,7 @@
 """A search on a Ray cluster (``modelopt optimize --ray [ADDRESS]``,
 ``Session.optimize(..., executor="ray")``): the driver measures the baseline, then starts one
-Ray task per worker slot (``threads`` CPUs each, in a placement group spread over the
-cluster's nodes); each runs the search's trial loop against the shared Optuna study
+Ray task per worker slot (``threads`` CPUs each; each node gets as many slots as its CPUs
+hold, each slot's task placed on its node); each runs the search's trial loop against the shared Optuna study
 (:mod:`.ray_worker`), as several ``modelopt optimize`` processes sharing one RDB study do.
 The driver follows the study (one line per finished trial, the reports rewritten), puts a
 dead worker's running trial back in the queue and starts a worker for the rest of its share,
@@ -38,7 +38,7 @@ __all__ = ["RayCluster", "connect"]
 
 #: a worker slot whose worker died is started again (for the rest of its trials) this often
 MAX_RESTARTS = 2
-#: seconds the driver waits for the cluster to place the workers' CPUs
+#: seconds the driver waits for every node to say which host it runs on
 PLACE_S = 120.0
 #: the driver rewrites trials.json and the reports at most this often while workers run
 WRITE_EVERY_S = 5.0
@@ -89,20 +89,28 @@ class RayCluster:
         return [(n["NodeID"], *where) for n, where in
                 zip(self.nodes(), self.ray.get(refs, timeout=PLACE_S))]
 
-    def slots(self, cpus: int, workers: int | None) -> int:
-        """Worker slots: ``workers``, else as many of ``cpus`` CPUs as the live nodes hold."""
+    def slots(self, cpus: int, workers: int | None) -> list[str]:
+        """The node of each worker slot: as many slots of ``cpus`` CPUs as each live node
+        holds, round-robin over the nodes (the first ``workers`` of them, or more taken in
+        turn when ``workers`` is larger)."""
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                    or workers < 1):
+            raise SearchError(f"optimize: ray_workers must be an integer >= 1, got "
+                              f"{workers!r}.")
+        per = [[n["NodeID"]] * int(n.get("Resources", {}).get("CPU", 0) // cpus)
+               for n in self.nodes()]
+        order = [ids[i] for i in range(max(map(len, per), default=0)) for ids in per
+                 if i < len(ids)]
         if workers is not None:
-            if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-                raise SearchError(f"optimize: ray_workers must be an integer >= 1, got "
-                                  f"{workers!r}.")
-            return workers
-        n = sum(int(node.get("Resources", {}).get("CPU", 0) // cpus) for node in self.nodes())
+            nodes = [n["NodeID"] for n in self.nodes()]
+            order = [(order or nodes)[i % len(order or nodes)] for i in range(workers)]
+        n = len(order)
         if n < 1:
             raise SearchError(f"optimize --ray: no node of the Ray cluster at "
                               f"{self.address or 'local'} has {cpus} CPU(s) free for a worker "
                               "(a worker takes the search's thread count); add nodes or "
                               "lower threads.")
-        return n
+        return order
 
 
 def _where() -> tuple[str, str]:
@@ -158,7 +166,7 @@ def check_storage(cluster: RayCluster, storage: str, out: Path) -> bool:
 def _shares(trials: int | None, slots: int) -> list[int | None]:
     if trials is None:
         return [None] * slots
-    return [s for s in (trials // slots + (i < trials % slots) for i in range(slots)) if s]
+    return [trials // slots + (i < trials % slots) for i in range(slots)]
 
 
 class RayTrials:
@@ -178,8 +186,6 @@ class RayTrials:
     def run(self, budget: _Budget, time_s: float | None, t0: float) -> None:
         """Run the trials on the workers until each has run its share of ``budget.trials``
         (or ``time_s`` from ``t0`` is spent), then load their contenders' artifacts."""
-        from ray.util.placement_group import placement_group, remove_placement_group
-
         try:
             pieces = self.ray.put(_pieces(self.search.s))
         except Exception as e:  # any pickling failure: said, typed
@@ -187,41 +193,36 @@ class RayTrials:
                               f"({type(e).__name__}: {str(e)[:300]}); its model, data, "
                               "eval_fn and task_loss must pickle (cloudpickle): no open files, "
                               "locks or sockets in eval_fn's closure.") from e
-        shares = _shares(budget.trials, self.slots)
-        pg = placement_group([{"CPU": self.cpus}] * len(shares), strategy="SPREAD")
-        try:
-            self.ray.get(pg.ready(), timeout=PLACE_S)
-        except self.ray.exceptions.GetTimeoutError as e:
-            remove_placement_group(pg)
-            raise SearchError(f"optimize --ray: the cluster did not place {len(shares)} "
-                              f"worker(s) of {self.cpus} CPU(s) within {PLACE_S:.0f} s; give "
-                              "fewer workers (ray_workers) or add nodes.") from e
         pending: dict[Any, tuple[str, int | None]] = {}
         try:
-            for i, n in enumerate(shares):
-                ref = self._launch(pieces, pg, i, f"w{i}-{uuid.uuid4().hex[:6]}", n, time_s, t0)
-                pending[ref] = (f"w{i}", n)
-            self._wait(pending, pieces, pg, time_s, t0)
+            for i, (node, n) in enumerate(zip(self.slots, _shares(budget.trials,
+                                                                 len(self.slots)))):
+                if n != 0:
+                    ref = self._launch(pieces, node, f"w{i}-{uuid.uuid4().hex[:6]}", n, time_s,
+                                       t0)
+                    pending[ref] = (f"w{i}", n)
+            self._wait(pending, pieces, time_s, t0)
         finally:
             for ref in pending:  # left by an error: stopped
                 self.ray.cancel(ref, force=True)
-            remove_placement_group(pg)
         self._merge(budget)
         self._load_artifacts()
 
-    def _launch(self, pieces: Any, pg: Any, bundle: int, slot: str, share: int | None,
+    def _launch(self, pieces: Any, node: str | None, slot: str, share: int | None,
                 time_s: float | None, t0: float) -> Any:
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        """Start worker ``slot`` on ``node`` (soft: elsewhere if that node is gone; None:
+        wherever CPUs are free, spread)."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from .ray_worker import run_worker
 
         left = None if time_s is None else max(time_s - (time.perf_counter() - t0), 0.0)
         task = self.ray.remote(num_cpus=self.cpus, max_retries=0)(run_worker)
-        strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle)
+        strategy = "SPREAD" if node is None else NodeAffinitySchedulingStrategy(node, soft=True)
         return task.options(scheduling_strategy=strategy).remote(
             pieces, self.spec, slot, share, left)
 
-    def _wait(self, pending: dict[Any, tuple[str, int | None]], pieces: Any, pg: Any,
+    def _wait(self, pending: dict[Any, tuple[str, int | None]], pieces: Any,
               time_s: float | None, t0: float) -> None:
         """Follow the workers until all are done; a dead one's trial is re-queued and a new
         worker runs the rest of its share (at most MAX_RESTARTS times per slot)."""
@@ -248,7 +249,7 @@ class RayTrials:
                     left = self._recover(name, share, e)
                     if left is None or left > 0:
                         slot = f"{name}-r{self.restarts[name]}-{uuid.uuid4().hex[:6]}"
-                        pending[self._launch(pieces, pg, -1, slot, left, time_s, t0)] = \
+                        pending[self._launch(pieces, None, slot, left, time_s, t0)] = \
                             (name, left)
         self._progress()
 
@@ -272,7 +273,11 @@ class RayTrials:
                               "resume the study.") from e
         if share is None:
             return None
-        ran = sum(1 for t in mine if t.state.is_finished() and t.number not in requeued
+        # a trial a dead process left running, failed by a recovery (here, or a worker's
+        # when it opened the study) and re-queued, is not one it ran
+        recovered = set(requeued) | {t.user_attrs.get("requeued_from")
+                                     for t in self.study.get_trials(deepcopy=False)}
+        ran = sum(1 for t in mine if t.state.is_finished() and t.number not in recovered
                   and "duplicate_of" not in (t.user_attrs.get("row") or {}))
         return max(share - ran, 1 if requeued else 0)
 

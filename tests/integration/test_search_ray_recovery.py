@@ -176,11 +176,12 @@ def test_dead_node_trial_is_rerun(cluster, recipe, tmp_path):
                     break
                 cluster.remove_node(next(n for n in cluster.worker_nodes
                                          if n.node_id == node_id), allow_graceful=False)
-                victim = number
+                os.kill(pid, signal.SIGKILL)  # the node's processes are gone with it
+                frozen, victim = None, number
                 break
         _, err = p.communicate(timeout=300)
     finally:
-        if frozen is not None:  # its raylet is gone: a stopped worker never notices
+        if frozen is not None:  # an error before the node went: not left stopped
             with contextlib.suppress(ProcessLookupError):
                 os.kill(frozen, signal.SIGKILL)
     assert victim is not None, "no trial was seen running on the second node"
