@@ -262,6 +262,12 @@ class RayTrials:
                 if str((t.user_attrs.get(RAY) or {}).get("slot", "")).split("-")[0] == name]
         ids = {t._trial_id for t in mine}
         requeued = recover_stale(self.study, dead=lambda t: t._trial_id in ids)
+        # a live worker on this host may have failed and re-queued them first (its own
+        # recovery when it claims a trial): those count as re-queued too
+        numbers = {t.number for t in mine}
+        requeued = sorted(set(requeued) | {
+            t.user_attrs["requeued_from"] for t in self.study.get_trials(deepcopy=False)
+            if t.user_attrs.get("requeued_from") in numbers})
         said = (f"Ray worker {name} died ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
                 + (f"; its running trial(s) {requeued} re-queued" if requeued else ""))
         _log.warning("optimize: %s", said)

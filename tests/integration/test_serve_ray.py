@@ -41,7 +41,9 @@ def artifact_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_url(artifact_path):
     port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
+    # address="local": a Ray of its own, never a cluster another test runs on this machine
+    # (ray.init() alone joins the newest cluster started here)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
              log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

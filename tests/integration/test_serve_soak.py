@@ -18,7 +18,7 @@ httpx = pytest.importorskip("httpx")
 from modelopt_serve import codec
 from modelopt_serve.replicas import load_runner
 from modelopt_serve.server import serve_in_thread
-from prometheus_client.parser import text_string_to_metric_families
+from serve_helpers import metric_values  # noqa: E402
 
 import modelopt_core as mo
 
@@ -50,8 +50,8 @@ def bad_body(i: int) -> tuple[bytes, str, int]:
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    """The exposition's samples, summed over the ``variant`` label (one variant here)."""
+    return metric_values(text)
 
 
 def resident(m: dict[tuple[str, tuple], float]) -> float:
