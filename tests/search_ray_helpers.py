@@ -13,21 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-HELPER = '''
-import torch
-from modelopt_demo.data import accuracy_fn, load_digits_data
-from modelopt_demo.models import SmallCNN
+from helpers import digits_recipe_module
 
-def model(path):
-    m = SmallCNN(width=8)
-    m.load_state_dict(torch.load(path))
-    return m.eval()
-
-def data():
-    torch.set_num_threads(1)
-    d = load_digits_data()
-    return {"calibration_data": d.calibration[:4], "eval_fn": accuracy_fn(d.test[:4])}
-'''
+HELPER = digits_recipe_module()
 
 SEARCH = '''
 [search]
@@ -68,15 +56,34 @@ def local_cluster() -> Iterator[Any]:
         c.shutdown()
 
 
-def write_recipe(tmp_path: Path) -> Path:
-    """The search recipe (an untrained SmallCNN(width=8) on digits, torch target, 1 thread)."""
+SLOW_EVAL = '''
+_data = data
+
+def data():
+    import time
+    d = _data()
+    fn = d["eval_fn"]
+
+    def eval_fn(*args, **kwargs):  # slowed: each trial runs long enough to be caught running
+        time.sleep({seconds})
+        return fn(*args, **kwargs)
+
+    d["eval_fn"] = eval_fn
+    return d
+'''
+
+
+def write_recipe(tmp_path: Path, eval_sleep_s: float = 0.0) -> Path:
+    """The search recipe (an untrained SmallCNN(width=8) on digits, torch target, 1 thread);
+    ``eval_sleep_s``: its eval_fn sleeps that long first (a trial lasts at least that)."""
     import torch
 
     from modelopt_demo.models import SmallCNN
 
     torch.manual_seed(0)
     torch.save(SmallCNN(width=8).state_dict(), tmp_path / "w.pt")  # accuracy is not the point
-    (tmp_path / "worker_helper.py").write_text(HELPER)
+    (tmp_path / "worker_helper.py").write_text(
+        HELPER + (SLOW_EVAL.format(seconds=eval_sleep_s) if eval_sleep_s else ""))
     r = tmp_path / "r.toml"
     r.write_text(f'''
 model = "worker_helper:model"

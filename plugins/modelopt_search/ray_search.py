@@ -182,6 +182,7 @@ class RayTrials:
         self.seen: set[int] = {r["trial"] for r in trial_rows(study)}
         self.restarts: dict[str, int] = {}
         self.notes: list[str] = []
+        self.job_id = self.ray.get_runtime_context().get_job_id()
 
     def run(self, budget: _Budget, time_s: float | None, t0: float) -> None:
         """Run the trials on the workers until each has run its share of ``budget.trials``
@@ -194,6 +195,7 @@ class RayTrials:
                               "eval_fn and task_loss must pickle (cloudpickle): no open files, "
                               "locks or sockets in eval_fn's closure.") from e
         pending: dict[Any, tuple[str, int | None]] = {}
+        self.recover_ended_drivers()  # before any worker claims: the copies are run first
         try:
             for i, (node, n) in enumerate(zip(self.slots, _shares(budget.trials,
                                                                  len(self.slots)))):
@@ -230,6 +232,7 @@ class RayTrials:
         written = time.perf_counter()
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            self.recover_ended_drivers()
             self._progress()
             if time.perf_counter() - written > WRITE_EVERY_S:
                 with self.search.lock():
@@ -253,13 +256,41 @@ class RayTrials:
                             (name, left)
         self._progress()
 
+    def recover_ended_drivers(self) -> list[int]:
+        """Trials left running by the workers of a Ray driver that has ended (a killed
+        ``modelopt optimize --ray``: its job is dead in the cluster's GCS) are failed and
+        re-queued, wherever those workers ran and whether or not Ray has stopped them yet
+        (an orphan claims no new trial, see :func:`.ray_worker._rerun_first`, and its late
+        result of a failed trial is refused by the study). A trial of a driver still running
+        (another search sharing the study) is never touched; one whose driver ends later is
+        caught by a later call (the driver calls this each second while its workers run)."""
+        from .ray_worker import job_states
+
+        states = job_states()
+        if not states:
+            return []
+
+        def dead(t: Any) -> bool:
+            job = (t.user_attrs.get(RAY) or {}).get("job_id")
+            return job is not None and job != self.job_id and states.get(job) is True
+
+        got = recover_stale(self.study, dead=dead)
+        if got:
+            said = (f"trial(s) {got} were left running by the workers of a Ray driver that "
+                    "has ended (a killed or crashed `modelopt optimize --ray`); failed and "
+                    "re-queued, run first")
+            _log.warning("optimize: %s", said)
+            self.notes.append(said)
+        return got
+
     def _recover(self, name: str, share: int | None, e: BaseException) -> int | None:
         """The running trials of dead worker ``name`` failed and re-queued (the workers run
         such copies first); the trials left of its share. A slot that keeps dying:
         SearchError."""
         n = self.restarts[name] = self.restarts.get(name, 0) + 1
         mine = [t for t in self.study.get_trials(deepcopy=False)
-                if str((t.user_attrs.get(RAY) or {}).get("slot", "")).split("-")[0] == name]
+                if str((t.user_attrs.get(RAY) or {}).get("slot", "")).split("-")[0] == name
+                and (t.user_attrs.get(RAY) or {}).get("job_id") in (None, self.job_id)]
         ids = {t._trial_id for t in mine}
         requeued = recover_stale(self.study, dead=lambda t: t._trial_id in ids)
         # a live worker on this host may have failed and re-queued them first (its own

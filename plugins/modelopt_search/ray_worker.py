@@ -32,7 +32,8 @@ import modelopt_core as mo
 from .errors import SearchError
 from .trials import _Search
 
-__all__ = ["pack_folder", "run_worker", "session_pieces", "unpack"]
+__all__ = ["DriverGone", "job_states", "pack_folder", "run_worker", "session_pieces",
+           "unpack"]
 
 
 def pack_folder(folder: Path) -> tuple[bytes, str]:
@@ -87,26 +88,62 @@ def _session(pieces: dict[str, Any], scratch: Path) -> mo.Session:
                       task_loss=pieces["task_loss"], device=pieces["device"], progress=False)
 
 
-def _rerun_first(study: Any) -> None:
+def job_states() -> dict[str, bool] | None:
+    """{Ray job id (hex): whether it has ended} of every job the cluster's GCS knows (a job
+    ends when its driver exits or dies), or None where this Ray cannot say."""
+    try:
+        import ray
+
+        infos = ray._private.worker.global_worker.gcs_client.get_all_job_info()
+        return {k.hex(): bool(v.is_dead) for k, v in infos.items()}
+    except Exception:  # noqa: BLE001 - a private API of Ray: any change is "cannot tell"
+        return None
+
+
+class DriverGone(Exception):
+    """The search's driver has ended: this worker (an orphan Ray has not stopped yet) claims
+    no more trials (the resumed driver re-queues what it left running)."""
+
+
+def _rerun_first(study: Any, job_id: str | None = None) -> None:
     """This worker's first trials: the re-queued copies of dead workers' trials (see
     :meth:`.ray_search.RayTrials._recover` and :func:`.study.recover_stale`: a killed
     worker's, or on resuming, a killed driver's). Optuna hands out waiting trials oldest
     first, and the copies are the newest: without this the budget could run out on the older
-    queue and leave the dead worker's recipe unrun."""
+    queue and leave the dead worker's recipe unrun. With ``job_id`` (this worker's Ray job),
+    no trial is claimed once that job has ended (:class:`DriverGone`): Ray stops a dead
+    driver's workers, but not at once, and an orphan must not take a re-queued copy that the
+    resumed driver's workers are to run. A new trial is created here too, and every trial
+    taken is tagged with this worker (:func:`.study.claim_trial`'s records) at once: a
+    worker killed between taking a trial and its objective's first line (Optuna's sampler
+    runs in between) leaves no running trial that no recovery can place."""
     import optuna
+
+    from . import study as st
 
     pop = study._pop_waiting_trial_id
     running = optuna.trial.TrialState.RUNNING
+    storage = study._storage
 
-    def first() -> int | None:
+    def take() -> int:
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
             if "requeued_from" in t.user_attrs:
                 try:
-                    if study._storage.set_trial_state_values(t._trial_id, state=running):
+                    if storage.set_trial_state_values(t._trial_id, state=running):
                         return t._trial_id
                 except optuna.exceptions.UpdateFinishedTrialError:
                     continue
-        return pop()
+        tid = pop()
+        return storage.create_new_trial(study._study_id) if tid is None else tid
+
+    def first() -> int:
+        if job_id is not None and (job_states() or {}).get(job_id):
+            raise DriverGone(f"the search's driver (Ray job {job_id}) has ended")
+        tid = take()
+        if st.RAY in st.CLAIM_TAGS:
+            storage.set_trial_user_attr(tid, st.RAY, st.CLAIM_TAGS[st.RAY])
+        storage.set_trial_user_attr(tid, st.OWNER, st.owner_record(tid))
+        return tid
 
     study._pop_waiting_trial_id = first
 
@@ -139,8 +176,10 @@ def run_worker(pieces: dict[str, Any], spec: dict[str, Any], slot: str, trials: 
     from .budget import _Budget, _run_trials
 
     node = ray.get_runtime_context().get_node_id()
+    job = ray.get_runtime_context().get_job_id()
     host = socket.gethostname()
-    st.CLAIM_TAGS[st.RAY] = {"node_id": node, "host": host, "slot": slot, "pid": os.getpid()}
+    st.CLAIM_TAGS[st.RAY] = {"node_id": node, "host": host, "slot": slot, "pid": os.getpid(),
+                             "job_id": job}
     torch.set_num_threads(int(spec["threads"] or 1))
     scratch = Path(tempfile.mkdtemp(prefix="modelopt-ray-worker-"))
     try:
@@ -156,7 +195,7 @@ def run_worker(pieces: dict[str, Any], spec: dict[str, Any], slot: str, trials: 
         try:
             study = st.open_study(spec["storage"], spec["study_name"], spec["seed"],
                                   ["maximize", "minimize"])
-            _rerun_first(study)
+            _rerun_first(study, job)
             search.baseline = dict(study.user_attrs["baseline"])
             search.record("measure", float(study.user_attrs.get("baseline_s", 1.0)))
             t0 = time.perf_counter()

@@ -338,8 +338,8 @@ def recover_stale(study: Any, lock: Path | None = None, dead: Any = None) -> lis
     optuna = _optuna()
     stale = []
     with _host_lock(lock):
-        waiting = [dict(t.params) for t in study.get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.WAITING,))]
+        queued = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        waiting = [_queued_params(t) for t in queued]
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             if not (dead(t) if dead else owner_is_dead(t.user_attrs.get(OWNER), t._trial_id)):
                 continue
@@ -354,8 +354,19 @@ def recover_stale(study: Any, lock: Path | None = None, dead: Any = None) -> lis
             if params and params not in waiting:  # (its own failed copy must not count as
                 study.enqueue_trial(params, user_attrs={"requeued_from": t.number})  # exists)
                 waiting.append(params)
+            elif params:  # the same recipe queued already: that one is its copy, run first
+                same = queued[waiting.index(params)] if waiting.index(params) < len(queued) \
+                    else None
+                if same is not None and "requeued_from" not in same.user_attrs:
+                    study._storage.set_trial_user_attr(same._trial_id, "requeued_from",
+                                                       t.number)
             stale.append(t.number)
     return stale
+
+
+def _queued_params(trial: Any) -> dict[str, Any]:
+    """The recipe of a waiting trial: as enqueued (its params are set when it runs)."""
+    return dict(trial.params) or dict(trial.system_attrs.get("fixed_params") or {})
 
 
 def _alive(pid: int) -> bool:
