@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["onnx_bytes", "slow_rows", "state_hash", "tiny_mlp"]
+__all__ = ["digits_recipe_module", "onnx_bytes", "slow_rows", "state_hash", "tiny_mlp"]
 
 
 def state_hash(model: Any) -> str:
@@ -82,3 +82,23 @@ def terminal_text(report: Any) -> str:
     out = Tty()
     report.print(file=out)
     return re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
+
+
+def digits_recipe_module(*, eval_rows: int | None = 4, train_rows: int | None = None,
+                         one_thread: bool = True, from_path: bool = True) -> str:
+    """The text of a recipe's factory module for the search tests: ``model(path)`` (a
+    SmallCNN(width=8) with the weights saved at ``path``; ``from_path=False``: ``model()``, a
+    seeded one) and ``data()`` (4 digits calibration batches, ``eval_fn`` accuracy on the first
+    ``eval_rows`` test batches (None: all), ``train_rows`` train batches when given;
+    ``one_thread``: torch at 1 thread in the process that builds them)."""
+    model = ("def model(path):\n    m = SmallCNN(width=8)\n"
+             "    m.load_state_dict(torch.load(path))\n    return m.eval()\n") if from_path else (
+        "def model():\n    torch.manual_seed(0)\n    return SmallCNN(width=8).eval()\n")
+    test = "d.test" if eval_rows is None else f"d.test[:{eval_rows}]"
+    train = "" if train_rows is None else f'"train_data": d.train[:{train_rows}], '
+    return ("import torch\nfrom modelopt_demo.data import accuracy_fn, load_digits_data\n"
+            "from modelopt_demo.models import SmallCNN\n\n" + model + "\ndef data():\n"
+            + ("    torch.set_num_threads(1)\n" if one_thread else "")
+            + "    d = load_digits_data()\n"
+            + f'    return {{"calibration_data": d.calibration[:4], {train}"eval_fn": '
+            f"accuracy_fn({test})}}\n")

@@ -13,24 +13,13 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
+from helpers import digits_recipe_module
 from modelopt_search.errors import SearchError
 from modelopt_search.study import open_study
 
 DIRECTIONS = ["maximize", "minimize"]
 
-HELPER = '''
-import torch
-from modelopt_demo.data import accuracy_fn, load_digits_data
-from modelopt_demo.models import SmallCNN
-
-def model():
-    torch.manual_seed(0)
-    return SmallCNN(width=8).eval()
-
-def data():
-    d = load_digits_data()
-    return {"calibration_data": d.calibration[:4], "eval_fn": accuracy_fn(d.test[:4])}
-'''
+HELPER = digits_recipe_module(one_thread=False, from_path=False)
 
 
 def _study_db(folder: Path) -> tuple[Path, bytes, int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import trained_digits_cnn
+from helpers import digits_recipe_module, trained_digits_cnn
 
 import modelopt_core as mo
 from modelopt_demo.data import accuracy_fn
@@ -26,22 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FAST = {"fixed": {"export.onnx": {"exporter": "torchscript"}},
         "params": {"distill.logits": {"epochs": {"ints": [1, 1]}}}}
 
-HELPER = '''
-import torch
-from modelopt_demo.data import accuracy_fn, load_digits_data
-from modelopt_demo.models import SmallCNN
-
-def model(path):
-    m = SmallCNN(width=8)
-    m.load_state_dict(torch.load(path))
-    return m.eval()
-
-def data():
-    torch.set_num_threads(1)
-    d = load_digits_data()
-    return {"calibration_data": d.calibration[:4], "train_data": d.train[:6],
-            "eval_fn": accuracy_fn(d.test)}
-'''
+HELPER = digits_recipe_module(eval_rows=None, train_rows=6)
 
 
 @pytest.fixture(scope="module")

@@ -10,26 +10,12 @@ import sys
 
 import optuna
 import torch
+from helpers import digits_recipe_module
 
 import modelopt_core as mo
-
 from modelopt_demo.models import SmallCNN
 
-HELPER = '''
-import torch
-from modelopt_demo.data import accuracy_fn, load_digits_data
-from modelopt_demo.models import SmallCNN
-
-def model(path):
-    m = SmallCNN(width=8)
-    m.load_state_dict(torch.load(path))
-    return m.eval()
-
-def data():
-    torch.set_num_threads(1)
-    d = load_digits_data()
-    return {"calibration_data": d.calibration[:4], "eval_fn": accuracy_fn(d.test[:4])}
-'''
+HELPER = digits_recipe_module()
 
 
 def test_two_workers_share_one_study(tmp_path):

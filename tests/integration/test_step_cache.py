@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import trained_digits_cnn
+from helpers import digits_recipe_module, trained_digits_cnn
 
 import modelopt_core as mo
 from modelopt_demo.data import accuracy_fn
@@ -162,21 +162,7 @@ def test_trials_share_a_prefix_and_a_second_search_reuses_every_step(tmp_path):
     assert res.best is not None
 
 
-HELPER = '''
-import torch
-from modelopt_demo.data import accuracy_fn, load_digits_data
-from modelopt_demo.models import SmallCNN
-
-def model(path):
-    m = SmallCNN(width=8)
-    m.load_state_dict(torch.load(path))
-    return m.eval()
-
-def data():
-    d = load_digits_data()
-    return {"calibration_data": d.calibration[:4], "train_data": d.train[:6],
-            "eval_fn": accuracy_fn(d.test)}
-'''
+HELPER = digits_recipe_module(eval_rows=None, train_rows=6, one_thread=False)
 
 
 def test_cli_second_optimize_loads_its_steps_from_the_given_cache(tmp_path, capsys):
