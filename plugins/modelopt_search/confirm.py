@@ -110,9 +110,12 @@ def _time_runs(search: _Search, runs_of: list[Run],
         length = CONFIRM_S
         if time_s is not None:  # what is left after building the runners
             length = min(length, time_s - (time.perf_counter() - start))
-        runs = _run_count(per_call, len(timed_runners), length, time_s is not None)
+        # the pause lets a multi-threaded run's spinning threads go idle: at one thread
+        # each there are none, and for a small model the pauses would be most of the time
+        pause = CONFIRM_PAUSE_S if any(n is None or n > 1 for _, _, n in runs_of) else 0.0
+        runs = _run_count(per_call, len(timed_runners), length, time_s is not None, pause)
         times = interleaved_times(timed_runners, xs, runs=runs, warmup=0, block=_block(runs),
-                                  pause_s=CONFIRM_PAUSE_S)
+                                  pause_s=pause)
     finally:
         for r in runners:
             r.close()
@@ -138,14 +141,15 @@ def _screen(runners: list[Any], runs_of: list[Run],
     return keep, first
 
 
-def _run_count(per_call: float, n_runners: int, length: float, budgeted: bool) -> int:
+def _run_count(per_call: float, n_runners: int, length: float, budgeted: bool,
+               pause_s: float = CONFIRM_PAUSE_S) -> int:
     """Timed calls per runner that fit in ``length`` seconds (20 to 300), for runners taking
     ``per_call`` seconds together per round; ``budgeted`` (under a time budget):
     :class:`_NoTime` when not even 20 fit."""
 
     def cost(runs: int) -> float:  # each block: a pause and an untimed call first
         blocks = -(-runs // _block(runs))
-        return (runs + blocks) * per_call + blocks * n_runners * CONFIRM_PAUSE_S
+        return (runs + blocks) * per_call + blocks * n_runners * pause_s
 
     if budgeted and length < cost(20) + MIN_CONFIRM_S / 2:
         raise _NoTime(TOO_LATE.format(max(length, 0)))

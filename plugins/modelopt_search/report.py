@@ -68,8 +68,18 @@ def write_report(search: _Search, study: Any, rows: list[dict[str, Any]],
     mo.write_text_atomic(search.out / "report.md",
                          with_summary(report.to_markdown(columns=cols), summary))
     report.to_json(search.out / "report.json")
-    _write_html(search, report, cols, listed, best, summary)
+    now = time.perf_counter()
+    if final or now - getattr(search, "html_at", -HTML_EVERY_S) >= HTML_EVERY_S \
+            or not (search.out / "report.html").exists():
+        _write_html(search, report, cols, listed, best, summary)
+        search.html_at = now
     return report
+
+
+#: while the trials run, report.html (its plots take ~0.1 s to build: a small trial's time)
+#: is rewritten at most this often; trials.json, report.md and .json after every trial, and
+#: all of them at the end
+HTML_EVERY_S = 5.0
 
 
 #: the unit of each objective
