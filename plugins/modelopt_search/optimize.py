@@ -165,7 +165,7 @@ def _cluster(executor: str, address: str | None) -> Any:
         if address is not None:
             raise SearchError("optimize: ray_address needs executor='ray'.")
         return None
-    from .ray_search import connect
+    from .ray_cluster import connect
 
     return connect(address)
 
@@ -181,7 +181,7 @@ def _optimize(session: mo.Session, cluster: Any, ray_workers: int | None,
     trials run on (None: this process)."""
     here = True  # every worker runs on this machine
     if cluster is not None:
-        from .ray_search import check_storage
+        from .ray_cluster import check_storage
 
         here = check_storage(cluster, storage, out)
     source = session.original.format

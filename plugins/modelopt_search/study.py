@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import SearchError
+from .owner import (
+    CLAIM_TAGS,
+    OWNER,
+    RAY,
+    claim_trial,
+    owner_is_dead,
+    owner_record,
+    worker_id,
+)
 from .rows import best_row, pareto_rows, ranked_rows, write_json
 
-__all__ = ["best_row", "claim_trial", "masked", "open_study", "owner_is_dead", "pareto_rows",
-           "ranked_rows", "recover_stale", "storage_error", "storage_errors", "trial_rows",
-           "write_json"]
+__all__ = ["CLAIM_TAGS", "OWNER", "RAY", "best_row", "claim_trial", "masked", "open_study",
+           "owner_is_dead", "owner_record", "pareto_rows", "ranked_rows", "recover_stale",
+           "storage_error", "storage_errors", "trial_rows", "worker_id", "write_json"]
 
 
 def _optuna() -> Any:
@@ -35,80 +42,6 @@ def _optuna() -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
-
-
-def worker_id() -> str:
-    """``host:pid`` of this process (recorded on each trial it runs)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-#: user attribute naming the process that runs a trial (see :func:`claim_trial`)
-OWNER = "owner"
-#: user attribute naming the Ray node and worker slot that runs a trial (see :mod:`.ray_worker`)
-RAY = "ray"
-#: what :func:`claim_trial` records besides: a Ray worker sets ``{RAY: {...}}`` here
-CLAIM_TAGS: dict[str, Any] = {}
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return ""
-
-
-def _start_time(pid: int) -> str:
-    """The start time of process ``pid`` (clock ticks since boot; "" where unknown): with the
-    pid, it tells the process apart from a later one that reuses the pid."""
-    stat = _read(f"/proc/{pid}/stat")
-    fields = stat.rpartition(")")[2].split()
-    return fields[19] if len(fields) > 19 else ""
-
-
-def _pid_namespace() -> str:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
-
-
-def owner_record(trial_id: int) -> dict[str, Any]:
-    """Who runs trial ``trial_id``: this host, boot, pid namespace, pid and its start time. The
-    record names the trial it was written for, so a copy of it (Optuna's retry of a stale
-    trial copies the user attributes) never makes another trial look owned."""
-    return {"host": socket.gethostname(), "boot": _read("/proc/sys/kernel/random/boot_id"),
-            "pidns": _pid_namespace(), "pid": os.getpid(), "start": _start_time(os.getpid()),
-            "trial_id": int(trial_id)}
-
-
-def claim_trial(trial: Any) -> None:
-    """Record this process as the one running ``trial`` (the first thing a trial does)."""
-    trial.set_user_attr(OWNER, owner_record(trial._trial_id))
-    trial.set_user_attr("worker", worker_id())
-    for k, v in CLAIM_TAGS.items():
-        trial.set_user_attr(k, v)
-
-
-def owner_is_dead(owner: Any, trial_id: int) -> bool:
-    """True only when ``owner`` (a trial's :func:`owner_record`) was written for ``trial_id``
-    by a process of this host, boot and pid namespace that is gone (or whose pid now belongs
-    to a later process). Anything else (no record yet, a copied record, another machine or
-    container) is not judged here: Optuna's heartbeat fails such a trial once it is stale."""
-    if not isinstance(owner, dict) or owner.get("trial_id") != trial_id:
-        return False
-    pid = owner.get("pid")
-    if (owner.get("host") != socket.gethostname() or not isinstance(pid, int)
-            or isinstance(pid, bool) or pid <= 0
-            or owner.get("boot") != _read("/proc/sys/kernel/random/boot_id")
-            or owner.get("pidns") != _pid_namespace()):
-        return False
-    if pid == os.getpid():
-        return False
-    if not _alive(pid):
-        return True
-    start = owner.get("start")
-    now = _start_time(pid)
-    return bool(start and now and start != now)  # the pid was reused: its owner is gone
 
 
 def _sqlite_file(storage: str) -> Path | None:
@@ -367,23 +300,6 @@ def recover_stale(study: Any, lock: Path | None = None, dead: Any = None) -> lis
 def _queued_params(trial: Any) -> dict[str, Any]:
     """The recipe of a waiting trial: as enqueued (its params are set when it runs)."""
     return dict(trial.params) or dict(trial.system_attrs.get("fixed_params") or {})
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OverflowError, ValueError, OSError):
-        return True  # cannot tell: not judged dead
-    try:  # a zombie (killed child not yet reaped) is dead too
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
 
 
 def trial_rows(study: Any) -> list[dict[str, Any]]:
