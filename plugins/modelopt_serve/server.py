@@ -104,7 +104,8 @@ def serve_ray(artifact: str | Path, *, backend: str | None = None, host: str = "
               **options: Any) -> int:
     """Serve ``artifact`` on Ray Serve (:func:`~modelopt_serve.ray_deploy.ray_app`) with its HTTP
     proxy on ``host:port``, until SIGTERM/SIGINT. Joins the cluster named by ``RAY_ADDRESS``,
-    else starts a local Ray."""
+    else starts a local Ray of its own (not a cluster ``ray start`` runs here: Ray's own
+    default would join the newest one); the log names the cluster it runs on."""
     import ray
     from ray import serve as rserve
 
@@ -113,7 +114,11 @@ def serve_ray(artifact: str | Path, *, backend: str | None = None, host: str = "
     _log_setup(log_level)
     stop = threading.Event()
     with _Handlers(lambda *_: stop.set()):  # a SIGTERM while Ray starts: stop once it has
-        ray.init(ignore_reinit_error=True, include_dashboard=False)
+        address = os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False)
+        logging.getLogger("modelopt.serve").info(json.dumps({
+            "event": "ray cluster", "address": address,
+            "gcs": ray.get_runtime_context().gcs_address}))
         # after ray.init: Ray's core installs a SIGTERM handler that aborts the process
         with _Handlers(lambda *_: stop.set()):
             try:
