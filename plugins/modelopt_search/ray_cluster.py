@@ -60,10 +60,11 @@ class RayCluster:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         probe = self.ray.remote(num_cpus=0, max_retries=0)(_where)
+        nodes = self.nodes()  # once: the answers are zipped with these very nodes
         refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            n["NodeID"], soft=False)).remote() for n in self.nodes()]
+            n["NodeID"], soft=False)).remote() for n in nodes]
         return [(n["NodeID"], *where) for n, where in
-                zip(self.nodes(), self.ray.get(refs, timeout=PLACE_S))]
+                zip(nodes, self.ray.get(refs, timeout=PLACE_S))]
 
     def slots(self, cpus: int, workers: int | None) -> list[str]:
         """The node of each worker slot: as many slots of ``cpus`` CPUs as each live node
@@ -73,13 +74,14 @@ class RayCluster:
                                     or workers < 1):
             raise SearchError(f"optimize: ray_workers must be an integer >= 1, got "
                               f"{workers!r}.")
+        nodes = self.nodes()
         per = [[n["NodeID"]] * int(n.get("Resources", {}).get("CPU", 0) // cpus)
-               for n in self.nodes()]
+               for n in nodes]
         order = [ids[i] for i in range(max(map(len, per), default=0)) for ids in per
                  if i < len(ids)]
         if workers is not None:
-            nodes = [n["NodeID"] for n in self.nodes()]
-            order = [(order or nodes)[i % len(order or nodes)] for i in range(workers)]
+            pick = order or [n["NodeID"] for n in nodes]
+            order = [pick[i % len(pick)] for i in range(workers)]
         n = len(order)
         if n < 1:
             raise SearchError(f"optimize --ray: no node of the Ray cluster at "

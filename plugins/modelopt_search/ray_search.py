@@ -167,9 +167,9 @@ class RayTrials:
         such copies first); the trials left of its share. A slot that keeps dying:
         SearchError."""
         n = self.restarts[name] = self.restarts.get(name, 0) + 1
-        mine = [t for t in self.study.get_trials(deepcopy=False)
-                if str((t.user_attrs.get(RAY) or {}).get("slot", "")).split("-")[0] == name
-                and (t.user_attrs.get(RAY) or {}).get("job_id") in (None, self.job_id)]
+        tags = ((t, t.user_attrs.get(RAY) or {}) for t in self.study.get_trials(deepcopy=False))
+        mine = [t for t, tag in tags if str(tag.get("slot", "")).split("-")[0] == name
+                and tag.get("job_id") in (None, self.job_id)]
         ids = {t._trial_id for t in mine}
         requeued = recover_stale(self.study, dead=lambda t: t._trial_id in ids)
         # a live worker on this host may have failed and re-queued them first (its own

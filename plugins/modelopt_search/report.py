@@ -69,8 +69,7 @@ def write_report(search: _Search, study: Any, rows: list[dict[str, Any]],
                          with_summary(report.to_markdown(columns=cols), summary))
     report.to_json(search.out / "report.json")
     now = time.perf_counter()
-    if final or now - getattr(search, "html_at", -HTML_EVERY_S) >= HTML_EVERY_S \
-            or not (search.out / "report.html").exists():
+    if final or now - search.html_at >= HTML_EVERY_S:
         _write_html(search, report, cols, listed, best, summary)
         search.html_at = now
     return report

@@ -271,34 +271,36 @@ def recover_stale(study: Any, lock: Path | None = None, dead: Any = None) -> lis
     optuna = _optuna()
     stale = []
     with _host_lock(lock):
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        gone = [t for t in running if (dead(t) if dead else owner_is_dead(
+            t.user_attrs.get(OWNER), t._trial_id))]
+        if not gone:  # the usual case: the queue is not read
+            return stale
         queued = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
         waiting = [_queued_params(t) for t in queued]
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            if not (dead(t) if dead else owner_is_dead(t.user_attrs.get(OWNER), t._trial_id)):
-                continue
+        for t in gone:
             try:
                 if not study._storage.set_trial_state_values(
                         t._trial_id, optuna.trial.TrialState.FAIL):
                     continue
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # finished meanwhile (its heartbeat check, another worker)
-            # its recipe: as drawn, or (killed before its first draw) as it was queued
-            params = dict(t.params) or dict(t.system_attrs.get("fixed_params") or {})
-            if params and params not in waiting:  # (its own failed copy must not count as
-                study.enqueue_trial(params, user_attrs={"requeued_from": t.number})  # exists)
+            params = _queued_params(t)  # as drawn, or (killed before its first draw) as queued
+            at = waiting.index(params) if params in waiting else None
+            if params and at is None:  # (its own failed copy must not count as queued)
+                study.enqueue_trial(params, user_attrs={"requeued_from": t.number})
                 waiting.append(params)
-            elif params:  # the same recipe queued already: that one is its copy, run first
-                same = queued[waiting.index(params)] if waiting.index(params) < len(queued) \
-                    else None
-                if same is not None and "requeued_from" not in same.user_attrs:
-                    study._storage.set_trial_user_attr(same._trial_id, "requeued_from",
-                                                       t.number)
+            elif params and at < len(queued) and "requeued_from" not in queued[at].user_attrs:
+                # the same recipe queued already: that one is its copy, run first
+                study._storage.set_trial_user_attr(queued[at]._trial_id, "requeued_from",
+                                                   t.number)
             stale.append(t.number)
     return stale
 
 
 def _queued_params(trial: Any) -> dict[str, Any]:
-    """The recipe of a waiting trial: as enqueued (its params are set when it runs)."""
+    """A trial's recipe: as drawn, else as enqueued (a queued trial's params are set only
+    when it runs)."""
     return dict(trial.params) or dict(trial.system_attrs.get("fixed_params") or {})
 
 

@@ -50,6 +50,7 @@ class _Search(_Clock):
         #: one that raises is dropped for the rest of the search, with a note
         self.extra_profilers = list(extra_profilers or [])
         self.dropped: list[str] = []  # what was dropped on the way (a broken profiler), why
+        self.html_at = float("-inf")  # when report.html was last written (see write_report)
         self.best_recipe: dict[str, Any] | None = None  # the confirmed best's (its threads)
         self.baseline: dict[str, Any] = {}
         self.environment = _environment(session.pm)  # the machine: once, in every report

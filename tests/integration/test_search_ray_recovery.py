@@ -86,9 +86,9 @@ def _state(db, number):
         return con.execute("SELECT state FROM trials WHERE number = ?", (number,)).fetchone()[0]
 
 
-def _running_ray_trials(db):
-    """[(number, Ray worker pid, Ray job id)] of the trials running on Ray workers,
-    read-only."""
+def _running_ray_tags(db):
+    """[(number, its Ray tag: worker pid, node id, job id...)] of the trials running on Ray
+    workers, read-only."""
     if not db.exists():
         return []
     try:
@@ -99,7 +99,12 @@ def _running_ray_trials(db):
             ).fetchall()
     except sqlite3.Error:  # the tables are not created yet, or locked
         return []
-    return [(n, json.loads(v)["pid"], json.loads(v)["job_id"]) for n, v in got]
+    return [(n, json.loads(v)) for n, v in got]
+
+
+def _running_ray_trials(db):
+    """[(number, Ray worker pid, Ray job id)] of the trials running on Ray workers."""
+    return [(n, tag["pid"], tag["job_id"]) for n, tag in _running_ray_tags(db)]
 
 
 def _running_ray_trial(db):
@@ -244,15 +249,5 @@ def test_dead_node_trial_is_rerun(cluster, recipe, tmp_path):
 
 
 def _running_ray_nodes(db):
-    """[(number, worker pid, Ray node id)] of the trials running on Ray workers, read-only."""
-    if not db.exists():
-        return []
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
-            got = con.execute(
-                "SELECT t.number, a.value_json FROM trials t JOIN trial_user_attributes a "
-                "ON a.trial_id = t.trial_id WHERE t.state = 'RUNNING' AND a.key = 'ray'"
-            ).fetchall()
-    except sqlite3.Error:
-        return []
-    return [(n, json.loads(v)["pid"], json.loads(v)["node_id"]) for n, v in got]
+    """[(number, worker pid, Ray node id)] of the trials running on Ray workers."""
+    return [(n, tag["pid"], tag["node_id"]) for n, tag in _running_ray_tags(db)]

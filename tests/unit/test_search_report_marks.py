@@ -32,6 +32,7 @@ def _search(tmp_path, confirmed=None, ties=None, objective="latency"):
     return SimpleNamespace(
         out=tmp_path, confirmed=confirmed or {}, ties=ties or {}, objective=objective,
         target=["onnxruntime"], max_drop=1.0, baseline=dict(BASE), environment={},
+        html_at=float("-inf"),
         s=SimpleNamespace(pm=mo.get_plugin_manager()))
 
 
