@@ -1,8 +1,11 @@
 """Issue 24 benchmark: real zoo models, OUR tool vs each model's own / peer tool, side by side.
 
 Every section builds its candidates first, then times them in ONE process round-robin
-(``common.interleaved_p50``, repeated as ``bench_runtimes.paired_ratios`` does): each ratio is
-taken inside one repeat and the median (min-max) over the repeats is reported. Every runtime
+(``common.paired_block_ratios``): each round times every candidate as a block of back-to-back
+calls of about 60 ms (at least 2 calls), the order rotating; a ratio is taken inside each round
+and a repeat's ratio is the median over its 20 rounds; the median (min-max) over 3 repeats is
+reported. Sections with an A/A control (the same peer artifact built or compiled twice) show
+the noise floor of these ratios. Every runtime
 gets the same thread count (``--threads``, default 2) and every OpenVINO model, ours or a
 peer's, is compiled with the same properties (``INFERENCE_NUM_THREADS``, ``PERFORMANCE_HINT
 LATENCY``, ``INFERENCE_PRECISION_HINT f32`` - our runner's default; a peer's IR run with
@@ -129,12 +132,14 @@ def ov_call(compiled: Any) -> Callable[..., Any]:
 
 
 def head_to_head(fns: dict[str, Callable[[], Any]], baselines: list[str], rounds: int,
-                 repeats: int, block: int) -> dict[str, dict[str, list[float]]]:
+                 repeats: int, block_ms: float) -> dict[str, dict[str, list[float]]]:
     """``{baseline: {candidate: sorted per-repeat speedups of candidate over baseline}}`` plus
-    ``"p50_ms"``: ``bench_runtimes.paired_ratios`` (interleaved rounds, repeated)."""
-    from bench_runtimes import paired_ratios
+    ``"p50_ms"``: ``common.paired_block_ratios`` (each round times every candidate as a
+    block of back-to-back calls of about ``block_ms``, the order rotating; a repeat's ratio is
+    the median over its rounds of the ratio inside each round)."""
+    from common import paired_block_ratios
 
-    return paired_ratios(fns, baselines, repeats, rounds=rounds, block=block)
+    return paired_block_ratios(fns, baselines, repeats, rounds=rounds, block_ms=block_ms)
 
 
 def timing_cells(res: dict[str, dict[str, list[float]]], name: str, ref: str) -> dict[str, Any]:
@@ -865,7 +870,8 @@ def header(sec: dict[str, Any]) -> str:
 
     quick = " (QUICK: smoke run, not for quoting)" if sec["quick"] else ""
     return (f"{machine_line(sec['machine'])}; {sec['threads']} threads timed; "
-            f"{sec['rounds']} rounds x {sec['repeats']} repeats{quick}; {sec['date']}; "
+            f"{sec['rounds']} rounds x {sec['repeats']} repeats, blocks of "
+            f"~{sec.get('block_ms', '?')} ms{quick}; {sec['date']}; "
             f"reference row: {sec['ref']}")
 
 
@@ -930,7 +936,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("YOLO_OFFLINE", "True")
-    args.rounds, args.repeats, args.block = (4, 2, 2) if args.quick else (15, 3, 3)
+    args.rounds, args.repeats, args.block = (4, 2, 20.0) if args.quick else (20, 3, 60.0)
     from common import machine
 
     run = {"efficientnet": lambda: classifier_section(args, "efficientnet"),
@@ -945,7 +951,7 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - one section failing keeps the others
             sec = {"title": key, "ref": "", "rows": [error_row(key, "section", e)], "notes": []}
         sec.update(machine=machine(), threads=args.threads, rounds=args.rounds,
-                   repeats=args.repeats, quick=args.quick,
+                   repeats=args.repeats, block_ms=args.block, quick=args.quick,
                    date=datetime.datetime.now().isoformat(timespec="seconds"),
                    seconds=round(time.perf_counter() - t0, 1))
         sec["notes"].append(f"section wall time {sec['seconds']} s")

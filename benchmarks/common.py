@@ -48,6 +48,55 @@ def interleaved_p50(fns: dict[str, Callable[[], Any]], rounds: int = 15,
     return {k: 1e3 * float(np.median(v)) for k, v in ts.items()}
 
 
+def block_rounds(fns: dict[str, Callable[[], Any]], rounds: int = 20, block_ms: float = 40.0,
+                 warmup: int = 3, pause_s: float = 0.05) -> dict[str, list[float]]:
+    """Per-call ms of every candidate in each of ``rounds`` rounds: ``{name: [ms per round]}``.
+
+    Each round times every candidate once, as a block of back-to-back calls sized to about
+    ``block_ms`` (at least 2 calls; the same count every round) divided by its call count, so
+    a short call (1-2 ms) is not timed alone right after the pause, where timer granularity,
+    a just-woken core and the runtime's sleeping threads bill it more than a long one. Between
+    blocks: a pause (spinning runtime threads go idle and do not bill the next candidate) and
+    one untimed call. The order rotates every round. Ratios are then taken inside a round
+    (:func:`paired_block_ratios`): neighbours in time share the machine's state."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    calls: dict[str, int] = {}
+    for k, f in fns.items():
+        t0 = time.perf_counter()
+        f()
+        f()
+        one = (time.perf_counter() - t0) / 2
+        calls[k] = max(2, int(round(block_ms / 1e3 / max(one, 1e-6))))
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    items = list(fns.items())
+    for r in range(max(1, rounds)):
+        for k, f in items[r % len(items):] + items[:r % len(items)]:
+            time.sleep(pause_s)
+            f()
+            n = calls[k]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            out[k].append(1e3 * (time.perf_counter() - t0) / n)
+    return out
+
+
+def paired_block_ratios(fns: dict[str, Callable[[], Any]], baselines: list[str],
+                        repeats: int = 3, **kw: Any) -> dict[str, dict[str, list[float]]]:
+    """``{baseline: {candidate: sorted per-repeat speedups}, "p50_ms": {candidate: sorted
+    per-repeat p50 ms}}`` (the shape of ``bench_runtimes.paired_ratios``): each repeat runs
+    :func:`block_rounds` (``kw`` goes to it) and its speedup of a candidate over a baseline is
+    the median over rounds of baseline_ms / candidate_ms taken inside the same round."""
+    reps = [block_rounds(fns, **kw) for _ in range(repeats)]
+    out: dict[str, dict[str, list[float]]] = {
+        b: {k: sorted(float(np.median(np.asarray(r[b]) / np.asarray(r[k]))) for r in reps)
+            for k in fns} for b in baselines}
+    out["p50_ms"] = {k: sorted(float(np.median(r[k])) for r in reps) for k in fns}
+    return out
+
+
 def repeated_ratios(fns: dict[str, Callable[[], Any]], baseline: str, repeats: int = 3,
                     **kw: Any) -> tuple[dict[str, list[float]], list[float]]:
     """Speedups of every candidate over ``baseline``, measured head to head ``repeats`` times
