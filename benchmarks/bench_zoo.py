@@ -174,6 +174,25 @@ def hand_nncf(model: Any, example: Any, calib: list[Any], threads: int) -> Any:
     return ov_compile(q, threads)
 
 
+def hand_ov_float(precision: str | None) -> Callable[..., Any]:
+    """What a user writes from OpenVINO's docs without quantizing: ``convert_model`` and
+    compile, with f32 forced (``"f32"``) or the device's own default precision (``None``:
+    bf16 for the float ops on CPUs with AVX-512 BF16 / AMX)."""
+
+    def build(model: Any, example: Any, calib: list[Any], threads: int) -> Any:
+        import openvino as ov
+
+        props = ov_props(threads)
+        if precision is None:
+            props.pop("INFERENCE_PRECISION_HINT")
+        else:
+            props["INFERENCE_PRECISION_HINT"] = precision
+        ov_model = ov.convert_model(copy.deepcopy(model), example_input=example)
+        return ov.Core().compile_model(ov_model, "CPU", props)
+
+    return build
+
+
 def hand_ort(model: Any, example: Any, calib: list[Any], threads: int) -> Any:
     """What a user writes from ORT's docs: torch.onnx.export, then pre-processing and static
     QDQ quantization, per-channel int8 weights (``bench_core.hand_written_ort_int8``)."""
@@ -200,6 +219,8 @@ HORT_AA = "hand ORT INT8, built again (A/A control)"
 OV32, OURS8, HNNCF, HORT, TORCH = ("ours OpenVINO FP32", "OURS OpenVINO INT8",
                                    "hand NNCF INT8", "hand ORT INT8 (QDQ per-channel)",
                                    "torch FP32")
+HOV32, HOVDEF = ("hand OpenVINO FP32 (f32)",
+                 "hand OpenVINO float, the CPU's default precision (bf16 where native)")
 
 
 def budgeted_int8(model: Any, example: Any, calib: list[Any], budget: float
@@ -524,7 +545,9 @@ def search_section(args: argparse.Namespace) -> dict[str, Any]:
                                             **dict(rec.get("backend_options") or {}))}
     fns = {k: (lambda r=r: r(x)) for k, r in runners.items()}
     outs = {k: (lambda e, r=r: r(e)) for k, r in runners.items()}
-    for name, build, call in ((HNNCF, hand_nncf, ov_call), (HORT, hand_ort, ort_call)):
+    for name, build, call in ((HOV32, hand_ov_float("f32"), ov_call),
+                              (HOVDEF, hand_ov_float(None), ov_call),
+                              (HNNCF, hand_nncf, ov_call), (HORT, hand_ort, ort_call)):
         try:
             f = call(build(model, x[:1], calib, t))
             xn = x.numpy()
@@ -532,14 +555,21 @@ def search_section(args: argparse.Namespace) -> dict[str, Any]:
             outs[name] = lambda e, f=f: torch.from_numpy(f(e.numpy()))
         except Exception as e:  # noqa: BLE001 - a peer path that breaks is a row
             rows.append(error_row("search", name, e))
-    res_t = head_to_head(fns, [OV32], args.rounds, args.repeats, args.block)
+    agree = {k: agreement(gold, [outs[k](e) for e in evals])["top1_agreement_pct"]
+             for k in fns}
+    hands = [k for k in fns if k.startswith("hand ")]
+    res_t = head_to_head(fns, [OV32] + hands, args.rounds, args.repeats, args.block)
     for name in fns:
-        agree = agreement(gold, [outs[name](e) for e in evals])["top1_agreement_pct"]
         rows.append({"row": name, **timing_cells(res_t, name, OV32),
-                     "top1_agreement": f"{agree:.1f}%",
-                     "feasible": "yes" if 100.0 - agree <= 1.0 else "no (> 1 point)"})
+                     "top1_agreement": f"{agree[name]:.1f}%",
+                     "feasible": "yes" if 100.0 - agree[name] <= 1.0 else "no (> 1 point)"})
     for r in runners.values():
         r.close()
+    feasible = [k for k in hands if 100.0 - agree[k] <= 1.0]
+    if feasible:
+        fastest = min(feasible, key=lambda k: med(res_t["p50_ms"][k]))
+        notes.append(f"bar: OURS search best vs the fastest feasible hand path ('{fastest}'): "
+                     f"{versus(res_t, 'OURS search best', fastest)}")
     notes.append(f"the search timed its candidates at batch {len(x)} (profiler_options "
                  "latency.batch_size), the batch every row here is timed at")
     notes.append("feasible = top-1 agreement with FP32 within 1 point on the 64 eval_fn crops "

@@ -17,7 +17,8 @@ What runs, in one process:
    (``YOLO(path).val``) on the same validation split: our IRs are saved into a folder with
    the metadata.yaml of Ultralytics' FP32 export, so the same code loads and scores them.
 6. Speed: every IR compiled the same way (``openvino.Core().compile_model(..., "CPU",
-   LATENCY)``) and timed side by side (interleaved rounds, 3 repeats, median and range), and
+   LATENCY)``) and timed side by side (``common.paired_block_ratios``: rounds of ~40 ms
+   blocks, ratios paired inside each round, 3 repeats, median and range), and
    ours also through our own runner (``s.runner("openvino")``).
 
 torchvision: PyPI's build does not import beside this torch, and Ultralytics imports it in
@@ -54,7 +55,7 @@ sys.path.insert(0, str(HERE))
 
 os.environ.setdefault("NNCF_CI", "1")
 
-from common import repeated_ratios, span, write_results  # noqa: E402
+from common import paired_block_ratios, span, write_results  # noqa: E402
 
 #: Ultralytics' INT8 IR compiled twice: the A/A control row (the harness's noise floor)
 AA = "Ultralytics OpenVINO INT8, compiled again (A/A control)"
@@ -309,8 +310,10 @@ def main() -> None:
     fns["ours OpenVINO INT8 (our runner)"] = lambda: runners[0](xt)
     fns[f"ours pruned {args.ratio:.0%} + KD, OpenVINO INT8 (our runner)"] = \
         lambda: runners[1](xt)
-    ratios, base_ms = repeated_ratios(fns, "Ultralytics OpenVINO INT8", repeats=args.repeats,
-                                      rounds=30)
+    timed = paired_block_ratios(fns, ["Ultralytics OpenVINO INT8"], repeats=args.repeats,
+                                rounds=20, block_ms=40.0)
+    ratios = timed["Ultralytics OpenVINO INT8"]
+    base_ms = timed["p50_ms"]["Ultralytics OpenVINO INT8"]
     for r in runners:
         r.close()
     params = {"unpruned": sum(p.numel() for p in model.parameters()),
@@ -336,13 +339,15 @@ def main() -> None:
         "Ultralytics' export returns; its Detect also returns the raw maps) and "
         "export('openvino', dynamic_batch=False) (batch 1, as Ultralytics' export); the "
         "dynamic-batch row shows what the symbolic batch costs at this size.",
-        f"Speed: batch 1, {size} px, OpenVINO CPU, LATENCY hint and f32 precision for every IR, interleaved "
-        f"rounds, {args.repeats} repeats; ratio > 1 = faster than Ultralytics' INT8 "
+        f"Speed: batch 1, {size} px, OpenVINO CPU, LATENCY hint and f32 precision for every "
+        "IR; 20 rounds, each timing every candidate as a ~40 ms block of back-to-back calls "
+        f"(order rotating), ratio taken inside each round, median over rounds, {args.repeats} "
+        "repeats: median (min-max); ratio > 1 = faster than Ultralytics' INT8 "
         f"({base_ms[len(base_ms) // 2]:.2f} ms median).",
         graph_note,
         f"'{AA}' is Ultralytics' INT8 IR compiled a second time and timed as one more "
         "candidate: its spread is the noise floor of these ratios on this machine; the "
-        "candidates' order rotates every round (common.interleaved_p50).",
+        "candidates' order rotates every round (common.paired_block_ratios).",
         f"Bars (issue 24): pruned + KD + INT8 within 1.5 pt mAP@0.5 of FP32 ({fp32}); "
         "unpruned INT8 >= 1.0x Ultralytics' INT8 at no worse mAP.",
     ]
