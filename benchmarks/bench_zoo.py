@@ -2,7 +2,7 @@
 
 Every section builds its candidates first, then times them in ONE process round-robin
 (``common.paired_block_ratios``): each round times every candidate as a block of back-to-back
-calls of about 60 ms (at least 2 calls), the order rotating; a ratio is taken inside each round
+calls of about 60 ms (at least 2 calls), the order shuffled; a ratio is taken inside each round
 and a repeat's ratio is the median over its 20 rounds; the median (min-max) over 3 repeats is
 reported. Sections with an A/A control (the same peer artifact built or compiled twice) show
 the noise floor of these ratios. Every runtime
@@ -135,7 +135,7 @@ def head_to_head(fns: dict[str, Callable[[], Any]], baselines: list[str], rounds
                  repeats: int, block_ms: float) -> dict[str, dict[str, list[float]]]:
     """``{baseline: {candidate: sorted per-repeat speedups of candidate over baseline}}`` plus
     ``"p50_ms"``: ``common.paired_block_ratios`` (each round times every candidate as a
-    block of back-to-back calls of about ``block_ms``, the order rotating; a repeat's ratio is
+    block of back-to-back calls of about ``block_ms``, the order shuffled; a repeat's ratio is
     the median over its rounds of the ratio inside each round)."""
     from common import paired_block_ratios
 

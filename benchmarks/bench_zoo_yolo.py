@@ -210,6 +210,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     yaml, data = write_dataset(out / "canvas", args.n_train, args.n_val, size)
     t0 = time.perf_counter()
+    cached = args.weights is None and (out / "runs" / "base" / "weights" / "best.pt").exists()
     best = args.weights or train_base(ul, yaml, out, args.epochs, size)
     train_s = time.perf_counter() - t0
     rows: list[dict[str, Any]] = []
@@ -311,7 +312,7 @@ def main() -> None:
     fns[f"ours pruned {args.ratio:.0%} + KD, OpenVINO INT8 (our runner)"] = \
         lambda: runners[1](xt)
     timed = paired_block_ratios(fns, ["Ultralytics OpenVINO INT8"], repeats=args.repeats,
-                                rounds=20, block_ms=40.0)
+                                rounds=30, block_ms=40.0)
     ratios = timed["Ultralytics OpenVINO INT8"]
     base_ms = timed["p50_ms"]["Ultralytics OpenVINO INT8"]
     for r in runners:
@@ -327,8 +328,9 @@ def main() -> None:
     notes = [
         f"YOLOv8n trained from scratch by Ultralytics on {args.n_train} digits-on-canvas images "
         f"({size} px, {args.epochs} epochs, batch 32, no mosaic/flip/HSV augmentation; "
-        + (f"weights given with --weights, trained beforehand with these settings"
-           if args.weights else f"{train_s:.0f} s incl. its validation")
+        + ("weights given with --weights, trained beforehand with these settings"
+           if args.weights else "trained by an earlier run into --out and reused"
+           if cached else f"{train_s:.0f} s incl. its validation")
         + f"); mAP on {args.n_val} validation canvases by Ultralytics' own validator "
         "(batch 1).",
         f"Pruning: prune.structured ratio {args.ratio} (C2f split convs untied, Detect head "
@@ -340,14 +342,14 @@ def main() -> None:
         "export('openvino', dynamic_batch=False) (batch 1, as Ultralytics' export); the "
         "dynamic-batch row shows what the symbolic batch costs at this size.",
         f"Speed: batch 1, {size} px, OpenVINO CPU, LATENCY hint and f32 precision for every "
-        "IR; 20 rounds, each timing every candidate as a ~40 ms block of back-to-back calls "
-        f"(order rotating), ratio taken inside each round, median over rounds, {args.repeats} "
-        "repeats: median (min-max); ratio > 1 = faster than Ultralytics' INT8 "
+        "IR; 30 rounds, each timing every candidate as a ~40 ms block of back-to-back calls "
+        "(order shuffled every round), ratio taken inside each round, median over rounds, "
+        f"{args.repeats} repeats: median (min-max); ratio > 1 = faster than Ultralytics' INT8 "
         f"({base_ms[len(base_ms) // 2]:.2f} ms median).",
         graph_note,
         f"'{AA}' is Ultralytics' INT8 IR compiled a second time and timed as one more "
         "candidate: its spread is the noise floor of these ratios on this machine; the "
-        "candidates' order rotates every round (common.paired_block_ratios).",
+        "candidates' order is shuffled every round (common.paired_block_ratios).",
         f"Bars (issue 24): pruned + KD + INT8 within 1.5 pt mAP@0.5 of FP32 ({fp32}); "
         "unpruned INT8 >= 1.0x Ultralytics' INT8 at no worse mAP.",
     ]

@@ -137,11 +137,26 @@ class Runner:
 
     def check_inputs(self, inputs: Sequence[Any]) -> None:
         """Raise :class:`InputSpecError` if inputs do not match the artifact's input specs."""
-        import torch
-
         specs = self.artifact.inputs
         if not specs:
             return
+        # the checks depend on each input's type, shape and dtype alone: a combination that
+        # passed once passes again (a serving loop skips ~25 us a call); bad inputs still raise
+        passed = self.__dict__.setdefault("_inputs_passed", set())
+        key: Any = tuple((type(x), getattr(x, "shape", None), getattr(x, "dtype", None))
+                         for x in inputs)
+        try:
+            if key in passed:
+                return
+        except TypeError:  # an unhashable shape: check every time
+            key = None
+        self._check_inputs(inputs, specs)
+        if key is not None and len(passed) < 64:
+            passed.add(key)
+
+    def _check_inputs(self, inputs: Sequence[Any], specs: Sequence[Any]) -> None:
+        import torch
+
         if len(inputs) != len(specs):
             raise InputSpecError(f"runner for {self.artifact.name!r}: expected {len(specs)} "
                                  f"input(s) {[s.name for s in specs]}, got {len(inputs)}.")

@@ -185,6 +185,28 @@ def test_run_many_keeps_input_order(ov_session, trained):
         r.run_many(batches)
 
 
+def test_runner_fills_the_requests_own_inputs_across_batch_sizes(ov_session, trained):
+    """The runner copies inputs into its infer request's own tensors (resized when the batch
+    changes) and runs it with no arguments; a feed it cannot copy as is (another dtype) is
+    refused by fill_inputs with nothing written, and goes to infer() instead."""
+    import numpy as np
+    from modelopt_openvino.backend import fill_inputs
+
+    model, data = trained
+    xs = [data.test[0][0][:8], data.test[1][0][:3], data.test[0][0][:8]]
+    with ov_session.runner("openvino") as r:
+        outs = [r(x) for x in xs]
+        request = r._requests[0]
+        assert tuple(request.get_input_tensor(0).data.shape) == tuple(xs[-1].shape)
+        before = request.get_input_tensor(0).data.copy()
+        assert not fill_inputs(request, [xs[1].numpy().astype(np.float64)])
+        assert np.array_equal(request.get_input_tensor(0).data, before)
+    assert torch.equal(outs[0], outs[2])
+    with torch.no_grad():
+        for x, out in zip(xs, outs):
+            torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
+
+
 class DictNet(torch.nn.Module):
     """Keyword inputs, a nested dict output."""
 

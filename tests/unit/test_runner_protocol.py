@@ -92,3 +92,19 @@ def test_flatten_refuses_a_non_tensor_output():
     art = mo.Session(torch.nn.Identity(), (torch.zeros(1, 3),), progress=False).current
     with pytest.raises(mo.FormatError, match="not a tensor"):
         Doubler(art).flatten({"a": "text"})
+
+
+def test_inputs_that_passed_skip_the_check_and_bad_ones_still_raise(dict_runner):
+    r, ex = dict_runner
+    r(**ex)
+    r(**ex)  # the same types, shapes and dtypes: remembered
+    assert len(r._inputs_passed) == 1
+    for bad in ({"image": torch.randn(2, 4), "mask": ex["mask"]},  # a fixed dim differs
+                {"image": ex["image"].double(), "mask": ex["mask"]},  # dtype
+                {"image": torch.randn(3, 3), "mask": ex["mask"]},  # a shared dim disagrees
+                {"image": ex["image"].numpy(), "mask": ex["mask"]}):  # not a tensor
+        with pytest.raises(mo.InputSpecError):
+            r.run_flat([bad["image"], bad["mask"]])
+    assert len(r._inputs_passed) == 1  # nothing that failed was remembered
+    r.run_flat([torch.randn(5, 3), torch.ones(5, 3)])  # another batch: checked, then kept
+    assert len(r._inputs_passed) == 2
