@@ -14,9 +14,10 @@ The runner keeps the torch-in / torch-out contract: inputs are copied once into 
 request's own input tensors, which then runs with no arguments (``run_many`` fills its
 requests the same way); passing them to ``infer()``, shared or not, went through OpenVINO's
 Python input dispatch, ~0.1 ms a call. Outputs are copied once out of the request's buffers,
-which the next call reuses, so a caller may keep them; in the artifact's output order. ``batch=N`` compiles the model for
-that static batch (an IR exported with ``dynamic_batch=False`` is static already). The runner may be shared between
-threads: each call takes an idle infer request from a pool (a new one when all are busy; an
+which the next call reuses, so a caller may keep them; in the artifact's output order.
+``batch=N`` compiles the model for that static batch (an IR exported with
+``dynamic_batch=False`` is static already). The runner may be shared between threads:
+each call takes an idle infer request from a pool (a new one when all are busy; an
 ``InferRequest`` runs one inference at a time and reuses its output buffers), so concurrent
 calls run in parallel and each gets its own input's answer. For throughput, ``run_many`` runs a
 list of input tuples through an ``openvino.AsyncInferQueue`` (several infer requests in
