@@ -9,8 +9,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLAIM_TAGS", "OWNER", "RAY", "claim_trial", "owner_is_dead", "owner_record",
-           "worker_id"]
+__all__ = ["CLAIM_TAGS", "OWNER", "RAY", "boot_id", "claim_trial", "owner_is_dead",
+           "owner_record", "worker_id"]
 
 
 def worker_id() -> str:
@@ -33,6 +33,12 @@ def _read(path: str) -> str:
         return ""
 
 
+def boot_id() -> str:
+    """This machine's boot id ("" where unknown): with the hostname, it tells one boot of one
+    machine from another."""
+    return _read("/proc/sys/kernel/random/boot_id")
+
+
 def _start_time(pid: int) -> str:
     """The start time of process ``pid`` (clock ticks since boot; "" where unknown): with the
     pid, it tells the process apart from a later one that reuses the pid."""
@@ -52,7 +58,7 @@ def owner_record(trial_id: int) -> dict[str, Any]:
     """Who runs trial ``trial_id``: this host, boot, pid namespace, pid and its start time. The
     record names the trial it was written for, so a copy of it (Optuna's retry of a stale
     trial copies the user attributes) never makes another trial look owned."""
-    return {"host": socket.gethostname(), "boot": _read("/proc/sys/kernel/random/boot_id"),
+    return {"host": socket.gethostname(), "boot": boot_id(),
             "pidns": _pid_namespace(), "pid": os.getpid(), "start": _start_time(os.getpid()),
             "trial_id": int(trial_id)}
 
@@ -75,7 +81,7 @@ def owner_is_dead(owner: Any, trial_id: int) -> bool:
     pid = owner.get("pid")
     if (owner.get("host") != socket.gethostname() or not isinstance(pid, int)
             or isinstance(pid, bool) or pid <= 0
-            or owner.get("boot") != _read("/proc/sys/kernel/random/boot_id")
+            or owner.get("boot") != boot_id()
             or owner.get("pidns") != _pid_namespace()):
         return False
     if pid == os.getpid():

@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 
 from .errors import SearchError
+from .owner import boot_id
 from .study import masked
 
 __all__ = ["RayCluster", "check_storage", "connect"]
@@ -92,14 +93,7 @@ class RayCluster:
 
 
 def _where() -> tuple[str, str]:
-    return socket.gethostname(), _boot_id()
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
+    return socket.gethostname(), boot_id()
 
 
 def connect(address: str | None) -> RayCluster:
@@ -129,7 +123,7 @@ def check_storage(cluster: RayCluster, storage: str, out: Path) -> bool:
     """Whether every node of the cluster runs on this machine. A SQLite study only then (the
     nodes see the file, and the host lock serializes the claims); else a typed error asking
     for an RDB."""
-    here = (socket.gethostname(), _boot_id())
+    here = (socket.gethostname(), boot_id())
     away = sorted({f"{h} ({nid[:8]})" for nid, h, boot in cluster.hosts() if (h, boot) != here})
     if away and storage.startswith("sqlite"):
         raise SearchError(
